@@ -1,0 +1,5 @@
+"""`python -m polymodal` is the `polymodal` command."""
+
+from polymodal.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Modality adapters: raw sample bytes → compact `Field`s, registered by name.
+
+Built-ins: `text`, `image`, `audio`, `video`, `pointcloud`, `label`. Third-party packages add
+adapters through the entry-point group `polymodal.adapters`.
+"""
+
+from . import audio, image, label, pointcloud, text, video
+from .audio import AudioAdapter
+from .base import (
+    ENTRY_POINT_GROUP,
+    Adapter,
+    Batch,
+    DecodeError,
+    Field,
+    available,
+    collate,
+    get,
+    register,
+    sample_seed,
+)
+from .image import ImageAdapter
+from .label import LabelAdapter
+from .pointcloud import PointCloudAdapter
+from .text import TextAdapter
+from .video import VideoAdapter
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Adapter",
+    "AudioAdapter",
+    "Batch",
+    "DecodeError",
+    "Field",
+    "ImageAdapter",
+    "LabelAdapter",
+    "PointCloudAdapter",
+    "TextAdapter",
+    "VideoAdapter",
+    "audio",
+    "available",
+    "collate",
+    "get",
+    "image",
+    "label",
+    "pointcloud",
+    "register",
+    "sample_seed",
+    "text",
+    "video",
+]

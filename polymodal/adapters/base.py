@@ -1,0 +1,275 @@
+"""The adapter contract: raw sample bytes in, a compact `Field` out.
+
+An adapter is the only place that knows how one modality is stored. Everything downstream (the
+stream, collation, the model) sees `Field`s: a flat `[M, C]` array in the smallest dtype that
+holds the data, plus the grid shape or coordinates the model needs to build positions. Positional
+encodings are never computed here: they are cheap on the device and huge on the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+ENTRY_POINT_GROUP = "polymodal.adapters"
+
+Grid = tuple[int, ...]
+
+
+class DecodeError(ValueError):
+    """A sample's bytes could not be turned into a field.
+
+    It names the sample key, the field and the reason, so that a skipped sample can be reported
+    and found again; the stream counts these under its `skip` policy and re-raises under `raise`.
+    """
+
+    def __init__(self, key: str, field: str, reason: str) -> None:
+        self.key = key
+        self.field = field
+        self.reason = reason
+        super().__init__(f"sample {key!r}, field {field!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions cross process boundaries (DataLoader workers); keep all three parts.
+        return (type(self), (self.key, self.field, self.reason))
+
+
+@dataclass
+class Field:
+    """One modality of one sample, or of a batch once collated.
+
+    `values` is `[M, C]` (`[B, M, C]` in a batch). Positions are implied by `grid` (e.g.
+    `(T, H, W)`, row-major over `M`) or given by `coords` (`[M, d]`, point clouds). `mask`
+    (`[M]` / `[B, M]`, True = real element) marks padding: a decoded field carries one only
+    when the adapter padded it (short audio); collation always sets it. In a batch, `grid` is
+    the grid shared by all samples, or a list of per-sample grids when N-d grids differ.
+    """
+
+    values: torch.Tensor
+    grid: Grid | list[Grid] | None = None
+    coords: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def _map(self, fn: Any) -> Field:
+        return Field(
+            values=fn(self.values),
+            grid=self.grid,
+            coords=None if self.coords is None else fn(self.coords),
+            mask=None if self.mask is None else fn(self.mask),
+        )
+
+    def pin_memory(self) -> Field:
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Field:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+@dataclass
+class Batch(Mapping[str, Field]):
+    """A collated batch: modality name → batched `Field`, plus per-sample keys and flags.
+
+    `repeated[i]` is True where the stream repeated a sample to keep ranks equal in length, so
+    evaluation can drop it. `pin_memory` exists so that `DataLoader(pin_memory=True)` pins it.
+    """
+
+    fields: dict[str, Field]
+    keys: list[str] = field(default_factory=list)
+    repeated: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+    def __getitem__(self, name: str) -> Field:
+        return self.fields[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    @property
+    def size(self) -> int:
+        """Number of samples in the batch."""
+        return len(self.keys)
+
+    def pin_memory(self) -> Batch:
+        fields = {name: f.pin_memory() for name, f in self.fields.items()}
+        return Batch(fields, list(self.keys), self.repeated.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        fields = {name: f.to(device, non_blocking) for name, f in self.fields.items()}
+        return Batch(fields, list(self.keys), self.repeated.to(device, non_blocking=non_blocking))
+
+
+def sample_seed(key: str, seed: int = 0) -> int:
+    """A seed derived from the sample key (stable across processes, unlike `hash`)."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class Adapter:
+    """Base class of modality adapters: `decode(sample) -> Field` on the CPU.
+
+    Subclasses set `extensions` (the sample members they read, in order of preference) and
+    implement `decode_bytes`. They report bad input by raising any exception (`ValueError` for
+    what they check themselves); `decode` turns it into a `DecodeError` that names the sample
+    key and the field, so every adapter reports errors the same way.
+    """
+
+    name: ClassVar[str] = ""
+    extensions: tuple[str, ...] = ()
+
+    def __init__(self, extensions: Sequence[str] | None = None, field: str | None = None) -> None:
+        if extensions is not None:
+            self.extensions = tuple(e.lower().lstrip(".") for e in extensions)
+        if not self.extensions:
+            raise ValueError(f"{type(self).__name__} needs at least one extension to read")
+        self.field = field or self.name or type(self).__name__
+
+    def decode(self, sample: Mapping[str, Any], rng: np.random.Generator | None = None) -> Field:
+        """Decode this adapter's member of a raw sample.
+
+        `rng` drives random augmentation; the stream passes one seeded per sample so that a
+        resumed run draws the same crops. Without one, the generator is seeded from the key.
+        """
+        key = str(sample.get("__key__", "?"))
+        ext = next((e for e in self.extensions if e in sample), None)
+        if ext is None:
+            present = sorted(k for k in sample if not k.startswith("__"))
+            raise DecodeError(key, self.field, f"no member {list(self.extensions)} in {present}")
+        data = sample[ext]
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(key, self.field, f"{ext}: expected bytes, got {type(data).__name__}")
+        if len(data) == 0:
+            raise DecodeError(key, self.field, f"{ext}: empty member")
+        if rng is None:
+            rng = np.random.default_rng(sample_seed(key))
+        try:
+            return self.decode_bytes(bytes(data), ext, rng)
+        except DecodeError:
+            raise
+        except Exception as exc:  # every failure of a third-party decoder becomes one error type
+            raise DecodeError(key, self.field, f"{ext}: {type(exc).__name__}: {exc}") from exc
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(extensions={list(self.extensions)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, type[Adapter]] = {}
+A = TypeVar("A", bound=type[Adapter])
+
+
+def register(name: str) -> Any:
+    """Class decorator: make an `Adapter` subclass available as `get(name)`."""
+
+    def decorate(cls: A) -> A:
+        if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+            raise TypeError(f"@register({name!r}) needs an Adapter subclass, got {cls!r}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"adapter {name!r} is already registered to {existing.__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _entry_points(name: str | None = None) -> list[importlib.metadata.EntryPoint]:
+    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return [ep for ep in eps if name is None or ep.name == name]
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> None:
+    """Load a third-party adapter; the target is an Adapter class or a module that registers."""
+    obj = ep.load()
+    if isinstance(obj, type) and issubclass(obj, Adapter) and ep.name not in _REGISTRY:
+        register(ep.name)(obj)
+
+
+def get(name: str) -> type[Adapter]:
+    """The adapter class registered as `name`, looking in installed packages if needed."""
+    if name not in _REGISTRY:
+        for ep in _entry_points(name):
+            _load_entry_point(ep)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no adapter named {name!r}; available: {available()}") from None
+
+
+def available() -> list[str]:
+    """Names of all adapters: built-in, registered in code, and installed via entry points."""
+    for ep in _entry_points():
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            _load_entry_point(ep)
+        except Exception as exc:  # one broken plugin must not hide the others
+            warnings.warn(f"adapter entry point {ep.name!r} failed to load: {exc}", stacklevel=2)
+    return sorted(_REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collation
+
+
+def collate(samples: Sequence[Mapping[str, Any]]) -> Batch:
+    """Stack decoded samples (field name → `Field`, plus `__key__` / `__repeated__`) into a Batch.
+
+    Fields of different lengths are zero-padded along `M`, and `mask` marks the real elements.
+    """
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    keys = [str(s.get("__key__", "")) for s in samples]
+    names = [k for k in samples[0] if not k.startswith("__")]
+    for key, s in zip(keys, samples, strict=True):
+        if [k for k in s if not k.startswith("__")] != names:
+            raise ValueError(f"sample {key!r} has fields {sorted(s)}, expected {names}")
+    fields = {name: _collate_field([s[name] for s in samples], name) for name in names}
+    repeated = torch.tensor([bool(s.get("__repeated__", False)) for s in samples])
+    return Batch(fields, keys, repeated)
+
+
+def _collate_field(items: list[Field], name: str) -> Field:
+    shapes = {tuple(f.values.shape[1:]) for f in items}
+    dtypes = {f.values.dtype for f in items}
+    if len(shapes) > 1 or len(dtypes) > 1:
+        raise ValueError(f"field {name!r}: cannot batch channel shapes {shapes} / dtypes {dtypes}")
+    values = pad_sequence([f.values for f in items], batch_first=True)
+    masks = [
+        f.mask if f.mask is not None else torch.ones(len(f.values), dtype=torch.bool) for f in items
+    ]
+    mask = pad_sequence(masks, batch_first=True, padding_value=False)
+    coords = None
+    if items[0].coords is not None:
+        coords = pad_sequence([f.coords for f in items], batch_first=True)
+    return Field(
+        values=values, grid=_collate_grid(items, values.shape[1]), coords=coords, mask=mask
+    )
+
+
+def _collate_grid(items: list[Field], length: int) -> Grid | list[Grid] | None:
+    grids = [f.grid for f in items]
+    if any(g is None for g in grids):
+        return None
+    if all(len(g) == 1 for g in grids):  # 1-d sequences pad at the end: positions stay valid
+        return (length,)
+    if all(g == grids[0] for g in grids):
+        return grids[0]
+    return grids

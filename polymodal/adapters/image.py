@@ -1,0 +1,227 @@
+"""Images: any format Pillow reads → uint8 RGB pixels `[H*W, 3]` with grid `(H, W)`."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from .base import Adapter, Field, register
+
+_EXIF_ORIENTATION = 0x0112
+_DRAFT_REDUCTIONS = (8, 4, 2)  # the DCT-domain scales Pillow's JPEG draft mode offers
+
+
+def size_pair(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """`(H, W)` from an int (square), a pair, or None (keep the native size)."""
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else size
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    return int(h), int(w)
+
+
+@register("image")
+class ImageAdapter(Adapter):
+    """Decode, orient, resize and crop an image to a fixed pixel budget.
+
+    `size` is the output `(H, W)` (an int for a square; None keeps the native size). The image
+    is scaled so that the crop covers `crop_fraction` of it along its tighter axis (0.875 is the
+    usual "resize 256, crop 224"; 1.0 crops as little as possible), then cut at the centre or,
+    with `crop="random"`, at a place drawn from the per-sample generator.
+
+    Speed matters here, because this runs once per sample per epoch. The size is read from the
+    header first (images over `max_pixels` are refused before any pixel is decoded). A JPEG at
+    least twice the needed size is decoded by libjpeg in the DCT domain at 1/2, 1/4 or 1/8
+    scale (Pillow's `draft`), any other JPEG by torchvision's `decode_jpeg` (less per-call
+    overhead than Pillow), everything else by Pillow; only the crop region is resized, with
+    torch's antialiased uint8 bilinear kernel.
+
+    Greyscale, palette, CMYK and 16-bit images become RGB (16-bit keeps its top 8 bits);
+    transparent ones are composited onto `background`; EXIF orientation is applied.
+    """
+
+    extensions = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
+
+    def __init__(
+        self,
+        size: int | tuple[int, int] | None = 224,
+        crop_fraction: float = 0.875,
+        crop: str = "center",
+        max_pixels: int = 64 * 2**20,
+        background: tuple[int, int, int] = (255, 255, 255),
+        extensions: list[str] | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(extensions, field)
+        check_crop(crop, crop_fraction)
+        self.size = size_pair(size)
+        self.crop_fraction = crop_fraction
+        self.crop = crop
+        self.max_pixels = max_pixels
+        self.background = background
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+        header = _jpeg_header(data)
+        if header is not None and header[2] in (1, 3) and self._draft_reduction(*header[:2]) == 1:
+            pixels = self._decode_jpeg(data, *header[:2])
+        else:
+            pixels = self._decode_pillow(data)
+        if self.size is not None:
+            pixels = self._resize_crop(pixels, rng)
+        return Field(values=pixels.reshape(-1, 3), grid=tuple(pixels.shape[:2]))
+
+    def _check_pixels(self, w: int, h: int) -> None:
+        if w * h > self.max_pixels:
+            raise ValueError(f"image is {w}×{h} pixels, over max_pixels={self.max_pixels}")
+
+    def _decode_jpeg(self, data: bytes, w: int, h: int) -> torch.Tensor:
+        """Full-size JPEG decode by torchvision: the least per-call overhead of the decoders."""
+        self._check_pixels(w, h)
+        chw = decode_jpeg(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=True,
+        )
+        return chw.permute(1, 2, 0)
+
+    def _decode_pillow(self, data: bytes) -> torch.Tensor:
+        """Every other format, and JPEGs that libjpeg can shrink while decoding (draft mode)."""
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        self._check_pixels(w, h)
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if img.format == "JPEG":
+            reduction = self._draft_reduction(w, h)
+            if reduction > 1:
+                img.draft("RGB", (w // reduction, h // reduction))
+        img = _to_rgb(img, self.background)
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img)
+        return torch.from_numpy(np.array(img))
+
+    def _draft_reduction(self, w: int, h: int) -> int:
+        """Largest DCT-domain reduction that leaves at least the resized size.
+
+        Taken over both orientations, since EXIF rotation may swap the axes after decoding.
+        """
+        if self.size is None:
+            return 1
+
+        def fits(r: int, w: int, h: int) -> bool:
+            scale = resize_scale(w, h, self.size, self.crop_fraction)
+            return w // r >= w * scale and h // r >= h * scale
+
+        return next((r for r in _DRAFT_REDUCTIONS if fits(r, w, h) and fits(r, h, w)), 1)
+
+    def _resize_crop(self, pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Cut the crop's region out of the source, then resize only that region."""
+        out_h, out_w = self.size
+        h, w = pixels.shape[:2]
+        rw, rh, x0, y0 = crop_plan(w, h, self.size, self.crop_fraction, self.crop, rng)
+        sx, sy = w / rw, h / rh  # resized → source coordinates
+        left, top = round(x0 * sx), round(y0 * sy)
+        right = min(w, max(left + 1, round((x0 + out_w) * sx)))
+        bottom = min(h, max(top + 1, round((y0 + out_h) * sy)))
+        region = pixels[top:bottom, left:right]
+        if region.shape[:2] == (out_h, out_w):
+            return region
+        nchw = region.permute(2, 0, 1).unsqueeze(0)  # a channels-last view: the fast uint8 path
+        resized = F.interpolate(nchw, size=(out_h, out_w), mode="bilinear", antialias=True)
+        return resized[0].permute(1, 2, 0)
+
+
+def check_crop(crop: str, crop_fraction: float = 1.0) -> None:
+    """Validate crop options at construction, so a typo fails before any data is read."""
+    if crop not in ("center", "random"):
+        raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+
+
+def resize_scale(w: int, h: int, size: tuple[int, int], crop_fraction: float) -> float:
+    """Factor from a `w`×`h` frame to the resized one that a `size` crop is cut from."""
+    out_h, out_w = size
+    return max(out_w / w, out_h / h) / crop_fraction
+
+
+def crop_plan(
+    w: int,
+    h: int,
+    size: tuple[int, int],
+    crop_fraction: float,
+    crop: str,
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """Resized `(width, height)` of a `w`×`h` frame, and the crop's `(x0, y0)` in it.
+
+    Shared by images and video frames so that both crop the same way; a random crop draws two
+    integers from the per-sample generator.
+    """
+    out_h, out_w = size
+    scale = resize_scale(w, h, size, crop_fraction)
+    rw, rh = max(out_w, round(w * scale)), max(out_h, round(h * scale))
+    if crop == "random":
+        return rw, rh, int(rng.integers(0, rw - out_w + 1)), int(rng.integers(0, rh - out_h + 1))
+    return rw, rh, (rw - out_w) // 2, (rh - out_h) // 2
+
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG's frame header, or None if it is not a JPEG.
+
+    Our own few lines instead of `PIL.Image.open`: the size must be known (to refuse bombs and
+    to choose a decoder) before decoding, and Pillow's Python marker parser costs about a tenth
+    of a small JPEG's whole decode. Anything unusual returns None and goes the Pillow way.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            if pos + 10 > end:
+                return None
+            h = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            w = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return (w, h, data[pos + 9]) if w and h else None
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB; decoding happens here (Pillow loads lazily)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img)
+        if img.mode == "F":  # float images are taken to be in [0, 1]
+            arr8 = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        else:  # 16-bit (or 32-bit integer) greyscale: keep the top 8 of 16 bits
+            arr8 = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    if not has_alpha:
+        return img.convert("RGB")
+    rgba = img.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")

@@ -1,0 +1,83 @@
+"""Class labels: one class id, or a multi-hot vector for multi-label data (AudioSet style)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Adapter, Field, register
+
+
+@register("label")
+class LabelAdapter(Adapter):
+    """`cls` / `txt` / `json` → int64 class id `[1, 1]`, or uint8 multi-hot `[1, num_classes]`.
+
+    A label is written as an integer (`3`), a class name (`dog`, looked up in `classes`), a
+    comma- or whitespace-separated list (`3,7` or `dog cat`) for multi-label, or JSON: a number,
+    a name, a list, or an object holding one of those under `json_key`.
+    """
+
+    extensions = ("cls", "txt", "json")
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
+        multi_label: bool = False,
+        json_key: str = "label",
+        extensions: list[str] | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(extensions, field)
+        self.classes = list(classes) if classes is not None else None
+        self.class_ids = {name: i for i, name in enumerate(self.classes or [])}
+        if num_classes is None and self.classes is not None:
+            num_classes = len(self.classes)
+        if multi_label and num_classes is None:
+            raise ValueError("multi_label needs num_classes or classes (the multi-hot width)")
+        self.num_classes = num_classes
+        self.multi_label = multi_label
+        self.json_key = json_key
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+        if ext == "json":
+            obj = json.loads(data)
+            if isinstance(obj, dict):
+                if self.json_key not in obj:
+                    raise ValueError(f"JSON object has no {self.json_key!r} key")
+                obj = obj[self.json_key]
+            parts = obj if isinstance(obj, list) else [obj]
+        else:
+            parts = data.decode("utf-8").replace(",", " ").split()
+        ids = [self._class_id(p) for p in parts]
+        if not ids:
+            raise ValueError("no label")
+        if self.multi_label:
+            hot = torch.zeros(1, self.num_classes, dtype=torch.uint8)
+            hot[0, ids] = 1
+            return Field(values=hot)
+        if len(ids) > 1:
+            raise ValueError(f"{len(ids)} labels for a single-label field (set multi_label=True)")
+        return Field(values=torch.tensor([[ids[0]]], dtype=torch.int64))
+
+    def _class_id(self, part: Any) -> int:
+        if isinstance(part, bool):
+            raise ValueError(f"label {part!r} is not a class")
+        if isinstance(part, str) and part in self.class_ids:
+            return self.class_ids[part]
+        if isinstance(part, float) and part.is_integer():
+            part = int(part)
+        try:
+            cid = int(part)
+        except (TypeError, ValueError):
+            known = f"; known names: {self.classes[:10]}" if self.classes else ""
+            raise ValueError(
+                f"label {part!r} is neither an integer nor a known class{known}"
+            ) from None
+        if cid < 0 or (self.num_classes is not None and cid >= self.num_classes):
+            raise ValueError(f"class id {cid} outside [0, {self.num_classes})")
+        return cid

@@ -1,0 +1,52 @@
+"""What the audio and video adapters share: opening a container from bytes, finding a stream,
+its duration, and where a fixed-length clip starts."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+
+
+def open_stream(data: bytes, kind: str) -> tuple[av.container.InputContainer, av.stream.Stream]:
+    """Open in-memory media and return its first `kind` ("audio" / "video") stream.
+
+    The caller closes the container; bytes never touch the disk.
+    """
+    container = av.open(io.BytesIO(data), mode="r")
+    streams = getattr(container.streams, kind)
+    if not streams:
+        container.close()
+        raise ValueError(f"no {kind} stream")
+    return container, streams[0]
+
+
+def stream_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """Duration of `stream` in seconds from the container's metadata; 0.0 when unknown."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def clip_start(total: float, span: float, crop: str, rng: np.random.Generator) -> float:
+    """Start (seconds) of a `span`-second clip in a `total`-second stream.
+
+    A random start is the first draw from the per-sample generator, `u · (total − span)`: the
+    audio and video fields of one sample, given equally seeded generators and equal spans,
+    therefore cut the same moment of a clip.
+    """
+    u = rng.random() if crop == "random" else 0.5
+    return u * max(0.0, total - span)
+
+
+def seek_to(
+    container: av.container.InputContainer, stream: av.stream.Stream, seconds: float
+) -> None:
+    """Seek to the last keyframe at or before `seconds` past the stream's start."""
+    if seconds <= 0 or not stream.time_base:
+        return
+    offset = int(seconds / float(stream.time_base))
+    container.seek((stream.start_time or 0) + offset, stream=stream, backward=True)

@@ -1,0 +1,83 @@
+"""Text as Perceiver IO byte ids: UTF-8 bytes shifted past six reserved special ids.
+
+The byte vocabulary needs no tokenizer and no vocabulary file, which is why Perceiver IO uses it;
+the ids (0..261) do not fit uint8, so they are int16.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import torch
+
+from .base import Adapter, Field, register
+
+PAD, BOS, EOS, MASK, CLS, SEP = range(6)
+NUM_SPECIAL = 6
+VOCAB_SIZE = 256 + NUM_SPECIAL
+
+
+def encode_bytes(text: str | bytes) -> np.ndarray:
+    """UTF-8 bytes → byte-vocabulary ids (byte value + 6), as int16."""
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    return np.frombuffer(raw, dtype=np.uint8).astype(np.int16) + NUM_SPECIAL
+
+
+def decode_ids(ids: np.ndarray | torch.Tensor) -> str:
+    """Byte-vocabulary ids → text; special ids are dropped, invalid UTF-8 replaced."""
+    arr = np.asarray(ids).reshape(-1)
+    raw = (arr[arr >= NUM_SPECIAL] - NUM_SPECIAL).astype(np.uint8).tobytes()
+    return raw.decode("utf-8", errors="replace")
+
+
+@register("text")
+class TextAdapter(Adapter):
+    """UTF-8 text (or pre-tokenized ids) → int16 ids `[L, 1]`, grid `(L,)`.
+
+    `.txt` is UTF-8 text. `.npy` holds pre-tokenized integer ids; `.json` holds either a list of
+    ids or a string. `max_length` truncates (after `cls`/`sep` are added when `add_special`).
+    """
+
+    extensions = ("txt", "text", "npy", "json")
+
+    def __init__(
+        self,
+        max_length: int = 2048,
+        add_special: bool = False,
+        extensions: list[str] | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(extensions, field)
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.max_length = max_length
+        self.add_special = add_special
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+        if ext == "npy":
+            ids = _checked_ids(np.load(io.BytesIO(data), allow_pickle=False))
+        elif ext == "json":
+            obj = json.loads(data)
+            ids = encode_bytes(obj) if isinstance(obj, str) else _checked_ids(np.asarray(obj))
+        else:
+            ids = encode_bytes(data.decode("utf-8"))  # strict: invalid UTF-8 is a decode error
+        if self.add_special:
+            ids = np.concatenate([[CLS], ids[: self.max_length - 2], [SEP]]).astype(ids.dtype)
+        ids = ids[: self.max_length]
+        if len(ids) == 0:
+            raise ValueError("no tokens")
+        return Field(
+            values=torch.from_numpy(np.ascontiguousarray(ids)).reshape(-1, 1), grid=(len(ids),)
+        )
+
+
+def _checked_ids(arr: np.ndarray) -> np.ndarray:
+    """Pre-tokenized ids as the smallest signed dtype that holds them (int16 or int32)."""
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be a 1-d integer array, got {arr.dtype} {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
+        raise ValueError("token ids must be non-negative int32 values")
+    small = arr.size == 0 or arr.max() <= np.iinfo(np.int16).max
+    return arr.astype(np.int16 if small else np.int32)

@@ -1,0 +1,130 @@
+"""Video: any container/codec FFmpeg reads → `T` uint8 RGB frames `[T*H*W, 3]`, grid `(T, H, W)`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import av
+import numpy as np
+import torch
+
+from .base import Adapter, Field, register
+from .image import check_crop, crop_plan, size_pair
+from .media import clip_start, open_stream, seek_to, stream_seconds
+
+
+@register("video")
+class VideoAdapter(Adapter):
+    """Cut a clip of `num_frames` frames at `fps` out of a video, resized and cropped.
+
+    Only what the clip needs is decoded: the container is seeked to the keyframe before the
+    clip, frames before the clip are decoded (they are references) but never converted, and
+    decoding stops after the clip. Frames are picked by their timestamps — the frame on screen
+    at `start + i / fps` — so variable frame rate sources give the right moments. Each picked
+    frame is scaled by FFmpeg's swscale straight to RGB and then cropped like an image (see
+    `image.crop_plan`); rotation metadata (phone videos) is applied. A source shorter than the
+    clip gives fewer real frames: the rest are zeros and `mask` marks the real elements.
+
+    `fps=None` keeps the source rate; `size=None` keeps the source size.
+    """
+
+    extensions = ("mp4", "webm", "mkv", "mov", "avi", "m4v")
+
+    def __init__(
+        self,
+        num_frames: int = 16,
+        fps: float | None = 8.0,
+        size: int | tuple[int, int] | None = 112,
+        crop_fraction: float = 1.0,
+        crop: str = "center",
+        max_pixels: int = 8192 * 4320,
+        extensions: list[str] | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(extensions, field)
+        check_crop(crop, crop_fraction)
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be positive, got {num_frames}")
+        self.num_frames = num_frames
+        self.fps = fps
+        self.size = size_pair(size)
+        self.crop_fraction = crop_fraction
+        self.crop = crop
+        self.max_pixels = max_pixels
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+        container, stream = open_stream(data, "video")
+        with container:
+            ctx = stream.codec_context
+            if ctx.width * ctx.height > self.max_pixels:
+                raise ValueError(f"frames are {ctx.width}×{ctx.height}, over max_pixels")
+            stream.thread_type = "AUTO"
+            fps = self.fps or float(stream.average_rate or stream.guessed_rate or 25)
+            start = clip_start(
+                stream_seconds(container, stream), self.num_frames / fps, self.crop, rng
+            )
+            seek_to(container, stream, start)
+            targets = start + np.arange(self.num_frames) / fps
+            pixels = self._convert(_frames_at(container, stream, targets), rng)
+        if not pixels:
+            raise ValueError("no video frames")
+        t, h, w = len(pixels), pixels[0].shape[0], pixels[0].shape[1]
+        values = torch.zeros(self.num_frames, h, w, 3, dtype=torch.uint8)
+        values[:t] = torch.from_numpy(np.stack(pixels))
+        mask = None
+        if t < self.num_frames:
+            mask = (torch.arange(self.num_frames) < t).repeat_interleave(h * w)
+        return Field(values=values.reshape(-1, 3), grid=(self.num_frames, h, w), mask=mask)
+
+    def _convert(
+        self, frames: Iterator[av.VideoFrame], rng: np.random.Generator
+    ) -> list[np.ndarray]:
+        """Scale (swscale), rotate and crop each picked frame; one crop position per clip."""
+        out: list[np.ndarray] = []
+        last: av.VideoFrame | None = None
+        for frame in frames:
+            if frame is last:  # a frame shown at several target times (source fps < target)
+                out.append(out[-1])
+                continue
+            if last is None:
+                turns = round((frame.rotation or 0) / 90) % 4
+                w, h = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+                if self.size is None:
+                    rw, rh, x0, y0, out_w, out_h = w, h, 0, 0, w, h
+                else:
+                    out_h, out_w = self.size
+                    rw, rh, x0, y0 = crop_plan(w, h, self.size, self.crop_fraction, self.crop, rng)
+                sw, sh = (rh, rw) if turns % 2 else (rw, rh)  # scaled size before rotating
+            arr = frame.to_ndarray(width=sw, height=sh, format="rgb24")
+            arr = np.rot90(arr, turns) if turns else arr
+            out.append(arr[y0 : y0 + out_h, x0 : x0 + out_w])
+            last = frame
+        return out
+
+
+def _frames_at(
+    container: av.container.InputContainer, stream: av.stream.Stream, targets: np.ndarray
+) -> Iterator[av.VideoFrame]:
+    """The frame on screen at each target time (seconds from the stream's start), in order.
+
+    Decoding stops once the last target is passed. Targets after the end of the stream get no
+    frame, so fewer frames than targets may come out.
+    """
+    origin = stream.start_time or 0
+    tb = float(stream.time_base)
+    default_duration = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
+    n, prev, prev_end = 0, None, 0.0
+    for index, frame in enumerate(container.decode(stream)):
+        now = (frame.pts - origin) * tb if frame.pts is not None else index * default_duration
+        # Targets before this frame's time showed the previous frame; before the first decoded
+        # frame (the seek landed at or just after the clip start), they take this one.
+        while n < len(targets) and targets[n] < now:
+            yield prev if prev is not None else frame
+            n += 1
+        if n == len(targets):
+            return
+        prev = frame
+        prev_end = now + (frame.duration * tb if frame.duration else default_duration)
+    while prev is not None and n < len(targets) and targets[n] < prev_end:
+        yield prev
+        n += 1

@@ -1,0 +1,1 @@
+"""The Perceiver / Perceiver IO model library; it imports only torch (see DESIGN.md)."""
