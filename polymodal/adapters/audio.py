@@ -10,7 +10,7 @@ import torch
 
 from .base import Adapter, Field, register
 from .image import check_crop
-from .media import clip_start, open_stream, seek_to, stream_seconds
+from .media import check_complete, clip_start, open_stream, seek_to, stream_seconds
 
 _LAYOUTS = {1: "mono", 2: "stereo"}
 
@@ -62,11 +62,12 @@ class AudioAdapter(Adapter):
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
         container, stream = open_stream(data, "audio")
         with container:
+            total = stream_seconds(container, stream)
             start = 0.0
             if self.duration is not None:
-                start = clip_start(stream_seconds(container, stream), self.duration, self.crop, rng)
+                start = clip_start(total, self.duration, self.crop, rng)
                 seek_to(container, stream, start)
-            samples = self._decode(container, stream, start)
+            samples = self._decode(container, stream, start, total)
         if len(samples) == 0:
             raise ValueError("no audio samples")
         if self.dtype == "float16":
@@ -82,9 +83,16 @@ class AudioAdapter(Adapter):
         return Field(values=values, grid=(length,), mask=mask)
 
     def _decode(
-        self, container: av.container.InputContainer, stream: av.stream.Stream, start: float
+        self,
+        container: av.container.InputContainer,
+        stream: av.stream.Stream,
+        start: float,
+        total: float,
     ) -> np.ndarray:
-        """Samples `[n, channels]` from `start` seconds: up to the clip's end or `max_seconds`."""
+        """Samples `[n, channels]` from `start` seconds: up to the clip's end or `max_seconds`.
+
+        Reaching the end of the stream well before the header's `total` means truncation.
+        """
         layout = _LAYOUTS.get(self.channels, self.channels)
         fmt = "s16" if self.dtype == "int16" else "flt"
         resampler = av.AudioResampler(format=fmt, layout=layout, rate=self.sample_rate)
@@ -94,10 +102,13 @@ class AudioAdapter(Adapter):
         chunks: list[np.ndarray] = []
         have = 0
         skip = None  # samples before `start` in the first resampled frame
+        end = start
         for frame in _frames_then_flush(container, stream, resampler):
             if skip is None:
                 t0 = frame.time if frame.time is not None else start
                 skip = max(0, round((start - t0) * self.sample_rate))
+            if frame.time is not None:
+                end = frame.time + frame.samples / self.sample_rate
             arr = frame.to_ndarray().reshape(-1, self.channels)
             if skip:
                 drop = min(skip, len(arr))
@@ -106,6 +117,8 @@ class AudioAdapter(Adapter):
             have += len(arr)
             if have >= limit:
                 break
+        else:
+            check_complete(end, total)
         if not clip and have > want:
             raise ValueError(f"longer than max_seconds={self.max_seconds}")
         dtype = np.int16 if fmt == "s16" else np.float32

@@ -14,12 +14,23 @@ def open_stream(data: bytes, kind: str) -> tuple[av.container.InputContainer, av
 
     The caller closes the container; bytes never touch the disk.
     """
+    _check_riff_size(data)
     container = av.open(io.BytesIO(data), mode="r")
     streams = getattr(container.streams, kind)
     if not streams:
         container.close()
         raise ValueError(f"no {kind} stream")
     return container, streams[0]
+
+
+def _check_riff_size(data: bytes) -> None:
+    """A RIFF file (wav, avi) states its size; FFmpeg trims durations to the bytes present, so
+    without this a truncated wav would decode as a shorter, valid one."""
+    if data[:4] != b"RIFF":
+        return
+    stated = int.from_bytes(data[4:8], "little")
+    if stated != 0xFFFFFFFF and stated + 8 > len(data):  # all ones: size unknown (streamed)
+        raise ValueError(f"RIFF header says {stated + 8} bytes, file has {len(data)}: truncated")
 
 
 def stream_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
@@ -50,3 +61,14 @@ def seek_to(
         return
     offset = int(seconds / float(stream.time_base))
     container.seek((stream.start_time or 0) + offset, stream=stream, backward=True)
+
+
+def check_complete(end: float, total: float) -> None:
+    """Raise if a stream decoded to its end stops well before the duration its header states.
+
+    Demuxers happily decode the front half of a truncated flac, wav or webm; the header's
+    duration is what tells. The slack (0.25 s + 2%) absorbs encoder priming and padding and
+    bitrate-estimated durations.
+    """
+    if total > 0 and end < total - (0.25 + 0.02 * total):
+        raise ValueError(f"stream ends at {end:.2f} s but its header says {total:.2f} s: truncated")

@@ -10,7 +10,9 @@ import torch
 
 from .base import Adapter, Field, register
 from .image import check_crop, crop_plan, size_pair
-from .media import clip_start, open_stream, seek_to, stream_seconds
+from .media import check_complete, clip_start, open_stream, seek_to, stream_seconds
+
+_TIME_EPSILON = 1e-6  # seconds: a target that equals a frame's time (up to rounding) shows it
 
 
 @register("video")
@@ -60,12 +62,11 @@ class VideoAdapter(Adapter):
                 raise ValueError(f"frames are {ctx.width}×{ctx.height}, over max_pixels")
             stream.thread_type = "AUTO"
             fps = self.fps or float(stream.average_rate or stream.guessed_rate or 25)
-            start = clip_start(
-                stream_seconds(container, stream), self.num_frames / fps, self.crop, rng
-            )
+            total = stream_seconds(container, stream)
+            start = clip_start(total, self.num_frames / fps, self.crop, rng)
             seek_to(container, stream, start)
             targets = start + np.arange(self.num_frames) / fps
-            pixels = self._convert(_frames_at(container, stream, targets), rng)
+            pixels = self._convert(_frames_at(container, stream, targets, total), rng)
         if not pixels:
             raise ValueError("no video frames")
         t, h, w = len(pixels), pixels[0].shape[0], pixels[0].shape[1]
@@ -103,12 +104,16 @@ class VideoAdapter(Adapter):
 
 
 def _frames_at(
-    container: av.container.InputContainer, stream: av.stream.Stream, targets: np.ndarray
+    container: av.container.InputContainer,
+    stream: av.stream.Stream,
+    targets: np.ndarray,
+    total: float,
 ) -> Iterator[av.VideoFrame]:
     """The frame on screen at each target time (seconds from the stream's start), in order.
 
     Decoding stops once the last target is passed. Targets after the end of the stream get no
-    frame, so fewer frames than targets may come out.
+    frame, so fewer frames than targets may come out; an end well before the header's `total`
+    seconds means truncation.
     """
     origin = stream.start_time or 0
     tb = float(stream.time_base)
@@ -118,13 +123,14 @@ def _frames_at(
         now = (frame.pts - origin) * tb if frame.pts is not None else index * default_duration
         # Targets before this frame's time showed the previous frame; before the first decoded
         # frame (the seek landed at or just after the clip start), they take this one.
-        while n < len(targets) and targets[n] < now:
+        while n < len(targets) and targets[n] < now - _TIME_EPSILON:
             yield prev if prev is not None else frame
             n += 1
         if n == len(targets):
             return
         prev = frame
         prev_end = now + (frame.duration * tb if frame.duration else default_duration)
+    check_complete(prev_end, total)
     while prev is not None and n < len(targets) and targets[n] < prev_end:
         yield prev
         n += 1

@@ -8,6 +8,7 @@ tone's frequency, a frame's index, a colour) so that a decoder can be checked ag
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from fractions import Fraction
 
 import av
@@ -30,6 +31,7 @@ CONTAINERS = {
     "avi": ("avi", "libmp3lame", "mpeg4"),
 }
 _CODEC_RATES = {"libopus": 48000}  # codecs that accept only some rates
+_MILLISECOND = Fraction(1, 1000)
 
 
 def tone(
@@ -59,10 +61,12 @@ def encode_media(
     audio: np.ndarray | None = None,
     audio_rate: int = 44100,
     rotation: int = 0,
+    times: Sequence[float] | None = None,
 ) -> bytes:
     """Encode video frames `[T, H, W, 3]` uint8 and/or audio `[n, channels]` float32.
 
-    `rotation` writes display-matrix rotation metadata (degrees), as phones do.
+    `rotation` writes display-matrix rotation metadata (degrees), as phones do; `times` gives
+    each frame its own timestamp (seconds) for a variable-frame-rate video.
     """
     muxer, audio_codec, video_codec = CONTAINERS[ext]
     buf = io.BytesIO()
@@ -74,15 +78,21 @@ def encode_media(
             vstream = out.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001))
             vstream.height, vstream.width = frames.shape[1], frames.shape[2]
             vstream.pix_fmt = "yuv420p"
+            vstream.bit_rate = 4_000_000  # test signals must survive coding: a high rate
             if rotation:
                 vstream.set_display_rotation(rotation)
+            if times is not None:
+                vstream.codec_context.time_base = _MILLISECOND
         if audio is not None:
             # PyAV's encoder resamples frames to the stream's rate (opus only takes 48 kHz)
             astream = out.add_stream(audio_codec, rate=_CODEC_RATES.get(audio_codec, audio_rate))
             astream.layout = "mono" if audio.shape[1] == 1 else "stereo"
         if vstream is not None:
-            for arr in frames:
-                out.mux(vstream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+            for i, arr in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                if times is not None:
+                    frame.pts, frame.time_base = round(times[i] * 1000), _MILLISECOND
+                out.mux(vstream.encode(frame))
             out.mux(vstream.encode(None))
         if astream is not None:
             planar = np.ascontiguousarray(audio.T.astype(np.float32))

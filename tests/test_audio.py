@@ -1,0 +1,111 @@
+import io
+import wave
+
+import numpy as np
+import pytest
+import torch
+from testmedia import peak_hz
+
+from polymodal.adapters import DecodeError, get
+from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
+
+AUDIO_FORMATS = ["flac", "wav", "mp3", "ogg", "opus", "m4a", "aac"]
+
+
+def _decode(data: bytes, ext: str, rng=None, **kwargs):
+    return get("audio")(**kwargs).decode({"__key__": "snd", ext: data}, rng)
+
+
+@pytest.mark.parametrize("ext", AUDIO_FORMATS)
+def test_tone_keeps_its_frequency_after_resampling(ext):
+    data = encode_audio(tone(440, 1.5, 44100), 44100, ext)
+    field = _decode(data, ext, sample_rate=16000, duration=1.0)
+    assert field.values.shape == (16000, 1) and field.values.dtype == torch.int16
+    assert field.grid == (16000,) and field.mask is None
+    samples = field.values[:, 0].numpy().astype(np.float32) / 32768
+    assert abs(peak_hz(samples, 16000) - 440) <= 2
+    assert 0.3 < np.abs(samples).max() <= 0.6  # amplitude 0.5 survives
+
+
+@pytest.mark.parametrize("ext", ["mp4", "webm", "mkv", "mov"])
+def test_audio_track_of_a_video_file(ext):
+    data = encode_media(ext, counter_frames(25), fps=25, audio=tone(660, 1.0), audio_rate=44100)
+    field = _decode(data, ext, duration=0.5)
+    assert field.values.shape == (8000, 1)
+    assert abs(peak_hz(field.values[:, 0].numpy().astype(np.float32), 16000) - 660) <= 3
+
+
+def test_channels_dtype_and_downmix():
+    stereo = np.concatenate([tone(300, 1.0), tone(300, 1.0) * 0.0], axis=1)
+    data = encode_audio(stereo, 44100, "flac")
+    two = _decode(data, "flac", channels=2, dtype="float16", duration=None)
+    assert two.values.shape == (16000, 2) and two.values.dtype == torch.float16
+    assert two.values[:, 0].abs().max() > 0.4 and two.values[:, 1].abs().max() < 0.01
+    mono = _decode(data, "flac", channels=1, dtype="float16", duration=None)
+    assert mono.values.shape == (16000, 1)
+    assert 0.1 < float(mono.values.abs().max()) < 0.45  # the silent channel is mixed in
+
+
+def _steps() -> bytes:
+    """Three seconds: 300 Hz, then 600 Hz, then 900 Hz."""
+    steps = np.concatenate([tone(f, 1.0, 16000) for f in (300, 600, 900)])
+    return encode_audio(steps, 16000, "flac")
+
+
+def test_centre_crop_cuts_the_middle():
+    field = _decode(_steps(), "flac", duration=0.8)
+    assert abs(peak_hz(field.values[:, 0].numpy().astype(np.float32), 16000) - 600) <= 3
+
+
+def test_random_crop_seeks_and_follows_the_generator():
+    data = _steps()
+    adapter = get("audio")(duration=0.5, crop="random")
+    starts = {}
+    for seed in range(6):
+        field = adapter.decode({"__key__": "k", "flac": data}, np.random.default_rng(seed))
+        again = adapter.decode({"__key__": "k", "flac": data}, np.random.default_rng(seed))
+        assert torch.equal(field.values, again.values)
+        start = np.random.default_rng(seed).random() * 2.5  # clip_start's draw
+        expected = 300 * (1 + int(start + 0.25))  # the step holding the clip's centre
+        if abs((start + 0.25) % 1 - 0.5) < 0.4:  # clip well inside one step
+            got = peak_hz(field.values[:, 0].numpy().astype(np.float32), 16000)
+            assert abs(got - expected) <= 3, (seed, start, got)
+        starts[seed] = start
+    assert len(set(starts.values())) == 6
+
+
+def test_short_audio_is_padded_and_masked():
+    field = _decode(encode_audio(tone(440, 0.5), 44100, "wav"), "wav", duration=1.0)
+    assert field.values.shape == (16000, 1) and field.mask.shape == (16000,)
+    assert abs(int(field.mask.sum()) - 8000) <= 2
+    assert field.values[8010:].abs().sum() == 0
+
+
+def test_whole_file_is_bounded_by_max_seconds():
+    data = encode_audio(tone(440, 3.0), 44100, "flac")
+    assert _decode(data, "flac", duration=None).values.shape == (48000, 1)
+    with pytest.raises(DecodeError, match="max_seconds"):
+        _decode(data, "flac", duration=None, max_seconds=2.0)
+
+
+def _empty_wav() -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"")
+    return buf.getvalue()
+
+
+def test_zero_length_audio_raises():
+    with pytest.raises(DecodeError, match="no audio samples") as err:
+        _decode(_empty_wav(), "wav")
+    assert err.value.key == "snd" and err.value.field == "audio"
+
+
+@pytest.mark.parametrize("ext", ["flac", "wav", "mp3", "m4a"])
+def test_truncated_audio_raises(ext):
+    data = encode_audio(tone(440, 2.0), 44100, ext)
+    with pytest.raises(DecodeError, match=r"truncated|Invalid data"):
+        _decode(data[: len(data) // 2], ext, duration=None)

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from polymodal.adapters import Batch, Field, collate
+
+
+def _sample(key, length, repeated=False, mask=None):
+    return {
+        "__key__": key,
+        "__repeated__": repeated,
+        "audio": Field(
+            values=torch.arange(length, dtype=torch.int16)[:, None] + 1, grid=(length,), mask=mask
+        ),
+        "image": Field(values=torch.full((6, 3), length, dtype=torch.uint8), grid=(2, 3)),
+        "cloud": Field(values=torch.ones(length, 4), coords=torch.ones(length, 3)),
+    }
+
+
+def test_pads_to_the_longest_and_masks_real_elements():
+    short_mask = torch.tensor([True, True, False])  # the adapter itself padded the last one
+    batch = collate([_sample("a", 5), _sample("b", 3, repeated=True, mask=short_mask)])
+    assert isinstance(batch, Batch) and batch.keys == ["a", "b"] and batch.size == 2
+    assert batch.repeated.tolist() == [False, True]
+    audio = batch["audio"]
+    assert audio.values.shape == (2, 5, 1) and audio.values.dtype == torch.int16
+    assert audio.values[1, :, 0].tolist() == [1, 2, 3, 0, 0]
+    assert audio.mask.tolist() == [[True] * 5, [True, True, False, False, False]]
+    assert audio.grid == (5,)  # 1-d sequences pad at the end, positions stay valid
+    image = batch["image"]
+    assert image.grid == (2, 3) and image.mask.all()
+    assert batch["cloud"].coords.shape == (2, 5, 3)
+    assert batch["cloud"].coords[1, 3:].abs().sum() == 0
+
+
+def test_different_nd_grids_are_kept_per_sample():
+    a = {"__key__": "a", "image": Field(values=torch.zeros(6, 3, dtype=torch.uint8), grid=(2, 3))}
+    b = {"__key__": "b", "image": Field(values=torch.zeros(4, 3, dtype=torch.uint8), grid=(2, 2))}
+    batch = collate([a, b])
+    assert batch["image"].grid == [(2, 3), (2, 2)]
+    assert batch["image"].mask.sum(1).tolist() == [6, 4]
+
+
+def test_refuses_mismatched_fields_and_channels():
+    with pytest.raises(ValueError, match="has fields"):
+        collate([_sample("a", 2), {"__key__": "b", "audio": _sample("b", 2)["audio"]}])
+    a = {"__key__": "a", "x": Field(values=torch.zeros(2, 3))}
+    b = {"__key__": "b", "x": Field(values=torch.zeros(2, 4))}
+    with pytest.raises(ValueError, match="cannot batch"):
+        collate([a, b])
+    with pytest.raises(ValueError):
+        collate([])
+
+
+def test_to_device_moves_every_tensor():
+    batch = collate([_sample("a", 4), _sample("b", 2)]).to("meta")
+    for field in batch.values():
+        assert field.values.is_meta and field.mask.is_meta
+    assert batch["cloud"].coords.is_meta and batch.repeated.is_meta
+    assert batch.keys == ["a", "b"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning memory needs a CUDA device")
+def test_pin_memory_pins_every_tensor():
+    batch = collate([_sample("a", 4), _sample("b", 2)]).pin_memory()
+    assert all(f.values.is_pinned() and f.mask.is_pinned() for f in batch.values())
+    assert batch.repeated.is_pinned()

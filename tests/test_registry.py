@@ -1,0 +1,109 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from polymodal import adapters
+from polymodal.adapters import Adapter, Field, register
+
+BUILTINS = ["audio", "image", "label", "pointcloud", "text", "video"]
+
+
+def test_builtins_are_registered_and_construct_with_defaults():
+    assert set(BUILTINS) <= set(adapters.available())
+    for name in BUILTINS:
+        cls = adapters.get(name)
+        assert cls.name == name
+        instance = cls()
+        assert isinstance(instance, Adapter) and instance.extensions
+
+
+def test_unknown_name_lists_what_exists():
+    with pytest.raises(KeyError, match=r"no adapter named 'nope'.*image"):
+        adapters.get("nope")
+
+
+def test_register_in_code_and_refuse_a_second_class_under_the_same_name():
+    @register("test-upper")
+    class Upper(Adapter):
+        extensions = ("txt",)
+
+        def decode_bytes(self, data, ext, rng):
+            import torch
+
+            return Field(values=torch.tensor(list(data.upper()), dtype=torch.uint8)[:, None])
+
+    assert adapters.get("test-upper") is Upper
+    field = Upper().decode({"__key__": "k", "txt": b"ab"})
+    assert field.values[:, 0].tolist() == [ord("A"), ord("B")]
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register("test-upper")
+        class Other(Adapter):
+            extensions = ("txt",)
+
+    with pytest.raises(TypeError):
+        register("test-not-an-adapter")(dict)
+
+
+PLUGIN = '''
+import numpy as np
+import torch
+from polymodal.adapters import Adapter, Field
+
+
+class WaveAdapter(Adapter):
+    """Raw little-endian int16 samples."""
+
+    extensions = ("pcm",)
+
+    def decode_bytes(self, data, ext, rng):
+        samples = np.frombuffer(data, dtype="<i2").copy()
+        return Field(values=torch.from_numpy(samples)[:, None], grid=(len(samples),))
+'''
+
+
+def test_third_party_package_registers_through_entry_point(tmp_path: Path):
+    """A separate package, pip-installed into this venv, is found by name."""
+    pkg = tmp_path / "plugin"
+    pkg.mkdir()
+    (pkg / "polymodal_wave_plugin.py").write_text(PLUGIN)
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """
+            [build-system]
+            requires = ["setuptools>=61"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "polymodal-wave-plugin"
+            version = "0.0.1"
+
+            [project.entry-points."polymodal.adapters"]
+            wave = "polymodal_wave_plugin:WaveAdapter"
+
+            [tool.setuptools]
+            py-modules = ["polymodal_wave_plugin"]
+            """
+        )
+    )
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(pkg)], check=True)
+    try:
+        check = textwrap.dedent(
+            """
+            from polymodal import adapters
+            assert "wave" in adapters.available(), adapters.available()
+            cls = adapters.get("wave")
+            field = cls().decode({"__key__": "k", "pcm": bytes([1, 0, 2, 0, 255, 255])})
+            print(cls.__module__, cls.name, field.values[:, 0].tolist(), field.grid)
+            """
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", check], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.split() == ["polymodal_wave_plugin", "wave", "[1,", "2,", "-1]", "(3,)"]
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", "polymodal-wave-plugin"], check=True)
