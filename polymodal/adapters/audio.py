@@ -59,7 +59,11 @@ class AudioAdapter(Adapter):
         self.dtype = dtype
         self.max_seconds = max_seconds
 
-    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+    @property
+    def uses_rng(self) -> bool:
+        return self.crop == "random"
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "audio")
         with container:
             total = stream_seconds(container, stream)

@@ -137,7 +137,8 @@ class Adapter:
         """Decode this adapter's member of a raw sample.
 
         `rng` drives random augmentation; the stream passes one seeded per sample so that a
-        resumed run draws the same crops. Without one, the generator is seeded from the key.
+        resumed run draws the same crops. Without one, an adapter that draws (`uses_rng`) gets a
+        generator seeded from the key; the others get None and skip the cost of seeding.
         """
         key = str(sample.get("__key__", "?"))
         ext = next((e for e in self.extensions if e in sample), None)
@@ -151,7 +152,7 @@ class Adapter:
             raise DecodeError(key, self.field, f"{ext}: expected bytes, got {type(data).__name__}")
         if len(data) == 0:
             raise DecodeError(key, self.field, f"{ext}: empty member")
-        if rng is None:
+        if rng is None and self.uses_rng:
             rng = np.random.default_rng(sample_seed(key))
         try:
             return self.decode_bytes(bytes(data), ext, rng)
@@ -160,7 +161,12 @@ class Adapter:
         except Exception as exc:  # every failure of a third-party decoder becomes one error type
             raise DecodeError(key, self.field, f"{ext}: {type(exc).__name__}: {exc}") from exc
 
-    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+    @property
+    def uses_rng(self) -> bool:
+        """Whether `decode_bytes` draws from its generator (random crops, point sampling)."""
+        return False
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -66,7 +66,11 @@ class ImageAdapter(Adapter):
         self.max_pixels = max_pixels
         self.background = background
 
-    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+    @property
+    def uses_rng(self) -> bool:
+        return self.crop == "random"
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         header = _jpeg_header(data)
         if header is not None and header[2] in (1, 3) and self._draft_reduction(*header[:2]) == 1:
             pixels = self._decode_jpeg(data, *header[:2])
@@ -119,7 +123,7 @@ class ImageAdapter(Adapter):
 
         return next((r for r in _DRAFT_REDUCTIONS if fits(r, w, h) and fits(r, h, w)), 1)
 
-    def _resize_crop(self, pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _resize_crop(self, pixels: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
         """Cut the crop's region out of the source, then resize only that region."""
         out_h, out_w = self.size
         h, w = pixels.shape[:2]
@@ -156,7 +160,7 @@ def crop_plan(
     size: tuple[int, int],
     crop_fraction: float,
     crop: str,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> tuple[int, int, int, int]:
     """Resized `(width, height)` of a `w`×`h` frame, and the crop's `(x0, y0)` in it.
 

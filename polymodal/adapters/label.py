@@ -43,7 +43,7 @@ class LabelAdapter(Adapter):
         self.multi_label = multi_label
         self.json_key = json_key
 
-    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         if ext == "json":
             obj = json.loads(data)
             if isinstance(obj, dict):

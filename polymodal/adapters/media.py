@@ -42,7 +42,7 @@ def stream_seconds(container: av.container.InputContainer, stream: av.stream.Str
     return 0.0
 
 
-def clip_start(total: float, span: float, crop: str, rng: np.random.Generator) -> float:
+def clip_start(total: float, span: float, crop: str, rng: np.random.Generator | None) -> float:
     """Start (seconds) of a `span`-second clip in a `total`-second stream.
 
     A random start is the first draw from the per-sample generator, `u · (total − span)`: the

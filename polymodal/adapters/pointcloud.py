@@ -47,7 +47,11 @@ class PointCloudAdapter(Adapter):
         self.num_points = num_points
         self.max_points = max_points
 
-    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+    @property
+    def uses_rng(self) -> bool:
+        return self.num_points is not None
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         reader = {"npy": _read_npy, "npz": _read_npz, "ply": self._read_ply, "off": _read_off}
         points = reader.get(ext, _read_table)(data)
         if points.ndim != 2 or points.shape[1] < 3 or points.shape[0] == 0:
@@ -146,7 +150,9 @@ def _read_table(data: bytes) -> np.ndarray:
     return np.loadtxt(lines, dtype=np.float64, ndmin=2)
 
 
-def _sample(points: np.ndarray, num_points: int | None, rng: np.random.Generator) -> np.ndarray:
+def _sample(
+    points: np.ndarray, num_points: int | None, rng: np.random.Generator | None
+) -> np.ndarray:
     n = len(points)
     if num_points is None or num_points == n:
         return points.copy()

@@ -55,7 +55,7 @@ class TextAdapter(Adapter):
         self.max_length = max_length
         self.add_special = add_special
 
-    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         if ext == "npy":
             ids = _checked_ids(np.load(io.BytesIO(data), allow_pickle=False))
         elif ext == "json":

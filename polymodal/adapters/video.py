@@ -54,7 +54,11 @@ class VideoAdapter(Adapter):
         self.crop = crop
         self.max_pixels = max_pixels
 
-    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator) -> Field:
+    @property
+    def uses_rng(self) -> bool:
+        return self.crop == "random"
+
+    def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "video")
         with container:
             ctx = stream.codec_context
@@ -78,7 +82,7 @@ class VideoAdapter(Adapter):
         return Field(values=values.reshape(-1, 3), grid=(self.num_frames, h, w), mask=mask)
 
     def _convert(
-        self, frames: Iterator[av.VideoFrame], rng: np.random.Generator
+        self, frames: Iterator[av.VideoFrame], rng: np.random.Generator | None
     ) -> list[np.ndarray]:
         """Scale (swscale), rotate and crop each picked frame; one crop position per clip."""
         out: list[np.ndarray] = []

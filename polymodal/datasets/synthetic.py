@@ -62,11 +62,13 @@ def encode_media(
     audio_rate: int = 44100,
     rotation: int = 0,
     times: Sequence[float] | None = None,
+    keyframe_interval: int | None = None,
 ) -> bytes:
     """Encode video frames `[T, H, W, 3]` uint8 and/or audio `[n, channels]` float32.
 
     `rotation` writes display-matrix rotation metadata (degrees), as phones do; `times` gives
-    each frame its own timestamp (seconds) for a variable-frame-rate video.
+    each frame its own timestamp (seconds) for a variable-frame-rate video;
+    `keyframe_interval` sets the GOP length in frames (the codec's default otherwise).
     """
     muxer, audio_codec, video_codec = CONTAINERS[ext]
     buf = io.BytesIO()
@@ -79,6 +81,8 @@ def encode_media(
             vstream.height, vstream.width = frames.shape[1], frames.shape[2]
             vstream.pix_fmt = "yuv420p"
             vstream.bit_rate = 4_000_000  # test signals must survive coding: a high rate
+            if keyframe_interval:
+                vstream.codec_context.gop_size = keyframe_interval
             if rotation:
                 vstream.set_display_rotation(rotation)
             if times is not None:
