@@ -14,12 +14,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from polymodal import adapters
-from polymodal.adapters import Adapter, DecodeError, Field
+if TYPE_CHECKING:  # adapters import torch: only the commands that decode pay for it
+    from polymodal.adapters import Adapter, Field
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo = commands.add_parser("demo", help="encode sample media, decode and batch them")
     demo.add_argument("--keep", type=Path, help="write the generated media to this folder")
+    _add_dataset_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in DATASET_COMMANDS:
+        return DATASET_COMMANDS[args.command](args)
     if args.command == "adapters":
         return _list_adapters()
     if args.command == "decode":
@@ -60,6 +61,8 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _list_adapters() -> int:
+    from polymodal import adapters
+
     for name in adapters.available():
         cls = adapters.get(name)
         print(f"{name:12s} {cls.__module__}.{cls.__qualname__:20s} {' '.join(cls.extensions)}")
@@ -72,6 +75,8 @@ def _ext(path: Path) -> str:
 
 
 def _readers(ext: str) -> list[str]:
+    from polymodal import adapters
+
     return [name for name in adapters.available() if ext in adapters.get(name).extensions]
 
 
@@ -96,6 +101,9 @@ def _decode_one(adapter: Adapter, key: str, ext: str, data: bytes) -> tuple[Fiel
 
 def _decode_files(jobs: list[tuple[Path, list[str]]], options: dict[str, Any]) -> int:
     """Decode each file with each named adapter and print one line per result."""
+    from polymodal import adapters
+    from polymodal.adapters import DecodeError
+
     failures = 0
     for path, names in jobs:
         ext = _ext(path)
@@ -116,6 +124,9 @@ def _decode_files(jobs: list[tuple[Path, list[str]]], options: dict[str, Any]) -
 
 def _demo(keep: Path | None) -> int:
     """Encode one sample of every modality with real encoders, decode each, batch two clips."""
+    import numpy as np
+
+    from polymodal import adapters
     from polymodal.datasets import synthetic
 
     clip = synthetic.encode_media(
@@ -155,3 +166,123 @@ def _demo(keep: Path | None) -> int:
         print(f"  {name:6s} {describe(field)}")
     print(f"  keys {batch.keys}")
     return status
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: build, index, inspect, validate
+
+
+def _size(text: str) -> int:
+    """`256MB`, `1GiB`, `500k`, `1000000` → bytes."""
+    units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    number = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = number[-1] if number and number[-1] in units else ""
+    try:
+        return int(float(number.removesuffix(unit)) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _add_dataset_commands(commands: Any) -> None:
+    build = commands.add_parser("build", help="build a sharded dataset")
+    build.add_argument("src", type=Path, help="folder, CSV/JSONL/Parquet manifest, HF Parquet")
+    build.add_argument("out", type=Path)
+    build.add_argument("--format", choices=["tar", "parquet"], default="tar")
+    build.add_argument("--shard-size", type=_size, default="256MB", help="bytes per shard")
+    build.add_argument("--shard-samples", type=int, help="samples per shard")
+    build.add_argument("--workers", type=int, default=1, help="local worker processes")
+    build.add_argument("--shuffle", action="store_true", help="shuffle samples across shards")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--split", help="e.g. val=0.1 (by key hash; the rest is train)")
+    build.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
+    build.add_argument("--overwrite", action="store_true", help="replace another build in OUT")
+    index = commands.add_parser("index", help="index WebDataset shards in place")
+    index.add_argument("directory", type=Path)
+    index.add_argument("--workers", type=int, default=1)
+    index.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
+    inspect = commands.add_parser("inspect", help="describe a dataset")
+    inspect.add_argument("dataset", help="folder or URL prefix holding index.json")
+    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--samples", type=int, default=64, help="samples probed for statistics")
+    inspect.add_argument("--preview", type=Path, help="write a contact sheet PNG here")
+    validate = commands.add_parser("validate", help="check and decode every sample")
+    validate.add_argument("dataset")
+    validate.add_argument("--json", action="store_true")
+    validate.add_argument("--workers", type=int, default=1)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from polymodal.datasets import build
+
+    if args.src.is_dir() and any(args.src.glob("*.tar")) and not any(args.src.glob("*/")):
+        print(f"{args.src} holds WebDataset shards: index them in place with "
+              f"`polymodal index {args.src}` (shards are not copied)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        report = build.build(
+            args.src, args.out, shard_format=args.format, shard_bytes=args.shard_size,
+            shard_samples=args.shard_samples, workers=args.workers, shuffle=args.shuffle,
+            seed=args.seed, split=args.split, overwrite=args.overwrite,
+            print_=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"polymodal build: {exc}", file=sys.stderr)
+        return 2
+    print(build.summary(report))
+    if report.rejects:
+        print(f"rejected inputs are listed in {args.out / build.REJECTS_NAME}")
+    return 1 if args.strict and report.rejects else 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from polymodal.datasets import build
+
+    try:
+        report = build.index_shards(args.directory, workers=args.workers)
+    except FileNotFoundError as exc:
+        print(f"polymodal index: {exc}", file=sys.stderr)
+        return 2
+    print(build.summary(report))
+    if report.rejects:
+        print(f"rejected members and shards are listed in {args.directory / build.REJECTS_NAME}")
+    return 1 if args.strict and report.rejects else 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from polymodal.datasets.inspect import format_report, inspect_dataset
+
+    report = inspect_dataset(args.dataset, args.samples)
+    if args.preview:
+        from polymodal.datasets.preview import contact_sheet
+
+        report["preview"] = str(contact_sheet(args.dataset, args.preview))
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    if args.preview and not args.json:
+        print(f"contact sheet: {args.preview}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from polymodal.datasets.index import ShardIndex
+    from polymodal.datasets.inspect import validate_dataset
+
+    index = ShardIndex.load(args.dataset)
+    with tqdm(total=len(index.shards), unit="shard", disable=args.json, file=sys.stderr) as bar:
+        problems = validate_dataset(args.dataset, args.workers, lambda _: bar.update(1))
+    if args.json:
+        print(json.dumps({"ok": not problems, "samples": index.samples, "problems": problems}))
+    else:
+        for p in problems:
+            print(f"{p['shard']}: {p['key'] or '-'} {p['field'] or '-'}: {p['reason']}")
+        verdict = "OK" if not problems else f"{len(problems)} problems"
+        print(f"{args.dataset}: {index.samples:,} samples in {len(index.shards)} shards: {verdict}")
+    return 1 if problems else 0
+
+
+DATASET_COMMANDS = {"build": _build, "index": _index, "inspect": _inspect, "validate": _validate}

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .base import Adapter, Field, register
@@ -96,7 +96,10 @@ class ImageAdapter(Adapter):
 
     def _decode_pillow(self, data: bytes) -> torch.Tensor:
         """Every other format, and JPEGs that libjpeg can shrink while decoding (draft mode)."""
-        img = Image.open(io.BytesIO(data))
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ValueError("not an image format Pillow can read") from None
         w, h = img.size
         self._check_pixels(w, h)
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)

@@ -1,0 +1,77 @@
+"""Where bytes live: atomic local writes, and reads from local paths or URLs through fsspec.
+
+Every file a dataset consists of is written under a temporary name and renamed when complete,
+so a killed job leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+
+TMP_SUFFIX = ".tmp"
+
+
+class HashingReader:
+    """Read-through wrapper that hashes and counts what passes and keeps the last `tail_size`
+    bytes, so checking a shard's checksum and end costs no second read."""
+
+    def __init__(self, f: IO[bytes], tail_size: int = 1024) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+        self.tail, self.tail_size = b"", tail_size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        self.tail = (self.tail + data[-self.tail_size :])[-self.tail_size :]
+        return data
+
+    def drain(self) -> None:
+        """Read (and hash) whatever is left."""
+        while self.read(2**20):
+            pass
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+@contextmanager
+def atomic_open(path: Path) -> Any:
+    """Open `path.tmp` for binary writing; on success fsync and rename it to `path`."""
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def join(base: str, name: str) -> str:
+    """`base/name` for a local folder or a URL prefix."""
+    return base.rstrip("/") + "/" + name
+
+
+def open_read(url: str) -> IO[bytes]:
+    """Open a local path or any fsspec URL (`http(s)://`, `s3://`, `file://`) for reading."""
+    return fsspec.open(url, "rb").open()
+
+
+def read_bytes(url: str) -> bytes:
+    with open_read(url) as f:
+        return f.read()

@@ -1,0 +1,141 @@
+"""The WebDataset layout rules, in one place: member names, samples, and reading a tar safely.
+
+A sample is the run of adjacent tar members that share a key. The key is the member path up to
+the first dot of its basename, the extension is the rest, lower-cased (`a/b/clip.left.mp4` →
+key `a/b/clip`, extension `left.mp4`) — exactly webdataset's `base_plus_ext` and
+`group_by_keys`, so that shards written by webdataset, img2dataset or video2dataset read the
+same here. A member that repeats an extension within its sample is an error naming the key.
+
+Reading never extracts anything to disk, and a member that is not a regular file or whose path
+is absolute or climbs out with `..` is reported and skipped, never followed.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from webdataset.tariterators import base_plus_ext
+
+# The modality each extension is read as when a dataset does not say (index.json's schema).
+DEFAULT_FIELDS = {
+    **dict.fromkeys(("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif"), "image"),
+    **dict.fromkeys(("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac"), "audio"),
+    **dict.fromkeys(("mp4", "webm", "mkv", "mov", "avi", "m4v"), "video"),
+    **dict.fromkeys(("ply", "off", "xyz", "pts", "npz"), "pointcloud"),
+    **dict.fromkeys(("txt", "text"), "text"),
+    "cls": "label",
+}
+
+
+def modality_of(ext: str) -> str | None:
+    """The default modality of an extension; dotted ones go by their last part (`left.mp4`)."""
+    return DEFAULT_FIELDS.get(ext) or DEFAULT_FIELDS.get(ext.rsplit(".", 1)[-1])
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """`(key, extension)` of a member path, or None when it has no extension."""
+    key, ext = base_plus_ext(name)
+    if key is None:
+        return None
+    return key, ext.lower()
+
+
+def check_key(key: str, ext: str) -> None:
+    """Refuse a key/extension pair that would not read back as itself from a tar.
+
+    The key's basename must not contain a dot (a reader would split there), the extension must
+    not contain a slash, and neither may escape the shard's namespace.
+    """
+    name = f"{key}.{ext}"
+    if split_name(name) != (key, ext.lower()) or unsafe_reason(name) is not None:
+        raise ValueError(
+            f"sample key {key!r} with extension {ext!r} does not round-trip through the "
+            "WebDataset layout (no dots in the key's basename, no '..', no leading '/')"
+        )
+
+
+def unsafe_reason(name: str) -> str | None:
+    """Why a member path must not be trusted (absolute, or climbing out with `..`), or None."""
+    if name.startswith("/"):
+        return "absolute member path"
+    if ".." in name.split("/"):
+        return "member path climbs out with '..'"
+    return None
+
+
+class DuplicateExtensionError(ValueError):
+    """Two members of one sample share an extension (webdataset refuses these too)."""
+
+
+@dataclass
+class Problem:
+    """A member or file that could not be used, and why; reported, never silently dropped."""
+
+    where: str
+    reason: str
+    key: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"path": self.where, "reason": self.reason}
+        if self.key is not None:
+            out["key"] = self.key
+        return out
+
+
+def read_tar_samples(
+    fileobj: IO[bytes],
+    url: str,
+    start: int = 0,
+    on_problem: Callable[[Problem], None] | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Samples of a tar stream as `(offset, sample)`, `offset` being the byte position of the
+    sample's first member header (what the index stores, so a reader can seek there).
+
+    `fileobj` is read sequentially from its current position, which is byte `start` of the
+    shard. Members without an extension, non-files and unsafe paths go to `on_problem` (or
+    raise `ValueError` without one). A damaged archive raises `tarfile.ReadError` naming the
+    shard and the byte.
+    """
+
+    def report(problem: Problem) -> None:
+        if on_problem is None:
+            raise ValueError(f"{problem.where}: {problem.reason}")
+        on_problem(problem)
+
+    current: dict[str, Any] | None = None
+    offset = start
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for info in tar:
+                where = f"{url}:{info.name}"
+                reason = unsafe_reason(info.name)
+                if reason is None and not info.isfile():
+                    reason = None if info.isdir() else f"not a regular file (type {info.type!r})"
+                    if info.isdir():  # folders are normal in tars made by hand: not a problem
+                        continue
+                parts = split_name(info.name) if reason is None else None
+                if reason is None and parts is None:
+                    reason = "member name has no extension"
+                if reason is not None:
+                    report(Problem(where, reason))
+                    continue
+                key, ext = parts
+                if current is None or key != current["__key__"]:
+                    if current is not None:
+                        yield offset, current
+                    offset = start + info.offset
+                    current = {"__key__": key, "__url__": url}
+                if ext in current:
+                    raise DuplicateExtensionError(
+                        f"{where}: sample {key!r} has two members with extension {ext!r}"
+                    )
+                current[ext] = tar.extractfile(info).read()
+    except tarfile.ReadError as exc:
+        raise tarfile.ReadError(
+            f"{url}: damaged or truncated tar after byte {offset}: {exc}"
+        ) from exc
+    if current is not None:
+        yield offset, current

@@ -1,0 +1,39 @@
+"""Reading a shard's samples, tar or Parquet, from any sample on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .files import open_read
+from .index import ShardIndex, ShardInfo
+from .layout import Problem, read_tar_samples
+from .parquet import read_parquet_samples
+
+
+def read_shard(
+    index: ShardIndex,
+    shard: ShardInfo,
+    start: int = 0,
+    on_problem: Callable[[Problem], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The samples of `shard` from its `start`-th on.
+
+    A tar shard is opened at the byte offset of sample `start` (from the sidecar), so what comes
+    before is never read; a Parquet shard skips whole row groups. Local paths and fsspec URLs.
+    """
+    url = index.url(shard)
+    with open_read(url) as f:
+        if index.format == "parquet":
+            for _, sample in read_parquet_samples(f, url, start):
+                yield sample
+            return
+        offset = 0
+        if start:
+            offsets = index.offsets(shard)
+            if start >= len(offsets):
+                return
+            offset = int(offsets[start])
+            f.seek(offset)
+        for _, sample in read_tar_samples(f, url, offset, on_problem):
+            yield sample

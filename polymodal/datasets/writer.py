@@ -1,0 +1,216 @@
+"""Writing shards: one shard file at a time (`TarShard`, `ParquetShard`), or a stream of
+samples cut into shards by count and bytes (`ShardWriter`).
+
+Each shard is written under `NAME.tmp`, hashed while it is written, then its sidecar is written
+and the shard renamed to `NAME`: a shard with its final name is complete, and so is its
+sidecar. `ShardWriter` writes `index.json` last. Tar bytes are deterministic (fixed mtime,
+owner and mode; members in webdataset's order), so the same samples always give the same shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from webdataset.writer import TarWriter
+
+from .files import tmp_path
+from .index import ShardIndex, ShardInfo, ShardStats, merge_labels, write_sidecar
+from .layout import check_key, modality_of
+
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads an archive to a whole record
+
+
+def members(sample: Mapping[str, Any]) -> dict[str, bytes]:
+    """The member extensions and bytes of a raw sample (`__key__` etc. left out), after
+    checking that each member name reads back as the same key and extension."""
+    key = str(sample["__key__"])
+    out = {}
+    for ext, value in sample.items():
+        if ext.startswith("_"):
+            continue
+        check_key(key, ext)
+        out[ext] = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return out
+
+
+def tar_sample_size(key: str, sizes: Mapping[str, int]) -> int:
+    """Bytes a sample takes in a tar: a header per member (plus a PAX header for long or
+    non-ASCII names) and the data padded to 512. Used to plan shards before writing them."""
+    total = 0
+    for ext, size in sizes.items():
+        name = f"{key}.{ext}"
+        pax = len(name.encode()) > 100 or not name.isascii()
+        total += TAR_BLOCK * (1 + 2 * pax) + -(-size // TAR_BLOCK) * TAR_BLOCK
+    return total
+
+
+class _HashingFile(io.RawIOBase):
+    """Write-through wrapper that hashes and counts what passes (no second read of a shard).
+
+    Closing it leaves the wrapped file open: the shard fsyncs and renames that one itself.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        super().__init__()
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        data = memoryview(data).cast("B")
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+class Shard:
+    """What tar and Parquet shards share: the temporary file, stats, the atomic finish."""
+
+    suffix = ""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory, self.name = Path(directory), name
+        self.path = self.directory / name
+        self._file = open(tmp_path(self.path), "wb")  # noqa: SIM115 (closed by finish/abort)
+        self.out = _HashingFile(self._file)
+        self.stats = ShardStats()
+
+    def _close_body(self) -> None:
+        raise NotImplementedError
+
+    def finish(self, problems: list[dict[str, str]] | None = None) -> ShardInfo:
+        """Complete the shard: close, fsync, write the sidecar, rename into place. `problems`
+        are inputs dropped while writing it, kept in the sidecar for the build's report."""
+        self._close_body()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        info = self.stats.info(self.name, self.out.size, self.out.sha.hexdigest(), problems or [])
+        write_sidecar(self.directory, info, self.stats.offsets)
+        os.replace(tmp_path(self.path), self.path)
+        return info
+
+    def abort(self) -> None:
+        self._file.close()
+        tmp_path(self.path).unlink(missing_ok=True)
+
+
+class TarShard(Shard):
+    """A WebDataset tar shard being written."""
+
+    suffix = ".tar"
+
+    def __init__(self, directory: Path, name: str) -> None:
+        super().__init__(directory, name)
+        self.tar = TarWriter(self.out, user="", group="", mode=0o444, encoder=False, mtime=0)
+
+    def add(self, sample: Mapping[str, Any]) -> None:
+        body = members(sample)
+        if not body:
+            raise ValueError(f"sample {sample.get('__key__')!r} has no members")
+        offset = self.tar.tarstream.offset
+        self.tar.write({"__key__": str(sample["__key__"]), **body})
+        self.stats.add(body, offset)
+
+    def _close_body(self) -> None:
+        self.tar.close()
+
+
+def shard_name(prefix: str, number: int, shard_format: str) -> str:
+    return f"{prefix}-{number:06d}.{shard_format}"
+
+
+def open_shard(directory: Path, name: str, shard_format: str, extensions: Iterable[str]) -> Shard:
+    if shard_format == "tar":
+        return TarShard(directory, name)
+    if shard_format == "parquet":
+        from .parquet import ParquetShard
+
+        return ParquetShard(directory, name, extensions)
+    raise ValueError(f"shard format must be 'tar' or 'parquet', got {shard_format!r}")
+
+
+class ShardWriter:
+    """Write samples into numbered shards, each capped by sample count and bytes; `close()`
+    writes `index.json`. Use as a context manager: an exception leaves no index and no
+    temporary shard behind.
+
+    Parquet shards need their columns up front: `extensions`, or those of the first sample.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        prefix: str = "shard",
+        max_samples: int | None = 10_000,
+        max_bytes: int | None = 2**30,
+        shard_format: str = "tar",
+        extensions: Iterable[str] | None = None,
+        fields: Mapping[str, str] | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.format = prefix, shard_format
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.extensions = sorted(extensions) if extensions is not None else None
+        self.fields, self.classes = dict(fields or {}), classes
+        self.done: list[ShardInfo] = []
+        self.shard: Shard | None = None
+        self.shard_bytes = 0
+
+    def write(self, sample: Mapping[str, Any]) -> None:
+        body = members(sample)
+        size = tar_sample_size(str(sample["__key__"]), {e: len(v) for e, v in body.items()})
+        if self.shard is not None and self._full(size):
+            self.done.append(self.shard.finish())
+            self.shard = None
+        if self.shard is None:
+            if self.extensions is None:
+                self.extensions = sorted(body)
+            name = shard_name(self.prefix, len(self.done), self.format)
+            self.shard = open_shard(self.directory, name, self.format, self.extensions)
+            self.shard_bytes = 0
+        self.shard.add(sample)
+        self.shard_bytes += size
+
+    def _full(self, size: int) -> bool:
+        if self.max_samples is not None and self.shard.stats.samples >= self.max_samples:
+            return True
+        return self.max_bytes is not None and self.shard_bytes + size > self.max_bytes
+
+    def close(self) -> ShardIndex:
+        if self.shard is not None:
+            self.done.append(self.shard.finish())
+            self.shard = None
+        seen = sorted({ext for info in self.done for ext in info.fields})
+        fields = {ext: self.fields.get(ext) or modality_of(ext) or "" for ext in seen}
+        index = ShardIndex(
+            format=self.format,
+            fields=fields,
+            shards=self.done,
+            labels=merge_labels(self.done),
+            classes=self.classes,
+            base=str(self.directory),
+        )
+        index.save(self.directory)
+        return index
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self.close()
+        elif self.shard is not None:
+            self.shard.abort()
