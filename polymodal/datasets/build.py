@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import tarfile
 import time
@@ -48,7 +49,7 @@ from .index import (
 from .layout import Problem, check_key, modality_of, read_tar_samples, split_name
 from .writer import TAR_BLOCK, open_shard, shard_name, tar_sample_size
 
-PLAN_NAME = ".polymodal-build.json"  # fingerprint of an unfinished build in this folder
+PLAN_NAME = ".polymodal-build.json"  # the fingerprint of the build that owns this folder
 REJECTS_NAME = "rejects.jsonl"
 LABELS_CSV = "labels.csv"
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -473,7 +474,10 @@ def run_tasks(
         for task in tasks:
             on_done(task, fn(task))
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver, not fork: a forked copy of a process that has run torch or FFmpeg threads
+    # can deadlock on a lock some thread held at the fork
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending = {pool.submit(fn, task): task for task in tasks}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -501,7 +505,7 @@ def _finished(directory: Path, name: str) -> ShardInfo | None:
 
 def _previous_fingerprint(directory: Path) -> str | None:
     """The fingerprint of what `directory` holds: a finished build's, or an unfinished one's."""
-    for name, doc_key in ((INDEX_NAME, "build"), (PLAN_NAME, None)):
+    for name, doc_key in ((PLAN_NAME, None), (INDEX_NAME, "build")):
         path = directory / name
         if path.exists():
             doc = json.loads(path.read_bytes())
@@ -523,7 +527,6 @@ def _prepare(directory: Path, fp: str, overwrite: bool) -> bool:
         for path in ours:
             path.unlink()
     elif previous == fp and (directory / INDEX_NAME).exists():
-        (directory / PLAN_NAME).unlink(missing_ok=True)
         return False
     elif ours and previous != fp:
         raise FileExistsError(
@@ -577,7 +580,6 @@ def build(
             report.written_shards += written
             index.classes, index.build = plan.classes, {"fingerprint": fp, **options}
             index.save(directory)
-            (directory / PLAN_NAME).unlink(missing_ok=True)
         rejects += [p for info in index.shards for p in info.problems]
         report.samples += index.samples
         report.shards += len(index.shards)

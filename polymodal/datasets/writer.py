@@ -9,6 +9,7 @@ owner and mode; members in webdataset's order), so the same samples always give 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -101,6 +102,9 @@ class Shard:
         return info
 
     def abort(self) -> None:
+        """Discard the shard: nothing of it stays on disk."""
+        with contextlib.suppress(Exception):  # closing may fail half-way; the file goes anyway
+            self._close_body()
         self._file.close()
         tmp_path(self.path).unlink(missing_ok=True)
 

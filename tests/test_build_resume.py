@@ -1,0 +1,99 @@
+"""A build killed with SIGKILL at random moments, then run again, ends byte-identical."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polymodal.datasets.build import build
+
+TRIALS = 5
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (src / c).mkdir()
+        for i in range(150):
+            (src / c / f"{i:04d}.npy").write_bytes(rng.bytes(60_000))  # content is not parsed
+            (src / c / f"{i:04d}.txt").write_text(f"sample {c}{i}")
+    return src
+
+
+ARGS = ["--shard-samples", "6", "--shuffle", "--seed", "7", "--split", "val=0.2", "--workers", "2"]
+
+
+def _command(src: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "polymodal", "build", str(src), str(out), *ARGS]
+
+
+def test_killed_builds_resume_to_identical_bytes(source, tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(_command(source, reference), check=True, capture_output=True)
+    expected = _tree(reference)
+    shards = len(list(reference.rglob("*.tar")))
+    assert "train/index.json" in expected and "val/index.json" in expected
+    rng = np.random.default_rng(1)
+    interrupted = 0
+    for trial in range(TRIALS):
+        out = tmp_path / f"trial{trial}"
+        proc = subprocess.Popen(
+            _command(source, out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        # a random moment: once a random number of shards is done, plus a random instant
+        _wait_for_shards(out, int(rng.integers(0, shards - 5)), proc)
+        time.sleep(rng.uniform(0, 0.05))
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its pool workers
+        proc.wait()
+        if not (out / "train" / "index.json").exists() or not (out / "val/index.json").exists():
+            interrupted += 1
+            # a killed build leaves nothing that looks complete: no index without all shards
+            for split in ("train", "val"):
+                assert not (out / split / "index.json").exists() or _complete(out / split)
+        subprocess.run(_command(source, out), check=True, capture_output=True)
+        assert _tree(out) == expected, f"trial {trial}"
+    assert interrupted >= TRIALS - 1, "the kills should land before the build finishes"
+
+
+def _wait_for_shards(out: Path, count: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.tar"))) < count and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+
+
+def _complete(directory: Path) -> bool:
+    from polymodal.datasets.index import ShardIndex
+
+    index = ShardIndex.load(directory)
+    return all((directory / s.name).exists() for s in index.shards)
+
+
+def test_in_process_resume_reuses_finished_shards(source, tmp_path):
+    out = tmp_path / "out"
+    build(source, out, shard_samples=50, progress=False)
+    expected = _tree(out)
+    (out / "index.json").unlink()
+    (out / "shard-000002.tar").unlink()
+    (out / "shard-000003.tar.tmp").write_bytes(b"half a shard")
+    report = build(source, out, shard_samples=50, progress=False)
+    assert report.written_shards == 1
+    assert _tree(out) == expected

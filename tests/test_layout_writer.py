@@ -1,0 +1,192 @@
+import hashlib
+import io
+import tarfile
+
+import pytest
+import webdataset as wds
+from webdataset.writer import TarWriter
+
+from polymodal.datasets.index import ShardIndex
+from polymodal.datasets.layout import (
+    DuplicateExtensionError,
+    Problem,
+    check_key,
+    read_tar_samples,
+    split_name,
+)
+from polymodal.datasets.reader import read_shard
+from polymodal.datasets.writer import ShardWriter
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("clip001.mp4", ("clip001", "mp4")),
+        ("a/b/clip.left.MP4", ("a/b/clip", "left.mp4")),  # first dot of the basename
+        ("dir.with.dots/img.jpg", ("dir.with.dots/img", "jpg")),
+        ("ünïcødé/ключ.txt", ("ünïcødé/ключ", "txt")),
+        ("README", None),
+        ("dir/.hidden", ("dir/", "hidden")),  # webdataset's regex, odd as it is
+    ],
+)
+def test_split_name_follows_webdataset(name, expected):
+    assert split_name(name) == expected
+
+
+def test_keys_that_would_not_read_back_are_refused():
+    check_key("a/b/clip", "left.mp4")
+    for key, ext in [("a.b", "jpg"), ("../x", "jpg"), ("/abs", "jpg"), ("k", "a/b")]:
+        with pytest.raises(ValueError, match="round-trip"):
+            check_key(key, ext)
+
+
+def _tar(members: list[tuple[str, bytes | None, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def test_reading_groups_adjacent_members_and_reports_unsafe_ones():
+    data = _tar(
+        [
+            ("a.jpg", b"1", tarfile.REGTYPE),
+            ("a.cls", b"2", tarfile.REGTYPE),
+            ("folder", None, tarfile.DIRTYPE),
+            ("../escape.txt", b"x", tarfile.REGTYPE),
+            ("b.txt", b"3", tarfile.REGTYPE),
+            ("link.txt", None, tarfile.SYMTYPE),
+            ("noext", b"4", tarfile.REGTYPE),
+            ("a.txt", b"5", tarfile.REGTYPE),  # key seen before, not adjacent: a new sample
+        ]
+    )
+    problems: list[Problem] = []
+    samples = list(read_tar_samples(io.BytesIO(data), "s.tar", 0, problems.append))
+    assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for _, s in samples] == [
+        ("a", ["cls", "jpg"]),
+        ("b", ["txt"]),
+        ("a", ["txt"]),
+    ]
+    assert samples[0][0] == 0 and samples[0][1]["jpg"] == b"1"
+    reasons = {p.where.split(":", 1)[1]: p.reason for p in problems}
+    assert set(reasons) == {"../escape.txt", "link.txt", "noext"}
+    assert "climbs out" in reasons["../escape.txt"] and "not a regular file" in reasons["link.txt"]
+    with pytest.raises(ValueError, match="escape"):  # without a sink, problems raise
+        list(read_tar_samples(io.BytesIO(data), "s.tar"))
+
+
+def test_duplicate_extension_is_an_error_naming_the_key():
+    data = _tar([("k1.jpg", b"1", tarfile.REGTYPE), ("k1.JPG", b"2", tarfile.REGTYPE)])
+    with pytest.raises(DuplicateExtensionError, match="'k1'"):
+        list(read_tar_samples(io.BytesIO(data), "s.tar"))
+
+
+SAMPLES = [
+    {
+        "__key__": f"nested/dir/sample{i:03d}",
+        "jpg": bytes([i % 256]) * (300 + 97 * i),
+        "cls": str(i % 4),
+        **({"txt": f"text {i}"} if i % 3 == 0 else {}),
+    }
+    for i in range(40)
+] + [{"__key__": "ünï/cødé-" + "long" * 30, "txt": "unicode key, longer than 100 bytes"}]
+
+
+def _body(sample):
+    return {k: (v.encode() if isinstance(v, str) else v) for k, v in sample.items()}
+
+
+def test_shard_writer_caps_hashes_and_reads_back_with_webdataset(tmp_path):
+    with ShardWriter(tmp_path, max_samples=12, max_bytes=40_000) as writer:
+        for sample in SAMPLES:
+            writer.write(sample)
+    index = ShardIndex.load(tmp_path)
+    assert index.samples == len(SAMPLES) and len(index.shards) >= 4
+    assert all(s.samples <= 12 for s in index.shards)
+    assert all(s.bytes <= 40_000 + 10240 for s in index.shards)  # + tar's record padding
+    assert not list(tmp_path.glob("*.tmp"))
+    for shard in index.shards:
+        data = (tmp_path / shard.name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
+    assert index.labels == {"0": 10, "1": 10, "2": 10, "3": 10}
+    assert index.fields == {"cls": "label", "jpg": "image", "txt": "text"}
+    urls = [str(tmp_path / s.name) for s in index.shards]
+    read = list(wds.WebDataset(urls, shardshuffle=False))
+    assert [s["__key__"] for s in read] == [s["__key__"] for s in SAMPLES]
+    for got, want in zip(read, SAMPLES, strict=True):
+        assert {k: v for k, v in got.items() if not k.startswith("__")} == _body(
+            {k: v for k, v in want.items() if k != "__key__"}
+        )
+
+
+def test_offsets_let_a_reader_start_at_any_sample(tmp_path):
+    with ShardWriter(tmp_path, max_samples=15) as writer:
+        for sample in SAMPLES:
+            writer.write(sample)
+    index = ShardIndex.load(tmp_path)
+    shard = index.shards[1]
+    everything = list(read_shard(index, shard))
+    for start in (0, 1, 7, shard.samples - 1):
+        assert list(read_shard(index, shard, start)) == everything[start:]
+    assert list(read_shard(index, shard, shard.samples)) == []
+
+
+def test_parquet_shards_hold_the_same_samples(tmp_path):
+    with ShardWriter(tmp_path, max_samples=16, shard_format="parquet") as writer:
+        for sample in SAMPLES[:-1]:
+            writer.write(sample)
+    index = ShardIndex.load(tmp_path)
+    assert index.format == "parquet" and index.samples == 40
+    got = [s for shard in index.shards for s in read_shard(index, shard)]
+    assert [s["__key__"] for s in got] == [s["__key__"] for s in SAMPLES[:-1]]
+    assert got[3]["txt"] == b"text 3" and "txt" not in got[4] and got[5]["jpg"] == SAMPLES[5]["jpg"]
+    assert next(read_shard(index, index.shards[1], 10))["__key__"] == SAMPLES[26]["__key__"]
+    other = tmp_path / "other"
+    with (
+        pytest.raises(ValueError, match="not columns"),
+        ShardWriter(other, shard_format="parquet") as w,
+    ):
+        w.write({"__key__": "a", "jpg": b"1"})
+        w.write({"__key__": "b", "png": b"2"})
+
+
+def test_a_failed_write_leaves_no_index_and_no_temporary_shard(tmp_path):
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path, max_samples=5) as writer:
+        for sample in SAMPLES[:8]:
+            writer.write(sample)
+        raise RuntimeError("the job died")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["shard-000000.tar", "shard-000000.tar.idx"]  # the finished shard only
+
+
+def test_tar_bytes_are_deterministic(tmp_path):
+    for run in ("a", "b"):
+        with ShardWriter(tmp_path / run, max_samples=50) as writer:
+            for sample in SAMPLES:
+                writer.write(sample)
+    assert (tmp_path / "a/shard-000000.tar").read_bytes() == (
+        tmp_path / "b/shard-000000.tar"
+    ).read_bytes()
+    assert (tmp_path / "a/index.json").read_bytes() != b""
+
+
+def test_webdataset_tar_writer_output_indexes_identically(tmp_path):
+    """Shards webdataset writes are samples we read, key for key."""
+    with open(tmp_path / "w.tar", "wb") as f, TarWriter(f, encoder=False) as tw:
+        for sample in SAMPLES:
+            tw.write(
+                {
+                    "__key__": sample["__key__"],
+                    **_body({k: v for k, v in sample.items() if k != "__key__"}),
+                }
+            )
+    with open(tmp_path / "w.tar", "rb") as f:
+        keys = [s["__key__"] for _, s in read_tar_samples(f, "w.tar")]
+    assert keys == [s["__key__"] for s in SAMPLES]
