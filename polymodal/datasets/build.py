@@ -22,6 +22,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -62,6 +63,7 @@ class Ref:
 
     size: int
     path: str = ""
+    mtime_ns: int = 0
     data: bytes = b""
     row_group: int = -1
     row: int = -1
@@ -71,15 +73,15 @@ class Ref:
         if self.row_group >= 0:
             return _parquet_cell(self.path, self.row_group, self.row, self.column)
         if self.path:
-            return Path(self.path).read_bytes()
+            with open(self.path, "rb") as f:
+                return f.read()
         return self.data
 
     def identity(self) -> list[Any]:
         """What the fingerprint sees: content hash for inline bytes, location and stat else."""
-        if self.row_group < 0 and not self.path:
-            return [hashlib.sha256(self.data).hexdigest()]
-        stat = os.stat(self.path)
-        return [self.path, self.row_group, self.row, self.column, stat.st_size, stat.st_mtime_ns]
+        if self.path:
+            return [self.path, self.row_group, self.row, self.column, self.size, self.mtime_ns]
+        return [hashlib.sha256(self.data).hexdigest()]
 
 
 @dataclass(frozen=True)
@@ -139,27 +141,29 @@ def _known(ext: str) -> bool:
 def plan_folder(root: Path) -> SourcePlan:
     """Files sharing a key (path up to the first dot of the name) form a sample.
 
-    Labels come from `labels.csv` (columns `key,label`) at the root, else from class
-    sub-folders (`root/dog/001.jpg`) when no sample lies at the top level, else from `.cls`
-    files next to the media.
+    Labels come from `labels.csv` (columns `key,label`) at the root, else from `.cls` files
+    next to the media, else from class sub-folders (`root/dog/001.jpg`) when no sample lies at
+    the top level.
     """
     problems: list[Problem] = []
     groups: dict[str, dict[str, Ref]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    top = str(root)
+    for dirpath, dirnames, filenames in os.walk(top):  # strings, not Paths: 10⁶ files add up
         dirnames.sort()
+        prefix = os.path.relpath(dirpath, top).replace(os.sep, "/") + "/"
         for filename in sorted(filenames):
-            path = Path(dirpath) / filename
-            rel = path.relative_to(root).as_posix()
+            rel = filename if prefix == "./" else prefix + filename
             if rel in (LABELS_CSV, REJECTS_NAME, INDEX_NAME, PLAN_NAME):
                 continue
             parts = split_name(rel)
             if parts is None or not _known(parts[1]):
                 problems.append(Problem(rel, "unsupported file type"))
                 continue
+            path = os.path.join(dirpath, filename)
             try:
-                size = path.stat().st_size
-                with open(path, "rb"):
-                    pass
+                stat = os.stat(path)
+                if not os.access(path, os.R_OK):
+                    raise PermissionError(13, "permission denied")
             except OSError as exc:
                 problems.append(Problem(rel, f"unreadable: {exc.strerror or exc}"))
                 continue
@@ -168,14 +172,14 @@ def plan_folder(root: Path) -> SourcePlan:
             if ext in sample:
                 problems.append(Problem(rel, f"duplicate extension {ext!r}", key))
                 continue
-            sample[ext] = Ref(size=size, path=str(path))
+            sample[ext] = Ref(size=stat.st_size, path=path, mtime_ns=stat.st_mtime_ns)
     classes = None
     labels_csv = root / LABELS_CSV
     if labels_csv.exists():
         with open(labels_csv, newline="", encoding="utf-8") as f:
             labels = {row["key"]: row["label"] for row in csv.DictReader(f)}
         classes = _label_members(groups, labels, problems)
-    elif groups and all("/" in key for key in groups):
+    elif groups and all("/" in key and "cls" not in m for key, m in groups.items()):
         labels = {key: key.split("/", 1)[0] for key in groups}
         if len(set(labels.values())) > 1:
             classes = _label_members(groups, labels, problems)
@@ -237,7 +241,8 @@ def plan_manifest(manifest: Path) -> SourcePlan:
                     bad = Problem(str(value), "unsupported file type", key)
                     break
                 key = key or parts[0]
-                members[parts[1]] = Ref(size=path.stat().st_size, path=str(path))
+                stat = path.stat()
+                members[parts[1]] = Ref(stat.st_size, str(path), stat.st_mtime_ns)
             elif column == "label":
                 labels[str(number)] = str(value)
             else:
@@ -316,6 +321,7 @@ def plan_hf_parquet(path: Path) -> SourcePlan:
     `huggingface` metadata. Image/Audio → their file type, ClassLabel → `cls`, strings →
     `txt` (or `COLUMN.txt` when there are several), anything else → `COLUMN.json`."""
     pf = pq.ParquetFile(path)
+    mtime_ns = path.stat().st_mtime_ns
     meta = json.loads(pf.schema_arrow.metadata[b"huggingface"])
     features = meta.get("info", {}).get("features", {})
     strings = [c for c, f in features.items() if f.get("dtype") in ("string", "large_string")]
@@ -341,7 +347,7 @@ def plan_hf_parquet(path: Path) -> SourcePlan:
                         continue
                     name_ext = split_name(Path(value.get("path") or "").name)
                     ext = name_ext[1] if name_ext and _known(name_ext[1]) else _sniff(data, kind)
-                    members[ext] = Ref(size=len(data), path=str(path), row_group=group, row=i,
+                    members[ext] = Ref(len(data), str(path), mtime_ns, row_group=group, row=i,
                                        column=column)  # fmt: skip
                 elif kind == "ClassLabel":
                     classes = classes or feature.get("names")
@@ -474,15 +480,25 @@ def run_tasks(
         for task in tasks:
             on_done(task, fn(task))
         return
-    # forkserver, not fork: a forked copy of a process that has run torch or FFmpeg threads
-    # can deadlock on a lock some thread held at the fork
-    context = multiprocessing.get_context("forkserver")
+    context = _pool_context(fn)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending = {pool.submit(fn, task): task for task in tasks}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 on_done(pending.pop(future), future.result())
+
+
+def _pool_context(fn: Callable[[Any], Any]) -> multiprocessing.context.BaseContext:
+    """`fork` when this process runs no native thread pools (the `polymodal build` command):
+    it starts in milliseconds. Once torch or PyAV are loaded (a notebook, a trainer, the
+    validate command), a forked child can deadlock on a lock some pool thread held at the
+    fork, so workers come from a clean `forkserver` that imports `fn`'s module once."""
+    if "torch" not in sys.modules and "av" not in sys.modules:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([fn.__module__])
+    return context
 
 
 def fingerprint(options: Mapping[str, Any], shards: list[list[PlannedSample]]) -> str:

@@ -3,8 +3,9 @@
 A sample is the run of adjacent tar members that share a key. The key is the member path up to
 the first dot of its basename, the extension is the rest, lower-cased (`a/b/clip.left.mp4` →
 key `a/b/clip`, extension `left.mp4`) — exactly webdataset's `base_plus_ext` and
-`group_by_keys`, so that shards written by webdataset, img2dataset or video2dataset read the
-same here. A member that repeats an extension within its sample is an error naming the key.
+`group_by_keys` (the tests hold us to them), so that shards written by webdataset, img2dataset
+or video2dataset read the same here. A member that repeats an extension within its sample is
+an error naming the key.
 
 Reading never extracts anything to disk, and a member that is not a regular file or whose path
 is absolute or climbs out with `..` is reported and skipped, never followed.
@@ -12,12 +13,11 @@ is absolute or climbs out with `..` is reported and skipped, never followed.
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
-
-from webdataset.tariterators import base_plus_ext
 
 # The modality each extension is read as when a dataset does not say (index.json's schema).
 DEFAULT_FIELDS = {
@@ -30,6 +30,11 @@ DEFAULT_FIELDS = {
 }
 
 
+# webdataset's `tariterators.base_plus_ext` expression, kept here so that reading and writing
+# shards does not import webdataset: it imports torch, 1.4 s in every worker process.
+_KEY_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
 def modality_of(ext: str) -> str | None:
     """The default modality of an extension; dotted ones go by their last part (`left.mp4`)."""
     return DEFAULT_FIELDS.get(ext) or DEFAULT_FIELDS.get(ext.rsplit(".", 1)[-1])
@@ -37,10 +42,10 @@ def modality_of(ext: str) -> str | None:
 
 def split_name(name: str) -> tuple[str, str] | None:
     """`(key, extension)` of a member path, or None when it has no extension."""
-    key, ext = base_plus_ext(name)
-    if key is None:
+    match = _KEY_EXTENSION.match(name)
+    if match is None:
         return None
-    return key, ext.lower()
+    return match.group(1), match.group(2).lower()
 
 
 def check_key(key: str, ext: str) -> None:
