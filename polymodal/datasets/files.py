@@ -67,9 +67,32 @@ def join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def open_read(url: str) -> IO[bytes]:
-    """Open a local path or any fsspec URL (`http(s)://`, `s3://`, `file://`) for reading."""
+def open_read(url: str, stream: bool = True) -> IO[bytes]:
+    """Open a local path or any fsspec URL (`http(s)://`, `s3://`, `file://`) for reading.
+
+    With `stream`, HTTP is streamed (`block_size=0`): many servers (`python -m http.server`,
+    some CDNs) ignore Range requests, and tar shards are read front to back anyway;
+    `seek_forward` covers the rare reader that starts mid-shard. Parquet needs random access:
+    `stream=False` (and a server that honours Range).
+    """
+    if stream and url.startswith(("http://", "https://")):
+        return fsspec.open(url, "rb", block_size=0).open()
     return fsspec.open(url, "rb").open()
+
+
+def seek_forward(f: IO[bytes], offset: int) -> None:
+    """Move a freshly opened file to `offset`: a seek where the file can, else read past."""
+    try:
+        f.seek(offset)
+        return
+    except (OSError, ValueError):
+        pass
+    left = offset
+    while left > 0:
+        chunk = f.read(min(left, 2**20))
+        if not chunk:
+            raise EOFError(f"file ends before byte {offset}")
+        left -= len(chunk)
 
 
 def read_bytes(url: str) -> bytes:

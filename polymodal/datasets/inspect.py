@@ -164,7 +164,8 @@ def validate_shard(args: tuple[ShardIndex, ShardInfo]) -> list[dict[str, str]]:
             if index.format == "tar":
                 samples = read_tar_samples(reader, url, 0, _member_problem(bad))
             else:  # Parquet needs a seekable file of its own; `reader` only hashes
-                samples = read_parquet_samples(stack.enter_context(open_read(url)), url)
+                parquet = stack.enter_context(open_read(url, stream=False))
+                samples = read_parquet_samples(parquet, url)
             for _, sample in samples:
                 count += 1
                 for ext, decoder in decoders.items():

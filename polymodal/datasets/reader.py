@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .files import open_read
+from .files import open_read, seek_forward
 from .index import ShardIndex, ShardInfo
 from .layout import Problem, read_tar_samples
 from .parquet import read_parquet_samples
@@ -20,10 +20,11 @@ def read_shard(
     """The samples of `shard` from its `start`-th on.
 
     A tar shard is opened at the byte offset of sample `start` (from the sidecar), so what comes
-    before is never read; a Parquet shard skips whole row groups. Local paths and fsspec URLs.
+    before is not read where the file can seek (local, s3) and not parsed where it cannot
+    (streamed HTTP); a Parquet shard skips whole row groups. Local paths and fsspec URLs.
     """
     url = index.url(shard)
-    with open_read(url) as f:
+    with open_read(url, stream=index.format == "tar") as f:
         if index.format == "parquet":
             for _, sample in read_parquet_samples(f, url, start):
                 yield sample
@@ -34,6 +35,6 @@ def read_shard(
             if start >= len(offsets):
                 return
             offset = int(offsets[start])
-            f.seek(offset)
+            seek_forward(f, offset)
         for _, sample in read_tar_samples(f, url, offset, on_problem):
             yield sample

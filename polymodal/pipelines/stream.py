@@ -1,0 +1,578 @@
+"""The streaming reader: shards → raw samples → fields → batches, exactly once per epoch over
+ranks × workers, in an order that is a pure function of (seed, epoch, world size, workers).
+
+One DataLoader worker runs a chain of small stages, each with `state_dict()` /
+`load_state_dict()`:
+
+    Reader   the worker's references (see `partition`), read in order: sequential within a
+             shard, a seek by the sidecar's offsets across shards, retries with backoff
+    Shuffle  a bounded buffer whose emission order is simulated on integers, so a resumed run
+             rebuilds the buffer's contents by re-reading (not decoding) at most its size
+    Decode   the field adapters, with a generator per sample seeded from (seed, epoch, key)
+    Batch    `collate` of `batch_size` samples; a sample that cannot be read or decoded is
+             reported and replaced by a repeat of a good one (marked), so shapes and batch
+             counts never change
+
+`StreamLoader` (from `Stream.loader`) runs the chain in `torch.utils.data.DataLoader` workers.
+Each batch carries its worker's state; the loader keeps the state of the last batch it handed
+out per worker, which is exactly what a resumed run must skip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from polymodal.adapters import Adapter, Batch, DecodeError, collate, get, sample_seed
+from polymodal.datasets.index import ShardIndex
+from polymodal.datasets.layout import Problem
+from polymodal.datasets.reader import read_shard
+
+from .partition import (
+    Mixture,
+    Reference,
+    SourceOrder,
+    rank_range,
+    references,
+    worker_range,
+)
+
+log = logging.getLogger("polymodal.stream")
+
+SourceSpec = str | Path | Sequence[str | Path] | Sequence[tuple[str | Path, float]]
+FieldSpec = Adapter | str | tuple[str, Sequence[str]]
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else RANK / WORLD_SIZE."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@dataclass
+class Skip:
+    """A sample (or a shard's worth of them) that was not delivered, and why."""
+
+    key: str
+    stage: str
+    reason: str
+    url: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"key": self.key, "stage": self.stage, "reason": self.reason, "url": self.url}
+
+
+class ShardUnavailable(OSError):
+    """A shard could not be opened or read, after retries."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at an offset
+
+
+class Reader:
+    """Raw samples of references, in the order given.
+
+    Keeps one open shard per source and reads on while the next reference is at most
+    `SKIP_AHEAD` samples further in it; otherwise it opens the shard at the reference's sample
+    (a seek to its byte offset from the sidecar). A shard that fails `retries` times is
+    reported with its URL, and every reference into it is skipped under the `skip` policy;
+    its state is those failed shards, so a resumed run does not retry them.
+    """
+
+    def __init__(self, indexes: Sequence[ShardIndex], errors: str, retries: int = 3) -> None:
+        self.indexes, self.errors, self.retries = indexes, errors, retries
+        self._open: dict[int, tuple[int, int, Iterator[dict[str, Any]]]] = {}
+        self._failed: dict[tuple[int, int], str] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"failed": [[s, n, reason] for (s, n), reason in sorted(self._failed.items())]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._failed = {(s, n): reason for s, n, reason in state["failed"]}
+
+    def read(self, refs: Iterator[Reference]) -> Iterator[tuple[Reference, dict | Skip]]:
+        for ref in refs:
+            yield ref, self._sample(ref)
+
+    def _sample(self, ref: Reference) -> dict[str, Any] | Skip:
+        index = self.indexes[ref.source]
+        shard = index.shards[ref.shard]
+        where = (ref.source, ref.shard)
+        key = f"{shard.name}#{ref.index}"  # the sample's place, when its key cannot be read
+        if where in self._failed:
+            return Skip(key, "read", self._failed[where], index.url(shard))
+        current = self._open.get(ref.source)
+        gap = ref.index - current[1] if current is not None and current[0] == ref.shard else -1
+        if 0 <= gap <= SKIP_AHEAD:  # close ahead in the open shard: read on (not decode)
+            samples = current[2]
+            for _ in range(gap):
+                next(samples, None)
+        else:
+            try:
+                samples = self._open_at(index, ref)
+            except Exception as exc:
+                return self._fail(where, key, index.url(shard), str(exc))
+        try:
+            sample = next(samples)
+        except StopIteration:
+            return self._fail(where, key, index.url(shard), "fewer samples than the index says")
+        except Exception as exc:  # a damaged shard: the rest of it is lost, and reported
+            return self._fail(where, key, index.url(shard), f"damaged shard: {exc}")
+        self._open[ref.source] = (ref.shard, ref.index + 1, samples)
+        return sample
+
+    def _open_at(self, index: ShardIndex, ref: Reference) -> Iterator[dict[str, Any]]:
+        """The shard's samples from `ref.index` on, retrying a failed open with backoff."""
+        delay = 0.5
+        for attempt in range(self.retries):
+            samples = read_shard(index, index.shards[ref.shard], ref.index, _ignore_member)
+            try:
+                return _chain_first(next(samples), samples)
+            except StopIteration:
+                return iter(())
+            except Exception as exc:
+                if attempt == self.retries - 1:
+                    raise ShardUnavailable(
+                        f"cannot read after {self.retries} tries: {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _fail(self, where: tuple[int, int], key: str, url: str, reason: str) -> Skip:
+        if self.errors == "raise":
+            raise ShardUnavailable(f"{url}: {reason}")
+        self._failed[where] = reason
+        self._open.pop(where[0], None)
+        return Skip(key, "read", reason, url)
+
+
+def _ignore_member(problem: Problem) -> None:
+    """Odd tar members (no extension, not files) are not samples; `polymodal index` reports
+    them when a dataset is indexed, the stream just passes over them."""
+
+
+def _chain_first(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+class Shuffle:
+    """A shuffle buffer of `size` samples whose order is computed on read positions only.
+
+    The emission order depends on the positions and the generator, never on the data, so the
+    state is one number (how many were emitted) and a resumed buffer is rebuilt by replaying
+    the order on integers and re-reading what the buffer held: at most `size` samples.
+    """
+
+    def __init__(self, length: int, size: int, seed: Sequence[int], enabled: bool = True) -> None:
+        self.length, self.size, self.seed, self.enabled = length, size, list(seed), enabled
+        self.emitted = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"emitted": self.emitted}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.emitted = state["emitted"]
+
+    def shuffle(
+        self, read: Callable[[int, int], Iterator[tuple[Reference, dict | Skip]]]
+    ) -> Iterator[tuple[Reference, dict | Skip]]:
+        """Emit the items of read positions 0..length-1 in buffer order; `read(start, stop)`
+        gives the items of positions [start, stop). On resume the order is replayed on
+        integers to the saved point; the positions the buffer held then are read again, one
+        by one (at most `size` of them, read and not decoded), then reading goes on."""
+        order = BufferOrder(self.length, self.size if self.enabled else 1, self.seed)
+        for _ in range(self.emitted):
+            order.step()
+        buffer = {p: next(read(p, p + 1)) for p in sorted(order.slots)}
+        items = read(order.read, self.length)
+        next_position = order.read
+        while (position := order.step()) is not None:
+            while next_position < order.read:
+                buffer[next_position] = next(items)
+                next_position += 1
+            self.emitted += 1
+            yield buffer.pop(position)
+
+
+class BufferOrder:
+    """The classic shuffle buffer, on positions 0..length-1 instead of data: fill `size`
+    slots; then each step emits a random slot and puts the next position in its place; at
+    the end the remaining slots leave in random order. `slots` holds what the buffer holds
+    after each step, `read` how many positions it has taken in."""
+
+    def __init__(self, length: int, size: int, seed: Sequence[int]) -> None:
+        self.length, self.size = length, size
+        self.rng = np.random.default_rng(list(seed))
+        self.slots: list[int] = []
+        self.read = 0
+        self._draws: list[int] = []
+        self._draining = False
+
+    def step(self) -> int | None:
+        """The next position to emit, or None at the end."""
+        while len(self.slots) < self.size and self.read < self.length:
+            self.slots.append(self.read)
+            self.read += 1
+        if self.read < self.length:
+            if not self._draws:  # drawn in blocks: the same numbers, far fewer calls
+                self._draws = self.rng.integers(0, self.size, 1024).tolist()[::-1]
+            slot = self._draws.pop()
+            emitted, self.slots[slot] = self.slots[slot], self.read
+            self.read += 1
+            return emitted
+        if not self._draining:
+            self.rng.shuffle(self.slots)
+            self._draining = True
+        return self.slots.pop() if self.slots else None
+
+
+class Decode:
+    """Raw samples → fields, with the adapters of each field and a per-sample generator."""
+
+    def __init__(self, fields: Mapping[str, Adapter], errors: str, seed: int, epoch: int):
+        self.fields, self.errors, self.seed, self.epoch = fields, errors, seed, epoch
+        self.skipped = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.skipped = state["skipped"]
+
+    def decode(self, ref: Reference, raw: dict[str, Any] | Skip) -> dict[str, Any] | Skip:
+        if isinstance(raw, Skip):
+            self.skipped += 1
+            return raw
+        key = raw["__key__"]
+        seed = sample_seed(key, self.seed * 1_000_003 + self.epoch)
+        out: dict[str, Any] = {"__key__": key, "__repeated__": ref.repeated}
+        for name, adapter in self.fields.items():
+            try:  # one generator per field, equally seeded: audio and video cut the same moment
+                out[name] = adapter.decode(raw, np.random.default_rng(seed))
+            except DecodeError as exc:
+                if self.errors == "raise":
+                    raise
+                self.skipped += 1
+                return Skip(key, "decode", f"field {name!r}: {exc.reason}", raw.get("__url__", ""))
+        return out
+
+
+class Batcher:
+    """Groups decoded samples into `Batch`es; a skipped sample becomes a repeat of a good one."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.batches = 0
+        self.last_good: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.batches = state["batches"]
+
+    def batch(self, items: list[dict[str, Any] | Skip]) -> tuple[Batch, list[Skip]]:
+        good = [item for item in items if not isinstance(item, Skip)]
+        skips = [item for item in items if isinstance(item, Skip)]
+        if good:
+            self.last_good = good[-1]
+        elif self.last_good is None:
+            reasons = "; ".join(s.reason for s in skips[:3])
+            raise RuntimeError(f"no sample of a whole batch could be read or decoded: {reasons}")
+        filler = {**(good[0] if good else self.last_good), "__repeated__": True}
+        samples = [filler if isinstance(item, Skip) else item for item in items]
+        self.batches += 1
+        return collate(samples), skips
+
+
+# ---------------------------------------------------------------------------------------------
+# The stream
+
+
+@dataclass
+class WorkerSlice:
+    """One (rank, worker)'s share of an epoch: positions of the padded epoch and batch count."""
+
+    start: int
+    stop: int
+    batches: int
+
+
+class Stream:
+    """Batches of fields from one or more sharded datasets, for one rank.
+
+    `source`: a dataset folder or URL prefix (`http(s)://`, `s3://`, `file://`), a list of them,
+    or a list of `(source, weight)` pairs, mixed by weight into one epoch of the same total
+    length. `fields`: field name → adapter (an instance, a registered name, or `(name,
+    extensions)`); by default one field per modality of the index's schema.
+    """
+
+    def __init__(
+        self,
+        source: SourceSpec,
+        fields: Mapping[str, FieldSpec] | None = None,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_size: int = 1000,
+        errors: str = "skip",
+        retries: int = 3,
+    ) -> None:
+        if errors not in ("skip", "raise"):
+            raise ValueError(f"errors must be 'skip' or 'raise', got {errors!r}")
+        if batch_size < 1 or buffer_size < 1:
+            raise ValueError("batch_size and buffer_size must be positive")
+        self.sources, self.weights = _sources(source)
+        self.indexes = [ShardIndex.load(s) for s in self.sources]
+        self.fields = _resolve_fields(fields, self.indexes)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.buffer_size, self.errors, self.retries = buffer_size, errors, retries
+
+    # --- the pure plan ---
+
+    def orders(self, epoch: int) -> tuple[list[SourceOrder], Mixture]:
+        orders = [
+            SourceOrder.build([s.samples for s in index.shards], self.seed, epoch, self.shuffle, i)
+            for i, index in enumerate(self.indexes)
+        ]
+        return orders, Mixture.from_weights([o.total for o in orders], self.weights)
+
+    def slice(self, epoch: int, rank: int, world: int, worker: int, workers: int) -> WorkerSlice:
+        total = self.orders(epoch)[1].total
+        first, last = rank_range(total, world, rank)
+        start, stop = worker_range(last - first, self.batch_size, workers, worker)
+        return WorkerSlice(first + start, first + stop, math.ceil((stop - start) / self.batch_size))
+
+    def batches_per_epoch(self, world: int | None = None) -> int:
+        """Batches every rank yields per epoch (the same for every rank)."""
+        world = world or distributed_rank_world()[1]
+        total = sum(self.orders(0)[1].sizes)  # the epoch length does not depend on the epoch
+        first, last = rank_range(total, world, 0)
+        return math.ceil((last - first) / self.batch_size)
+
+    def config(self, world: int, workers: int) -> dict[str, Any]:
+        """What the order depends on: a resumed run must match it."""
+        return {"sources": [str(s) for s in self.sources], "weights": self.weights,
+                "samples": [i.samples for i in self.indexes], "batch_size": self.batch_size,
+                "shuffle": self.shuffle, "seed": self.seed, "buffer_size": self.buffer_size,
+                "world": world, "workers": workers}  # fmt: skip
+
+    # --- one worker's chain ---
+
+    def worker_batches(
+        self,
+        epoch: int,
+        rank: int,
+        world: int,
+        worker: int = 0,
+        workers: int = 1,
+        state: Mapping[str, Any] | None = None,
+    ) -> Iterator[tuple[Batch, dict[str, Any], list[Skip]]]:
+        """(batch, chain state after it, skips in it) for one (rank, worker) and epoch."""
+        orders, mixture = self.orders(epoch)
+        part = self.slice(epoch, rank, world, worker, workers)
+        reader = Reader(self.indexes, self.errors, self.retries)
+        shuffle = Shuffle(part.stop - part.start, self.buffer_size,
+                          (self.seed, epoch, rank, worker), self.shuffle)  # fmt: skip
+        decode = Decode(self.fields, self.errors, self.seed, epoch)
+        batcher = Batcher(self.batch_size)
+        stages = {"reader": reader, "shuffle": shuffle, "decode": decode, "batch": batcher}
+        for name, stage in stages.items():
+            if state is not None:
+                stage.load_state_dict(state[name])
+
+        def read(start: int, stop: int) -> Iterator[tuple[Reference, dict | Skip]]:
+            return reader.read(references(orders, mixture, part.start + start, part.start + stop))
+
+        pending: list[dict[str, Any] | Skip] = []
+        for ref, raw in shuffle.shuffle(read):
+            pending.append(decode.decode(ref, raw))
+            if len(pending) == self.batch_size:
+                batch, skips = batcher.batch(pending)
+                pending = []
+                yield batch, {n: s.state_dict() for n, s in stages.items()}, skips
+        if pending:
+            batch, skips = batcher.batch(pending)
+            yield batch, {n: s.state_dict() for n, s in stages.items()}, skips
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One epoch (epoch 0) in this process, for this rank; `loader()` for more."""
+        rank, world = distributed_rank_world()
+        for batch, _, _ in self.worker_batches(0, rank, world):
+            yield batch
+
+    def loader(
+        self, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 2
+    ) -> StreamLoader:
+        return StreamLoader(self, num_workers, pin_memory, prefetch)
+
+
+def _sources(source: SourceSpec) -> tuple[list[str], list[float] | None]:
+    if isinstance(source, (str, Path)):
+        return [str(source)], None
+    items = list(source)
+    if items and all(isinstance(i, tuple) for i in items):
+        return [str(s) for s, _ in items], [float(w) for _, w in items]
+    return [str(s) for s in items], None
+
+
+def _resolve_fields(
+    fields: Mapping[str, FieldSpec] | None, indexes: Sequence[ShardIndex]
+) -> dict[str, Adapter]:
+    """Field name → adapter instance. By default, one field per modality in the schema,
+    reading that modality's extensions."""
+    if fields is None:
+        by_modality: dict[str, list[str]] = {}
+        for index in indexes:
+            for ext, modality in index.fields.items():
+                if modality and ext not in by_modality.setdefault(modality, []):
+                    by_modality[modality].append(ext)
+        if not by_modality:
+            raise ValueError("the index names no modalities: pass fields=")
+        return {m: get(m)(extensions=exts) for m, exts in sorted(by_modality.items())}
+    out = {}
+    for name, spec in fields.items():
+        if isinstance(spec, Adapter):
+            out[name] = spec
+        elif isinstance(spec, str):
+            out[name] = get(spec)()
+        else:
+            adapter_name, extensions = spec
+            out[name] = get(adapter_name)(extensions=list(extensions))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# DataLoader integration
+
+
+class _EpochDataset(IterableDataset):
+    """What DataLoader workers run: the epoch comes from shared memory (workers persist
+    across epochs), resume states from the loader, once."""
+
+    def __init__(self, stream: Stream, rank: int, world: int) -> None:
+        super().__init__()
+        self.stream, self.rank, self.world = stream, rank, world
+        self.epoch = multiprocessing.Value("q", 0)
+        self.resume: tuple[int, dict[int, Any]] | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, Batch, dict[str, Any], list[dict[str, str]]]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch = self.epoch.value
+        state = None
+        if self.resume is not None and self.resume[0] == epoch:
+            state = self.resume[1].get(worker)
+        self.resume = None  # this copy resumes once; later epochs start from the beginning
+        for batch, new_state, skips in self.stream.worker_batches(
+            epoch, self.rank, self.world, worker, workers, state
+        ):
+            yield worker, batch, new_state, [s.as_dict() for s in skips]
+
+
+class StreamLoader:
+    """A DataLoader over a `Stream`, one epoch per iteration, with exact mid-epoch resume.
+
+    `state_dict()` after any batch, in any process later `load_state_dict()`, and iteration
+    goes on with exactly the batches the uninterrupted run would have yielded next (keys and
+    tensors). `report()` lists the samples skipped this epoch, with keys and reasons.
+    """
+
+    def __init__(self, stream: Stream, num_workers: int, pin_memory: bool, prefetch: int):
+        self.stream = stream
+        self.rank, self.world = distributed_rank_world()
+        self.num_workers, self.pin_memory, self.prefetch = num_workers, pin_memory, prefetch
+        self.dataset = _EpochDataset(stream, self.rank, self.world)
+        self.epoch, self.batches = 0, 0
+        self.worker_states: dict[int, Any] = {}
+        self.skipped: list[dict[str, str]] = []
+        self._loader: DataLoader | None = None
+
+    def __len__(self) -> int:
+        return self.stream.batches_per_epoch(self.world)
+
+    def _data_loader(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = DataLoader(
+                self.dataset,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory and torch.cuda.is_available(),
+                prefetch_factor=self.prefetch if self.num_workers else None,
+                persistent_workers=self.num_workers > 0,
+            )
+        return self._loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.dataset.epoch.value = self.epoch
+        for worker, batch, state, skips in self._data_loader():
+            self.worker_states[worker] = state
+            self.batches += 1
+            self._note_skips(skips)
+            yield batch
+        self._summarise()
+        self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
+        self.skipped = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batches, self.worker_states = epoch, 0, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "workers": dict(self.worker_states),
+            "skipped": list(self.skipped),
+            "config": self.stream.config(self.world, self.num_workers),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expected = self.stream.config(self.world, self.num_workers)
+        if state["config"] != expected:
+            changed = sorted(k for k in expected if state["config"].get(k) != expected[k])
+            raise ValueError(f"cannot resume: the stream's {changed} differ from the saved state")
+        self.epoch, self.batches = state["epoch"], state["batches"]
+        self.worker_states = {int(w): s for w, s in state["workers"].items()}
+        self.skipped = list(state["skipped"])
+        self.dataset.resume = (self.epoch, dict(self.worker_states))
+        self._loader = None  # workers copy the dataset when they start: start fresh ones
+
+    def report(self) -> dict[str, Any]:
+        """Samples skipped in the current (or just finished) epoch, with keys and reasons."""
+        by_stage = Counter(s["stage"] for s in self.skipped)
+        return {"epoch": self.epoch, "skipped": len(self.skipped), "by_stage": dict(by_stage),
+                "samples": list(self.skipped)}  # fmt: skip
+
+    def _note_skips(self, skips: list[dict[str, str]]) -> None:
+        for skip in skips:
+            if not any(s["reason"] == skip["reason"] for s in self.skipped):
+                log.warning("skipped %s (%s): %s", skip["key"] or skip["url"], skip["stage"],
+                            skip["reason"])  # fmt: skip
+            self.skipped.append(skip)
+
+    def _summarise(self) -> None:
+        if self.skipped:
+            by_stage = Counter(s["stage"] for s in self.skipped)
+            log.warning("epoch %d: skipped %d samples (%s); loader.report() lists them",
+                        self.epoch, len(self.skipped),
+                        ", ".join(f"{k}: {v}" for k, v in sorted(by_stage.items())))  # fmt: skip
