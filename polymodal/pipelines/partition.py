@@ -118,6 +118,19 @@ def worker_range(per_rank: int, batch_size: int, num_workers: int, worker: int) 
     return min(first, per_rank), min(first + per_worker[worker] * batch_size, per_rank)
 
 
+def batch_schedule(batches_per_worker: Sequence[int]) -> list[int]:
+    """The worker behind each of a rank's batches, in DataLoader order: round robin from
+    worker 0 over the workers that still have batches."""
+    left = list(batches_per_worker)
+    schedule = []
+    while any(left):
+        for worker, n in enumerate(left):
+            if n:
+                schedule.append(worker)
+                left[worker] -= 1
+    return schedule
+
+
 @dataclass(frozen=True)
 class Reference:
     """One sample to read: its source, shard and place in the shard, and whether it is a

@@ -25,7 +25,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from .partition import (
     Mixture,
     Reference,
     SourceOrder,
+    batch_schedule,
     rank_range,
     references,
     worker_range,
@@ -490,6 +491,11 @@ class _EpochDataset(IterableDataset):
             yield worker, batch, new_state, [s.as_dict() for s in skips]
 
 
+def _as_is(item: Any) -> Any:
+    """DataLoader's default conversion rebuilds Mappings (a Batch would lose its keys)."""
+    return item
+
+
 class StreamLoader:
     """A DataLoader over a `Stream`, one epoch per iteration, with exact mid-epoch resume.
 
@@ -506,6 +512,7 @@ class StreamLoader:
         self.epoch, self.batches = 0, 0
         self.worker_states: dict[int, Any] = {}
         self.skipped: list[dict[str, str]] = []
+        self.report_epoch = 0
         self._loader: DataLoader | None = None
 
     def __len__(self) -> int:
@@ -516,6 +523,7 @@ class StreamLoader:
             self._loader = DataLoader(
                 self.dataset,
                 batch_size=None,
+                collate_fn=_as_is,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory and torch.cuda.is_available(),
                 prefetch_factor=self.prefetch if self.num_workers else None,
@@ -524,15 +532,29 @@ class StreamLoader:
         return self._loader
 
     def __iter__(self) -> Iterator[Batch]:
+        """One epoch. Batches are handed out in the planned worker order (`batch_schedule`),
+        whatever order the workers deliver them in: a resumed loader, whose DataLoader starts
+        again at worker 0, still continues the uninterrupted order."""
         self.dataset.epoch.value = self.epoch
+        if self.batches == 0:  # a new epoch (not a resumed one): a new report
+            self.skipped, self.report_epoch = [], self.epoch
+        workers = max(1, self.num_workers)
+        counts = [self.stream.slice(self.epoch, self.rank, self.world, w, workers).batches
+                  for w in range(workers)]  # fmt: skip
+        schedule = batch_schedule(counts)
+        waiting: dict[int, deque] = {w: deque() for w in range(workers)}
         for worker, batch, state, skips in self._data_loader():
-            self.worker_states[worker] = state
-            self.batches += 1
-            self._note_skips(skips)
-            yield batch
+            waiting[worker].append((batch, state, skips))
+            while self.batches < len(schedule) and waiting[schedule[self.batches]]:
+                batch, state, skips = waiting[schedule[self.batches]].popleft()
+                self.worker_states[schedule[self.batches]] = state
+                self.batches += 1
+                self._note_skips(skips)
+                yield batch
+        if self.batches != len(schedule):
+            raise RuntimeError(f"epoch {self.epoch}: {self.batches} of {len(schedule)} batches")
         self._summarise()
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
-        self.skipped = []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.batches, self.worker_states = epoch, 0, {}
@@ -553,14 +575,14 @@ class StreamLoader:
             raise ValueError(f"cannot resume: the stream's {changed} differ from the saved state")
         self.epoch, self.batches = state["epoch"], state["batches"]
         self.worker_states = {int(w): s for w, s in state["workers"].items()}
-        self.skipped = list(state["skipped"])
+        self.skipped, self.report_epoch = list(state["skipped"]), self.epoch
         self.dataset.resume = (self.epoch, dict(self.worker_states))
         self._loader = None  # workers copy the dataset when they start: start fresh ones
 
     def report(self) -> dict[str, Any]:
         """Samples skipped in the current (or just finished) epoch, with keys and reasons."""
         by_stage = Counter(s["stage"] for s in self.skipped)
-        return {"epoch": self.epoch, "skipped": len(self.skipped), "by_stage": dict(by_stage),
+        return {"epoch": self.report_epoch, "skipped": len(self.skipped), "by_stage": dict(by_stage),
                 "samples": list(self.skipped)}  # fmt: skip
 
     def _note_skips(self, skips: list[dict[str, str]]) -> None:

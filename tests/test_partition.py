@@ -1,0 +1,112 @@
+"""Partitioning is a pure function; these properties hold for any shard layout."""
+
+import math
+from collections import Counter
+from itertools import pairwise
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from polymodal.pipelines.partition import (
+    Mixture,
+    SourceOrder,
+    batch_schedule,
+    rank_range,
+    references,
+    worker_range,
+)
+
+
+def _epoch(counts, world, workers, batch, seed=0, epoch=0, shuffle=True):
+    """Every (rank, worker)'s references, and each rank's batch count."""
+    order = SourceOrder.build(counts, seed, epoch, shuffle)
+    mixture = Mixture((order.total,))
+    per_rank_batches, seen = [], []
+    for rank in range(world):
+        first, last = rank_range(order.total, world, rank)
+        batches = 0
+        for worker in range(workers):
+            start, stop = worker_range(last - first, batch, workers, worker)
+            refs = list(references([order], mixture, first + start, first + stop, chunk=7))
+            batches += math.ceil(len(refs) / batch)
+            seen.append(((rank, worker), refs))
+        per_rank_batches.append(batches)
+    return seen, per_rank_batches
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+    world=st.integers(1, 8),
+    workers=st.integers(1, 4),
+    batch=st.integers(1, 9),
+    seed=st.integers(0, 3),
+)
+def test_every_sample_once_and_equal_batches(counts, world, workers, batch, seed):
+    seen, per_rank_batches = _epoch(counts, world, workers, batch, seed)
+    real = Counter((r.shard, r.index) for _, refs in seen for r in refs if not r.repeated)
+    expected = {(s, i) for s, n in enumerate(counts) for i in range(n)}
+    assert set(real) == expected and all(v == 1 for v in real.values())
+    assert len(set(per_rank_batches)) == 1  # every rank yields the same number of batches
+    total = sum(counts)
+    repeats = sum(r.repeated for _, refs in seen for r in refs)
+    assert repeats == (math.ceil(total / world) * world - total if total else 0)
+    for _, refs in seen:  # repeats are real samples, so a repeat can stand in a batch
+        assert all(r.index < counts[r.shard] for r in refs)
+
+
+def test_a_single_shard_with_more_ranks_than_samples():
+    seen, per_rank_batches = _epoch([3], world=8, workers=2, batch=4)
+    assert per_rank_batches == [1] * 8
+    assert sorted((r.index, r.repeated) for _, refs in seen for r in refs) == sorted(
+        [(0, False), (1, False), (2, False)] + [(i % 3, True) for i in range(5)]
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(1, 30), min_size=2, max_size=10), epoch=st.integers(0, 5))
+def test_order_is_a_pure_function_of_seed_and_epoch(counts, epoch):
+    a, _ = _epoch(counts, 2, 2, 4, seed=1, epoch=epoch)
+    b, _ = _epoch(counts, 2, 2, 4, seed=1, epoch=epoch)
+    assert a == b
+
+
+def test_shard_order_changes_with_the_epoch_and_reads_shards_sequentially():
+    counts = [5] * 20
+    first = SourceOrder.build(counts, 0, 0, True).order.tolist()
+    second = SourceOrder.build(counts, 0, 1, True).order.tolist()
+    assert first != second and sorted(first) == list(range(20))
+    seen, _ = _epoch(counts, 1, 1, 100)
+    refs = seen[0][1]
+    assert all(b.index == a.index + 1 for a, b in pairwise(refs) if a.shard == b.shard)
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=5), cut=st.integers(0, 250))
+def test_mixture_gives_each_source_its_share_and_any_range_agrees(sizes, cut):
+    mixture = Mixture(tuple(sizes))
+    sources, within = mixture.split(0, mixture.total)
+    for s, size in enumerate(sizes):
+        assert sorted(within[sources == s].tolist()) == list(range(size))
+    cut = min(cut, mixture.total)
+    part_s, part_w = mixture.split(cut, mixture.total)
+    assert part_s.tolist() == sources[cut:].tolist() and part_w.tolist() == within[cut:].tolist()
+
+
+def test_weights_set_the_share_of_each_source():
+    mixture = Mixture.from_weights([1000, 100], [0.5, 0.5])
+    assert mixture.sizes == (550, 550)
+    sources, _ = mixture.split(0, 100)
+    assert abs(int((sources == 0).sum()) - 50) <= 1  # evenly interleaved, not in blocks
+    small = SourceOrder.build([40, 60], 0, 0, False)
+    shards, index = small.locate(np.arange(98, 103))  # past the end: the source cycles
+    assert index.tolist() == [58, 59, 0, 1, 2] and shards.tolist() == [1, 1, 0, 0, 0]
+
+
+def test_batch_schedule_is_dataloader_round_robin():
+    assert batch_schedule([3, 2, 2]) == [0, 1, 2, 0, 1, 2, 0]
+    assert batch_schedule([1, 0]) == [0]
+    per_rank, batch = 23, 4
+    counts = [math.ceil(len(range(*worker_range(per_rank, batch, 3, w))) / batch) for w in range(3)]
+    assert sum(counts) == math.ceil(per_rank / batch)

@@ -1,0 +1,62 @@
+"""Two real processes under torchrun (gloo): uneven shards, no hang, disjoint samples."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from test_stream import _write
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    from polymodal.adapters import get
+    from polymodal.pipelines.stream import Stream
+
+    dist.init_process_group("gloo")
+    fields = {"image": get("image")(size=None, extensions=["png"]), "label": get("label")()}
+    loader = Stream(sys.argv[1], fields, batch_size=4, buffer_size=16).loader(num_workers=1)
+    seen, batches = [], 0
+    for epoch in range(2):
+        for batch in loader:
+            batches += 1
+            seen += [(epoch, k, bool(r)) for k, r in zip(batch.keys, batch.repeated.tolist())]
+            dist.barrier()  # a rank with fewer batches would hang here
+    everything = [None] * dist.get_world_size()
+    dist.all_gather_object(everything, {"rank": dist.get_rank(), "batches": batches,
+                                        "seen": seen, "len": len(loader)})
+    if dist.get_rank() == 0:
+        open(sys.argv[2], "w").write(json.dumps(everything))
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_torchrun_two_ranks_over_uneven_shards(tmp_path: Path):
+    data = tmp_path / "data"
+    total = _write(data, sizes=[9, 1, 14, 0, 3])  # 27 samples: ranks get 14 each, one repeat
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    out = tmp_path / "out.json"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(child),
+        str(data),
+        str(out),
+    ]
+    subprocess.run(command, check=True, timeout=240, capture_output=True)
+    ranks = json.loads(out.read_text())
+    assert [r["batches"] for r in ranks] == [8, 8] and ranks[0]["len"] == 4
+    for epoch in (0, 1):
+        real = [[k for e, k, rep in r["seen"] if e == epoch and not rep] for r in ranks]
+        assert not set(real[0]) & set(real[1])
+        assert sorted(real[0] + real[1]) == [f"k{i:04d}" for i in range(total)]
+        repeats = sum(rep for r in ranks for e, _, rep in r["seen"] if e == epoch)
+        assert repeats == 1
