@@ -195,17 +195,18 @@ class Shuffle:
         self.emitted = state["emitted"]
 
     def shuffle(
-        self, read: Callable[[int, int], Iterator[tuple[Reference, dict | Skip]]]
+        self, read: Callable[[Sequence[int]], Iterator[tuple[Reference, dict | Skip]]]
     ) -> Iterator[tuple[Reference, dict | Skip]]:
-        """Emit the items of read positions 0..length-1 in buffer order; `read(start, stop)`
-        gives the items of positions [start, stop). On resume the order is replayed on
-        integers to the saved point; the positions the buffer held then are read again, one
-        by one (at most `size` of them, read and not decoded), then reading goes on."""
+        """Emit the items of read positions 0..length-1 in buffer order; `read(positions)`
+        gives the items of increasing positions. On resume the order is replayed on integers
+        to the saved point; the positions the buffer held then are read again (at most `size`
+        of them, read and not decoded), then reading goes on."""
         order = BufferOrder(self.length, self.size if self.enabled else 1, self.seed)
         for _ in range(self.emitted):
             order.step()
-        buffer = {p: next(read(p, p + 1)) for p in sorted(order.slots)}
-        items = read(order.read, self.length)
+        held = sorted(order.slots)
+        buffer = dict(zip(held, read(held), strict=True))
+        items = read(range(order.read, self.length))
         next_position = order.read
         while (position := order.step()) is not None:
             while next_position < order.read:
@@ -268,8 +269,10 @@ class Decode:
         seed = sample_seed(key, self.seed * 1_000_003 + self.epoch)
         out: dict[str, Any] = {"__key__": key, "__repeated__": ref.repeated}
         for name, adapter in self.fields.items():
-            try:  # one generator per field, equally seeded: audio and video cut the same moment
-                out[name] = adapter.decode(raw, np.random.default_rng(seed))
+            # one generator per field, equally seeded: audio and video cut the same moment
+            rng = np.random.default_rng(seed) if adapter.uses_rng else None
+            try:
+                out[name] = adapter.decode(raw, rng)
             except DecodeError as exc:
                 if self.errors == "raise":
                     raise
@@ -402,8 +405,16 @@ class Stream:
             if state is not None:
                 stage.load_state_dict(state[name])
 
-        def read(start: int, stop: int) -> Iterator[tuple[Reference, dict | Skip]]:
-            return reader.read(references(orders, mixture, part.start + start, part.start + stop))
+        def read(positions: Sequence[int]) -> Iterator[tuple[Reference, dict | Skip]]:
+            """Items of increasing worker positions; gaps are read past, not opened anew."""
+            if not positions:
+                return iter(())
+            first, last = positions[0], positions[-1] + 1
+            refs = references(orders, mixture, part.start + first, part.start + last)
+            if not isinstance(positions, range):
+                wanted = set(positions)
+                refs = (ref for p, ref in zip(range(first, last), refs, strict=True) if p in wanted)
+            return reader.read(refs)
 
         pending: list[dict[str, Any] | Skip] = []
         for ref, raw in shuffle.shuffle(read):
@@ -582,8 +593,12 @@ class StreamLoader:
     def report(self) -> dict[str, Any]:
         """Samples skipped in the current (or just finished) epoch, with keys and reasons."""
         by_stage = Counter(s["stage"] for s in self.skipped)
-        return {"epoch": self.report_epoch, "skipped": len(self.skipped), "by_stage": dict(by_stage),
-                "samples": list(self.skipped)}  # fmt: skip
+        return {
+            "epoch": self.report_epoch,
+            "skipped": len(self.skipped),
+            "by_stage": dict(by_stage),
+            "samples": list(self.skipped),
+        }
 
     def _note_skips(self, skips: list[dict[str, str]]) -> None:
         for skip in skips:
