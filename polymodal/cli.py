@@ -228,10 +228,17 @@ def _build(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"polymodal build: {exc}", file=sys.stderr)
         return 2
+    return _report(report, args.out, args.strict)
+
+
+def _report(report: Any, folder: Path, strict: bool) -> int:
+    """Print a build's summary; the exit code says whether `--strict` found rejects."""
+    from polymodal.datasets import build
+
     print(build.summary(report))
     if report.rejects:
-        print(f"rejected inputs are listed in {args.out / build.REJECTS_NAME}")
-    return 1 if args.strict and report.rejects else 0
+        print(f"rejected inputs are listed in {folder / build.REJECTS_NAME}")
+    return 1 if strict and report.rejects else 0
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -242,10 +249,7 @@ def _index(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"polymodal index: {exc}", file=sys.stderr)
         return 2
-    print(build.summary(report))
-    if report.rejects:
-        print(f"rejected members and shards are listed in {args.directory / build.REJECTS_NAME}")
-    return 1 if args.strict and report.rejects else 0
+    return _report(report, args.directory, args.strict)
 
 
 def _inspect(args: argparse.Namespace) -> int:

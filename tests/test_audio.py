@@ -1,10 +1,7 @@
-import io
-import wave
-
 import numpy as np
 import pytest
 import torch
-from testmedia import peak_hz
+from testmedia import empty_wav, peak_hz
 
 from polymodal.adapters import DecodeError, get
 from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
@@ -88,19 +85,9 @@ def test_whole_file_is_bounded_by_max_seconds():
         _decode(data, "flac", duration=None, max_seconds=2.0)
 
 
-def _empty_wav() -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(b"")
-    return buf.getvalue()
-
-
 def test_zero_length_audio_raises():
     with pytest.raises(DecodeError, match="no audio samples") as err:
-        _decode(_empty_wav(), "wav")
+        _decode(empty_wav(), "wav")
     assert err.value.key == "snd" and err.value.field == "audio"
 
 

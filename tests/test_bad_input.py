@@ -5,11 +5,10 @@ import subprocess
 import sys
 import textwrap
 import time
-import wave
 
 import numpy as np
 import pytest
-from testmedia import png_bomb
+from testmedia import empty_wav, png_bomb
 
 from polymodal.adapters import DecodeError, get
 from polymodal.datasets.synthetic import (
@@ -23,15 +22,6 @@ from polymodal.datasets.synthetic import (
 )
 
 NOISE = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
-
-
-def _zero_length_wav() -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-    return buf.getvalue()
 
 
 def _cases():
@@ -70,7 +60,7 @@ def _cases():
         ("wrong-extension-flac-as-jpg", "image", "jpg", flac),
         ("wrong-extension-text-as-mp4", "video", "mp4", b"just some text, not a video"),
         ("video-without-video-stream", "video", "mp4", encode_media("mp4", audio=tone())),
-        ("zero-length-audio", "audio", "wav", _zero_length_wav()),
+        ("zero-length-audio", "audio", "wav", empty_wav()),
         ("ply-bad-header", "pointcloud", "ply", b"ply\nformat ascii 1.0\nelement vertex x\n"),
         ("nan-point-cloud", "pointcloud", "npy", nan_cloud.getvalue()),
     ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import wave
 import zlib
 
 import numpy as np
@@ -36,3 +38,13 @@ def png_bomb(width: int = 40000, height: int = 40000) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
+
+
+def empty_wav(rate: int = 16000) -> bytes:
+    """A valid WAV header with no samples: audio of zero length."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+    return buf.getvalue()
