@@ -1,0 +1,146 @@
+"""Attention blocks of the Perceiver (Jaegle et al. 2021) and Perceiver IO (2107.14795).
+
+Pre-LayerNorm throughout: a cross-attention normalises its queries and its keys/values
+separately, a self-attention its one input; each block is attention (+ query residual), then
+an MLP on a LayerNorm of the result (+ residual). Attention itself is
+`torch.nn.functional.scaled_dot_product_attention` with a boolean key mask, so the fused
+kernels (flash / memory-efficient) run on GPUs. A query whose keys are all masked gets zeros,
+never NaNs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention from `q_dim` queries to `kv_dim` keys/values.
+
+    `qk_channels` (default `q_dim`) and `v_channels` (default `qk_channels`) are the widths of
+    the projected queries/keys and values, split over `num_heads`; the output is projected to
+    `out_dim` (default `q_dim`), as in the reference implementation.
+    """
+
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        qk_channels = qk_channels or q_dim
+        v_channels = v_channels or qk_channels
+        if qk_channels % num_heads or v_channels % num_heads:
+            raise ValueError(f"{qk_channels=} and {v_channels=} must divide by {num_heads=}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.query = nn.Linear(q_dim, qk_channels)
+        self.key = nn.Linear(kv_dim, qk_channels)
+        self.value = nn.Linear(kv_dim, v_channels)
+        self.output = nn.Linear(v_channels, out_dim or q_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, channels = x.shape
+        return x.view(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
+
+    def forward(
+        self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`x_q` [B, N, q_dim], `x_kv` [B, M, kv_dim], `mask` [B, M] (True = attend)."""
+        q, k, v = (
+            self._heads(self.query(x_q)),
+            self._heads(self.key(x_kv)),
+            self._heads(self.value(x_kv)),
+        )
+        attn_mask, empty = None, None
+        if mask is not None:
+            empty = ~mask.any(dim=-1)  # queries with nothing to attend to
+            attn_mask = (mask | empty[:, None])[:, None, None, :]  # keep softmax finite
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        out = out.transpose(1, 2).flatten(2)
+        if empty is not None:
+            out = out.masked_fill(empty[:, None, None], 0.0)
+        return self.output(out)
+
+
+class MLP(nn.Module):
+    """Two layers with a GELU between, `widening_factor` times wider inside."""
+
+    def __init__(self, dim: int, widening_factor: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dense1 = nn.Linear(dim, dim * widening_factor)
+        self.dense2 = nn.Linear(dim * widening_factor, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense2(F.gelu(self.dense1(x))))
+
+
+class CrossAttention(nn.Module):
+    """Queries attend to a different input: latents to the inputs (encoder), output queries to
+    the latents (decoder). `query_residual=False` drops the residual, as the reference decoder
+    does for some outputs."""
+
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        out_dim: int | None = None,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+        query_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        out_dim = out_dim or q_dim
+        if query_residual and out_dim != q_dim:
+            raise ValueError("a query residual needs out_dim == q_dim")
+        self.q_norm = nn.LayerNorm(q_dim)
+        self.kv_norm = nn.LayerNorm(kv_dim)
+        self.attention = Attention(q_dim, kv_dim, num_heads, qk_channels, v_channels, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.mlp_norm = nn.LayerNorm(out_dim)
+        self.mlp = MLP(out_dim, widening_factor, dropout)
+        self.query_residual = query_residual
+
+    def forward(
+        self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = self.dropout(self.attention(self.q_norm(x_q), self.kv_norm(x_kv), mask))
+        if self.query_residual:
+            x = x + x_q
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Latents attend to themselves (the latent transformer)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = Attention(dim, dim, num_heads, qk_channels, v_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, widening_factor, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.norm(x)
+        x = x + self.dropout(self.attention(normed, normed))
+        return x + self.mlp(self.mlp_norm(x))

@@ -1,0 +1,173 @@
+"""Model-side input adapters: compact fields on the device → input tokens `[B, M, C]` + mask.
+
+Each casts and normalises its modality's values, groups them into patches where the modality
+is large (audio sample patches, video space-time patches, image patches), and adds positions
+built from the grid shape (Fourier features, cached per shape) or from coordinates (point
+clouds). `MultimodalInput` pads every modality to one width with learned per-modality padding
+(which doubles as a modality embedding), optionally replaces tokens with a learned mask token
+with a per-modality probability during training, and concatenates the modalities in sorted
+name order, masks included. Inputs take `(values, grid, mask)` — what a collated field holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .position import FourierPositions, LearnedPositions, fourier_features
+
+
+def patch_mask(
+    mask: torch.Tensor | None, grid: Sequence[int], patch: Sequence[int]
+) -> torch.Tensor | None:
+    """Element mask `[B, prod(grid)]` → patch mask: a patch is real if any element in it is."""
+    if mask is None:
+        return None
+    batch = mask.shape[0]
+    view = mask.view(batch, *_split_shape(grid, patch))
+    dims = tuple(range(2, 2 * len(grid) + 1, 2))
+    return view.any(dim=dims).flatten(1)
+
+
+def _split_shape(grid: Sequence[int], patch: Sequence[int]) -> list[int]:
+    shape = []
+    for n, p in zip(grid, patch, strict=True):
+        if n % p:
+            raise ValueError(f"grid {tuple(grid)} does not divide into patches {tuple(patch)}")
+        shape += [n // p, p]
+    return shape
+
+
+def patchify(values: torch.Tensor, grid: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
+    """`[B, prod(grid), C]` → `[B, prod(grid // patch), prod(patch) · C]` (patch-major)."""
+    batch, channels = values.shape[0], values.shape[-1]
+    d = len(grid)
+    view = values.reshape(batch, *_split_shape(grid, patch), channels)
+    order = [0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1]
+    patches = view.permute(*order)
+    return patches.reshape(batch, math.prod(n // p for n, p in zip(grid, patch, strict=True)), -1)
+
+
+class GridInput(nn.Module):
+    """Values on a grid (image `(H, W)`, video `(T, H, W)`, audio `(L,)`) → patch tokens with
+    Fourier (or learned) positions concatenated.
+
+    `scale` and `offset` normalise: `x · scale + offset` (uint8 pixels to [-1, 1] by default).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        patch: Sequence[int],
+        num_bands: int = 64,
+        max_resolution: Sequence[int] | None = None,
+        scale: float = 2 / 255,
+        offset: float = -1.0,
+        learned_positions: int | None = None,
+        position_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        self.patch, self.scale, self.offset = tuple(patch), scale, offset
+        d = len(self.patch)
+        if learned_positions:
+            self.positions: nn.Module = LearnedPositions(learned_positions, position_channels)
+            pos_channels = position_channels
+        else:
+            self.positions = FourierPositions(num_bands, max_resolution)
+            pos_channels = self.positions.channels(d)
+        self.channels = channels * math.prod(self.patch) + pos_channels
+
+    def forward(
+        self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = values.float() * self.scale + self.offset
+        tokens = patchify(x, grid, self.patch)
+        token_grid = [n // p for n, p in zip(grid, self.patch, strict=True)]
+        if isinstance(self.positions, LearnedPositions):
+            pos = self.positions(tokens.shape[1])
+        else:
+            pos = self.positions(token_grid, tokens.device)
+        pos = pos.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        return torch.cat([tokens, pos], dim=-1), patch_mask(mask, grid, self.patch)
+
+
+class PointCloudInput(nn.Module):
+    """Points `[B, N, 3 + F]` with coordinates in [-1, 1] → points + Fourier of coordinates."""
+
+    def __init__(self, features: int = 0, num_bands: int = 64, max_resolution: int = 64) -> None:
+        super().__init__()
+        self.num_bands, self.max_resolution = num_bands, max_resolution
+        self.channels = 3 + features + 3 * 2 * num_bands + 3
+
+    def forward(
+        self, values: torch.Tensor, coords: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pos = fourier_features(coords.float(), self.num_bands, [self.max_resolution] * 3)
+        return torch.cat([values.float(), pos], dim=-1), mask
+
+
+class TextInput(nn.Module):
+    """Byte ids `[B, L, 1]` → embeddings + learned positions (Perceiver IO's language input)."""
+
+    def __init__(self, vocab_size: int = 262, dim: int = 768, max_length: int = 2048) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, dim)
+        self.positions = LearnedPositions(max_length, dim)
+        self.channels = dim
+
+    def forward(
+        self, values: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = values[..., 0].long()
+        return self.embeddings(ids) + self.positions(ids.shape[1]), mask
+
+
+class MultimodalInput(nn.Module):
+    """Several inputs → one token sequence of a common width, in sorted modality order.
+
+    Each modality's tokens are padded with its own learned padding vector up to the widest
+    modality plus `min_padding` (so every modality carries a learned signature); during
+    training, tokens of modality `m` are replaced by a learned mask token with probability
+    `mask_probs[m]` (the masked autoencoding of Perceiver IO's multimodal model).
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, nn.Module],
+        min_padding: int = 2,
+        mask_probs: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.names = sorted(inputs)
+        self.inputs = nn.ModuleDict({n: inputs[n] for n in self.names})
+        self.channels = max(m.channels for m in self.inputs.values()) + min_padding
+        self.padding = nn.ParameterDict({
+            n: nn.Parameter(torch.randn(self.channels - self.inputs[n].channels) * 0.02)
+            for n in self.names
+        })  # fmt: skip
+        self.mask_probs = dict(mask_probs or {})
+        self.mask_tokens = nn.ParameterDict({
+            n: nn.Parameter(torch.randn(self.channels) * 0.02) for n in self.mask_probs
+        })  # fmt: skip
+
+    def forward(
+        self, fields: Mapping[str, tuple]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, int]]:
+        """`fields[name]` are the arguments of that modality's input; returns tokens, mask,
+        and the number of tokens each modality contributed (in order)."""
+        tokens, masks, lengths = [], [], {}
+        for name in self.names:
+            x, mask = self.inputs[name](*fields[name])
+            pad = self.padding[name].expand(x.shape[0], x.shape[1], -1).to(x.dtype)
+            x = torch.cat([x, pad], dim=-1)
+            if self.training and self.mask_probs.get(name, 0.0) > 0:
+                drop = torch.rand(x.shape[:2], device=x.device) < self.mask_probs[name]
+                x = torch.where(drop[..., None], self.mask_tokens[name].to(x.dtype), x)
+            tokens.append(x)
+            masks.append(mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool,
+                                                                  device=x.device))  # fmt: skip
+            lengths[name] = x.shape[1]
+        return torch.cat(tokens, dim=1), torch.cat(masks, dim=1), lengths

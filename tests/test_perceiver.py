@@ -1,0 +1,231 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polymodal.perceiver import (
+    Attention,
+    BasicDecoder,
+    CrossAttention,
+    EncoderConfig,
+    FourierQueries,
+    GridInput,
+    MultimodalInput,
+    Perceiver,
+    PerceiverEncoder,
+    PerceiverIO,
+    PointCloudInput,
+    SelfAttention,
+    TextInput,
+    fourier_features,
+    grid_positions,
+)
+from polymodal.perceiver.io import patchify
+from polymodal.perceiver.position import subsampled_positions
+
+SMALL = EncoderConfig(
+    num_latents=16,
+    latent_dim=32,
+    num_blocks=2,
+    num_self_attends_per_block=2,
+    self_heads=4,
+    cross_heads=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_fourier_features_follow_the_reference_formula():
+    shape, bands = (3, 5), 4
+    features = fourier_features(grid_positions(shape), bands, shape)
+    assert features.shape == (15, 2 + 2 * 2 * bands)
+    for row, (i, j) in enumerate((i, j) for i in range(3) for j in range(5)):
+        pos = [-1 + 2 * i / 2, -1 + 2 * j / 4]  # linspace(-1, 1) per axis
+        freqs = [[1 + k * (r / 2 - 1) / (bands - 1) for k in range(bands)] for r in shape]
+        scaled = [p * f for p, fs in zip(pos, freqs, strict=True) for f in fs]
+        expected = (
+            pos + [math.sin(math.pi * s) for s in scaled] + [math.cos(math.pi * s) for s in scaled]
+        )
+        assert torch.allclose(features[row], torch.tensor(expected), atol=1e-6)
+    sine = fourier_features(grid_positions(shape), bands, shape, concat_pos=False, sine_only=True)
+    assert torch.equal(sine, features[:, 2 : 2 + 2 * bands])
+
+
+def test_subsampled_query_positions_use_the_reference_map():
+    pos = subsampled_positions(torch.tensor([0, 7, 11]), (3, 4))
+    expected = [[-1.0, -1.0], [-1 + 2 * 1 / 3, -1 + 2 * 3 / 4], [-1 + 2 * 2 / 3, 0.5]]
+    assert torch.allclose(pos, torch.tensor(expected))
+
+
+def test_fully_masked_queries_get_zeros_not_nans():
+    attention = Attention(8, 6, num_heads=2)
+    q, kv = torch.randn(2, 3, 8), torch.randn(2, 5, 6)
+    mask = torch.tensor([[True, True, False, False, False], [False] * 5])
+    out = attention(q, kv, mask)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[1], attention.output(torch.zeros(3, 8)))
+
+
+def test_padded_inputs_give_the_same_latents_as_unpadded():
+    encoder = PerceiverEncoder(12, SMALL).eval()
+    tokens = torch.randn(1, 20, 12)
+    padded = torch.cat([tokens, torch.randn(1, 7, 12)], dim=1)
+    mask = torch.arange(27)[None] < 20
+    assert torch.allclose(encoder(tokens), encoder(padded, mask), atol=1e-5)
+
+
+def test_cross_attend_weights_are_shared_after_the_first():
+    def params(n):
+        config = EncoderConfig(**{**SMALL.__dict__, "num_blocks": 4, "num_cross_attends": n})
+        return sum(p.numel() for p in PerceiverEncoder(12, config).parameters())
+
+    one, two, four = params(1), params(2), params(4)
+    assert one < two == four  # the first cross-attend has its own weights, later ones share
+    assert len(PerceiverEncoder(12, SMALL).block) == SMALL.num_self_attends_per_block
+
+
+def test_patchify_and_patch_masks():
+    values = torch.arange(2 * 4 * 6 * 1).reshape(2, 24, 1)
+    patches = patchify(values, (4, 6), (2, 3))
+    assert patches.shape == (2, 4, 6)
+    assert patches[0, 0].tolist() == [0, 1, 2, 6, 7, 8]  # a 2×3 window of the 4×6 grid
+    image = GridInput(1, (2, 3), num_bands=2, scale=1.0, offset=0.0)
+    mask = torch.zeros(2, 24, dtype=torch.bool)
+    mask[0, :9] = True
+    tokens, token_mask = image(values, (4, 6), mask)
+    assert tokens.shape == (2, 4, 6 + 2 + 2 * 2 * 2)
+    assert token_mask.tolist() == [[True, True, False, False], [False] * 4]
+
+
+def test_classifier_shapes_and_gradients_reach_every_parameter():
+    image = GridInput(3, (4, 4), num_bands=8)
+    model = Perceiver(image.channels, 5, SMALL, input=image)
+    pixels = torch.randint(0, 256, (3, 16 * 16, 3), dtype=torch.uint8)
+    logits = model(pixels, (16, 16))
+    assert logits.shape == (3, 5)
+    logits.square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
+
+
+def test_query_subsampling_and_chunked_decoding_agree_with_the_full_output():
+    queries = FourierQueries((6, 8), num_bands=4)
+    decoder = BasicDecoder(queries, latent_dim=32, out_channels=3).eval()
+    latents = torch.randn(2, 16, 32)
+    full = decoder(latents)
+    assert full.shape == (2, 48, 3)
+    indices = torch.tensor([0, 5, 17, 47])
+    sub = decoder(latents, indices=indices)
+    # subsampled queries use the reference's -1 + 2i/N positions, so compare chunked to full
+    assert sub.shape == (2, 4, 3)
+    assert torch.allclose(
+        decoder(latents, chunk_size=7), decoder(latents, indices=torch.arange(48)), atol=1e-6
+    )
+
+
+def test_multimodal_input_pads_masks_and_orders_modalities():
+    audio = GridInput(1, (16,), num_bands=4, scale=1 / 32768, offset=0.0)
+    video = GridInput(3, (1, 4, 4), num_bands=4)
+    cloud = PointCloudInput(num_bands=2)
+    text = TextInput(dim=20, max_length=12)
+    inputs = MultimodalInput(
+        {"video": video, "audio": audio, "cloud": cloud, "text": text}, mask_probs={"video": 0.5}
+    )
+    assert inputs.names == ["audio", "cloud", "text", "video"]
+    batch = 2
+    audio_mask = torch.ones(batch, 64, dtype=torch.bool)
+    audio_mask[1, 40:] = False
+    fields = {
+        "audio": (torch.randint(-3000, 3000, (batch, 64, 1), dtype=torch.int16), (64,), audio_mask),
+        "video": (torch.randint(0, 256, (batch, 2 * 8 * 8, 3), dtype=torch.uint8), (2, 8, 8), None),
+        "cloud": (torch.rand(batch, 10, 3) * 2 - 1, torch.rand(batch, 10, 3) * 2 - 1, None),
+        "text": (torch.randint(0, 262, (batch, 12, 1), dtype=torch.int16), None),
+    }
+    tokens, mask, lengths = inputs(fields)
+    assert lengths == {"audio": 4, "cloud": 10, "text": 12, "video": 8}
+    assert tokens.shape == (batch, 34, inputs.channels) and mask.shape == (batch, 34)
+    assert mask[1, :4].tolist() == [True, True, True, False]  # audio samples 48+ are padding
+    inputs.eval()
+    again, _, _ = inputs(fields)
+    video_tokens = again[:, -8:]
+    assert torch.allclose(
+        video_tokens[..., -inputs.padding["video"].numel() :],
+        inputs.padding["video"].expand(batch, 8, -1),
+    )
+
+
+def test_overfits_a_tiny_classification_batch():
+    image = GridInput(3, (4, 4), num_bands=6)
+    model = Perceiver(image.channels, 4, SMALL, input=image)
+    pixels = torch.randint(0, 256, (8, 16 * 16, 3), dtype=torch.uint8)
+    labels = torch.arange(8) % 4
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(model(pixels, (16, 16)), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.05
+
+
+def test_overfits_a_tiny_multimodal_reconstruction():
+    audio = GridInput(1, (8,), num_bands=4, scale=1.0, offset=0.0)
+    video = GridInput(3, (1, 2, 2), num_bands=4, scale=1.0, offset=0.0)
+    inputs = MultimodalInput({"audio": audio, "video": video})
+    decoders = torch.nn.ModuleDict(
+        {
+            "audio": BasicDecoder(FourierQueries((64,), 4), 32, 1),
+            "video": BasicDecoder(FourierQueries((2, 4, 4), 4), 32, 3),
+        }
+    )
+    encoder = PerceiverEncoder(inputs.channels, SMALL)
+    wave = torch.sin(torch.linspace(0, 12, 64))[None, :, None].repeat(2, 1, 1)
+    frames = torch.rand(2, 32, 3)
+    params = [*inputs.parameters(), *decoders.parameters(), *encoder.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=3e-3)
+    first = None
+    for _ in range(400):
+        tokens, mask, _ = inputs({"audio": (wave, (64,), None), "video": (frames, (2, 4, 4), None)})
+        latents = encoder(tokens, mask)
+        loss = F.mse_loss(decoders["audio"](latents), wave) + F.mse_loss(
+            decoders["video"](latents), frames
+        )
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        first = first or loss.item()
+    assert loss.item() < first / 50
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    tokens = torch.randn(2, 10, 12)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        config = EncoderConfig(**{**SMALL.__dict__, "gradient_checkpointing": checkpointing})
+        encoder = PerceiverEncoder(12, config)
+        encoder(tokens).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_bf16_autocast_runs_on_cpu():
+    model = PerceiverIO(12, SMALL, BasicDecoder(FourierQueries((5,), 4), 32, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 10, 12))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_compiles_without_graph_breaks_in_the_attention_path():
+    block = torch.nn.Sequential(SelfAttention(16, num_heads=2))
+    cross = CrossAttention(16, 8, num_heads=2)
+    compiled_self = torch.compile(block, fullgraph=True)
+    compiled_cross = torch.compile(cross, fullgraph=True)
+    x, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 8)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
+    assert torch.allclose(compiled_self(x), block(x), atol=1e-5)
+    assert torch.allclose(compiled_cross(x, kv, mask), cross(x, kv, mask), atol=1e-5)
