@@ -8,7 +8,9 @@ import av
 import numpy as np
 import torch
 
-from .base import Adapter, Field, register
+from polymodal.perceiver.io import GridInput
+
+from .base import Adapter, Field, FieldInput, register
 from .image import check_crop
 from .media import check_complete, clip_start, open_stream, seek_to, stream_seconds
 
@@ -62,6 +64,12 @@ class AudioAdapter(Adapter):
     @property
     def uses_rng(self) -> bool:
         return self.crop == "random"
+
+    def encoder(self, samples_per_patch: int = 16, num_bands: int = 64) -> FieldInput:
+        """Samples scaled to [-1, 1], patches of `samples_per_patch`, Fourier positions."""
+        scale = 1 / 32768 if self.dtype == "int16" else 1.0
+        module = GridInput(self.channels, (samples_per_patch,), num_bands, scale=scale, offset=0.0)
+        return FieldInput(module)
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "audio")

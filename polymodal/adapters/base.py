@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 ENTRY_POINT_GROUP = "polymodal.adapters"
 
@@ -107,6 +108,22 @@ class Batch(Mapping[str, Field]):
         return Batch(fields, list(self.keys), self.repeated.to(device, non_blocking=non_blocking))
 
 
+class FieldInput(nn.Module):
+    """A batched `Field` → input tokens `[B, M, C]` and mask `[B, M]`, through a
+    `polymodal.perceiver.io` module that takes some of the field's parts (`arguments`).
+    `channels` is the token width."""
+
+    def __init__(self, module: nn.Module, arguments: Sequence[str] = ("values", "grid", "mask")):
+        super().__init__()
+        self.module, self.arguments = module, tuple(arguments)
+        self.channels: int = module.channels
+
+    def forward(self, field: Field) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if "grid" in self.arguments and isinstance(field.grid, list):
+            raise ValueError("the batch mixes grid shapes: give the adapter a fixed size")
+        return self.module(*(getattr(field, name) for name in self.arguments))
+
+
 def sample_seed(key: str, seed: int = 0) -> int:
     """A seed derived from the sample key (stable across processes, unlike `hash`)."""
     digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
@@ -167,6 +184,11 @@ class Adapter:
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         raise NotImplementedError
+
+    def encoder(self, **options: Any) -> FieldInput:
+        """The device half: a module turning this adapter's batched fields into input tokens
+        (cast, normalise, patch, positions). Options are the modality's (patch sizes, bands)."""
+        raise NotImplementedError(f"{type(self).__name__} has no model-side encoder")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(extensions={list(self.extensions)})"

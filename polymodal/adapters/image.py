@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .base import Adapter, Field, register
+from polymodal.perceiver.io import GridInput
+
+from .base import Adapter, Field, FieldInput, register
 
 _EXIF_ORIENTATION = 0x0112
 _DRAFT_REDUCTIONS = (8, 4, 2)  # the DCT-domain scales Pillow's JPEG draft mode offers
@@ -69,6 +71,10 @@ class ImageAdapter(Adapter):
     @property
     def uses_rng(self) -> bool:
         return self.crop == "random"
+
+    def encoder(self, patch_size: int = 1, num_bands: int = 64) -> FieldInput:
+        """Pixels scaled to [-1, 1], `patch_size`² patches, Fourier positions of the grid."""
+        return FieldInput(GridInput(3, (patch_size, patch_size), num_bands, self.size))
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         header = _jpeg_header(data)

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Adapter, Field, register
+from polymodal.perceiver.io import LabelInput
+
+from .base import Adapter, Field, FieldInput, register
 
 
 @register("label")
@@ -42,6 +44,12 @@ class LabelAdapter(Adapter):
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.json_key = json_key
+
+    def encoder(self) -> FieldInput:
+        """The label as one one-hot (or multi-hot) token, as the multimodal autoencoder takes it."""
+        if self.num_classes is None:
+            raise ValueError("a label encoder needs num_classes (or classes)")
+        return FieldInput(LabelInput(self.num_classes), ("values", "mask"))
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         if ext == "json":

@@ -8,7 +8,9 @@ import re
 import numpy as np
 import torch
 
-from .base import Adapter, Field, register
+from polymodal.perceiver.io import PointCloudInput
+
+from .base import Adapter, Field, FieldInput, register
 
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
@@ -50,6 +52,10 @@ class PointCloudAdapter(Adapter):
     @property
     def uses_rng(self) -> bool:
         return self.num_points is not None
+
+    def encoder(self, features: int = 0, num_bands: int = 64) -> FieldInput:
+        """Points and their features, plus Fourier features of the coordinates."""
+        return FieldInput(PointCloudInput(features, num_bands), ("values", "coords", "mask"))
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         reader = {"npy": _read_npy, "npz": _read_npz, "ply": self._read_ply, "off": _read_off}

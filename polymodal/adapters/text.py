@@ -12,7 +12,9 @@ import json
 import numpy as np
 import torch
 
-from .base import Adapter, Field, register
+from polymodal.perceiver.io import TextInput
+
+from .base import Adapter, Field, FieldInput, register
 
 PAD, BOS, EOS, MASK, CLS, SEP = range(6)
 NUM_SPECIAL = 6
@@ -54,6 +56,10 @@ class TextAdapter(Adapter):
             raise ValueError(f"max_length must be positive, got {max_length}")
         self.max_length = max_length
         self.add_special = add_special
+
+    def encoder(self, dim: int = 256) -> FieldInput:
+        """Byte embeddings plus learned positions (Perceiver IO's language input)."""
+        return FieldInput(TextInput(VOCAB_SIZE, dim, self.max_length), ("values", "mask"))
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         if ext == "npy":

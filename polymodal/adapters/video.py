@@ -8,7 +8,9 @@ import av
 import numpy as np
 import torch
 
-from .base import Adapter, Field, register
+from polymodal.perceiver.io import GridInput
+
+from .base import Adapter, Field, FieldInput, register
 from .image import check_crop, crop_plan, size_pair
 from .media import check_complete, clip_start, open_stream, seek_to, stream_seconds
 
@@ -57,6 +59,10 @@ class VideoAdapter(Adapter):
     @property
     def uses_rng(self) -> bool:
         return self.crop == "random"
+
+    def encoder(self, patch: tuple[int, int, int] = (1, 4, 4), num_bands: int = 32) -> FieldInput:
+        """Pixels scaled to [-1, 1], space-time patches, Fourier positions of the patch grid."""
+        return FieldInput(GridInput(3, patch, num_bands))
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "video")

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .position import FourierPositions, LearnedPositions, fourier_features
@@ -123,6 +124,21 @@ class TextInput(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids = values[..., 0].long()
         return self.embeddings(ids) + self.positions(ids.shape[1]), mask
+
+
+class LabelInput(nn.Module):
+    """Class ids `[B, 1, 1]` (or multi-hot `[B, 1, K]`) → one `K`-wide token of floats."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.channels = num_classes
+
+    def forward(
+        self, values: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if values.shape[-1] == self.channels and values.dtype == torch.uint8:
+            return values.float(), mask
+        return F.one_hot(values[..., 0].long(), self.channels).float(), mask
 
 
 class MultimodalInput(nn.Module):
