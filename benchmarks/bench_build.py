@@ -40,8 +40,9 @@ def make_source(root: Path, images: int, clips: int) -> None:
     clip = None
     for i in range(clips):
         if clip is None or i % 20 == 0:  # a few distinct clips: encoding is slow, not measured
-            clip = encode_media("mp4", counter_frames(50, 120, 160, step=5), fps=25,
-                                audio=tone(220 + i, 2.0))  # fmt: skip
+            clip = encode_media(
+                "mp4", counter_frames(50, 120, 160, step=5), fps=25, audio=tone(220 + i, 2.0)
+            )
         (root / "clips" / f"{i:05d}.mp4").write_bytes(clip)
         (root / "clips" / f"{i:05d}.cls").write_text(str(i % 10))
 
@@ -107,20 +108,26 @@ def main() -> None:
         cases = {
             "tarfile copy (baseline)": lambda out: raw_tar_copy(work / "src", out),
             "polymodal build, 1 worker": lambda out: build(
-                work / "src", out, shard_bytes=SHARD_BYTES, workers=1, progress=False),
+                work / "src", out, shard_bytes=SHARD_BYTES, workers=1, progress=False
+            ),
             "polymodal build, 2 workers": lambda out: build(
-                work / "src", out, shard_bytes=SHARD_BYTES, workers=2, progress=False),
-        }  # fmt: skip
+                work / "src", out, shard_bytes=SHARD_BYTES, workers=2, progress=False
+            ),
+        }
         rows = {
             name: statistics.median(timed(fn, work, args.repeats)) for name, fn in cases.items()
         }
     base = rows["tarfile copy (baseline)"]
-    print(f"{samples} samples ({args.images} JPEGs, {args.clips} clips), {total / 2**20:.1f} MB, "
-          f"4 MB shards; median of {args.repeats}")  # fmt: skip
+    print(
+        f"{samples} samples ({args.images} JPEGs, {args.clips} clips), {total / 2**20:.1f} MB, "
+        f"4 MB shards; median of {args.repeats}"
+    )
     print(f"  {'what':30s} {'seconds':>8s} {'samples/s':>10s} {'MB/s':>8s} {'× baseline':>11s}")
     for name, seconds in rows.items():
-        print(f"  {name:30s} {seconds:8.2f} {samples / seconds:10.0f} "
-              f"{total / 2**20 / seconds:8.1f} {base / seconds:10.2f}×")  # fmt: skip
+        print(
+            f"  {name:30s} {seconds:8.2f} {samples / seconds:10.0f} "
+            f"{total / 2**20 / seconds:8.1f} {base / seconds:10.2f}×"
+        )
     one, two = rows["polymodal build, 1 worker"], rows["polymodal build, 2 workers"]
     print(f"  2 workers vs 1 worker: {one / two:.2f}×")
 

@@ -118,8 +118,10 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp), args.samples)
-        print(f"{args.samples} samples, 256² JPEG → 224², batch {BATCH}; samples/s, median of "
-              f"{args.repeats}")  # fmt: skip
+        print(
+            f"{args.samples} samples, 256² JPEG → 224², batch {BATCH}; samples/s, median of "
+            f"{args.repeats}"
+        )
         print(f"  {'workers':>7s} {'webdataset':>11s} {'polymodal':>10s} {'ratio':>7s}")
         for workers in (0, 1, 2):
             theirs = rate(lambda w=workers: webdataset_pipeline(data, w), args.repeats)
@@ -127,12 +129,16 @@ def main() -> None:
             print(f"  {workers:7d} {theirs:11.0f} {mine:10.0f} {mine / theirs:6.2f}×")
         bare = rate(lambda: bare_loop(data), args.repeats)
         stream = rate(lambda: ours(data, 0), args.repeats)
-        print(f"\nbare read+decode loop {bare:.0f}/s, Stream in-process {stream:.0f}/s: stage "
-              f"overhead {100 * (1 - stream / bare):.1f}%")  # fmt: skip
+        print(
+            f"\nbare read+decode loop {bare:.0f}/s, Stream in-process {stream:.0f}/s: stage "
+            f"overhead {100 * (1 - stream / bare):.1f}%"
+        )
         k = (args.samples // BATCH) * 3 // 4
         extra, decode_k = resume_cost(data, k)
-        print(f"resume at step {k}: {extra:.3f} s beyond one batch, vs {decode_k:.2f} s to "
-              f"re-decode {k} steps ({100 * extra / decode_k:.1f}%)")  # fmt: skip
+        print(
+            f"resume at step {k}: {extra:.3f} s beyond one batch, vs {decode_k:.2f} s to "
+            f"re-decode {k} steps ({100 * extra / decode_k:.1f}%)"
+        )
 
 
 if __name__ == "__main__":

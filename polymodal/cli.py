@@ -215,16 +215,26 @@ def _build(args: argparse.Namespace) -> int:
     from polymodal.datasets import build
 
     if args.src.is_dir() and any(args.src.glob("*.tar")) and not any(args.src.glob("*/")):
-        print(f"{args.src} holds WebDataset shards: index them in place with "
-              f"`polymodal index {args.src}` (shards are not copied)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{args.src} holds WebDataset shards: index them in place with "
+            f"`polymodal index {args.src}` (shards are not copied)",
+            file=sys.stderr,
+        )
         return 2
     try:
         report = build.build(
-            args.src, args.out, shard_format=args.format, shard_bytes=args.shard_size,
-            shard_samples=args.shard_samples, workers=args.workers, shuffle=args.shuffle,
-            seed=args.seed, split=args.split, overwrite=args.overwrite,
+            args.src,
+            args.out,
+            shard_format=args.format,
+            shard_bytes=args.shard_size,
+            shard_samples=args.shard_samples,
+            workers=args.workers,
+            shuffle=args.shuffle,
+            seed=args.seed,
+            split=args.split,
+            overwrite=args.overwrite,
             print_=lambda line: print(line, file=sys.stderr),
-        )  # fmt: skip
+        )
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"polymodal build: {exc}", file=sys.stderr)
         return 2

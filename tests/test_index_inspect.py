@@ -32,8 +32,13 @@ def webdataset_shards(tmp_path: Path) -> Path:
     folder.mkdir()
     with wds.ShardWriter(str(folder / "part-%04d.tar"), maxcount=7, verbose=0) as writer:
         for i in range(20):
-            writer.write({"__key__": f"s{i:03d}", "jpg": encode_image(photo(i, 32)),
-                          "cls": str(i % 3).encode()})  # fmt: skip
+            writer.write(
+                {
+                    "__key__": f"s{i:03d}",
+                    "jpg": encode_image(photo(i, 32)),
+                    "cls": str(i % 3).encode(),
+                }
+            )
     return folder
 
 
@@ -44,8 +49,9 @@ def test_index_webdataset_shards_in_place(webdataset_shards):
     assert [s.samples for s in index.shards] == [7, 7, 6]
     assert index.labels == {"0": 7, "1": 7, "2": 6} and index.fields["jpg"] == "image"
     ours = [s for shard in index.shards for s in read_shard(index, shard)]
-    theirs = list(wds.WebDataset([str(webdataset_shards / s.name) for s in index.shards],
-                                 shardshuffle=False))  # fmt: skip
+    theirs = list(
+        wds.WebDataset([str(webdataset_shards / s.name) for s in index.shards], shardshuffle=False)
+    )
     assert [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
     assert all(a["jpg"] == b["jpg"] for a, b in zip(ours, theirs, strict=True))
     assert next(read_shard(index, index.shards[1], start=5))["__key__"] == "s012"
@@ -54,11 +60,13 @@ def test_index_webdataset_shards_in_place(webdataset_shards):
 
 def _foreign_tar(path: Path) -> None:
     with tarfile.open(path, "w") as tar:
-        for name, data, kind in [("ok.txt", b"fine", tarfile.REGTYPE),
-                                 ("../../etc/evil.txt", b"x", tarfile.REGTYPE),
-                                 ("link.txt", None, tarfile.SYMTYPE),
-                                 ("dev.txt", None, tarfile.CHRTYPE),
-                                 ("good.txt", b"also fine", tarfile.REGTYPE)]:  # fmt: skip
+        for name, data, kind in [
+            ("ok.txt", b"fine", tarfile.REGTYPE),
+            ("../../etc/evil.txt", b"x", tarfile.REGTYPE),
+            ("link.txt", None, tarfile.SYMTYPE),
+            ("dev.txt", None, tarfile.CHRTYPE),
+            ("good.txt", b"also fine", tarfile.REGTYPE),
+        ]:
             info = tarfile.TarInfo(name)
             info.type = kind
             info.size = len(data or b"")
@@ -115,8 +123,13 @@ def test_inspect_counts_and_statistics(media_dataset):
     assert report["bytes"] == sum(p.stat().st_size for p in media_dataset.glob("*.tar"))
     fields = report["fields"]
     assert {ext: f["modality"] for ext, f in fields.items()} == {
-        "cls": "label", "flac": "audio", "jpg": "image", "mp4": "video", "ply": "pointcloud",
-        "txt": "text"}  # fmt: skip
+        "cls": "label",
+        "flac": "audio",
+        "jpg": "image",
+        "mp4": "video",
+        "ply": "pointcloud",
+        "txt": "text",
+    }
     assert all(f["count"] == 6 for f in fields.values())
     assert fields["jpg"]["stats"]["width"] == {"min": 40, "median": 60, "max": 80}
     assert fields["flac"]["stats"]["seconds"]["max"] == pytest.approx(1.75, abs=0.01)

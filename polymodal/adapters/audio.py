@@ -33,9 +33,20 @@ class AudioAdapter(Adapter):
     """
 
     extensions = (
-        "flac", "wav", "mp3", "ogg", "opus", "m4a", "aac",
-        "mp4", "webm", "mkv", "mov", "avi", "m4v",
-    )  # fmt: skip
+        "flac",
+        "wav",
+        "mp3",
+        "ogg",
+        "opus",
+        "m4a",
+        "aac",
+        "mp4",
+        "webm",
+        "mkv",
+        "mov",
+        "avi",
+        "m4v",
+    )
 
     def __init__(
         self,

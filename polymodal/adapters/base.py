@@ -284,8 +284,12 @@ def _collate_field(items: list[Field], name: str) -> Field:
         mask = torch.ones(len(items), length, dtype=torch.bool)
     else:
         mask = _stack_padded(
-            [f.mask if f.mask is not None else torch.ones(len(f.values), dtype=torch.bool)
-             for f in items], length)  # fmt: skip
+            [
+                f.mask if f.mask is not None else torch.ones(len(f.values), dtype=torch.bool)
+                for f in items
+            ],
+            length,
+        )
     coords = None
     if items[0].coords is not None:
         coords = _stack_padded([f.coords for f in items], length)

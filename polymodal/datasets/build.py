@@ -130,8 +130,10 @@ def plan_source(src: Path) -> SourcePlan:
         return plan_hf_parquet(src)
     if src.suffix in MANIFEST_SUFFIXES:
         return plan_manifest(src)
-    raise ValueError(f"{src}: not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}) or a "
-                     "Hugging Face Parquet export")  # fmt: skip
+    raise ValueError(
+        f"{src}: not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}) or a "
+        "Hugging Face Parquet export"
+    )
 
 
 def _known(ext: str) -> bool:
@@ -299,10 +301,18 @@ def _cell_bytes(value: Any) -> bytes:
 
 
 _MAGIC = [
-    (b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"),
-    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"fLaC", "flac"), (b"OggS", "ogg"),
-    (b"ID3", "mp3"), (b"\xff\xfb", "mp3"), (b"\xff\xf3", "mp3"),
-]  # fmt: skip
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG", "png"),
+    (b"GIF8", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"fLaC", "flac"),
+    (b"OggS", "ogg"),
+    (b"ID3", "mp3"),
+    (b"\xff\xfb", "mp3"),
+    (b"\xff\xf3", "mp3"),
+]
 
 
 def _sniff(data: bytes, kind: str) -> str:
@@ -347,8 +357,9 @@ def plan_hf_parquet(path: Path) -> SourcePlan:
                         continue
                     name_ext = split_name(Path(value.get("path") or "").name)
                     ext = name_ext[1] if name_ext and _known(name_ext[1]) else _sniff(data, kind)
-                    members[ext] = Ref(len(data), str(path), mtime_ns, row_group=group, row=i,
-                                       column=column)  # fmt: skip
+                    members[ext] = Ref(
+                        len(data), str(path), mtime_ns, row_group=group, row=i, column=column
+                    )
                 elif kind == "ClassLabel":
                     classes = classes or feature.get("names")
                     members["cls"] = Ref(size=len(str(value)), data=str(value).encode())
@@ -578,8 +589,14 @@ def build(
     samples = plan.samples
     if shuffle:
         samples = [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
-    options = {"format": shard_format, "shard_bytes": shard_bytes, "shard_samples": shard_samples,
-               "shuffle": shuffle, "seed": seed if shuffle else None, "split": split}  # fmt: skip
+    options = {
+        "format": shard_format,
+        "shard_bytes": shard_bytes,
+        "shard_samples": shard_samples,
+        "shuffle": shuffle,
+        "seed": seed if shuffle else None,
+        "split": split,
+    }
     rejects = [p.as_dict() for p in plan.problems]
     report = BuildReport({}, 0, 0, 0, 0, 0, 0.0)
     out.mkdir(parents=True, exist_ok=True)
@@ -699,8 +716,15 @@ def index_shards(directory: str | Path, workers: int = 1, progress: bool = True)
     fields = {ext: modality_of(ext) or "" for ext in sorted({e for i in infos for e in i.fields})}
     index = ShardIndex("tar", fields, infos, merge_labels(infos), base=str(directory))
     index.save(directory)
-    return BuildReport({"": directory}, index.samples, len(infos), index.bytes, len(infos),
-                       len(rejects), time.perf_counter() - started)  # fmt: skip
+    return BuildReport(
+        {"": directory},
+        index.samples,
+        len(infos),
+        index.bytes,
+        len(infos),
+        len(rejects),
+        time.perf_counter() - started,
+    )
 
 
 def _shard_rejects(result: ShardInfo | Problem) -> list[dict[str, str]]:

@@ -129,8 +129,10 @@ def format_report(report: dict[str, Any]) -> str:
     for ext, f in report["fields"].items():
         lines.append(f"  {ext:10s} {f['modality'] or '-':11s} {f['count']:>10,} samples")
         for name, s in f["stats"].items():
-            lines.append(f"    {name:9s} min {s['min']:<10.4g} median {s['median']:<10.4g} "
-                         f"max {s['max']:.4g}")  # fmt: skip
+            lines.append(
+                f"    {name:9s} min {s['min']:<10.4g} median {s['median']:<10.4g} "
+                f"max {s['max']:.4g}"
+            )
     if report["labels"]:
         lines.append("labels:")
         top = max(report["labels"].values())

@@ -21,8 +21,9 @@ from .position import FourierPositions, subsampled_positions
 class FourierQueries(nn.Module):
     """Queries for an output grid: Fourier features of its positions."""
 
-    def __init__(self, shape: Sequence[int], num_bands: int, concat_pos: bool = True,
-                 sine_only: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, shape: Sequence[int], num_bands: int, concat_pos: bool = True, sine_only: bool = False
+    ) -> None:
         super().__init__()
         self.shape = tuple(shape)
         self.positions = FourierPositions(num_bands, self.shape, concat_pos, sine_only)
@@ -58,13 +59,15 @@ class LearnedQueries(nn.Module):
 
 
 class BasicDecoder(nn.Module):
-    """Queries → cross-attention to the latents → a linear map to `out_channels`."""
+    """Queries → cross-attention to the latents → a linear map to `out_channels` (none when
+    `out_channels` is None: the language model's decoder hands its output to the embedding
+    decoder)."""
 
     def __init__(
         self,
         queries: FourierQueries | LearnedQueries,
         latent_dim: int,
-        out_channels: int,
+        out_channels: int | None,
         num_heads: int = 1,
         qk_channels: int | None = None,
         v_channels: int | None = None,
@@ -75,10 +78,16 @@ class BasicDecoder(nn.Module):
         super().__init__()
         self.queries = queries
         self.cross_attention = CrossAttention(
-            queries.channels, latent_dim, num_heads, qk_channels, v_channels,
-            widening_factor=widening_factor, dropout=dropout, query_residual=query_residual,
-        )  # fmt: skip
-        self.final = nn.Linear(queries.channels, out_channels)
+            queries.channels,
+            latent_dim,
+            num_heads,
+            qk_channels,
+            v_channels,
+            widening_factor=widening_factor,
+            dropout=dropout,
+            query_residual=query_residual,
+        )
+        self.final = nn.Linear(queries.channels, out_channels) if out_channels else nn.Identity()
 
     def forward(
         self,
@@ -92,8 +101,13 @@ class BasicDecoder(nn.Module):
             return self._decode(latents, self.queries(batch, device, indices))
         if indices is None:
             indices = torch.arange(self.queries.length, device=device)
-        return torch.cat([self._decode(latents, self.queries(batch, device, part))
-                          for part in indices.split(chunk_size)], dim=1)  # fmt: skip
+        return torch.cat(
+            [
+                self._decode(latents, self.queries(batch, device, part))
+                for part in indices.split(chunk_size)
+            ],
+            dim=1,
+        )
 
     def _decode(self, latents: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         return self.final(self.cross_attention(queries.to(latents.dtype), latents))
@@ -102,10 +116,12 @@ class BasicDecoder(nn.Module):
 class ClassificationDecoder(BasicDecoder):
     """One learned query, decoded to class logits `[B, num_classes]`."""
 
-    def __init__(self, latent_dim: int, num_classes: int, query_dim: int | None = None,
-                 **kwargs: object) -> None:  # fmt: skip
-        super().__init__(LearnedQueries(1, query_dim or latent_dim), latent_dim, num_classes,
-                         **kwargs)  # fmt: skip
+    def __init__(
+        self, latent_dim: int, num_classes: int, query_dim: int | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(
+            LearnedQueries(1, query_dim or latent_dim), latent_dim, num_classes, **kwargs
+        )
 
     def forward(self, latents: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         return super().forward(latents)[:, 0]

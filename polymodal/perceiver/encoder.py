@@ -48,18 +48,30 @@ class PerceiverEncoder(nn.Module):
         self.latents = nn.Parameter(torch.randn(c.num_latents, c.latent_dim) * 0.02)
 
         def cross() -> CrossAttention:
-            return CrossAttention(c.latent_dim, input_dim, c.cross_heads, c.cross_qk_channels,
-                                  c.cross_v_channels, widening_factor=c.cross_widening_factor,
-                                  dropout=c.dropout)  # fmt: skip
+            return CrossAttention(
+                c.latent_dim,
+                input_dim,
+                c.cross_heads,
+                c.cross_qk_channels,
+                c.cross_v_channels,
+                widening_factor=c.cross_widening_factor,
+                dropout=c.dropout,
+            )
 
         self.cross_attends = nn.ModuleList([cross()])
         if c.num_cross_attends > 1:
             self.cross_attends.append(cross())  # shared by every later cross-attend
         self.block = nn.ModuleList(
-            SelfAttention(c.latent_dim, c.self_heads, c.self_qk_channels, c.self_v_channels,
-                          c.self_widening_factor, c.dropout)
+            SelfAttention(
+                c.latent_dim,
+                c.self_heads,
+                c.self_qk_channels,
+                c.self_v_channels,
+                c.self_widening_factor,
+                c.dropout,
+            )
             for _ in range(c.num_self_attends_per_block)
-        )  # fmt: skip
+        )
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.latents.expand(inputs.shape[0], -1, -1)

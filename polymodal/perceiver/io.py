@@ -160,14 +160,16 @@ class MultimodalInput(nn.Module):
         self.names = sorted(inputs)
         self.inputs = nn.ModuleDict({n: inputs[n] for n in self.names})
         self.channels = max(m.channels for m in self.inputs.values()) + min_padding
-        self.padding = nn.ParameterDict({
-            n: nn.Parameter(torch.randn(self.channels - self.inputs[n].channels) * 0.02)
-            for n in self.names
-        })  # fmt: skip
+        self.padding = nn.ParameterDict(
+            {
+                n: nn.Parameter(torch.randn(self.channels - self.inputs[n].channels) * 0.02)
+                for n in self.names
+            }
+        )
         self.mask_probs = dict(mask_probs or {})
-        self.mask_tokens = nn.ParameterDict({
-            n: nn.Parameter(torch.randn(self.channels) * 0.02) for n in self.mask_probs
-        })  # fmt: skip
+        self.mask_tokens = nn.ParameterDict(
+            {n: nn.Parameter(torch.randn(self.channels) * 0.02) for n in self.mask_probs}
+        )
 
     def forward(
         self, fields: Mapping[str, tuple]
@@ -183,7 +185,10 @@ class MultimodalInput(nn.Module):
                 drop = torch.rand(x.shape[:2], device=x.device) < self.mask_probs[name]
                 x = torch.where(drop[..., None], self.mask_tokens[name].to(x.dtype), x)
             tokens.append(x)
-            masks.append(mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool,
-                                                                  device=x.device))  # fmt: skip
+            masks.append(
+                mask
+                if mask is not None
+                else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            )
             lengths[name] = x.shape[1]
         return torch.cat(tokens, dim=1), torch.cat(masks, dim=1), lengths

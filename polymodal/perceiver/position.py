@@ -47,9 +47,11 @@ def fourier_features(
     if len(max_resolution) != d:
         raise ValueError(f"{d}-d positions need {d} resolutions, got {max_resolution}")
     freqs = torch.stack(
-        [torch.linspace(1.0, r / 2, num_bands, device=positions.device, dtype=positions.dtype)
-         for r in max_resolution]
-    )  # fmt: skip
+        [
+            torch.linspace(1.0, r / 2, num_bands, device=positions.device, dtype=positions.dtype)
+            for r in max_resolution
+        ]
+    )
     scaled = (positions[..., :, None] * freqs).flatten(-2)  # [..., d·K], axis-major
     features = [torch.sin(math.pi * scaled)]
     if not sine_only:
@@ -94,15 +96,17 @@ class FourierPositions(nn.Module):
         if key not in self._cache:
             positions = grid_positions(shape, device, torch.float32)
             resolution = self.max_resolution or tuple(shape)
-            features = fourier_features(positions, self.num_bands, resolution, self.concat_pos,
-                                        self.sine_only)  # fmt: skip
+            features = fourier_features(
+                positions, self.num_bands, resolution, self.concat_pos, self.sine_only
+            )
             self._cache[key] = features.to(dtype)
         return self._cache[key]
 
     def of(self, positions: torch.Tensor, max_resolution: Sequence[int]) -> torch.Tensor:
         """Features of arbitrary positions (point clouds, subsampled queries): not cached."""
-        return fourier_features(positions, self.num_bands, max_resolution, self.concat_pos,
-                                self.sine_only)  # fmt: skip
+        return fourier_features(
+            positions, self.num_bands, max_resolution, self.concat_pos, self.sine_only
+        )
 
 
 class LearnedPositions(nn.Module):

@@ -376,10 +376,17 @@ class Stream:
 
     def config(self, world: int, workers: int) -> dict[str, Any]:
         """What the order depends on: a resumed run must match it."""
-        return {"sources": [str(s) for s in self.sources], "weights": self.weights,
-                "samples": [i.samples for i in self.indexes], "batch_size": self.batch_size,
-                "shuffle": self.shuffle, "seed": self.seed, "buffer_size": self.buffer_size,
-                "world": world, "workers": workers}  # fmt: skip
+        return {
+            "sources": [str(s) for s in self.sources],
+            "weights": self.weights,
+            "samples": [i.samples for i in self.indexes],
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "buffer_size": self.buffer_size,
+            "world": world,
+            "workers": workers,
+        }
 
     # --- one worker's chain ---
 
@@ -396,8 +403,9 @@ class Stream:
         orders, mixture = self.orders(epoch)
         part = self.slice(epoch, rank, world, worker, workers)
         reader = Reader(self.indexes, self.errors, self.retries)
-        shuffle = Shuffle(part.stop - part.start, self.buffer_size,
-                          (self.seed, epoch, rank, worker), self.shuffle)  # fmt: skip
+        shuffle = Shuffle(
+            part.stop - part.start, self.buffer_size, (self.seed, epoch, rank, worker), self.shuffle
+        )
         decode = Decode(self.fields, self.errors, self.seed, epoch)
         batcher = Batcher(self.batch_size)
         stages = {"reader": reader, "shuffle": shuffle, "decode": decode, "batch": batcher}
@@ -550,8 +558,10 @@ class StreamLoader:
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
             self.skipped, self.report_epoch = [], self.epoch
         workers = max(1, self.num_workers)
-        counts = [self.stream.slice(self.epoch, self.rank, self.world, w, workers).batches
-                  for w in range(workers)]  # fmt: skip
+        counts = [
+            self.stream.slice(self.epoch, self.rank, self.world, w, workers).batches
+            for w in range(workers)
+        ]
         schedule = batch_schedule(counts)
         waiting: dict[int, deque] = {w: deque() for w in range(workers)}
         for worker, batch, state, skips in self._data_loader():
@@ -603,13 +613,17 @@ class StreamLoader:
     def _note_skips(self, skips: list[dict[str, str]]) -> None:
         for skip in skips:
             if not any(s["reason"] == skip["reason"] for s in self.skipped):
-                log.warning("skipped %s (%s): %s", skip["key"] or skip["url"], skip["stage"],
-                            skip["reason"])  # fmt: skip
+                log.warning(
+                    "skipped %s (%s): %s", skip["key"] or skip["url"], skip["stage"], skip["reason"]
+                )
             self.skipped.append(skip)
 
     def _summarise(self) -> None:
         if self.skipped:
             by_stage = Counter(s["stage"] for s in self.skipped)
-            log.warning("epoch %d: skipped %d samples (%s); loader.report() lists them",
-                        self.epoch, len(self.skipped),
-                        ", ".join(f"{k}: {v}" for k, v in sorted(by_stage.items())))  # fmt: skip
+            log.warning(
+                "epoch %d: skipped %d samples (%s); loader.report() lists them",
+                self.epoch,
+                len(self.skipped),
+                ", ".join(f"{k}: {v}" for k, v in sorted(by_stage.items())),
+            )
