@@ -1,0 +1,188 @@
+"""Import Hugging Face Perceiver checkpoints into our modules.
+
+`from_hf(model)` takes a `transformers` Perceiver model (its `config` and `state_dict()`) and
+returns a drop-in `nn.Module` built from our blocks: its `forward` takes the tensors the
+Hugging Face model takes and returns its logits. This module imports only torch: the
+`transformers` model is read through its attributes, never imported here.
+
+Supported so far: `PerceiverForMaskedLM` (`deepmind/language-perceiver`) and
+`PerceiverForImageClassificationFourier` (`deepmind/vision-perceiver-fourier`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .encoder import EncoderConfig
+from .io import GridInput
+from .models import MaskedLanguageModel, Perceiver
+
+# Hugging Face's PerceiverLayer parameter names → ours, inside one layer. `{q_norm}` is the
+# query norm: `q_norm` in a cross-attention, `norm` in a self-attention.
+_LAYER_RULES = [
+    (r"attention\.self\.layernorm1\.", "{q_norm}."),
+    (r"attention\.self\.layernorm2\.", "kv_norm."),
+    (r"attention\.self\.(?P<proj>query|key|value)\.", r"attention.\g<proj>."),
+    (r"attention\.output\.dense\.", "attention.output."),
+    (r"layernorm\.", "mlp_norm."),
+    (r"mlp\.(?P<dense>dense[12])\.", r"mlp.\g<dense>."),
+]
+
+
+def _layer(hf_prefix: str, our_prefix: str, cross: bool) -> list[tuple[str, str]]:
+    q_norm = "q_norm" if cross else "norm"
+    return [
+        (hf_prefix + pattern, our_prefix + repl.format(q_norm=q_norm))
+        for pattern, repl in _LAYER_RULES
+    ]
+
+
+_ENCODER_RULES = [
+    (r"perceiver\.embeddings\.latents$", "encoder.latents"),
+    *_layer(r"perceiver\.encoder\.cross_attention\.", "encoder.cross_attends.0.", cross=True),
+    *_layer(
+        r"perceiver\.encoder\.self_attends\.(?P<i>\d+)\.", r"encoder.block.\g<i>.", cross=False
+    ),
+]
+
+
+def convert_state_dict(
+    state: dict[str, torch.Tensor], rules: list[tuple[str, str]]
+) -> dict[str, torch.Tensor]:
+    """Rename every key by the first rule that matches it; an unmatched key is an error (a
+    checkpoint we would silently load only in part)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            new, n = re.subn("^" + pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            raise KeyError(f"no rule maps the Hugging Face parameter {key!r}")
+    return out
+
+
+def encoder_config(config: Any, input_channels: int) -> EncoderConfig:
+    """Our encoder configuration from a Hugging Face `PerceiverConfig`.
+
+    A cross-attention without `qk_channels` takes its width from the inputs (`"kv"`, the
+    default) or the latents (`"q"`), as `transformers` does.
+    """
+    cross_qk = config.qk_channels
+    if cross_qk is None:
+        kv = config.cross_attention_shape_for_attention == "kv"
+        cross_qk = input_channels if kv else config.d_latents
+    return EncoderConfig(
+        num_latents=config.num_latents,
+        latent_dim=config.d_latents,
+        num_blocks=config.num_blocks,
+        num_self_attends_per_block=config.num_self_attends_per_block,
+        cross_heads=config.num_cross_attention_heads,
+        self_heads=config.num_self_attention_heads,
+        cross_qk_channels=cross_qk,
+        cross_v_channels=config.v_channels or cross_qk,
+        self_qk_channels=config.qk_channels,
+        self_v_channels=config.v_channels,
+        cross_widening_factor=config.cross_attention_widening_factor,
+        self_widening_factor=config.self_attention_widening_factor,
+    )
+
+
+class ImageClassifier(nn.Module):
+    """Drop-in for a Hugging Face Perceiver image classifier: `inputs` `[B, C, H, W]`
+    (normalised pixels, as its image processor makes them) → logits `[B, num_labels]`."""
+
+    def __init__(self, model: Perceiver) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = inputs.shape
+        values = inputs.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        return self.model(values, (height, width))
+
+
+class MaskedLM(nn.Module):
+    """Drop-in for `PerceiverForMaskedLM`: `inputs` byte ids `[B, L]` and `attention_mask`
+    `[B, L]` (1 = real) → logits `[B, L, vocab]` (Hugging Face's are `[B, 2048, vocab]`;
+    the first `L` agree)."""
+
+    def __init__(self, model: MaskedLanguageModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = attention_mask.bool() if attention_mask is not None else None
+        return self.model(inputs, mask)
+
+
+def _masked_lm(model: nn.Module) -> MaskedLM:
+    config = model.config
+    ours = MaskedLanguageModel(
+        encoder_config(config, config.d_model),
+        config.vocab_size,
+        config.d_model,
+        config.max_position_embeddings,
+    )
+    rules = [
+        *_ENCODER_RULES,
+        (r"perceiver\.input_preprocessor\.embeddings\.", "input.embeddings."),
+        (r"perceiver\.input_preprocessor\.position_embeddings\.weight$", "input.positions.table"),
+        (
+            r"perceiver\.decoder\.output_position_encodings\.position_embeddings$",
+            "decoder.queries.table",
+        ),
+        *_layer(
+            r"perceiver\.decoder\.decoding_cross_attention\.",
+            "decoder.cross_attention.",
+            cross=True,
+        ),
+        (r"embedding_decoder\.bias$", "bias"),
+    ]
+    ours.load_state_dict(convert_state_dict(model.state_dict(), rules))
+    return MaskedLM(ours)
+
+
+def _image_fourier(model: nn.Module) -> ImageClassifier:
+    config = model.config
+    # transformers fixes the preprocessing of this model: pixels + 64-band Fourier, 224²
+    pixels = GridInput(3, (1, 1), 64, (224, 224), scale=1.0, offset=0.0)
+    ours = Perceiver(
+        pixels.channels, config.num_labels, encoder_config(config, pixels.channels), input=pixels
+    )
+    rules = [
+        *_ENCODER_RULES,
+        (
+            r"perceiver\.decoder\.decoder\.output_position_encodings\.position_embeddings$",
+            "decoder.queries.table",
+        ),
+        *_layer(
+            r"perceiver\.decoder\.decoder\.decoding_cross_attention\.",
+            "decoder.cross_attention.",
+            cross=True,
+        ),
+        (r"perceiver\.decoder\.decoder\.final_layer\.", "decoder.final."),
+    ]
+    ours.load_state_dict(convert_state_dict(model.state_dict(), rules))
+    return ImageClassifier(ours)
+
+
+_CONVERTERS = {
+    "PerceiverForMaskedLM": _masked_lm,
+    "PerceiverForImageClassificationFourier": _image_fourier,
+}
+
+
+def from_hf(model: nn.Module) -> nn.Module:
+    """Our drop-in module for a Hugging Face Perceiver model, weights included."""
+    kind = type(model).__name__
+    if kind not in _CONVERTERS:
+        raise ValueError(f"from_hf supports {sorted(_CONVERTERS)}, not {kind}")
+    return _CONVERTERS[kind](model).eval()
