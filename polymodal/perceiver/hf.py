@@ -5,8 +5,9 @@ returns a drop-in `nn.Module` built from our blocks: its `forward` takes the ten
 Hugging Face model takes and returns its logits. This module imports only torch: the
 `transformers` model is read through its attributes, never imported here.
 
-Supported so far: `PerceiverForMaskedLM` (`deepmind/language-perceiver`) and
-`PerceiverForImageClassificationFourier` (`deepmind/vision-perceiver-fourier`).
+Supported: `PerceiverForMaskedLM` (`deepmind/language-perceiver`) and the three image
+classifiers `PerceiverForImageClassificationFourier`, `...Learned` and `...ConvProcessing`
+(`deepmind/vision-perceiver-fourier`, `-learned`, `-conv`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from .encoder import EncoderConfig
-from .io import GridInput
+from .io import GridInput, ImageStemInput
 from .models import MaskedLanguageModel, Perceiver
 
 # Hugging Face's PerceiverLayer parameter names → ours, inside one layer. `{q_norm}` is the
@@ -150,33 +151,60 @@ def _masked_lm(model: nn.Module) -> MaskedLM:
     return MaskedLM(ours)
 
 
-def _image_fourier(model: nn.Module) -> ImageClassifier:
+_CLASSIFIER_RULES = [
+    (
+        r"perceiver\.decoder\.decoder\.output_position_encodings\.position_embeddings$",
+        "decoder.queries.table",
+    ),
+    *_layer(
+        r"perceiver\.decoder\.decoder\.decoding_cross_attention\.",
+        "decoder.cross_attention.",
+        cross=True,
+    ),
+    (r"perceiver\.decoder\.decoder\.final_layer\.", "decoder.final."),
+    (r"perceiver\.input_preprocessor\.(convnet_1x1|convnet\.conv)\.", "input.conv."),
+    (r"perceiver\.input_preprocessor\.convnet\.batchnorm\.", "input.batchnorm."),
+    (
+        r"perceiver\.input_preprocessor\.position_embeddings\.position_embeddings$",
+        "input.positions.table",
+    ),
+    (r"perceiver\.input_preprocessor\.positions_projection\.", "input.projection."),
+]
+
+
+def _image_classifier(model: nn.Module, stem: nn.Module) -> ImageClassifier:
+    """Any of the three image classifiers, given our version of its (fixed) preprocessing."""
     config = model.config
-    # transformers fixes the preprocessing of this model: pixels + 64-band Fourier, 224²
-    pixels = GridInput(3, (1, 1), 64, (224, 224), scale=1.0, offset=0.0)
     ours = Perceiver(
-        pixels.channels, config.num_labels, encoder_config(config, pixels.channels), input=pixels
+        stem.channels, config.num_labels, encoder_config(config, stem.channels), input=stem
     )
-    rules = [
-        *_ENCODER_RULES,
-        (
-            r"perceiver\.decoder\.decoder\.output_position_encodings\.position_embeddings$",
-            "decoder.queries.table",
-        ),
-        *_layer(
-            r"perceiver\.decoder\.decoder\.decoding_cross_attention\.",
-            "decoder.cross_attention.",
-            cross=True,
-        ),
-        (r"perceiver\.decoder\.decoder\.final_layer\.", "decoder.final."),
-    ]
-    ours.load_state_dict(convert_state_dict(model.state_dict(), rules))
+    ours.load_state_dict(convert_state_dict(model.state_dict(), _ENCODER_RULES + _CLASSIFIER_RULES))
     return ImageClassifier(ours)
+
+
+# transformers fixes each classifier's preprocessing in code; these are the same choices
+def _image_fourier(model: nn.Module) -> ImageClassifier:
+    return _image_classifier(model, GridInput(3, (1, 1), 64, (224, 224), scale=1.0, offset=0.0))
+
+
+def _image_learned(model: nn.Module) -> ImageClassifier:
+    positions = model.config.image_size**2
+    stem = ImageStemInput(
+        "conv1x1", out_channels=256, learned_positions=positions, scale=1.0, offset=0.0
+    )
+    return _image_classifier(model, stem)
+
+
+def _image_conv(model: nn.Module) -> ImageClassifier:
+    stem = ImageStemInput("conv", out_channels=64, max_resolution=(56, 56), scale=1.0, offset=0.0)
+    return _image_classifier(model, stem)
 
 
 _CONVERTERS = {
     "PerceiverForMaskedLM": _masked_lm,
     "PerceiverForImageClassificationFourier": _image_fourier,
+    "PerceiverForImageClassificationLearned": _image_learned,
+    "PerceiverForImageClassificationConvProcessing": _image_conv,
 }
 
 

@@ -95,6 +95,64 @@ class GridInput(nn.Module):
         return torch.cat([tokens, pos], dim=-1), patch_mask(mask, grid, self.patch)
 
 
+class ImageStemInput(nn.Module):
+    """Images through a convolutional stem, then positions concatenated: the reference's
+    `"conv"` preprocessing (7×7 stride-2 convolution, batch norm, ReLU, 3×3 stride-2 max
+    pool: 4× smaller, Fourier positions) and `"conv1x1"` (a 1×1 convolution to `out_channels`,
+    learned positions of `position_channels`, linearly projected)."""
+
+    def __init__(
+        self,
+        kind: str = "conv",
+        in_channels: int = 3,
+        out_channels: int = 64,
+        num_bands: int = 64,
+        max_resolution: Sequence[int] = (56, 56),
+        learned_positions: int | None = None,
+        position_channels: int = 256,
+        scale: float = 2 / 255,
+        offset: float = -1.0,
+    ) -> None:
+        super().__init__()
+        self.kind, self.scale, self.offset = kind, scale, offset
+        if kind == "conv":
+            self.conv = nn.Conv2d(in_channels, out_channels, 7, stride=2, padding=3, bias=False)
+            self.batchnorm = nn.BatchNorm2d(out_channels)
+            self.pool = nn.MaxPool2d(kernel_size=3, stride=2)
+        elif kind == "conv1x1":
+            self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        else:
+            raise ValueError(f"kind must be 'conv' or 'conv1x1', got {kind!r}")
+        if learned_positions:
+            self.positions: nn.Module = LearnedPositions(learned_positions, position_channels)
+            self.projection = nn.Linear(position_channels, position_channels)
+            pos_channels = position_channels
+        else:
+            self.positions = FourierPositions(num_bands, max_resolution)
+            pos_channels = self.positions.channels(2)
+        self.channels = out_channels + pos_channels
+
+    def forward(
+        self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = values.shape[0]
+        x = (values.float() * self.scale + self.offset).view(batch, *grid, -1).permute(0, 3, 1, 2)
+        x = self.conv(x)
+        if self.kind == "conv":
+            x = self.pool(F.relu(self.batchnorm(x)))
+        height, width = x.shape[-2:]
+        tokens = x.permute(0, 2, 3, 1).reshape(batch, height * width, -1)
+        if isinstance(self.positions, LearnedPositions):
+            pos = self.projection(self.positions(height * width))
+        else:
+            pos = self.positions((height, width), tokens.device)
+        tokens = torch.cat([tokens, pos.to(tokens.dtype).expand(batch, -1, -1)], dim=-1)
+        if mask is not None:  # a stem output is real where the nearest input pixel is
+            small = F.interpolate(mask.view(batch, 1, *grid).float(), size=(height, width))
+            mask = small.flatten(1) > 0
+        return tokens, mask
+
+
 class PointCloudInput(nn.Module):
     """Points `[B, N, 3 + F]` with coordinates in [-1, 1] → points + Fourier of coordinates."""
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from .decoder import BasicDecoder, ClassificationDecoder, LearnedQueries
 from .encoder import EncoderConfig, PerceiverEncoder
-from .io import GridInput, TextInput
+from .io import GridInput, ImageStemInput, TextInput
 
 
 class PerceiverIO(nn.Module):
@@ -126,14 +126,33 @@ def vision_perceiver_fourier(num_classes: int = 1000, image_size: int = 224) -> 
     """`deepmind/vision-perceiver-fourier`: 48,440,627 parameters (pixels + 2-d Fourier
     features with 64 bands; cross-attention keys as wide as the inputs, as the reference)."""
     pixels = GridInput(3, (1, 1), 64, (image_size, image_size), scale=1.0, offset=0.0)
-    config = EncoderConfig(
+    return Perceiver(pixels.channels, num_classes, _vision_encoder(pixels.channels), input=pixels)
+
+
+def _vision_encoder(input_channels: int) -> EncoderConfig:
+    return EncoderConfig(
         num_latents=512,
         latent_dim=1024,
         num_blocks=8,
         num_self_attends_per_block=6,
         cross_heads=1,
         self_heads=8,
-        cross_qk_channels=pixels.channels,
-        cross_v_channels=pixels.channels,
+        cross_qk_channels=input_channels,
+        cross_v_channels=input_channels,
     )
-    return Perceiver(pixels.channels, num_classes, config, input=pixels)
+
+
+def vision_perceiver_learned(num_classes: int = 1000, image_size: int = 224) -> Perceiver:
+    """`deepmind/vision-perceiver-learned`: 1×1 convolution to 256 channels, learned
+    positions of every pixel (256 channels, projected)."""
+    stem = ImageStemInput(
+        "conv1x1", out_channels=256, learned_positions=image_size**2, scale=1.0, offset=0.0
+    )
+    return Perceiver(stem.channels, num_classes, _vision_encoder(stem.channels), input=stem)
+
+
+def vision_perceiver_conv(num_classes: int = 1000) -> Perceiver:
+    """`deepmind/vision-perceiver-conv`: a convolutional stem (4× smaller, 64 channels) and
+    64-band Fourier positions of the 56² feature grid."""
+    stem = ImageStemInput("conv", out_channels=64, max_resolution=(56, 56), scale=1.0, offset=0.0)
+    return Perceiver(stem.channels, num_classes, _vision_encoder(stem.channels), input=stem)
