@@ -6,6 +6,7 @@ import torch
 
 from polymodal.perceiver.models import (
     language_perceiver,
+    multimodal_perceiver,
     vision_perceiver_conv,
     vision_perceiver_fourier,
     vision_perceiver_learned,
@@ -23,6 +24,18 @@ def test_presets_have_the_reference_parameter_counts():
     with torch.device("meta"):
         assert _count(language_perceiver()) == 201_108_230
         assert _count(vision_perceiver_fourier()) == 48_440_627
+        config = transformers.PerceiverConfig(
+            num_latents=784,
+            d_latents=512,
+            num_blocks=1,
+            num_self_attends_per_block=8,
+            num_self_attention_heads=8,
+            num_cross_attention_heads=1,
+            num_labels=700,
+            image_size=224,
+        )
+        reference = transformers.PerceiverForMultimodalAutoencoding(config)
+        assert _count(multimodal_perceiver()) == _count(reference) == 19_858_855
 
 
 @pytest.mark.parametrize(
@@ -118,6 +131,46 @@ def test_image_classifier_learned_and_conv_parity(kind, d_model, size):
     pixels = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert torch.allclose(ours(pixels), theirs(inputs=pixels).logits, atol=1e-4)
+
+
+def test_multimodal_autoencoder_parity_with_subsampled_and_chunked_queries():
+    torch.manual_seed(0)
+    config = transformers.PerceiverConfig(
+        num_latents=8,
+        d_latents=32,
+        num_blocks=1,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=1,
+        num_labels=5,
+        image_size=16,
+        num_frames=2,
+        audio_samples_per_frame=64,
+        samples_per_patch=16,
+        output_shape=[1, 2, 16, 16],
+        output_num_channels=24,
+        _label_trainable_num_channels=40,
+    )
+    theirs = transformers.PerceiverForMultimodalAutoencoding(config).eval()
+    ours = from_hf(theirs)
+    inputs = {
+        "image": torch.randn(2, 2, 3, 16, 16),
+        "audio": torch.randn(2, 128, 1),
+        "label": torch.zeros(2, 5),
+    }
+    points = {"image": torch.arange(10, 60), "audio": torch.arange(0, 6), "label": None}
+    with torch.no_grad():
+        expected = theirs(inputs=inputs, subsampled_output_points=points).logits
+        got = ours(inputs, points)
+        chunked = ours(inputs, points, chunk_size=7)
+    assert {k: v.shape for k, v in got.items()} == {
+        "audio": (2, 96),
+        "image": (2, 50, 3),
+        "label": (2, 5),
+    }
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-4), name
+        assert torch.allclose(chunked[name], got[name], atol=1e-5), name
 
 
 def test_unsupported_models_are_named():

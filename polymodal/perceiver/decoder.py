@@ -19,14 +19,21 @@ from .position import FourierPositions, subsampled_positions
 
 
 class FourierQueries(nn.Module):
-    """Queries for an output grid: Fourier features of its positions."""
+    """Queries for an output grid: Fourier features of its positions (with frequencies up to
+    `max_resolution`, by default the grid's shape)."""
 
     def __init__(
-        self, shape: Sequence[int], num_bands: int, concat_pos: bool = True, sine_only: bool = False
+        self,
+        shape: Sequence[int],
+        num_bands: int,
+        concat_pos: bool = True,
+        sine_only: bool = False,
+        max_resolution: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.shape = tuple(shape)
-        self.positions = FourierPositions(num_bands, self.shape, concat_pos, sine_only)
+        self.max_resolution = tuple(max_resolution or shape)
+        self.positions = FourierPositions(num_bands, self.max_resolution, concat_pos, sine_only)
         self.channels = self.positions.channels(len(self.shape))
 
     @property
@@ -39,7 +46,8 @@ class FourierQueries(nn.Module):
         if indices is None:
             features = self.positions(self.shape, device)
         else:
-            features = self.positions.of(subsampled_positions(indices, self.shape), self.shape)
+            positions = subsampled_positions(indices, self.shape)
+            features = self.positions.of(positions, self.max_resolution)
         return features.expand(batch, -1, -1)
 
 
@@ -125,3 +133,61 @@ class ClassificationDecoder(BasicDecoder):
 
     def forward(self, latents: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         return super().forward(latents)[:, 0]
+
+
+class MultimodalDecoder(nn.Module):
+    """One decoder for several outputs: each modality's queries (Fourier or learned) are padded
+    with that modality's learned padding to a common width, all are concatenated in sorted
+    name order and cross-attend to the latents together; the result is split back per
+    modality. `indices` maps a modality to the output positions to decode (query
+    subsampling); `chunk_size` decodes the queries in chunks."""
+
+    def __init__(
+        self,
+        queries: dict[str, FourierQueries | LearnedQueries],
+        latent_dim: int,
+        out_channels: int,
+        min_padding: int = 2,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        query_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.names = sorted(queries)
+        self.queries = nn.ModuleDict({n: queries[n] for n in self.names})
+        self.channels = max(q.channels for q in queries.values()) + min_padding
+        self.padding = nn.ParameterDict(
+            {
+                n: nn.Parameter(torch.randn(self.channels - queries[n].channels) * 0.02)
+                for n in self.names
+            }
+        )
+        self.cross_attention = CrossAttention(
+            self.channels,
+            latent_dim,
+            num_heads,
+            qk_channels,
+            v_channels,
+            query_residual=query_residual,
+        )
+        self.final = nn.Linear(self.channels, out_channels)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        indices: dict[str, torch.Tensor | None] | None = None,
+        chunk_size: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        batch, device = latents.shape[0], latents.device
+        indices = indices or {}
+        parts, sizes = [], []
+        for name in self.names:
+            q = self.queries[name](batch, device, indices.get(name)).to(latents.dtype)
+            pad = self.padding[name].to(q.dtype).expand(batch, q.shape[1], -1)
+            parts.append(torch.cat([q, pad], dim=-1))
+            sizes.append(q.shape[1])
+        queries = torch.cat(parts, dim=1)
+        chunks = queries.split(chunk_size, dim=1) if chunk_size else [queries]
+        out = torch.cat([self.final(self.cross_attention(c, latents)) for c in chunks], dim=1)
+        return dict(zip(self.names, out.split(sizes, dim=1), strict=True))

@@ -5,9 +5,10 @@ returns a drop-in `nn.Module` built from our blocks: its `forward` takes the ten
 Hugging Face model takes and returns its logits. This module imports only torch: the
 `transformers` model is read through its attributes, never imported here.
 
-Supported: `PerceiverForMaskedLM` (`deepmind/language-perceiver`) and the three image
+Supported: `PerceiverForMaskedLM` (`deepmind/language-perceiver`), the three image
 classifiers `PerceiverForImageClassificationFourier`, `...Learned` and `...ConvProcessing`
-(`deepmind/vision-perceiver-fourier`, `-learned`, `-conv`).
+(`deepmind/vision-perceiver-fourier`, `-learned`, `-conv`), and
+`PerceiverForMultimodalAutoencoding` (`deepmind/multimodal-perceiver`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from .encoder import EncoderConfig
 from .io import GridInput, ImageStemInput
-from .models import MaskedLanguageModel, Perceiver
+from .models import MaskedLanguageModel, MultimodalAutoencoder, Perceiver, multimodal_perceiver
 
 # Hugging Face's PerceiverLayer parameter names → ours, inside one layer. `{q_norm}` is the
 # query norm: `q_norm` in a cross-attention, `norm` in a self-attention.
@@ -200,11 +201,82 @@ def _image_conv(model: nn.Module) -> ImageClassifier:
     return _image_classifier(model, stem)
 
 
+class MultimodalAutoencoding(nn.Module):
+    """Drop-in for `PerceiverForMultimodalAutoencoding`: `inputs` = {"image": `[B, T, C, H, W]`,
+    "audio": `[B, L, 1]`, "label": `[B, K]`} and optional `subsampled_output_points` per
+    modality → {"audio": `[B, n·16]`, "image": `[B, n, 3]`, "label": `[B, K]`}."""
+
+    def __init__(self, model: MultimodalAutoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        inputs: dict[str, torch.Tensor],
+        subsampled_output_points: dict[str, torch.Tensor | None] | None = None,
+        chunk_size: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        video, audio = inputs["image"], inputs["audio"]
+        batch, frames, channels, height, width = video.shape
+        pixels = video.permute(0, 1, 3, 4, 2).reshape(batch, -1, channels)
+        fields = {
+            "image": (pixels, (frames, height, width), None),
+            "audio": (audio, (audio.shape[1],), None),
+            "label": (inputs["label"][:, None, :], None),
+        }
+        out = self.model(fields, subsampled_output_points, chunk_size)
+        return {
+            "audio": out["audio"].reshape(batch, -1),
+            "image": out["image"],
+            "label": out["label"][:, 0],
+        }
+
+
+def _multimodal(model: nn.Module) -> MultimodalAutoencoding:
+    c = model.config
+    ours = multimodal_perceiver(
+        c.num_labels,
+        c.num_frames,
+        c.image_size,
+        c.audio_samples_per_frame,
+        c.samples_per_patch,
+        c.num_latents,
+        c.d_latents,
+        c.num_self_attends_per_block,
+        c.num_self_attention_heads,
+        c.output_num_channels,
+        c._label_trainable_num_channels,
+    )
+    rules = [
+        *_ENCODER_RULES,
+        (r"perceiver\.input_preprocessor\.padding\.", "input.padding."),
+        (r"perceiver\.input_preprocessor\.mask\.", "input.mask_tokens."),
+        (
+            r"perceiver\.decoder\.modalities\.label\.decoder\.output_position_encodings\."
+            r"position_embeddings$",
+            "decoder.queries.label.table",
+        ),
+        *_layer(
+            r"perceiver\.decoder\.decoder\.decoding_cross_attention\.",
+            "decoder.cross_attention.",
+            cross=True,
+        ),
+        (r"perceiver\.decoder\.decoder\.final_layer\.", "decoder.final."),
+        (r"perceiver\.decoder\.padding\.", "decoder.padding."),
+        (r"perceiver\.output_postprocessor\.modalities\.(?P<m>\w+)\.classifier\.", r"heads.\g<m>."),
+    ]
+    state = convert_state_dict(model.state_dict(), rules)
+    shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    ours.load_state_dict({k: v.reshape(shapes[k]) for k, v in state.items()})  # [1, C] → [C]
+    return MultimodalAutoencoding(ours)
+
+
 _CONVERTERS = {
     "PerceiverForMaskedLM": _masked_lm,
     "PerceiverForImageClassificationFourier": _image_fourier,
     "PerceiverForImageClassificationLearned": _image_learned,
     "PerceiverForImageClassificationConvProcessing": _image_conv,
+    "PerceiverForMultimodalAutoencoding": _multimodal,
 }
 
 

@@ -185,7 +185,7 @@ class TextInput(nn.Module):
 
 
 class LabelInput(nn.Module):
-    """Class ids `[B, 1, 1]` (or multi-hot `[B, 1, K]`) → one `K`-wide token of floats."""
+    """Class ids `[B, 1, 1]`, or multi-hot / scores `[B, 1, K]` → one `K`-wide float token."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -194,7 +194,7 @@ class LabelInput(nn.Module):
     def forward(
         self, values: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if values.shape[-1] == self.channels and values.dtype == torch.uint8:
+        if values.shape[-1] == self.channels and self.channels > 1:  # multi-hot or scores
             return values.float(), mask
         return F.one_hot(values[..., 0].long(), self.channels).float(), mask
 
@@ -205,7 +205,9 @@ class MultimodalInput(nn.Module):
     Each modality's tokens are padded with its own learned padding vector up to the widest
     modality plus `min_padding` (so every modality carries a learned signature); during
     training, tokens of modality `m` are replaced by a learned mask token with probability
-    `mask_probs[m]` (the masked autoencoding of Perceiver IO's multimodal model).
+    `mask_probs[m]` (the masked autoencoding of Perceiver IO's multimodal model); a modality
+    with probability 1 is always masked, in evaluation too (the label the autoencoder must
+    infer from sound and picture).
     """
 
     def __init__(
@@ -239,8 +241,9 @@ class MultimodalInput(nn.Module):
             x, mask = self.inputs[name](*fields[name])
             pad = self.padding[name].expand(x.shape[0], x.shape[1], -1).to(x.dtype)
             x = torch.cat([x, pad], dim=-1)
-            if self.training and self.mask_probs.get(name, 0.0) > 0:
-                drop = torch.rand(x.shape[:2], device=x.device) < self.mask_probs[name]
+            p = self.mask_probs.get(name, 0.0)
+            if p >= 1 or (self.training and p > 0):  # p = 1: never seen, in eval too
+                drop = torch.rand(x.shape[:2], device=x.device) < p
                 x = torch.where(drop[..., None], self.mask_tokens[name].to(x.dtype), x)
             tokens.append(x)
             masks.append(

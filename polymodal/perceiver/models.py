@@ -11,9 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decoder import BasicDecoder, ClassificationDecoder, LearnedQueries
+from .decoder import (
+    BasicDecoder,
+    ClassificationDecoder,
+    FourierQueries,
+    LearnedQueries,
+    MultimodalDecoder,
+)
 from .encoder import EncoderConfig, PerceiverEncoder
-from .io import GridInput, ImageStemInput, TextInput
+from .io import GridInput, ImageStemInput, LabelInput, MultimodalInput, TextInput
 
 
 class PerceiverIO(nn.Module):
@@ -60,6 +66,36 @@ class Perceiver(PerceiverIO):
     ) -> None:
         decoder = ClassificationDecoder(encoder.latent_dim, num_classes, **decoder_options)
         super().__init__(input_channels, encoder, decoder, input)
+
+
+class MultimodalAutoencoder(nn.Module):
+    """Perceiver IO's multimodal autoencoder: several inputs in, several outputs decoded
+    together (`MultimodalDecoder`), each mapped by its own head (e.g. audio samples per patch,
+    RGB per pixel, class logits). `forward(fields, indices=None, chunk_size=None)` → outputs
+    per modality `[B, n, head channels]`."""
+
+    def __init__(
+        self,
+        inputs: MultimodalInput,
+        encoder: EncoderConfig,
+        decoder: MultimodalDecoder,
+        heads: dict[str, nn.Module],
+    ) -> None:
+        super().__init__()
+        self.input = inputs
+        self.encoder = PerceiverEncoder(inputs.channels, encoder)
+        self.decoder = decoder
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(
+        self,
+        fields: dict[str, tuple],
+        indices: dict[str, torch.Tensor | None] | None = None,
+        chunk_size: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        tokens, mask, _ = self.input(fields)
+        outputs = self.decoder(self.encoder(tokens, mask), indices, chunk_size)
+        return {name: self.heads[name](out) for name, out in outputs.items()}
 
 
 class MaskedLanguageModel(nn.Module):
@@ -156,3 +192,53 @@ def vision_perceiver_conv(num_classes: int = 1000) -> Perceiver:
     64-band Fourier positions of the 56² feature grid."""
     stem = ImageStemInput("conv", out_channels=64, max_resolution=(56, 56), scale=1.0, offset=0.0)
     return Perceiver(stem.channels, num_classes, _vision_encoder(stem.channels), input=stem)
+
+
+def multimodal_perceiver(
+    num_classes: int = 700,
+    num_frames: int = 16,
+    image_size: int = 224,
+    audio_samples_per_frame: int = 1920,
+    samples_per_patch: int = 16,
+    num_latents: int = 784,
+    latent_dim: int = 512,
+    num_self_attends_per_block: int = 8,
+    self_heads: int = 8,
+    output_channels: int = 512,
+    label_query_channels: int = 1024,
+) -> MultimodalAutoencoder:
+    """`deepmind/multimodal-perceiver` (Kinetics-700 autoencoding), 19,858,855 parameters:
+    4×4 video patches with 32-band Fourier positions, 16-sample audio patches with 192 bands,
+    the label always masked (the model infers it)."""
+    samples = num_frames * audio_samples_per_frame
+    video = GridInput(3, (1, 4, 4), 32, (num_frames, image_size, image_size), 1.0, 0.0)
+    audio = GridInput(1, (samples_per_patch,), 192, (samples,), 1.0, 0.0)
+    inputs = MultimodalInput(
+        {"audio": audio, "image": video, "label": LabelInput(num_classes)},
+        min_padding=4,
+        mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
+    )
+    encoder = EncoderConfig(
+        num_latents=num_latents,
+        latent_dim=latent_dim,
+        num_blocks=1,
+        num_self_attends_per_block=num_self_attends_per_block,
+        cross_heads=1,
+        self_heads=self_heads,
+        cross_qk_channels=inputs.channels,
+        cross_v_channels=inputs.channels,
+    )
+    queries = {
+        "audio": FourierQueries((samples // samples_per_patch,), 192, max_resolution=(samples,)),
+        "image": FourierQueries((num_frames, image_size, image_size), 32),
+        "label": LearnedQueries(1, label_query_channels),
+    }
+    decoder = MultimodalDecoder(
+        queries, latent_dim, output_channels, qk_channels=latent_dim, v_channels=latent_dim
+    )
+    heads = {
+        "audio": nn.Linear(output_channels, samples_per_patch),
+        "image": nn.Linear(output_channels, 3),
+        "label": nn.Linear(output_channels, num_classes),
+    }
+    return MultimodalAutoencoder(inputs, encoder, decoder, heads)
