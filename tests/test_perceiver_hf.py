@@ -7,6 +7,7 @@ import torch
 from polymodal.perceiver.models import (
     language_perceiver,
     multimodal_perceiver,
+    optical_flow_perceiver,
     vision_perceiver_conv,
     vision_perceiver_fourier,
     vision_perceiver_learned,
@@ -36,6 +37,17 @@ def test_presets_have_the_reference_parameter_counts():
         )
         reference = transformers.PerceiverForMultimodalAutoencoding(config)
         assert _count(multimodal_perceiver()) == _count(reference) == 19_858_855
+        config = transformers.PerceiverConfig(
+            num_latents=2048,
+            d_latents=512,
+            num_blocks=1,
+            num_self_attends_per_block=24,
+            num_self_attention_heads=16,
+            num_cross_attention_heads=1,
+            train_size=[368, 496],
+        )
+        reference = transformers.PerceiverForOpticalFlow(config)
+        assert _count(optical_flow_perceiver()) == _count(reference) == 41_057_134
 
 
 @pytest.mark.parametrize(
@@ -77,6 +89,7 @@ def test_masked_lm_parity():
     )
     theirs = transformers.PerceiverForMaskedLM(config).eval()
     ours = from_hf(theirs)
+    from_state = from_hf(theirs.state_dict(), theirs.config, "PerceiverForMaskedLM")
     ids = torch.randint(0, 262, (3, 21))
     attention_mask = torch.ones(3, 21, dtype=torch.long)
     attention_mask[1, 15:] = 0
@@ -85,6 +98,8 @@ def test_masked_lm_parity():
         got = ours(ids, attention_mask)
     assert got.shape == (3, 21, 262)  # only the positions asked for, not all 64
     assert torch.allclose(got, expected[:, :21], atol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(from_state(ids, attention_mask), got)
 
 
 def test_image_classifier_fourier_parity():
@@ -176,3 +191,5 @@ def test_multimodal_autoencoder_parity_with_subsampled_and_chunked_queries():
 def test_unsupported_models_are_named():
     with pytest.raises(ValueError, match="from_hf supports"):
         from_hf(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="needs its config"):
+        from_hf({"x": torch.zeros(1)})

@@ -14,6 +14,7 @@ classifiers `PerceiverForImageClassificationFourier`, `...Learned` and `...ConvP
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -280,9 +281,32 @@ _CONVERTERS = {
 }
 
 
-def from_hf(model: nn.Module) -> nn.Module:
-    """Our drop-in module for a Hugging Face Perceiver model, weights included."""
-    kind = type(model).__name__
+class _Checkpoint:
+    """A state dict with its config, read like a model by the converters."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], config: Any) -> None:
+        self.state, self.config = dict(state), config
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+
+def from_hf(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    config: Any = None,
+    kind: str | None = None,
+) -> nn.Module:
+    """Our drop-in module for a Hugging Face Perceiver model, weights included.
+
+    A bare state dict needs its `PerceiverConfig` and the model class name as `kind`
+    (e.g. `"PerceiverForMaskedLM"`).
+    """
+    if isinstance(model_or_state_dict, Mapping):
+        if config is None or kind is None:
+            raise ValueError("a state dict needs its config and kind (the model's class name)")
+        source: Any = _Checkpoint(model_or_state_dict, config)
+    else:
+        source, kind = model_or_state_dict, type(model_or_state_dict).__name__
     if kind not in _CONVERTERS:
         raise ValueError(f"from_hf supports {sorted(_CONVERTERS)}, not {kind}")
-    return _CONVERTERS[kind](model).eval()
+    return _CONVERTERS[kind](source).eval()

@@ -95,6 +95,36 @@ class GridInput(nn.Module):
         return torch.cat([tokens, pos], dim=-1), patch_mask(mask, grid, self.patch)
 
 
+class FramePairInput(nn.Module):
+    """Two frames of per-pixel features (optical flow: each pixel's 3×3 neighbourhood, 27
+    channels) → one token per pixel: both frames' features, a linear map to `out_channels`,
+    and 2-d Fourier positions (the reference's flow preprocessing)."""
+
+    def __init__(
+        self,
+        in_channels: int = 27,
+        out_channels: int = 64,
+        num_bands: int = 64,
+        max_resolution: Sequence[int] = (368, 496),
+    ) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2 * in_channels, out_channels)
+        self.positions = FourierPositions(num_bands, max_resolution)
+        self.channels = out_channels + self.positions.channels(2)
+
+    def forward(
+        self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        frames, height, width = grid
+        if frames != 2:
+            raise ValueError(f"optical flow takes two frames, got {frames}")
+        pairs = patchify(values.float(), grid, (2, 1, 1))
+        pos = self.positions((height, width), pairs.device).expand(pairs.shape[0], -1, -1)
+        return torch.cat([self.linear(pairs), pos.to(pairs.dtype)], dim=-1), patch_mask(
+            mask, grid, (2, 1, 1)
+        )
+
+
 class ImageStemInput(nn.Module):
     """Images through a convolutional stem, then positions concatenated: the reference's
     `"conv"` preprocessing (7×7 stride-2 convolution, batch norm, ReLU, 3×3 stride-2 max

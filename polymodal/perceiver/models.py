@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attention import CrossAttention
 from .decoder import (
     BasicDecoder,
     ClassificationDecoder,
@@ -19,7 +20,14 @@ from .decoder import (
     MultimodalDecoder,
 )
 from .encoder import EncoderConfig, PerceiverEncoder
-from .io import GridInput, ImageStemInput, LabelInput, MultimodalInput, TextInput
+from .io import (
+    FramePairInput,
+    GridInput,
+    ImageStemInput,
+    LabelInput,
+    MultimodalInput,
+    TextInput,
+)
 
 
 class PerceiverIO(nn.Module):
@@ -96,6 +104,37 @@ class MultimodalAutoencoder(nn.Module):
         tokens, mask, _ = self.input(fields)
         outputs = self.decoder(self.encoder(tokens, mask), indices, chunk_size)
         return {name: self.heads[name](out) for name, out in outputs.items()}
+
+
+class OpticalFlow(nn.Module):
+    """Perceiver IO optical flow: the input tokens themselves are the decoder's queries, one per
+    pixel, decoded to `(dx, dy)` and divided by `rescale`; `forward(values, (2, H, W))` →
+    flow `[B, H, W, 2]`."""
+
+    def __init__(
+        self,
+        inputs: FramePairInput,
+        encoder: EncoderConfig,
+        rescale: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.input = inputs
+        self.encoder = PerceiverEncoder(inputs.channels, encoder)
+        self.cross_attention = CrossAttention(
+            inputs.channels,
+            encoder.latent_dim,
+            1,
+            encoder.latent_dim,
+            encoder.latent_dim,
+            query_residual=False,
+        )
+        self.final = nn.Linear(inputs.channels, 2)
+        self.rescale = rescale
+
+    def forward(self, values: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        tokens, mask = self.input(values, grid)
+        flow = self.final(self.cross_attention(tokens, self.encoder(tokens, mask)))
+        return (flow / self.rescale).reshape(values.shape[0], grid[1], grid[2], 2)
 
 
 class MaskedLanguageModel(nn.Module):
@@ -242,3 +281,20 @@ def multimodal_perceiver(
         "label": nn.Linear(output_channels, num_classes),
     }
     return MultimodalAutoencoder(inputs, encoder, decoder, heads)
+
+
+def optical_flow_perceiver(train_size: tuple[int, int] = (368, 496)) -> OpticalFlow:
+    """`deepmind/optical-flow-perceiver`: 41,057,134 parameters; 2048 latents × 512, 24
+    self-attention layers with 16 heads."""
+    inputs = FramePairInput(27, 64, 64, train_size)
+    encoder = EncoderConfig(
+        num_latents=2048,
+        latent_dim=512,
+        num_blocks=1,
+        num_self_attends_per_block=24,
+        cross_heads=1,
+        self_heads=16,
+        cross_qk_channels=inputs.channels,
+        cross_v_channels=inputs.channels,
+    )
+    return OpticalFlow(inputs, encoder)

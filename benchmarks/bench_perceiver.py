@@ -1,0 +1,142 @@
+"""Our Perceiver against Hugging Face's `PerceiverForImageClassificationFourier`, same weights.
+
+    .venv/bin/python benchmarks/bench_perceiver.py [--repeats 3]
+
+Config: 256 latents × 512, one cross-attention, 6 self-attention layers (8 heads), batch 8,
+2 torch threads, fp32, CPU. Each measurement runs in its own process so that peak memory
+(the process's maximum RSS) belongs to one model and one input size. Also: our forward time
+against the input size M (it must grow linearly), and achieved GFLOP/s (counted with
+`torch.utils.flop_counter`) against this machine's fp32 GEMM rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def build(which: str) -> torch.nn.Module:
+    from transformers import PerceiverConfig, PerceiverForImageClassificationFourier
+
+    from polymodal.perceiver.hf import from_hf
+
+    torch.manual_seed(0)
+    config = PerceiverConfig(
+        num_latents=256,
+        d_latents=512,
+        d_model=261,
+        num_blocks=1,
+        num_self_attends_per_block=6,
+        num_self_attention_heads=8,
+        num_cross_attention_heads=1,
+        num_labels=1000,
+    )
+    theirs = PerceiverForImageClassificationFourier(config)
+    return from_hf(theirs) if which == "ours" else theirs
+
+
+def measure(which: str, side: int, backward: bool, repeats: int) -> dict[str, float]:
+    """Median seconds per step and peak RSS (MB) for one model, input size and mode."""
+    torch.set_num_threads(2)
+    model = build(which)
+    model.train(backward)
+    pixels = torch.randn(8, 3, side, side)
+
+    def step() -> None:
+        out = model(pixels) if which == "ours" else model(inputs=pixels).logits
+        if backward:
+            out.sum().backward()
+
+    with torch.set_grad_enabled(backward):
+        step()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": statistics.median(times), "peak_mb": peak_mb}
+
+
+def child(args: list[str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def gemm_gflops() -> float:
+    torch.set_num_threads(2)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9
+
+
+def counted_gflops(side: int, backward: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build("ours").train(backward)
+    pixels = torch.randn(8, 3, side, side)
+    with FlopCounterMode(display=False) as counter:
+        out = model(pixels)
+        if backward:
+            out.sum().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        which, side, backward, repeats = args.child
+        print(json.dumps(measure(which, int(side), backward == "1", int(repeats))))
+        return
+    print(
+        "batch 8, 256 latents × 512, 6 self-attention layers, 2 threads, fp32, CPU; "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"  {'inputs':>8s} {'pass':>9s} {'HF s':>7s} {'ours s':>7s} {'speed-up':>9s} "
+        f"{'HF MB':>7s} {'ours MB':>8s} {'mem ratio':>9s}"
+    )
+    for side in (64, 224):
+        for backward in (False, True):
+            mode = ["0", "1"][backward]
+            theirs = child(["hf", str(side), mode, str(args.repeats)])
+            ours = child(["ours", str(side), mode, str(args.repeats)])
+            print(
+                f"  {side * side:8d} {'fwd+bwd' if backward else 'fwd':>9s} "
+                f"{theirs['seconds']:7.3f} {ours['seconds']:7.3f} "
+                f"{theirs['seconds'] / ours['seconds']:8.2f}× {theirs['peak_mb']:7.0f} "
+                f"{ours['peak_mb']:8.0f} {ours['peak_mb'] / theirs['peak_mb']:8.2f}×"
+            )
+    print("\nours, forward time against input size M (linear: the time per 1k inputs stays flat)")
+    for side in (64, 91, 128, 181, 256):
+        seconds = child(["ours", str(side), "0", str(args.repeats)])["seconds"]
+        print(f"  M = {side * side:6d}: {seconds:.3f} s, {1000 * seconds / (side * side):.4f} s/1k")
+    peak = gemm_gflops()
+    print(f"\nfp32 GEMM (2048², 2 threads): {peak:.0f} GFLOP/s")
+    for side, backward in ((64, False), (64, True), (224, True)):
+        flops = counted_gflops(side, backward)
+        seconds = child(["ours", str(side), ["0", "1"][backward], str(args.repeats)])["seconds"]
+        print(
+            f"  ours {'fwd+bwd' if backward else 'fwd'} at {side}²: {flops:.0f} GFLOP in "
+            f"{seconds:.3f} s = {flops / seconds:.0f} GFLOP/s ({100 * flops / seconds / peak:.0f}% "
+            "of GEMM)"
+        )
+
+
+if __name__ == "__main__":
+    main()
