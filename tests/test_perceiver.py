@@ -229,3 +229,21 @@ def test_compiles_without_graph_breaks_in_the_attention_path():
     mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
     assert torch.allclose(compiled_self(x), block(x), atol=1e-5)
     assert torch.allclose(compiled_cross(x, kv, mask), cross(x, kv, mask), atol=1e-5)
+
+
+def test_factored_inputs_normalise_and_project_like_the_concatenation():
+    from polymodal.perceiver.attention import FactoredInputs
+
+    features = torch.randn(3, 10, 4, requires_grad=True)
+    positions = torch.randn(10, 6)
+    norm, linear = torch.nn.LayerNorm(10), torch.nn.Linear(10, 5)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    factored = FactoredInputs(features, positions)
+    (ours,) = factored.norm_project(norm, linear)
+    reference = linear(norm(factored.materialize()))
+    assert factored.shape == (*reference.shape[:2], 10)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), [features, norm.weight, linear.weight])
+    expected = torch.autograd.grad(reference.square().sum(), [features, norm.weight, linear.weight])
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected, strict=True))

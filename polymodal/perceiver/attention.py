@@ -10,9 +10,58 @@ never NaNs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class FactoredInputs:
+    """Input tokens `[features, positions]` kept in two parts: per-sample `features`
+    `[B, M, F]` and `positions` `[M, P]` shared by the batch (Fourier features of a grid).
+
+    A cross-attention normalises and projects them without building the `[B, M, F + P]`
+    concatenation: LayerNorm's statistics add up over the two parts, and the projection of
+    the positions is computed once for the batch instead of B times. On a 224² image batch
+    that is most of the key/value cost and two of the largest activations.
+    """
+
+    features: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        batch, length, channels = self.features.shape
+        return torch.Size((batch, length, channels + self.positions.shape[-1]))
+
+    def materialize(self) -> torch.Tensor:
+        pos = self.positions.to(self.features.dtype).expand(self.features.shape[0], -1, -1)
+        return torch.cat([self.features, pos], dim=-1)
+
+    def norm_project(self, norm: nn.LayerNorm, *projections: nn.Linear) -> list[torch.Tensor]:
+        """`[p(norm(concat)) for p in projections]`, computed part by part.
+
+        With γ folded into W and s = 1 / sqrt(var + eps), μ per token:
+        norm(z)·Wᵀ + b = [x·s, −μ·s]·[W_featuresᵀ; Σ_c W] + s·(p·W_positionsᵀ) + (β·Wᵀ + b)
+        — one small matmul and one multiply-add over the output, the positions' product once.
+        """
+        x, p = self.features, self.positions.to(self.features.dtype)
+        f = x.shape[-1]
+        channels = f + p.shape[-1]
+        mean = (x.sum(-1, keepdim=True) + p.sum(-1, keepdim=True)) / channels
+        square = (x.square().sum(-1, keepdim=True) + p.square().sum(-1, keepdim=True)) / channels
+        scale = torch.rsqrt(square - mean.square() + norm.eps)
+        lhs = torch.cat([x * scale, -mean * scale], dim=-1).flatten(0, 1)  # [B·M, F + 1]
+        outputs = []
+        for linear in projections:
+            w = linear.weight * norm.weight  # [out, F + P]
+            rhs = torch.cat([w[:, :f].T, w.sum(-1)[None]], dim=0)  # [F + 1, out]
+            bias = linear.weight @ norm.bias + linear.bias
+            per_token = torch.addmm(bias, lhs, rhs).view(*x.shape[:2], -1)
+            outputs.append(torch.addcmul(per_token, scale, p @ w[:, f:].T))
+        return outputs
 
 
 class Attention(nn.Module):
@@ -52,11 +101,13 @@ class Attention(nn.Module):
         self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`x_q` [B, N, q_dim], `x_kv` [B, M, kv_dim], `mask` [B, M] (True = attend)."""
-        q, k, v = (
-            self._heads(self.query(x_q)),
-            self._heads(self.key(x_kv)),
-            self._heads(self.value(x_kv)),
-        )
+        return self.attend(self.query(x_q), self.key(x_kv), self.value(x_kv), mask)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention of projected queries, keys and values, then the output projection."""
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         attn_mask, empty = None, None
         if mask is not None:
             empty = ~mask.any(dim=-1)  # queries with nothing to attend to
@@ -113,9 +164,18 @@ class CrossAttention(nn.Module):
         self.query_residual = query_residual
 
     def forward(
-        self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x_q: torch.Tensor,
+        x_kv: torch.Tensor | FactoredInputs,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self.dropout(self.attention(self.q_norm(x_q), self.kv_norm(x_kv), mask))
+        attention = self.attention
+        if isinstance(x_kv, FactoredInputs):
+            k, v = x_kv.norm_project(self.kv_norm, attention.key, attention.value)
+        else:
+            kv = self.kv_norm(x_kv)
+            k, v = attention.key(kv), attention.value(kv)
+        x = self.dropout(attention.attend(attention.query(self.q_norm(x_q)), k, v, mask))
         if self.query_residual:
             x = x + x_q
         return x + self.mlp(self.mlp_norm(x))

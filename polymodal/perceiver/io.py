@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import FactoredInputs
 from .position import FourierPositions, LearnedPositions, fourier_features
 
 
@@ -54,7 +55,8 @@ def patchify(values: torch.Tensor, grid: Sequence[int], patch: Sequence[int]) ->
 
 class GridInput(nn.Module):
     """Values on a grid (image `(H, W)`, video `(T, H, W)`, audio `(L,)`) → patch tokens with
-    Fourier (or learned) positions concatenated.
+    Fourier (or learned) positions concatenated, kept factored (`FactoredInputs`) so that the
+    positions, shared by the batch, are projected once.
 
     `scale` and `offset` normalise: `x · scale + offset` (uint8 pixels to [-1, 1] by default).
     """
@@ -91,8 +93,7 @@ class GridInput(nn.Module):
             pos = self.positions(tokens.shape[1])
         else:
             pos = self.positions(token_grid, tokens.device)
-        pos = pos.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-        return torch.cat([tokens, pos], dim=-1), patch_mask(mask, grid, self.patch)
+        return FactoredInputs(tokens, pos), patch_mask(mask, grid, self.patch)
 
 
 class FramePairInput(nn.Module):
@@ -269,6 +270,8 @@ class MultimodalInput(nn.Module):
         tokens, masks, lengths = [], [], {}
         for name in self.names:
             x, mask = self.inputs[name](*fields[name])
+            if isinstance(x, FactoredInputs):
+                x = x.materialize()
             pad = self.padding[name].expand(x.shape[0], x.shape[1], -1).to(x.dtype)
             x = torch.cat([x, pad], dim=-1)
             p = self.mask_probs.get(name, 0.0)
