@@ -122,10 +122,15 @@ def main() -> None:
                 f"{theirs['seconds'] / ours['seconds']:8.2f}× {theirs['peak_mb']:7.0f} "
                 f"{ours['peak_mb']:8.0f} {ours['peak_mb'] / theirs['peak_mb']:8.2f}×"
             )
-    print("\nours, forward time against input size M (linear: the time per 1k inputs stays flat)")
+    print("\nours, forward time against input size M: linear means a constant cost per extra 1k")
+    previous = None
     for side in (64, 91, 128, 181, 256):
         seconds = child(["ours", str(side), "0", str(args.repeats)])["seconds"]
-        print(f"  M = {side * side:6d}: {seconds:.3f} s, {1000 * seconds / (side * side):.4f} s/1k")
+        step = ""
+        if previous is not None:
+            step = f", +{1000 * (seconds - previous[1]) / (side * side - previous[0]):.4f} s per 1k"
+        print(f"  M = {side * side:6d}: {seconds:.3f} s{step}")
+        previous = (side * side, seconds)
     peak = gemm_gflops()
     print(f"\nfp32 GEMM (2048², 2 threads): {peak:.0f} GFLOP/s")
     for side, backward in ((64, False), (64, True), (224, True)):
