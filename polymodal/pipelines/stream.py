@@ -142,21 +142,18 @@ class Reader:
 
     def _open_at(self, index: ShardIndex, ref: Reference) -> Iterator[dict[str, Any]]:
         """The shard's samples from `ref.index` on, retrying a failed open with backoff."""
-        delay = 0.5
-        for attempt in range(self.retries):
+        delay, attempt = 0.5, 1
+        while True:
             samples = read_shard(index, index.shards[ref.shard], ref.index, _ignore_member)
             try:
                 return _chain_first(next(samples), samples)
             except StopIteration:
                 return iter(())
             except Exception as exc:
-                if attempt == self.retries - 1:
-                    raise ShardUnavailable(
-                        f"cannot read after {self.retries} tries: {exc}"
-                    ) from exc
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                if attempt >= self.retries:
+                    raise ShardUnavailable(f"cannot read after {attempt} tries: {exc}") from exc
+            time.sleep(delay)
+            delay, attempt = delay * 2, attempt + 1
 
     def _fail(self, where: tuple[int, int], key: str, url: str, reason: str) -> Skip:
         if self.errors == "raise":
