@@ -207,6 +207,10 @@ def test_bad_samples_mid_shard_are_skipped_and_reported(tmp_path, caplog):
     assert "skipped 2 samples" in caplog.text
     with pytest.raises(Exception, match="k0003"):
         list(Stream(data, _fields(), batch_size=4, shuffle=False, errors="raise"))
+    per_stage = Stream(data, _fields(), batch_size=4, shuffle=False, errors={"read": "raise"})
+    assert len(list(per_stage)) == 5  # decode errors still skipped: only reading raises
+    with pytest.raises(ValueError, match="errors must be"):
+        Stream(data, _fields(), errors={"decode": "ignore"})
 
 
 def test_a_missing_shard_is_retried_then_reported(tmp_path):
@@ -218,6 +222,16 @@ def test_a_missing_shard_is_retried_then_reported(tmp_path):
     keys = [k for b in loader for k, r in zip(b.keys, b.repeated.tolist(), strict=True) if not r]
     assert time.perf_counter() - start >= 0.5  # one backoff before giving up
     assert keys == [f"k{i:04d}" for i in (*range(5), *range(11, 16))]
+    strict = Stream(
+        data,
+        _fields(),
+        batch_size=4,
+        shuffle=False,
+        retries=1,
+        errors={"read": "raise", "decode": "skip"},
+    )
+    with pytest.raises(OSError, match=r"shard-001\.tar"):
+        list(strict)
     report = loader.report()
     assert report["skipped"] == 6 and all(
         s["url"].endswith("shard-001.tar") for s in report["samples"]
@@ -311,7 +325,8 @@ def test_http_stream_equals_disk(dataset):
         url = f"http://127.0.0.1:{port}/{dataset.name}"
         remote = [_digest(b) for b in Stream(url, _fields(), batch_size=4)]
         local = [_digest(b) for b in Stream(dataset, _fields(), batch_size=4)]
-        assert remote == local and len(local) == 14
+        file_url = [_digest(b) for b in Stream(dataset.as_uri(), _fields(), batch_size=4)]
+        assert remote == local == file_url and len(local) == 14
         loader = Stream(url, _fields(), batch_size=4).loader(0)
         batches = iter(loader)
         for _ in range(5):

@@ -86,6 +86,7 @@ class ShardUnavailable(OSError):
 
 
 SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at an offset
+STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
 
 
 class Reader:
@@ -325,7 +326,9 @@ class Stream:
     `source`: a dataset folder or URL prefix (`http(s)://`, `s3://`, `file://`), a list of them,
     or a list of `(source, weight)` pairs, mixed by weight into one epoch of the same total
     length. `fields`: field name → adapter (an instance, a registered name, or `(name,
-    extensions)`); by default one field per modality of the index's schema.
+    extensions)`); by default one field per modality of the index's schema. `errors`: `"skip"`
+    (count, report, go on) or `"raise"`, for every stage or per stage (`{"read": "raise",
+    "decode": "skip"}`).
     """
 
     def __init__(
@@ -336,18 +339,29 @@ class Stream:
         shuffle: bool = True,
         seed: int = 0,
         buffer_size: int = 1000,
-        errors: str = "skip",
+        errors: str | Mapping[str, str] = "skip",
         retries: int = 3,
     ) -> None:
-        if errors not in ("skip", "raise"):
-            raise ValueError(f"errors must be 'skip' or 'raise', got {errors!r}")
+        policies = (
+            dict.fromkeys(STAGES_WITH_ERRORS, errors)
+            if isinstance(errors, str)
+            else {**dict.fromkeys(STAGES_WITH_ERRORS, "skip"), **errors}
+        )
+        if set(policies) != set(STAGES_WITH_ERRORS) or not set(policies.values()) <= {
+            "skip",
+            "raise",
+        }:
+            raise ValueError(
+                f"errors must be 'skip' or 'raise', or a mapping of "
+                f"{list(STAGES_WITH_ERRORS)} to those, got {errors!r}"
+            )
         if batch_size < 1 or buffer_size < 1:
             raise ValueError("batch_size and buffer_size must be positive")
         self.sources, self.weights = _sources(source)
         self.indexes = [ShardIndex.load(s) for s in self.sources]
         self.fields = _resolve_fields(fields, self.indexes)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.buffer_size, self.errors, self.retries = buffer_size, errors, retries
+        self.buffer_size, self.errors, self.retries = buffer_size, policies, retries
 
     # --- the pure plan ---
 
@@ -399,11 +413,11 @@ class Stream:
         """(batch, chain state after it, skips in it) for one (rank, worker) and epoch."""
         orders, mixture = self.orders(epoch)
         part = self.slice(epoch, rank, world, worker, workers)
-        reader = Reader(self.indexes, self.errors, self.retries)
+        reader = Reader(self.indexes, self.errors["read"], self.retries)
         shuffle = Shuffle(
             part.stop - part.start, self.buffer_size, (self.seed, epoch, rank, worker), self.shuffle
         )
-        decode = Decode(self.fields, self.errors, self.seed, epoch)
+        decode = Decode(self.fields, self.errors["decode"], self.seed, epoch)
         batcher = Batcher(self.batch_size)
         stages = {"reader": reader, "shuffle": shuffle, "decode": decode, "batch": batcher}
         for name, stage in stages.items():
