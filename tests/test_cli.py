@@ -5,8 +5,8 @@ from polymodal.cli import main
 from polymodal.datasets.synthetic import encode_audio, encode_image, photo, tone
 
 
-def test_demo_decodes_every_modality_and_batches(capsys):
-    assert main(["demo"]) == 0
+def test_tour_decodes_every_modality_and_batches(capsys):
+    assert main(["tour"]) == 0
     out = capsys.readouterr().out
     for adapter in ("video", "audio", "image", "pointcloud", "text", "label"):
         assert f" {adapter} " in out

@@ -1,0 +1,373 @@
+"""The trainer: stream → adapters' encoders → Perceiver → optimiser, one code path for one
+process and `torchrun` (DDP; gloo on CPU, nccl on GPU).
+
+A run directory holds the resolved `config.json`, `metrics.jsonl`, checkpoints (written
+atomically every `checkpoint_every` steps and on SIGTERM/SIGINT; the last K are kept),
+`summary.json` and `loss.png`. A checkpoint holds the model, optimiser, scheduler, step, RNG
+states and the stream's state, so `resume=True` continues exactly: on CPU a run killed and
+resumed ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from polymodal.adapters import Batch, get
+from polymodal.datasets.files import atomic_open, write_atomic
+from polymodal.perceiver import EncoderConfig, MultimodalInput, Perceiver
+
+from .config import TrainConfig
+from .stream import Stream, StreamLoader
+
+CHECKPOINTS = "checkpoints"
+TARGET = "target"  # the field the trainer adds for the labels (so input fields cannot use it)
+
+
+def build_model(config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """The Perceiver classifier over the configured fields, and their adapters."""
+    adapters = {}
+    encoders = {}
+    for name, spec in config.data.fields.items():
+        extensions = spec.extensions or None
+        adapters[name] = get(spec.adapter)(**spec.options, extensions=extensions)
+        encoders[name] = adapters[name].encoder(**spec.encoder)
+    inputs = MultimodalInput(encoders)
+    m = config.model
+    encoder = EncoderConfig(
+        num_latents=m.num_latents,
+        latent_dim=m.latent_dim,
+        num_blocks=m.num_blocks,
+        num_self_attends_per_block=m.num_self_attends_per_block,
+        self_heads=m.self_heads,
+        cross_heads=m.cross_heads,
+        dropout=m.dropout,
+        gradient_checkpointing=m.gradient_checkpointing,
+    )
+    model = Perceiver(inputs.channels, config.data.num_classes, encoder, input=inputs)
+    return model, adapters
+
+
+def _stream(config: TrainConfig, source: str, adapters: dict[str, Any], shuffle: bool) -> Stream:
+    if TARGET in adapters:
+        raise ValueError(f"data.fields.{TARGET}: the name is taken by the training target")
+    fields = dict(adapters)
+    fields[TARGET] = get("label")(
+        num_classes=config.data.num_classes,
+        multi_label=config.task == "multilabel",
+        extensions=[config.data.label],
+    )
+    return Stream(
+        source,
+        fields,
+        batch_size=config.data.batch_size,
+        shuffle=shuffle,
+        seed=config.data.seed,
+        buffer_size=config.data.buffer_size,
+    )
+
+
+def _targets(batch: Batch, task: str) -> torch.Tensor:
+    values = batch[TARGET].values[:, 0]
+    return values[:, 0] if task == "classification" else values.float()
+
+
+def _model_inputs(batch: Batch) -> dict[str, tuple]:
+    return {name: (field,) for name, field in batch.items() if name != TARGET}
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "classification":
+        return F.cross_entropy(logits.float(), targets)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+
+def _schedule(config: TrainConfig, total_steps: int) -> Any:
+    warmup = max(1, config.optim.warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [state[0], torch.from_numpy(state[1].copy()), *state[2:]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+
+
+class Trainer:
+    """Runs a `TrainConfig`; `run()` returns the summary it also writes to `summary.json`."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        self.config, self.resume, self.progress = config, resume, progress
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.device = torch.device(
+            f"cuda:{self.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+        )
+        self.run_dir = Path(config.run_dir)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        self.model, adapters = build_model(config)
+        self.model.to(self.device)
+        self.net: nn.Module = self.model
+        if self.distributed:
+            self.net = nn.parallel.DistributedDataParallel(self.model)
+        self.train_loader: StreamLoader = _stream(config, config.data.train, adapters, True).loader(
+            config.data.workers, pin_memory=torch.cuda.is_available()
+        )
+        self.val_stream = (
+            _stream(config, config.data.val, adapters, False) if config.data.val else None
+        )
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / config.optim.accumulate)
+        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _schedule(config, self.total_steps)
+        )
+        self.step, self.best = 0, None
+        self.stop_requested = False
+
+    # --- checkpoints ---
+
+    def _checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINTS
+
+    def save(self) -> Path:
+        """Write a checkpoint atomically (rank 0), then drop all but the last K."""
+        path = self._checkpoint_dir() / f"step-{self.step:08d}.pt"
+        if self.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "best": self.best,
+                "rng": _rng_state(),
+                "stream": self.train_loader.state_dict(),
+            }
+            with atomic_open(path) as f:
+                torch.save(state, f)
+            for old in sorted(path.parent.glob("step-*.pt"))[: -self.config.keep_checkpoints]:
+                old.unlink()
+        if self.distributed:
+            dist.barrier()
+        return path
+
+    def load_latest(self) -> bool:
+        checkpoints = sorted(self._checkpoint_dir().glob("step-*.pt"))
+        if not checkpoints:
+            return False
+        state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best = state["step"], state["best"]
+        _set_rng_state(state["rng"])
+        self.train_loader.load_state_dict(state["stream"])
+        return True
+
+    # --- the loop ---
+
+    def _batches(self) -> Iterator[tuple[Batch, float]]:
+        """Training batches forever (epoch after epoch), with the seconds spent waiting."""
+        while True:
+            waited = time.perf_counter()
+            for batch in self.train_loader:
+                yield batch, time.perf_counter() - waited
+                waited = time.perf_counter()
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.run_dir / "config.json", config.to_json().encode())
+        if not (self.resume and self.load_latest()) and self.rank == 0:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        previous = {
+            s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            summary = self._loop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return summary
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _loop(self) -> dict[str, Any]:
+        config = self.config
+        autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
+        )
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.progress or self.rank,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        batches = self._batches()
+        started, wait_total, samples, losses = time.perf_counter(), 0.0, 0, []
+        self.model.train()
+        while self.step < self.total_steps and not self.stop_requested:
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(config.optim.accumulate):
+                batch, waited = next(batches)
+                wait_total += waited
+                batch = batch.to(self.device, non_blocking=True)
+                with autocast:
+                    logits = self.net(_model_inputs(batch))
+                loss = _loss(logits, _targets(batch, config.task), config.task)
+                (loss / config.optim.accumulate).backward()
+                step_loss += loss.item() / config.optim.accumulate
+                samples += batch.size * self.world
+            if config.optim.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            losses.append(step_loss)
+            elapsed = time.perf_counter() - started
+            rate = samples / elapsed
+            bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{rate:.1f}")
+            bar.update(1)
+            self._log(
+                {
+                    "step": self.step,
+                    "loss": step_loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "samples_per_s": rate,
+                    "data_wait": wait_total / elapsed,
+                }
+            )
+            if (
+                self.step % self.steps_per_epoch == 0
+                and config.eval_every_epoch
+                and self.val_stream
+            ):
+                self._log({"step": self.step, **self.evaluate()})
+                self.model.train()
+            if self.step % config.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        if self.stop_requested:
+            self.save()
+            return {"stopped_at": self.step}
+        metrics = self.evaluate() if self.val_stream else {}
+        elapsed = time.perf_counter() - started
+        summary = {
+            "steps": self.step,
+            "seconds": elapsed,
+            "samples_per_s": samples / elapsed,
+            "data_wait": wait_total / elapsed,
+            "final_loss": losses[-1] if losses else None,
+            **metrics,
+            "run_dir": str(self.run_dir),
+        }
+        self.save()
+        if self.rank == 0:
+            write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode())
+            plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        return summary
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics over every validation sample exactly once across ranks (repeats dropped)."""
+        self.model.eval()
+        rank, world = self.rank, self.world
+        correct = top5 = total = 0.0
+        for batch, _, _ in self.val_stream.worker_batches(0, rank, world):
+            keep = ~batch.repeated
+            batch = batch.to(self.device)
+            logits = self.model(_model_inputs(batch))[keep.to(self.device)]
+            targets = _targets(batch, self.config.task)[keep.to(self.device)]
+            if self.config.task == "classification":
+                correct += (logits.argmax(-1) == targets).sum().item()
+                k = min(5, logits.shape[-1])
+                top5 += (logits.topk(k, -1).indices == targets[:, None]).any(-1).sum().item()
+            else:
+                correct += ((logits > 0) == targets.bool()).all(-1).sum().item()
+            total += len(targets)
+        counts = torch.tensor([correct, top5, total], dtype=torch.float64)
+        if self.distributed:
+            dist.all_reduce(counts)
+        correct, top5, total = counts.tolist()
+        out = {"val_samples": int(total), "val_accuracy": correct / max(total, 1)}
+        if self.config.task == "classification":
+            out["val_top5"] = top5 / max(total, 1)
+        if self.best is None or out["val_accuracy"] > self.best:
+            self.best = out["val_accuracy"]
+        return out
+
+
+def plot_losses(metrics: Path, out: Path, size: tuple[int, int] = (640, 320)) -> None:
+    """The loss curve (and validation accuracy, if logged) as a PNG, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    accuracy = [(r["step"], r["val_accuracy"]) for r in records if "val_accuracy" in r]
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    width, height, margin = size[0], size[1], 30
+    if losses:
+        last = max(s for s, _ in losses) or 1
+        top = max(v for _, v in losses) or 1.0
+
+        def point(step: float, value: float, scale: float) -> tuple[float, float]:
+            x = margin + (width - 2 * margin) * step / last
+            return x, height - margin - (height - 2 * margin) * value / scale
+
+        draw.line([point(s, v, top) for s, v in losses], fill=(40, 90, 170), width=2)
+        if len(accuracy) > 1:
+            draw.line([point(s, v, 1.0) for s, v in accuracy], fill=(200, 60, 40), width=2)
+        draw.text(
+            (margin, 5), f"loss (blue, max {top:.3f}); val accuracy (red, 0–1)", fill=(0, 0, 0)
+        )
+    draw.rectangle([margin, margin, width - margin, height - margin], outline=(120, 120, 120))
+    image.save(out)

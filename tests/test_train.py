@@ -1,0 +1,194 @@
+"""The trainer on real shards of real clips: config errors, learning, exact resume after
+SIGKILL, a checkpoint on SIGTERM, two-process evaluation, and the demo."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from polymodal.cli import main
+from polymodal.datasets.build import build
+from polymodal.datasets.index import ShardIndex
+from polymodal.pipelines.config import ConfigError, load_config
+from polymodal.pipelines.demo import make_clips
+from polymodal.pipelines.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    make_clips(root / "clips", samples=48, classes=2)
+    build(
+        root / "clips",
+        root / "data",
+        split="val=0.25",
+        shuffle=True,
+        shard_samples=8,
+        progress=False,
+        print_=lambda _: None,
+    )
+    return root / "data"
+
+
+def _toml(data: Path, run_dir: Path, **top: object) -> str:
+    head = "\n".join(f"{k} = {json.dumps(v)}" for k, v in top.items())
+    return head + textwrap.dedent(f"""
+        run_dir = "{run_dir}"
+        [data]
+        train = "{data / "train"}"
+        val = "{data / "val"}"
+        num_classes = 2
+        batch_size = 8
+        [data.fields.video]
+        adapter = "video"
+        extensions = ["mp4"]
+        options = {{num_frames = 4, fps = 4.0, size = 16}}
+        encoder = {{patch = [1, 8, 8], num_bands = 4}}
+        [data.fields.audio]
+        adapter = "audio"
+        extensions = ["mp4"]
+        options = {{sample_rate = 8000, duration = 0.5}}
+        encoder = {{samples_per_patch = 200, num_bands = 4}}
+        [model]
+        num_latents = 8
+        latent_dim = 32
+        num_self_attends_per_block = 1
+        self_heads = 2
+        [optim]
+        lr = 0.003
+        warmup_steps = 2
+    """)
+
+
+def test_invalid_configs_fail_naming_the_field(tmp_path, data):
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(data, tmp_path / "run"))
+    assert load_config(path).data.fields["video"].options["size"] == 16
+    cases = [
+        (["model.num_latents=many"], "model.num_latents: expected int"),
+        (["model.latents=3"], "model.latents: unknown field"),
+        (["task=regression"], "task: expected classification or multilabel"),
+        (["data.batch_size=0"], "data.batch_size: must be positive"),
+        (["optim.lr=fast"], "optim.lr: expected float"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, overrides)
+    with pytest.raises(ConfigError, match=r"data\.train"):
+        load_config(None)
+    assert main(["train", str(path), "--set", "epochs=0"]) == 2
+
+
+def test_training_learns_and_writes_its_run(tmp_path, data):
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(data, tmp_path / "run", epochs=6))
+    summary = Trainer(load_config(path), progress=False).run()
+    run = tmp_path / "run"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0] / 4
+    assert summary["val_accuracy"] >= 0.9
+    assert summary["val_samples"] == ShardIndex.load(data / "val").samples
+    assert 0 <= summary["data_wait"] <= 1
+    assert json.loads((run / "summary.json").read_text())["steps"] == summary["steps"]
+    assert json.loads((run / "config.json").read_text())["epochs"] == 6
+    assert (run / "loss.png").stat().st_size > 1000
+    assert len(list((run / "checkpoints").glob("step-*.pt"))) <= 2  # rotated
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    last = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    return torch.load(last, weights_only=True)["model"]
+
+
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, data):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for run in (reference, killed):
+        (tmp_path / f"{run.name}.toml").write_text(
+            _toml(data, run, max_steps=14, checkpoint_every=3, epochs=4)
+        )
+    command = [sys.executable, "-m", "polymodal", "train"]
+    subprocess.run([*command, str(tmp_path / "reference.toml")], check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*command, str(tmp_path / "killed.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step-00000006.pt").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    subprocess.run(
+        [*command, str(tmp_path / "killed.toml"), "--resume"], check=True, capture_output=True
+    )
+    want, got = _final_weights(reference), _final_weights(killed)
+    assert want.keys() == got.keys()
+    assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
+    assert json.loads((killed / "summary.json").read_text())["steps"] == 14
+
+
+def test_sigterm_writes_a_checkpoint(tmp_path, data):
+    (tmp_path / "c.toml").write_text(
+        _toml(data, tmp_path / "run", max_steps=10_000, checkpoint_every=10_000, epochs=1000)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polymodal", "train", str(tmp_path / "c.toml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and json.loads(out)["stopped_at"] >= 3
+    checkpoints = list((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    assert len(checkpoints) == 1
+    assert torch.load(checkpoints[0], weights_only=True)["step"] == json.loads(out)["stopped_at"]
+
+
+def test_two_process_evaluation_counts_every_sample_once(tmp_path, data):
+    (tmp_path / "c.toml").write_text(_toml(data, tmp_path / "run", max_steps=3, epochs=1))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "polymodal",
+        "train",
+        str(tmp_path / "c.toml"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        command, check=True, capture_output=True, text=True, timeout=240, env=env
+    ).stdout
+    summaries = [
+        json.loads(block)
+        for block in out.split("\n}\n")
+        if block.strip()
+        for block in [block + "\n}" if not block.rstrip().endswith("}") else block]
+    ]
+    val = ShardIndex.load(data / "val").samples
+    assert summaries and all(s["val_samples"] == val for s in summaries)
+
+
+def test_demo_reaches_high_accuracy_quickly(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--samples", "96", "--epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("validation accuracy ")[1].split()[0])
+    assert accuracy >= 0.9 and "run directory" in out
