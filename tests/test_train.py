@@ -192,3 +192,45 @@ def test_demo_reaches_high_accuracy_quickly(tmp_path, capsys):
     out = capsys.readouterr().out
     accuracy = float(out.split("validation accuracy ")[1].split()[0])
     assert accuracy >= 0.9 and "run directory" in out
+
+
+def test_multilabel_training_reports_map(tmp_path, data):
+    src = tmp_path / "src"
+    make_clips(src, samples=48, classes=4)
+    for clip in src.rglob("*.mp4"):  # two labels each: parity of the class, and its half
+        k = int(clip.parent.name.removeprefix("class"))
+        clip.with_suffix(".cls").write_text(f"{k % 2},{2 + k // 2}")
+    build(src, tmp_path / "data", split="val=0.25", progress=False, print_=lambda _: None)
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(tmp_path / "data", tmp_path / "run", epochs=8))
+    config = load_config(
+        path, ["task=multilabel", "data.num_classes=4", "optim.name=lamb", "optim.lr=0.01"]
+    )
+    summary = Trainer(config, progress=False).run()
+    assert summary["val_map"] > 0.8
+
+
+def test_mean_average_precision_by_hand():
+    from polymodal.pipelines.train import mean_average_precision
+
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.2, 0.6]])
+    truths = torch.tensor([[1, 0], [0, 1], [1, 0]])
+    # class 0: ranks 1 (hit), 2 (miss), 3 (hit) → (1 + 2/3) / 2; class 1: rank 1 hit → 1
+    assert mean_average_precision(scores, truths) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def test_lamb_minimises():
+    from polymodal.pipelines.optim import Lamb
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8))
+    target = torch.randn(8)
+    optimiser = Lamb([w], lr=0.05)
+    first = None
+    for _ in range(200):
+        loss = (w - target).square().sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        first = first or loss.item()
+    assert loss.item() < first / 100

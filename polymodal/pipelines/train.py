@@ -162,15 +162,17 @@ class Trainer:
         )
         self.step, self.best = 0, None
         self.stop_requested = False
+        self.tensorboard = _tensorboard(self.run_dir) if self.rank == 0 else None
 
     # --- checkpoints ---
 
     def _checkpoint_dir(self) -> Path:
         return self.run_dir / CHECKPOINTS
 
-    def save(self) -> Path:
-        """Write a checkpoint atomically (rank 0), then drop all but the last K."""
-        path = self._checkpoint_dir() / f"step-{self.step:08d}.pt"
+    def save(self, name: str | None = None) -> Path:
+        """Write a checkpoint atomically (rank 0), then drop all but the last K (`best.pt`,
+        written when validation improves, is kept apart)."""
+        path = self._checkpoint_dir() / (name or f"step-{self.step:08d}.pt")
         if self.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             state = {
@@ -217,6 +219,10 @@ class Trainer:
         if self.rank == 0:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        self.tensorboard.add_scalar(key, value, record["step"])
 
     def run(self) -> dict[str, Any]:
         config = self.config
@@ -315,12 +321,24 @@ class Trainer:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         return summary
 
+    def _gather(
+        self, scores: list[torch.Tensor], truths: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's validation scores and targets, on every rank."""
+        mine = (torch.cat(scores), torch.cat(truths))
+        if not self.distributed:
+            return mine
+        everything: list[Any] = [None] * self.world
+        dist.all_gather_object(everything, mine)
+        return torch.cat([s for s, _ in everything]), torch.cat([t for _, t in everything])
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Metrics over every validation sample exactly once across ranks (repeats dropped)."""
         self.model.eval()
         rank, world = self.rank, self.world
         correct = top5 = total = 0.0
+        scores, truths = [], []
         for batch, _, _ in self.val_stream.worker_batches(0, rank, world):
             keep = ~batch.repeated
             batch = batch.to(self.device)
@@ -332,6 +350,8 @@ class Trainer:
                 top5 += (logits.topk(k, -1).indices == targets[:, None]).any(-1).sum().item()
             else:
                 correct += ((logits > 0) == targets.bool()).all(-1).sum().item()
+                scores.append(logits.float().cpu())
+                truths.append(targets.cpu())
             total += len(targets)
         counts = torch.tensor([correct, top5, total], dtype=torch.float64)
         if self.distributed:
@@ -340,9 +360,34 @@ class Trainer:
         out = {"val_samples": int(total), "val_accuracy": correct / max(total, 1)}
         if self.config.task == "classification":
             out["val_top5"] = top5 / max(total, 1)
+        else:
+            out["val_map"] = mean_average_precision(*self._gather(scores, truths))
         if self.best is None or out["val_accuracy"] > self.best:
             self.best = out["val_accuracy"]
         return out
+
+
+def mean_average_precision(scores: torch.Tensor, truths: torch.Tensor) -> float:
+    """mAP over the classes that have a positive (AudioSet's metric)."""
+    precisions = []
+    for c in range(scores.shape[1]):
+        positives = truths[:, c] > 0
+        if not positives.any():
+            continue
+        order = scores[:, c].argsort(descending=True)
+        hits = positives[order].float()
+        ranks = torch.arange(1, len(hits) + 1)
+        precisions.append(float((hits.cumsum(0) / ranks)[hits > 0].mean()))
+    return sum(precisions) / len(precisions) if precisions else 0.0
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard writer when tensorboard is installed, else None (JSONL is always kept)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def plot_losses(metrics: Path, out: Path, size: tuple[int, int] = (640, 320)) -> None:
