@@ -234,3 +234,14 @@ def test_lamb_minimises():
         optimiser.step()
         first = first or loss.item()
     assert loss.item() < first / 100
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parent.parent.glob("examples/*.toml")))
+def test_recipes_are_valid_configs(recipe):
+    from polymodal.pipelines.train import build_model
+
+    config = load_config(recipe)
+    assert config.data.fields and config.run_dir.startswith("runs/")
+    with torch.device("meta"):
+        model, adapters = build_model(config)
+    assert set(adapters) == set(config.data.fields) and sum(p.numel() for p in model.parameters())
