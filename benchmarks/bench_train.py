@@ -18,7 +18,7 @@ import torch
 
 from polymodal.datasets.build import build
 from polymodal.pipelines.demo import demo_config, make_clips
-from polymodal.pipelines.train import Trainer, _loss, _model_inputs, _targets
+from polymodal.pipelines.train import Trainer
 
 
 def trainer_rate(data: Path, run: Path, workers: int, steps: int) -> tuple[float, float]:
@@ -45,7 +45,7 @@ def ceiling(data: Path, run: Path, steps: int) -> float:
             start, samples = time.perf_counter(), 0
         batch = batches[step % len(batches)]
         optimizer.zero_grad()
-        _loss(model(_model_inputs(batch)), _targets(batch, config.task), config.task).backward()
+        trainer.task.loss(model, batch).backward()
         optimizer.step()
         samples += batch.size
     return samples / (time.perf_counter() - start)

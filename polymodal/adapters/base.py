@@ -99,6 +99,22 @@ class Batch(Mapping[str, Field]):
         """Number of samples in the batch."""
         return len(self.keys)
 
+    def select(self, keep: torch.Tensor) -> Batch:
+        """The samples where `keep` (bool `[B]`) is True, e.g. without the padding repeats."""
+        picked = keep.nonzero().flatten().tolist()
+
+        def rows(f: Field) -> Field:
+            grid = [f.grid[i] for i in picked] if isinstance(f.grid, list) else f.grid
+            return Field(
+                values=f.values[keep],
+                grid=grid,
+                coords=None if f.coords is None else f.coords[keep],
+                mask=None if f.mask is None else f.mask[keep],
+            )
+
+        fields = {name: rows(f) for name, f in self.fields.items()}
+        return Batch(fields, [self.keys[i] for i in picked], self.repeated[keep])
+
     def pin_memory(self) -> Batch:
         fields = {name: f.pin_memory() for name, f in self.fields.items()}
         return Batch(fields, list(self.keys), self.repeated.pin_memory())

@@ -74,7 +74,10 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    task: str = "classification"
+    task: str = "classification"  # classification | multilabel | autoencode | mlm
+    loss_weights: dict[str, float] = field(default_factory=dict)  # autoencode: per field
+    subsample: int = 2048  # autoencode: output queries per field per training step
+    mask_probability: float = 0.15  # mlm: share of bytes masked
     epochs: int = 1
     max_steps: int = 0  # 0: epochs decide
     precision: str = "fp32"  # fp32 | bf16
@@ -85,8 +88,9 @@ class TrainConfig:
     eval_every_epoch: bool = True
 
     def validate(self) -> TrainConfig:
-        if self.task not in ("classification", "multilabel"):
-            raise ConfigError(f"task: expected classification or multilabel, got {self.task!r}")
+        tasks = ("classification", "multilabel", "autoencode", "mlm")
+        if self.task not in tasks:
+            raise ConfigError(f"task: expected one of {', '.join(tasks)}, got {self.task!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision: expected fp32 or bf16, got {self.precision!r}")
         if self.optim.name not in ("adamw", "lamb"):

@@ -23,77 +23,35 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from polymodal.adapters import Batch, get
+from polymodal.adapters import Batch
 from polymodal.datasets.files import atomic_open, write_atomic
-from polymodal.perceiver import EncoderConfig, MultimodalInput, Perceiver
 
 from .config import TrainConfig
+from .optim import Lamb
 from .stream import Stream, StreamLoader
+from .tasks import Task, make_task
 
 CHECKPOINTS = "checkpoints"
-TARGET = "target"  # the field the trainer adds for the labels (so input fields cannot use it)
 
 
 def build_model(config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """The Perceiver classifier over the configured fields, and their adapters."""
-    adapters = {}
-    encoders = {}
-    for name, spec in config.data.fields.items():
-        extensions = spec.extensions or None
-        adapters[name] = get(spec.adapter)(**spec.options, extensions=extensions)
-        encoders[name] = adapters[name].encoder(**spec.encoder)
-    inputs = MultimodalInput(encoders)
-    m = config.model
-    encoder = EncoderConfig(
-        num_latents=m.num_latents,
-        latent_dim=m.latent_dim,
-        num_blocks=m.num_blocks,
-        num_self_attends_per_block=m.num_self_attends_per_block,
-        self_heads=m.self_heads,
-        cross_heads=m.cross_heads,
-        dropout=m.dropout,
-        gradient_checkpointing=m.gradient_checkpointing,
-    )
-    model = Perceiver(inputs.channels, config.data.num_classes, encoder, input=inputs)
-    return model, adapters
+    """The task's model for the configured fields, and the fields' adapters."""
+    task = make_task(config)
+    return task.model(), task.adapters
 
 
-def _stream(config: TrainConfig, source: str, adapters: dict[str, Any], shuffle: bool) -> Stream:
-    if TARGET in adapters:
-        raise ValueError(f"data.fields.{TARGET}: the name is taken by the training target")
-    fields = dict(adapters)
-    fields[TARGET] = get("label")(
-        num_classes=config.data.num_classes,
-        multi_label=config.task == "multilabel",
-        extensions=[config.data.label],
-    )
+def _stream(config: TrainConfig, source: str, task: Task, shuffle: bool) -> Stream:
     return Stream(
         source,
-        fields,
+        task.fields(),
         batch_size=config.data.batch_size,
         shuffle=shuffle,
         seed=config.data.seed,
         buffer_size=config.data.buffer_size,
     )
-
-
-def _targets(batch: Batch, task: str) -> torch.Tensor:
-    values = batch[TARGET].values[:, 0]
-    return values[:, 0] if task == "classification" else values.float()
-
-
-def _model_inputs(batch: Batch) -> dict[str, tuple]:
-    return {name: (field,) for name, field in batch.items() if name != TARGET}
-
-
-def _loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "classification":
-        return F.cross_entropy(logits.float(), targets)
-    return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
 
 def _schedule(config: TrainConfig, total_steps: int) -> Any:
@@ -141,20 +99,22 @@ class Trainer:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
-        self.model, adapters = build_model(config)
+        self.task = make_task(config)
+        self.model = self.task.model()
         self.model.to(self.device)
         self.net: nn.Module = self.model
         if self.distributed:
             self.net = nn.parallel.DistributedDataParallel(self.model)
-        self.train_loader: StreamLoader = _stream(config, config.data.train, adapters, True).loader(
-            config.data.workers, pin_memory=torch.cuda.is_available()
-        )
+        self.train_loader: StreamLoader = _stream(
+            config, config.data.train, self.task, True
+        ).loader(config.data.workers, pin_memory=torch.cuda.is_available())
         self.val_stream = (
-            _stream(config, config.data.val, adapters, False) if config.data.val else None
+            _stream(config, config.data.val, self.task, False) if config.data.val else None
         )
         self.steps_per_epoch = math.ceil(len(self.train_loader) / config.optim.accumulate)
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
-        self.optimizer = torch.optim.AdamW(
+        optimizer = {"adamw": torch.optim.AdamW, "lamb": Lamb}[config.optim.name]
+        self.optimizer = optimizer(
             self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -267,8 +227,7 @@ class Trainer:
                 wait_total += waited
                 batch = batch.to(self.device, non_blocking=True)
                 with autocast:
-                    logits = self.net(_model_inputs(batch))
-                loss = _loss(logits, _targets(batch, config.task), config.task)
+                    loss = self.task.loss(self.net, batch)
                 (loss / config.optim.accumulate).backward()
                 step_loss += loss.item() / config.optim.accumulate
                 samples += batch.size * self.world
@@ -296,7 +255,10 @@ class Trainer:
                 and config.eval_every_epoch
                 and self.val_stream
             ):
+                best = self.best
                 self._log({"step": self.step, **self.evaluate()})
+                if self.best != best:
+                    self.save("best.pt")
                 self.model.train()
             if self.step % config.checkpoint_every == 0:
                 self.save()
@@ -336,34 +298,33 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Metrics over every validation sample exactly once across ranks (repeats dropped)."""
         self.model.eval()
-        rank, world = self.rank, self.world
-        correct = top5 = total = 0.0
+        sums: dict[str, float] = {}
         scores, truths = [], []
-        for batch, _, _ in self.val_stream.worker_batches(0, rank, world):
-            keep = ~batch.repeated
-            batch = batch.to(self.device)
-            logits = self.model(_model_inputs(batch))[keep.to(self.device)]
-            targets = _targets(batch, self.config.task)[keep.to(self.device)]
-            if self.config.task == "classification":
-                correct += (logits.argmax(-1) == targets).sum().item()
-                k = min(5, logits.shape[-1])
-                top5 += (logits.topk(k, -1).indices == targets[:, None]).any(-1).sum().item()
-            else:
-                correct += ((logits > 0) == targets.bool()).all(-1).sum().item()
-                scores.append(logits.float().cpu())
-                truths.append(targets.cpu())
-            total += len(targets)
-        counts = torch.tensor([correct, top5, total], dtype=torch.float64)
+        multi_label = self.config.task == "multilabel"
+        for batch, _, _ in self.val_stream.worker_batches(0, self.rank, self.world):
+            batch = batch.select(~batch.repeated).to(self.device)
+            if not batch.keys:
+                continue
+            for key, value in self.task.sums(self.model, batch).items():
+                sums[key] = sums.get(key, 0.0) + value
+            if multi_label:
+                s, t = self.task.scores(self.model, batch)
+                scores.append(s.cpu())
+                truths.append(t.cpu())
+        keys = sorted(sums)
         if self.distributed:
-            dist.all_reduce(counts)
-        correct, top5, total = counts.tolist()
-        out = {"val_samples": int(total), "val_accuracy": correct / max(total, 1)}
-        if self.config.task == "classification":
-            out["val_top5"] = top5 / max(total, 1)
-        else:
+            everything: list[Any] = [None] * self.world
+            dist.all_gather_object(everything, sums)
+            sums = {
+                k: sum(part.get(k, 0.0) for part in everything)
+                for k in sorted({k for part in everything for k in part})
+            }
+        out = self.task.metrics(sums) if keys or sums else {"val_samples": 0}
+        if multi_label:
             out["val_map"] = mean_average_precision(*self._gather(scores, truths))
-        if self.best is None or out["val_accuracy"] > self.best:
-            self.best = out["val_accuracy"]
+        score = out.get("val_accuracy", out.get("val_masked_accuracy"))
+        if score is not None and (self.best is None or score > self.best):
+            self.best = score
         return out
 
 

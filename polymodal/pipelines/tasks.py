@@ -1,0 +1,284 @@
+"""What a run learns: each task builds its model from the fields' adapters, gives the loss of a
+batch and the validation metrics. The trainer is the same for all of them.
+
+- `classification` / `multilabel`: a Perceiver over the fields, targets from a label member
+  (accuracy and top-5 / mAP).
+- `autoencode`: Perceiver IO reconstructs every field (video and image pixels, audio sample
+  patches) from the latents, training on a random subset of output queries per step
+  (mean squared error weighted per field; MSE and PSNR).
+- `mlm`: byte-level masked language modelling of a text field (masked-byte accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polymodal.adapters import Adapter, Batch, get
+from polymodal.adapters.audio import AudioAdapter
+from polymodal.adapters.image import ImageAdapter
+from polymodal.adapters.text import MASK, NUM_SPECIAL, VOCAB_SIZE, TextAdapter
+from polymodal.adapters.video import VideoAdapter
+from polymodal.perceiver import (
+    EncoderConfig,
+    FourierQueries,
+    MaskedLanguageModel,
+    MultimodalAutoencoder,
+    MultimodalDecoder,
+    MultimodalInput,
+    Perceiver,
+)
+from polymodal.perceiver.io import patchify
+
+from .config import TrainConfig
+
+TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
+
+
+def encoder_config(config: TrainConfig) -> EncoderConfig:
+    m = config.model
+    return EncoderConfig(
+        num_latents=m.num_latents,
+        latent_dim=m.latent_dim,
+        num_blocks=m.num_blocks,
+        num_self_attends_per_block=m.num_self_attends_per_block,
+        self_heads=m.self_heads,
+        cross_heads=m.cross_heads,
+        dropout=m.dropout,
+        gradient_checkpointing=m.gradient_checkpointing,
+    )
+
+
+def _inputs(batch: Batch, names: list[str]) -> dict[str, tuple]:
+    return {name: (batch[name],) for name in names}
+
+
+class Task:
+    """The model, the extra fields it reads (targets), a batch's loss, validation sums."""
+
+    def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
+        self.config, self.adapters = config, dict(adapters)
+        self.inputs = list(adapters)
+
+    def fields(self) -> dict[str, Adapter]:
+        return dict(self.adapters)
+
+    def model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        """Validation sums of one batch of real samples (repeats already dropped)."""
+        raise NotImplementedError
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
+        super().__init__(config, adapters)
+        if TARGET in adapters:
+            raise ValueError(f"data.fields.{TARGET}: the name is taken by the training target")
+        self.multi_label = config.task == "multilabel"
+
+    def fields(self) -> dict[str, Adapter]:
+        target = get("label")(
+            num_classes=self.config.data.num_classes,
+            multi_label=self.multi_label,
+            extensions=[self.config.data.label],
+        )
+        return {**self.adapters, TARGET: target}
+
+    def model(self) -> nn.Module:
+        encoders = {
+            name: a.encoder(**self.config.data.fields[name].encoder)
+            for name, a in self.adapters.items()
+        }
+        inputs = MultimodalInput(encoders)
+        return Perceiver(
+            inputs.channels, self.config.data.num_classes, encoder_config(self.config), input=inputs
+        )
+
+    def targets(self, batch: Batch) -> torch.Tensor:
+        values = batch[TARGET].values[:, 0]
+        return values.float() if self.multi_label else values[:, 0]
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        logits = net(_inputs(batch, self.inputs)).float()
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, self.targets(batch))
+        return F.cross_entropy(logits, self.targets(batch))
+
+    def scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return model(_inputs(batch, self.inputs)).float(), self.targets(batch)
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        logits, targets = self.scores(model, batch)
+        if self.multi_label:
+            exact = ((logits > 0) == targets.bool()).all(-1).sum().item()
+            return {"correct": exact, "total": len(targets)}
+        top = logits.topk(min(5, logits.shape[-1]), -1).indices
+        return {
+            "correct": (logits.argmax(-1) == targets).sum().item(),
+            "top5": (top == targets[:, None]).any(-1).sum().item(),
+            "total": len(targets),
+        }
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        total = max(sums["total"], 1)
+        out = {"val_samples": int(sums["total"]), "val_accuracy": sums["correct"] / total}
+        if not self.multi_label:
+            out["val_top5"] = sums["top5"] / total
+        return out
+
+
+class _Reconstruction:
+    """How one field is decoded: its output queries, channels, and target values in [-1, 1]."""
+
+    def __init__(self, adapter: Adapter, encoder: Mapping[str, Any]) -> None:
+        bands = int(encoder.get("num_bands", 16))
+        if isinstance(adapter, (VideoAdapter, ImageAdapter)) and adapter.size is not None:
+            frames = (adapter.num_frames,) if isinstance(adapter, VideoAdapter) else ()
+            self.grid, self.patch, self.channels = (*frames, *adapter.size), None, 3
+            self.scale, self.offset = 2 / 255, -1.0
+            self.queries = FourierQueries(self.grid, bands)
+        elif isinstance(adapter, AudioAdapter) and adapter.duration is not None:
+            length = round(adapter.duration * adapter.sample_rate)
+            per_patch = int(encoder.get("samples_per_patch", 16))
+            self.grid, self.patch = (length,), (per_patch,)
+            self.channels = per_patch * adapter.channels
+            self.scale, self.offset = (1 / 32768 if adapter.dtype == "int16" else 1.0), 0.0
+            self.queries = FourierQueries((length // per_patch,), bands, max_resolution=(length,))
+        else:
+            raise ValueError(
+                f"cannot reconstruct a {type(adapter).__name__} field (fixed-size "
+                "video, image and audio can be)"
+            )
+
+    def target(self, values: torch.Tensor) -> torch.Tensor:
+        x = values.float() * self.scale + self.offset
+        return patchify(x, self.grid, self.patch) if self.patch else x
+
+
+class AutoencodeTask(Task):
+    def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
+        super().__init__(config, adapters)
+        self.outputs = {
+            name: _Reconstruction(a, config.data.fields[name].encoder)
+            for name, a in adapters.items()
+        }
+
+    def model(self) -> nn.Module:
+        encoders = {
+            name: a.encoder(**self.config.data.fields[name].encoder)
+            for name, a in self.adapters.items()
+        }
+        inputs = MultimodalInput(encoders)
+        latent = self.config.model.latent_dim
+        decoder = MultimodalDecoder({n: o.queries for n, o in self.outputs.items()}, latent, latent)
+        heads = {n: nn.Linear(latent, o.channels) for n, o in self.outputs.items()}
+        return MultimodalAutoencoder(inputs, encoder_config(self.config), decoder, heads)
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        indices = {
+            n: torch.randperm(o.queries.length)[: self.config.subsample]
+            for n, o in self.outputs.items()
+        }
+        outputs = net(_inputs(batch, self.inputs), indices)
+        total = torch.zeros((), device=batch[self.inputs[0]].values.device)
+        for name, out in outputs.items():
+            target = self.outputs[name].target(batch[name].values)[:, indices[name]]
+            weight = self.config.loss_weights.get(name, 1.0)
+            total = total + weight * F.mse_loss(out.float(), target)
+        return total
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        outputs = model(_inputs(batch, self.inputs), chunk_size=4096)
+        sums: dict[str, float] = {}
+        for name, out in outputs.items():
+            target = self.outputs[name].target(batch[name].values)
+            sums[f"{name}_se"] = (out.float() - target).square().sum().item()
+            sums[f"{name}_n"] = target.numel()
+        sums["total"] = len(batch.keys)
+        return sums
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        out = {"val_samples": int(sums["total"])}
+        for name in self.outputs:
+            mse = sums[f"{name}_se"] / max(sums[f"{name}_n"], 1)
+            out[f"val_{name}_mse"] = mse
+            out[f"val_{name}_psnr"] = 10 * math.log10(4 / mse) if mse > 0 else float("inf")
+        return out
+
+
+class MaskedLMTask(Task):
+    def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
+        super().__init__(config, adapters)
+        texts = [n for n, a in adapters.items() if isinstance(a, TextAdapter)]
+        if len(adapters) != 1 or not texts:
+            raise ValueError("task mlm takes exactly one field, a text field")
+        self.name = texts[0]
+
+    def model(self) -> nn.Module:
+        adapter = self.adapters[self.name]
+        dim = int(self.config.data.fields[self.name].encoder.get("dim", 256))
+        return MaskedLanguageModel(
+            encoder_config(self.config),
+            VOCAB_SIZE,
+            dim,
+            adapter.max_length,
+            decoder_heads=1,
+            decoder_qk_channels=None,
+        )
+
+    def _masked(self, batch: Batch, generator: torch.Generator | None = None) -> tuple:
+        field = batch[self.name]
+        ids = field.values[..., 0].long()
+        real = field.mask & (ids >= NUM_SPECIAL)
+        draw = torch.rand(ids.shape, generator=generator).to(ids.device)
+        chosen = real & (draw < self.config.mask_probability)
+        return ids.masked_fill(chosen, MASK), ids, chosen, field.mask
+
+    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        masked, ids, chosen, mask = self._masked(batch)
+        logits = net(masked, mask)
+        return F.cross_entropy(logits[chosen].float(), ids[chosen])
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(0)  # the same masks every evaluation
+        masked, ids, chosen, mask = self._masked(batch, generator)
+        predictions = model(masked, mask).argmax(-1)
+        return {
+            "correct": (predictions == ids)[chosen].sum().item(),
+            "masked": chosen.sum().item(),
+            "total": len(batch.keys),
+        }
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {
+            "val_samples": int(sums["total"]),
+            "val_masked_accuracy": sums["correct"] / max(sums["masked"], 1),
+        }
+
+
+TASKS = {
+    "classification": ClassificationTask,
+    "multilabel": ClassificationTask,
+    "autoencode": AutoencodeTask,
+    "mlm": MaskedLMTask,
+}
+
+
+def make_task(config: TrainConfig) -> Task:
+    adapters = {}
+    for name, spec in config.data.fields.items():
+        adapters[name] = get(spec.adapter)(**spec.options, extensions=spec.extensions or None)
+    return TASKS[config.task](config, adapters)
