@@ -373,7 +373,7 @@ def plot_losses(metrics: Path, out: Path, size: tuple[int, int] = (640, 320)) ->
         if len(accuracy) > 1:
             draw.line([point(s, v, 1.0) for s, v in accuracy], fill=(200, 60, 40), width=2)
         draw.text(
-            (margin, 5), f"loss (blue, max {top:.3f}); val accuracy (red, 0–1)", fill=(0, 0, 0)
+            (margin, 5), f"loss (blue, max {top:.3f}); val accuracy (red, 0 to 1)", fill=(0, 0, 0)
         )
     draw.rectangle([margin, margin, width - margin, height - margin], outline=(120, 120, 120))
     image.save(out)
