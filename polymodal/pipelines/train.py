@@ -204,6 +204,16 @@ class Trainer:
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
 
+    def _stopping(self) -> bool:
+        """Whether any rank was asked to stop: ranks must stop after the same step, or one
+        would wait in the next gradient all-reduce for a rank that is saving."""
+        if not self.distributed:
+            return self.stop_requested
+        flag = torch.tensor([float(self.stop_requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.stop_requested = bool(flag.item())
+        return self.stop_requested
+
     def _loop(self) -> dict[str, Any]:
         config = self.config
         autocast = torch.autocast(
@@ -219,7 +229,7 @@ class Trainer:
         batches = self._batches()
         started, wait_total, samples, losses = time.perf_counter(), 0.0, 0, []
         self.model.train()
-        while self.step < self.total_steps and not self.stop_requested:
+        while self.step < self.total_steps and not self._stopping():
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(config.optim.accumulate):
