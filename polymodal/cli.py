@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--samples", type=int, default=320, help="clips to make")
     demo.add_argument("--classes", type=int, default=4)
     demo.add_argument("--epochs", type=int, default=6)
-    demo.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    demo.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     _add_dataset_commands(commands)
     args = parser.parse_args(argv)
     if args.command in DATASET_COMMANDS:

@@ -102,7 +102,7 @@ def run_demo(
     samples: int = 320,
     classes: int = 4,
     epochs: int = 6,
-    workers: int = 1,
+    workers: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
     started = time.perf_counter()
