@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polymodal.perceiver.encoder import EncoderConfig
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; names the field."""
@@ -46,18 +48,6 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    num_latents: int = 64
-    latent_dim: int = 128
-    num_blocks: int = 1
-    num_self_attends_per_block: int = 2
-    self_heads: int = 4
-    cross_heads: int = 1
-    dropout: float = 0.0
-    gradient_checkpointing: bool = False
-
-
-@dataclass
 class OptimConfig:
     name: str = "adamw"
     lr: float = 1e-3
@@ -72,7 +62,7 @@ class TrainConfig:
     """The whole run: data, model, task, optimiser, schedule, precision, checkpoints."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: EncoderConfig = field(default_factory=EncoderConfig)  # the Perceiver's sizes
     optim: OptimConfig = field(default_factory=OptimConfig)
     task: str = "classification"  # classification | multilabel | autoencode | mlm
     loss_weights: dict[str, float] = field(default_factory=dict)  # autoencode: per field

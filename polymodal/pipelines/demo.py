@@ -16,8 +16,9 @@ import numpy as np
 
 from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_media
+from polymodal.perceiver import EncoderConfig
 
-from .config import DataConfig, FieldConfig, ModelConfig, OptimConfig, TrainConfig
+from .config import DataConfig, FieldConfig, OptimConfig, TrainConfig
 from .train import Trainer
 
 PALETTE = np.array(
@@ -86,7 +87,7 @@ def demo_config(
             workers=workers,
             buffer_size=200,
         ),
-        model=ModelConfig(
+        model=EncoderConfig(
             num_latents=32, latent_dim=64, num_self_attends_per_block=2, self_heads=4
         ),
         optim=OptimConfig(lr=2e-3, warmup_steps=5),

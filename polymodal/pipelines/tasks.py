@@ -25,7 +25,6 @@ from polymodal.adapters.image import ImageAdapter
 from polymodal.adapters.text import MASK, NUM_SPECIAL, VOCAB_SIZE, TextAdapter
 from polymodal.adapters.video import VideoAdapter
 from polymodal.perceiver import (
-    EncoderConfig,
     FourierQueries,
     MaskedLanguageModel,
     MultimodalAutoencoder,
@@ -38,20 +37,6 @@ from polymodal.perceiver.io import patchify
 from .config import TrainConfig
 
 TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
-
-
-def encoder_config(config: TrainConfig) -> EncoderConfig:
-    m = config.model
-    return EncoderConfig(
-        num_latents=m.num_latents,
-        latent_dim=m.latent_dim,
-        num_blocks=m.num_blocks,
-        num_self_attends_per_block=m.num_self_attends_per_block,
-        self_heads=m.self_heads,
-        cross_heads=m.cross_heads,
-        dropout=m.dropout,
-        gradient_checkpointing=m.gradient_checkpointing,
-    )
 
 
 def _inputs(batch: Batch, names: list[str]) -> dict[str, tuple]:
@@ -104,7 +89,7 @@ class ClassificationTask(Task):
         }
         inputs = MultimodalInput(encoders)
         return Perceiver(
-            inputs.channels, self.config.data.num_classes, encoder_config(self.config), input=inputs
+            inputs.channels, self.config.data.num_classes, self.config.model, input=inputs
         )
 
     def targets(self, batch: Batch) -> torch.Tensor:
@@ -185,7 +170,7 @@ class AutoencodeTask(Task):
         latent = self.config.model.latent_dim
         decoder = MultimodalDecoder({n: o.queries for n, o in self.outputs.items()}, latent, latent)
         heads = {n: nn.Linear(latent, o.channels) for n, o in self.outputs.items()}
-        return MultimodalAutoencoder(inputs, encoder_config(self.config), decoder, heads)
+        return MultimodalAutoencoder(inputs, self.config.model, decoder, heads)
 
     def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
         indices = {
@@ -231,7 +216,7 @@ class MaskedLMTask(Task):
         adapter = self.adapters[self.name]
         dim = int(self.config.data.fields[self.name].encoder.get("dim", 256))
         return MaskedLanguageModel(
-            encoder_config(self.config),
+            self.config.model,
             VOCAB_SIZE,
             dim,
             adapter.max_length,
