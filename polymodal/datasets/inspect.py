@@ -93,7 +93,7 @@ def inspect_dataset(source: str, sample_limit: int = 64) -> dict[str, Any]:
                 probes.setdefault(ext, {}).setdefault(name, []).append(float(value))
     labels = index.labels
     if index.classes:
-        labels = {_class_name(index.classes, k): v for k, v in labels.items()}
+        labels = {class_name(index.classes, k): v for k, v in labels.items()}
     return {
         "source": source,
         "format": index.format,
@@ -115,8 +115,10 @@ def inspect_dataset(source: str, sample_limit: int = 64) -> dict[str, Any]:
     }
 
 
-def _class_name(classes: list[str], label: str) -> str:
-    return classes[int(label)] if label.isdigit() and int(label) < len(classes) else label
+def class_name(classes: list[str] | None, label: str) -> str:
+    """The class name of a `cls` value when the index lists names, else the value itself."""
+    known = classes and label.isdigit() and int(label) < len(classes)
+    return classes[int(label)] if known else label
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .index import ShardIndex
-from .inspect import bounded_sample, probe
+from .inspect import bounded_sample, class_name, probe
 
 TILE = 96  # tile height in pixels
 WIDE = 240  # width of audio and text tiles
@@ -112,12 +112,7 @@ def render_field(modality: str, ext: str, data: bytes, classes: list[str] | None
             _cloud_tiles(get("pointcloud")(num_points=2048).decode(sample).coords.numpy())
         )
     if modality == "label":
-        label = data.decode("utf-8", errors="replace").strip()
-        name = (
-            classes[int(label)]
-            if classes and label.isdigit() and int(label) < len(classes)
-            else label
-        )
+        name = class_name(classes, data.decode("utf-8", errors="replace").strip())
         return _text_tile(f"label: {name}", width=120)
     if modality == "text":
         return _text_tile(data.decode("utf-8", errors="replace"))

@@ -53,6 +53,15 @@ class Task:
     def fields(self) -> dict[str, Adapter]:
         return dict(self.adapters)
 
+    def multimodal_input(self) -> MultimodalInput:
+        """The input fields' encoders (with their configured options), side by side."""
+        return MultimodalInput(
+            {
+                name: a.encoder(**self.config.data.fields[name].encoder)
+                for name, a in self.adapters.items()
+            }
+        )
+
     def model(self) -> nn.Module:
         raise NotImplementedError
 
@@ -83,11 +92,7 @@ class ClassificationTask(Task):
         return {**self.adapters, TARGET: target}
 
     def model(self) -> nn.Module:
-        encoders = {
-            name: a.encoder(**self.config.data.fields[name].encoder)
-            for name, a in self.adapters.items()
-        }
-        inputs = MultimodalInput(encoders)
+        inputs = self.multimodal_input()
         return Perceiver(
             inputs.channels, self.config.data.num_classes, self.config.model, input=inputs
         )
@@ -162,11 +167,7 @@ class AutoencodeTask(Task):
         }
 
     def model(self) -> nn.Module:
-        encoders = {
-            name: a.encoder(**self.config.data.fields[name].encoder)
-            for name, a in self.adapters.items()
-        }
-        inputs = MultimodalInput(encoders)
+        inputs = self.multimodal_input()
         latent = self.config.model.latent_dim
         decoder = MultimodalDecoder({n: o.queries for n, o in self.outputs.items()}, latent, latent)
         heads = {n: nn.Linear(latent, o.channels) for n, o in self.outputs.items()}
