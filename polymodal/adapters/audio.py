@@ -8,11 +8,17 @@ import av
 import numpy as np
 import torch
 
+from polymodal.datasets.media import (
+    check_complete,
+    clip_start,
+    open_stream,
+    seek_to,
+    stream_seconds,
+)
 from polymodal.perceiver.io import GridInput
 
 from .base import Adapter, Field, FieldInput, register
 from .image import check_crop
-from .media import check_complete, clip_start, open_stream, seek_to, stream_seconds
 
 _LAYOUTS = {1: "mono", 2: "stereo"}
 

@@ -8,13 +8,11 @@ import av
 import numpy as np
 import torch
 
+from polymodal.datasets.media import clip_start, frames_at, open_stream, seek_to, stream_seconds
 from polymodal.perceiver.io import GridInput
 
 from .base import Adapter, Field, FieldInput, register
 from .image import check_crop, crop_plan, size_pair
-from .media import check_complete, clip_start, open_stream, seek_to, stream_seconds
-
-_TIME_EPSILON = 1e-6  # seconds: a target that equals a frame's time (up to rounding) shows it
 
 
 @register("video")
@@ -76,7 +74,7 @@ class VideoAdapter(Adapter):
             start = clip_start(total, self.num_frames / fps, self.crop, rng)
             seek_to(container, stream, start)
             targets = start + np.arange(self.num_frames) / fps
-            pixels = self._convert(_frames_at(container, stream, targets, total), rng)
+            pixels = self._convert(frames_at(container, stream, targets, total), rng)
         if not pixels:
             raise ValueError("no video frames")
         t, h, w = len(pixels), pixels[0].shape[0], pixels[0].shape[1]
@@ -111,36 +109,3 @@ class VideoAdapter(Adapter):
             out.append(arr[y0 : y0 + out_h, x0 : x0 + out_w])
             last = frame
         return out
-
-
-def _frames_at(
-    container: av.container.InputContainer,
-    stream: av.stream.Stream,
-    targets: np.ndarray,
-    total: float,
-) -> Iterator[av.VideoFrame]:
-    """The frame on screen at each target time (seconds from the stream's start), in order.
-
-    Decoding stops once the last target is passed. Targets after the end of the stream get no
-    frame, so fewer frames than targets may come out; an end well before the header's `total`
-    seconds means truncation.
-    """
-    origin = stream.start_time or 0
-    tb = float(stream.time_base)
-    default_duration = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
-    n, prev, prev_end = 0, None, 0.0
-    for index, frame in enumerate(container.decode(stream)):
-        now = (frame.pts - origin) * tb if frame.pts is not None else index * default_duration
-        # Targets before this frame's time showed the previous frame; before the first decoded
-        # frame (the seek landed at or just after the clip start), they take this one.
-        while n < len(targets) and targets[n] < now - _TIME_EPSILON:
-            yield prev if prev is not None else frame
-            n += 1
-        if n == len(targets):
-            return
-        prev = frame
-        prev_end = now + (frame.duration * tb if frame.duration else default_duration)
-    check_complete(prev_end, total)
-    while prev is not None and n < len(targets) and targets[n] < prev_end:
-        yield prev
-        n += 1
