@@ -230,6 +230,23 @@ def _add_dataset_commands(commands: Any) -> None:
     validate.add_argument("dataset")
     validate.add_argument("--json", action="store_true")
     validate.add_argument("--workers", type=int, default=1)
+    pre = commands.add_parser("preprocess", help="run ops over a dataset's shards into new shards")
+    pre.add_argument("src", help="dataset folder or URL prefix holding index.json")
+    pre.add_argument("dst", type=Path, help="output folder")
+    pre.add_argument(
+        "--op",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="an op, e.g. resample_audio:rate=16000,channels=1 (repeat: applied in order)",
+    )
+    pre.add_argument("--recipe", type=Path, help="TOML file: [[ops]] tables, engine, workers")
+    pre.add_argument("--engine", choices=["local", "ray"], help="default: local")
+    pre.add_argument("--workers", type=int, help="processes (local) or CPUs (local Ray)")
+    pre.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001)")
+    pre.add_argument("--overwrite", action="store_true", help="replace another job's output")
+    pre.add_argument("--strict", action="store_true", help="stop at the first rejected sample")
+    commands.add_parser("ops", help="list preprocessing ops")
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -320,7 +337,63 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-DATASET_COMMANDS = {"build": _build, "index": _index, "inspect": _inspect, "validate": _validate}
+def _preprocess(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from polymodal.pipelines import preprocess
+
+    recipe: dict[str, Any] = {}
+    if args.recipe:
+        try:
+            recipe = tomllib.loads(args.recipe.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            print(f"polymodal preprocess: {args.recipe}: {exc}", file=sys.stderr)
+            return 2
+        unknown = set(recipe) - {"ops", "engine", "workers", "address"}
+        if unknown:
+            print(
+                f"polymodal preprocess: {args.recipe}: unknown keys {sorted(unknown)}",
+                file=sys.stderr,
+            )
+            return 2
+    ops = [*recipe.get("ops", []), *args.op]
+    try:
+        report = preprocess.run(
+            args.src,
+            args.dst,
+            ops,
+            engine=args.engine or recipe.get("engine", "local"),
+            workers=args.workers or recipe.get("workers"),
+            address=args.address or recipe.get("address"),
+            overwrite=args.overwrite,
+            errors="raise" if args.strict else "skip",
+        )
+    except (FileExistsError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
+        print(f"polymodal preprocess: {exc}", file=sys.stderr)
+        return 2
+    print(preprocess.summary(report))
+    if report.rejected or report.unreadable:
+        print(f"rejected samples are listed in {args.dst / preprocess.REJECTS_NAME}")
+    return 0
+
+
+def _list_ops(args: argparse.Namespace) -> int:
+    from polymodal.pipelines.ops import available_ops, get_op
+
+    for name in available_ops():
+        doc = (get_op(name).__doc__ or "").strip().split("\n")[0]
+        print(f"{name:18s} {doc}")
+    return 0
+
+
+DATASET_COMMANDS = {
+    "build": _build,
+    "index": _index,
+    "inspect": _inspect,
+    "validate": _validate,
+    "preprocess": _preprocess,
+    "ops": _list_ops,
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -400,9 +401,15 @@ def parse_splits(text: str | None) -> dict[str, float]:
     for part in text.split(","):
         name, _, fraction = part.partition("=")
         splits[name.strip()] = float(fraction)
+    return check_splits(splits)
+
+
+def check_splits(splits: Mapping[str, float]) -> dict[str, float]:
     if sum(splits.values()) >= 1 or any(f <= 0 for f in splits.values()) or "train" in splits:
-        raise ValueError(f"--split {text!r}: fractions must be positive, sum below 1, not 'train'")
-    return splits
+        raise ValueError(
+            f"splits {dict(splits)}: fractions must be positive, sum below 1, not 'train'"
+        )
+    return dict(splits)
 
 
 def key_fraction(key: str) -> float:
@@ -411,19 +418,26 @@ def key_fraction(key: str) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
+def split_of(key: str, splits: Mapping[str, float]) -> str:
+    """The split a key falls in: the named splits take consecutive ranges of `key_fraction`
+    of the sizes given, `train` the rest."""
+    total = 0.0
+    u = key_fraction(key)
+    for name, fraction in splits.items():
+        total += fraction
+        if u < total:
+            return name
+    return "train"
+
+
 def assign_splits(
     samples: list[PlannedSample], splits: Mapping[str, float]
 ) -> dict[str, list[PlannedSample]]:
     if not splits:
         return {"": samples}
-    bounds, total = [], 0.0
-    for name, fraction in splits.items():
-        total += fraction
-        bounds.append((total, name))
     out: dict[str, list[PlannedSample]] = {"train": [], **{name: [] for name in splits}}
     for sample in samples:
-        u = key_fraction(sample.key)
-        out[next((name for bound, name in bounds if u < bound), "train")].append(sample)
+        out[split_of(sample.key, splits)].append(sample)
     return out
 
 
@@ -484,20 +498,41 @@ def run_tasks(
     tasks: list[Any],
     workers: int,
     on_done: Callable[[Any, Any], None],
+    retries: int = 0,
 ) -> None:
     """Run `fn` over `tasks` on a local process pool (in this process with `workers <= 1`),
-    calling `on_done(task, result)` as each finishes, in completion order."""
+    calling `on_done(task, result)` as each finishes, in completion order.
+
+    A worker that dies (killed, out of memory) breaks the whole pool; up to `retries` times a
+    new pool then runs the tasks that had not finished, so `fn` must be safe to run twice
+    (every task here writes its outputs atomically under names of its own).
+    """
     if workers <= 1:
         for task in tasks:
             on_done(task, fn(task))
         return
     context = _pool_context(fn)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = {pool.submit(fn, task): task for task in tasks}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                on_done(pending.pop(future), future.result())
+    remaining = list(tasks)
+    for attempt in range(retries + 1):
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            pending = {pool.submit(fn, task): task for task in remaining}
+            broken = None
+            while pending and broken is None:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        broken = future.exception()
+                        continue
+                    on_done(pending.pop(future), future.result())
+        if broken is None:
+            return
+        remaining = list(pending.values())
+        if attempt == retries:
+            raise broken
+        print(
+            f"a worker process died ({broken}); running {len(remaining)} unfinished tasks again",
+            file=sys.stderr,
+        )
 
 
 def _pool_context(fn: Callable[[Any], Any]) -> multiprocessing.context.BaseContext:
@@ -522,7 +557,7 @@ def fingerprint(options: Mapping[str, Any], shards: list[list[PlannedSample]]) -
     return digest.hexdigest()
 
 
-def _finished(directory: Path, name: str) -> ShardInfo | None:
+def finished_shard(directory: Path, name: str) -> ShardInfo | None:
     """A shard with its final name is complete (renamed last); its sidecar holds its facts."""
     sidecar = directory / sidecar_name(name)
     if not (directory / name).exists() or not sidecar.exists():
@@ -541,7 +576,7 @@ def _previous_fingerprint(directory: Path) -> str | None:
     return None
 
 
-def _prepare(directory: Path, fp: str, overwrite: bool) -> bool:
+def prepare_output(directory: Path, fp: str, overwrite: bool) -> bool:
     """Make `directory` ready for the build with fingerprint `fp`; False when already built.
 
     Shards of another build (other sources or options) are never mixed in: that is an error
@@ -605,7 +640,7 @@ def build(
         shards = cut_shards(members, shard_samples, shard_bytes)
         fp = fingerprint({**options, "split_name": name}, shards)
         report.datasets[name] = directory
-        if not _prepare(directory, fp, overwrite):
+        if not prepare_output(directory, fp, overwrite):
             print_(f"{directory}: already built from these sources with these options")
             index = ShardIndex.load(directory)
         else:
@@ -637,7 +672,7 @@ def _write_split(
     tasks = []
     for number, shard in enumerate(shards):
         name = shard_name("shard", number, shard_format)
-        done = _finished(directory, name)
+        done = finished_shard(directory, name)
         if done is not None:
             infos[name] = done
         else:

@@ -39,12 +39,15 @@ class HashingReader:
 
 
 def tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + TMP_SUFFIX)
+    """`NAME.PID.tmp`: a writer of its own per process, so that a leftover worker of a killed
+    job, still finishing a task, can never rename a rerun's half-written file into place."""
+    return path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
 @contextmanager
 def atomic_open(path: Path) -> Any:
-    """Open `path.tmp` for binary writing; on success fsync and rename it to `path`."""
+    """Open a temporary file beside `path` for binary writing; on success fsync and rename it
+    to `path`."""
     tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:

@@ -16,13 +16,18 @@ def open_stream(data: bytes, kind: str) -> tuple[av.container.InputContainer, av
 
     The caller closes the container; bytes never touch the disk.
     """
-    _check_riff_size(data)
-    container = av.open(io.BytesIO(data), mode="r")
+    container = open_container(data)
     streams = getattr(container.streams, kind)
     if not streams:
         container.close()
         raise ValueError(f"no {kind} stream")
     return container, streams[0]
+
+
+def open_container(data: bytes) -> av.container.InputContainer:
+    """Open in-memory media (all its streams); the caller closes it."""
+    _check_riff_size(data)
+    return av.open(io.BytesIO(data), mode="r")
 
 
 def _check_riff_size(data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""Point-cloud files (npy / npz / ply / off / xyz / pts) → float32 `[N, 3+F]` arrays.
+"""Point-cloud files (npy / npz / ply / off / xyz / pts) → float32 `[N, 3+F]` arrays, and
+back to PLY.
 
 Shared by the point-cloud adapter and the preprocessing ops; numpy only. Never unpickles, and
 refuses clouds over `max_points` before reading their bodies where the header tells the count.
@@ -128,3 +129,16 @@ def _read_table(data: bytes) -> np.ndarray:
     if lines and len(lines[0].split()) == 1:
         lines = lines[1:]
     return np.loadtxt(lines, dtype=np.float64, ndmin=2)
+
+
+def encode_ply(points: np.ndarray, binary: bool = True, names: list[str] | None = None) -> bytes:
+    """A PLY file with one float vertex property per column (x, y, z, then `names`)."""
+    names = ["x", "y", "z", *(names or [f"f{i}" for i in range(points.shape[1] - 3)])]
+    fmt = "binary_little_endian" if binary else "ascii"
+    header = [f"ply\nformat {fmt} 1.0\nelement vertex {len(points)}\n"]
+    header += [f"property float {n}\n" for n in names]
+    head = ("".join(header) + "end_header\n").encode("ascii")
+    if binary:
+        return head + points.astype("<f4").tobytes()
+    body = "\n".join(" ".join(f"{v:.6g}" for v in row) for row in points)
+    return head + body.encode("ascii") + b"\n"

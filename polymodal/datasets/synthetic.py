@@ -15,6 +15,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from .points import encode_ply as encode_ply  # re-exported: tests make point clouds here
+
 # container extension → (FFmpeg muxer, audio codec, video codec)
 CONTAINERS = {
     "flac": ("flac", "flac", None),
@@ -134,16 +136,3 @@ def photo(seed: int = 0, size: int = 256) -> np.ndarray:
         dy, dx = rng.integers(size // 16, size // 3, 2)
         img[y0 : y0 + dy, x0 : x0 + dx] = rng.integers(0, 256, 3)
     return img.clip(0, 255).astype(np.uint8)
-
-
-def encode_ply(points: np.ndarray, binary: bool = True, names: list[str] | None = None) -> bytes:
-    """A PLY file with one float vertex property per column (x, y, z, then `names`)."""
-    names = ["x", "y", "z", *(names or [f"f{i}" for i in range(points.shape[1] - 3)])]
-    fmt = "binary_little_endian" if binary else "ascii"
-    header = [f"ply\nformat {fmt} 1.0\nelement vertex {len(points)}\n"]
-    header += [f"property float {n}\n" for n in names]
-    head = ("".join(header) + "end_header\n").encode("ascii")
-    if binary:
-        return head + points.astype("<f4").tobytes()
-    body = "\n".join(" ".join(f"{v:.6g}" for v in row) for row in points)
-    return head + body.encode("ascii") + b"\n"

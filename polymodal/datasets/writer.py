@@ -1,10 +1,11 @@
 """Writing shards: one shard file at a time (`TarShard`, `ParquetShard`), or a stream of
 samples cut into shards by count and bytes (`ShardWriter`).
 
-Each shard is written under `NAME.tmp`, hashed while it is written, then its sidecar is written
-and the shard renamed to `NAME`: a shard with its final name is complete, and so is its
-sidecar. `ShardWriter` writes `index.json` last. Tar bytes are deterministic (fixed mtime,
-owner and mode; members in webdataset's order), so the same samples always give the same shard.
+Each shard is written under a temporary name (`NAME.PID.tmp`), hashed while it is written,
+then its sidecar is written and the shard renamed to `NAME`: a shard with its final name is
+complete, and so is its sidecar. `ShardWriter` writes `index.json` last. Tar bytes are
+deterministic (fixed mtime, owner and mode; members in webdataset's order), so the same samples
+always give the same shard.
 """
 
 from __future__ import annotations

@@ -1,0 +1,49 @@
+"""Preprocessing ops, registered by name: a raw sample in, zero, one or many samples out.
+
+Built-ins: `resample_audio`, `transcode_video`, `cut_clips`, `extract_audio`, `resize_image`,
+`subsample_points`, `filter`, `dedupe`, `split`, `call`. Third-party packages add ops through
+the entry-point group `polymodal.ops`.
+"""
+
+from . import media, select, visual
+from .base import (
+    ENTRY_POINT_GROUP,
+    Filtered,
+    Op,
+    Result,
+    Sample,
+    available_ops,
+    get_op,
+    make_op,
+    parse_op,
+    register_op,
+)
+from .media import CutClips, ExtractAudio, ResampleAudio, TranscodeVideo
+from .select import Call, Dedupe, Filter, Split
+from .visual import ResizeImage, SubsamplePoints
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Call",
+    "CutClips",
+    "Dedupe",
+    "ExtractAudio",
+    "Filter",
+    "Filtered",
+    "Op",
+    "ResampleAudio",
+    "ResizeImage",
+    "Result",
+    "Sample",
+    "Split",
+    "SubsamplePoints",
+    "TranscodeVideo",
+    "available_ops",
+    "get_op",
+    "make_op",
+    "media",
+    "parse_op",
+    "register_op",
+    "select",
+    "visual",
+]

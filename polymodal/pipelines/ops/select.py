@@ -1,0 +1,195 @@
+"""Ops that choose samples rather than change them: filter, dedupe, split, and `call` (a user's
+function by import path)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from polymodal.datasets.build import check_splits, split_of
+from polymodal.datasets.layout import modality_of
+from polymodal.datasets.media import open_container, stream_seconds
+
+from .base import Filtered, Op, Result, Sample, register_op
+
+MEDIA = ("image", "audio", "video", "pointcloud")
+
+
+def members_of(sample: Sample) -> list[str]:
+    return sorted(e for e in sample if not e.startswith("_"))
+
+
+def duration(sample: Sample) -> float:
+    """Seconds of the sample's first audio or video member, from its header."""
+    for ext in members_of(sample):
+        if modality_of(ext) in ("audio", "video"):
+            with open_container(sample[ext]) as container:
+                streams = [s for s in container.streams if s.type in ("audio", "video")]
+                if not streams:
+                    raise ValueError(f"{ext}: no audio or video stream")
+                seconds = stream_seconds(container, streams[0])
+            if seconds <= 0:
+                raise ValueError(f"{ext}: duration unknown")
+            return seconds
+    raise ValueError("no audio or video member to measure")
+
+
+@register_op("filter")
+class Filter(Op):
+    """Keep samples within bounds: duration (`min_seconds`, `max_seconds`, of the first audio or
+    video member), size (`min_bytes`, `max_bytes`, all members), label (`labels`: `cls` values
+    to keep, `exclude_labels`: to drop), and a user predicate `where="module:function"`
+    (sample → bool). A sample outside is dropped, counted under the bound it missed."""
+
+    def __init__(
+        self,
+        min_seconds: float | None = None,
+        max_seconds: float | None = None,
+        min_bytes: int | None = None,
+        max_bytes: int | None = None,
+        labels: Any = None,
+        exclude_labels: Any = None,
+        where: str | None = None,
+    ) -> None:
+        self.min_seconds, self.max_seconds = min_seconds, max_seconds
+        self.min_bytes, self.max_bytes = min_bytes, max_bytes
+        self.labels, self.exclude_labels = _label_set(labels), _label_set(exclude_labels)
+        self.where = where
+        self._where = resolve(where) if where else None
+
+    def __call__(self, sample: Sample) -> Result:
+        if self.labels is not None or self.exclude_labels is not None:
+            label = bytes(sample.get("cls", b"")).decode("utf-8", errors="replace").strip()
+            if self.labels is not None and label not in self.labels:
+                raise Filtered("label not in labels")
+            if self.exclude_labels is not None and label in self.exclude_labels:
+                raise Filtered("label in exclude_labels")
+        if self.min_bytes is not None or self.max_bytes is not None:
+            size = sum(len(sample[e]) for e in members_of(sample))
+            if self.min_bytes is not None and size < self.min_bytes:
+                raise Filtered(f"below min_bytes={self.min_bytes}")
+            if self.max_bytes is not None and size > self.max_bytes:
+                raise Filtered(f"over max_bytes={self.max_bytes}")
+        if self.min_seconds is not None or self.max_seconds is not None:
+            seconds = duration(sample)
+            if self.min_seconds is not None and seconds < self.min_seconds:
+                raise Filtered(f"shorter than min_seconds={self.min_seconds:g}")
+            if self.max_seconds is not None and seconds > self.max_seconds:
+                raise Filtered(f"longer than max_seconds={self.max_seconds:g}")
+        if self._where is not None and not self._where(sample):
+            raise Filtered(f"{self.where} is false")
+        return sample
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**vars(self), "_where": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._where = resolve(self.where) if self.where else None
+
+
+def _label_set(labels: Any) -> list[str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, (str, int)):
+        labels = str(labels).split("|")
+    return sorted(str(label).strip() for label in labels)
+
+
+@register_op("dedupe")
+class Dedupe(Op):
+    """Drop exact duplicates: samples whose media bytes (image, audio, video, point-cloud
+    members, or `fields`) hash the same as an earlier sample's, in input order.
+
+    It compares the input as read, wherever it stands in the chain, so that the first pass (a
+    sha256 per sample) needs no other op; clips cut from a duplicate are dropped with it.
+    """
+
+    scans = True
+
+    def __init__(self, fields: list[str] | None = None) -> None:
+        self.fields = [fields] if isinstance(fields, str) else fields
+        self._duplicates: set[tuple[str, str]] = set()
+
+    def scan(self, sample: Sample) -> str:
+        exts = self.fields or [e for e in members_of(sample) if modality_of(e) in MEDIA]
+        exts = exts or [e for e in members_of(sample) if e != "cls"]
+        digest = hashlib.sha256()
+        for ext in exts:
+            data = sample.get(ext, b"")
+            digest.update(f"{ext}:{len(data)}:".encode())
+            digest.update(data)
+        return digest.hexdigest()
+
+    def plan(self, scans: list[list[tuple[str, str, str]]]) -> None:
+        """`scans`: per input shard, (shard, key, digest) of each sample in order."""
+        seen: set[str] = set()
+        for shard in scans:
+            for name, key, digest in shard:
+                if digest in seen:
+                    self._duplicates.add((name, key))
+                seen.add(digest)
+
+    def __call__(self, sample: Sample) -> Result:
+        if (sample["__shard__"], sample["__origin__"]) in self._duplicates:
+            raise Filtered("exact duplicate of an earlier sample")
+        return sample
+
+
+@register_op("split")
+class Split(Op):
+    """Assign each sample to a split by a hash of its input key: `split:val=0.1,test=0.05`
+    sends about 10% to `val`, 5% to `test`, the rest to `train`; each split becomes its own
+    dataset folder. Clips cut from one input stay in one split (no leak between them)."""
+
+    def __init__(self, **fractions: float) -> None:
+        self.fractions = check_splits({name: float(f) for name, f in fractions.items()})
+
+    @property
+    def names(self) -> list[str]:
+        return ["train", *self.fractions]
+
+    def __call__(self, sample: Sample) -> Result:
+        sample["__split__"] = split_of(sample["__origin__"], self.fractions)
+        return sample
+
+
+@register_op("call")
+class Call(Op):
+    """A user's function: `call:fn=my_package.ops:clean` (or `my_package.ops.clean`) is called
+    as `clean(sample, **options)` with the other options; it returns what an op returns."""
+
+    def __init__(self, fn: str | Callable[..., Result], **options: Any) -> None:
+        self.fn = fn if isinstance(fn, str) else f"{fn.__module__}:{fn.__qualname__}"
+        self.options = options
+        self._fn = resolve(self.fn)
+
+    def __call__(self, sample: Sample) -> Result:
+        return self._fn(sample, **self.options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**vars(self), "_fn": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._fn = resolve(self.fn)
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """The object at `module:attr` or `module.attr` (attr may be dotted: `mod:Class.method`)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{path!r}: give a function as module:name or module.name")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import {path!r}: {exc}") from None
+    if not callable(obj):
+        raise ValueError(f"{path!r} is not callable")
+    return obj
