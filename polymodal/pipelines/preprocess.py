@@ -30,11 +30,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from polymodal.datasets.build import REJECTS_NAME, prepare_output
+from polymodal.datasets.build import PLAN_NAME, REJECTS_NAME, prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
 from polymodal.datasets.files import write_atomic
-from polymodal.datasets.index import ShardIndex, ShardInfo, merge_labels
+from polymodal.datasets.index import INDEX_NAME, ShardIndex, ShardInfo, merge_labels
 from polymodal.datasets.layout import Problem, modality_of
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.writer import TarShard, shard_name
@@ -249,10 +249,7 @@ def run(
     specs = [op.spec() for op in chain]
     fp = _fingerprint(index, specs)
     outputs = {name: dst / name for name in splits[0].names} if splits else {"": dst}
-    if overwrite and (dst / JOB_DIR).exists():
-        shutil.rmtree(dst / JOB_DIR)
-    for directory in outputs.values():
-        prepare_output(directory, fp, overwrite)
+    _claim(dst, fp, outputs, overwrite)
     records_dir = dst / JOB_DIR / fp[:16]
     records_dir.mkdir(parents=True, exist_ok=True)
     tasks = [
@@ -272,6 +269,35 @@ def run(
     report.seconds = time.perf_counter() - started
     _write_outputs(dst, index, outputs, records, report, fp, str(src))
     return report
+
+
+def _claim(dst: Path, fp: str, outputs: Mapping[str, Path], overwrite: bool) -> None:
+    """Make `dst` this job's: refuse (or, with `overwrite`, clear) another job's output, and
+    record which folders this job writes, so a later job knows what to check or clear."""
+    job_file = dst / JOB_DIR / "job.json"
+    previous = json.loads(job_file.read_bytes()) if job_file.exists() else None
+    if previous is not None and previous["fingerprint"] != fp and not overwrite:
+        raise FileExistsError(
+            f"{dst} holds the output of another job (other input, ops or options); "
+            "remove it or pass overwrite (--overwrite)"
+        )
+    if "" not in outputs and (dst / INDEX_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{dst} holds a dataset; remove it or pass overwrite (--overwrite)")
+    stale = {dst / name for name in (previous or {}).get("outputs", [])} - set(outputs.values())
+    if overwrite:
+        stale |= {dst} if "" not in outputs else set()
+        shutil.rmtree(dst / JOB_DIR, ignore_errors=True)
+    for directory in stale:
+        for path in directory.glob("*"):
+            if path.name.startswith("shard-") or path.name in (INDEX_NAME, PLAN_NAME):
+                path.unlink()
+        if directory != dst and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    for directory in outputs.values():
+        prepare_output(directory, fp, overwrite)
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"fingerprint": fp, "outputs": sorted(str(p.relative_to(dst)) for p in outputs.values())}
+    write_atomic(job_file, json.dumps(doc).encode())
 
 
 def _fingerprint(index: ShardIndex, specs: list[dict[str, Any]]) -> str:
@@ -377,7 +403,7 @@ def _write_outputs(
 def summary(report: JobReport) -> str:
     """The report as a few lines for people."""
     where = ", ".join(f"{name or 'dataset'}: {path}" for name, path in report.datasets.items())
-    rate = report.samples_in / report.seconds if report.seconds else 0.0
+    rate = report.samples_in / report.seconds if report.seconds and report.tasks_run else 0.0
     made = f" (+{report.created:,} made by ops)" if report.created else ""
     lines = [
         f"{report.samples_in:,} samples in{made} → {report.samples_out:,} out, "
