@@ -146,7 +146,9 @@ def test_cut_clips_makes_keyed_samples_from_one(clip):
         assert abs(len(out["audio"]["samples"]) / out["audio"]["rate"] - 1.0) < 0.05
     short = encode_media("mp4", counter_frames(62, 48, 64), fps=25)  # 2.48 s
     assert len(make_op("cut_clips:seconds=1")({"__key__": "s", "mp4": short})) == 2
-    assert len(make_op("cut_clips:seconds=1,keep_partial=True")({"__key__": "s", "mp4": short})) == 3
+    assert (
+        len(make_op("cut_clips:seconds=1,keep_partial=True")({"__key__": "s", "mp4": short})) == 3
+    )
     with pytest.raises(Filtered, match="shorter than one 5 s clip"):
         make_op("cut_clips:seconds=5")({"__key__": "s", "mp4": short})
 
@@ -172,7 +174,9 @@ def test_media_bounds_refuse_before_decoding(clip):
     with pytest.raises(ValueError, match="over max_pixels"):
         make_op("transcode_video:max_pixels=1000")({"__key__": "v", "mp4": clip})
     with pytest.raises(ValueError, match="over max_seconds"):
-        make_op("resample_audio:max_seconds=1")({"__key__": "v", "flac": encode_audio(tone(seconds=2, rate=8000), 8000)})
+        make_op("resample_audio:max_seconds=1")(
+            {"__key__": "v", "flac": encode_audio(tone(seconds=2, rate=8000), 8000)}
+        )
 
 
 def test_resize_image_and_reencode():

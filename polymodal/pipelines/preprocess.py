@@ -392,6 +392,8 @@ def _write_outputs(
     write_atomic(dst / FILTERED_NAME, "".join(json.dumps(x) + "\n" for x in filtered).encode())
     write_atomic(dst / SUMMARY_NAME, (json.dumps(asdict(report), indent=1) + "\n").encode())
     for split, directory in outputs.items():
+        for stale in directory.glob("*.tmp"):  # from a worker killed mid-task, since rerun
+            stale.unlink()
         infos = [ShardInfo(**r.outputs[split]) for r in records if split in r.outputs]
         exts = sorted({ext for info in infos for ext in info.fields})
         fields = {ext: index.fields.get(ext) or modality_of(ext) or "" for ext in exts}
