@@ -52,6 +52,7 @@ PLUGIN = '''
 import numpy as np
 import torch
 from polymodal.adapters import Adapter, Field
+from polymodal.pipelines.ops import Op
 
 
 class WaveAdapter(Adapter):
@@ -62,6 +63,14 @@ class WaveAdapter(Adapter):
     def decode_bytes(self, data, ext, rng):
         samples = np.frombuffer(data, dtype="<i2").copy()
         return Field(values=torch.from_numpy(samples)[:, None], grid=(len(samples),))
+
+
+class ReversePcm(Op):
+    """A preprocessing op from the same package: plays the samples backwards."""
+
+    def __call__(self, sample):
+        sample["pcm"] = np.frombuffer(sample["pcm"], dtype="<i2")[::-1].tobytes()
+        return sample
 '''
 
 
@@ -84,6 +93,9 @@ def test_third_party_package_registers_through_entry_point(tmp_path: Path):
             [project.entry-points."polymodal.adapters"]
             wave = "polymodal_wave_plugin:WaveAdapter"
 
+            [project.entry-points."polymodal.ops"]
+            reverse_pcm = "polymodal_wave_plugin:ReversePcm"
+
             [tool.setuptools]
             py-modules = ["polymodal_wave_plugin"]
             """
@@ -99,11 +111,22 @@ def test_third_party_package_registers_through_entry_point(tmp_path: Path):
             cls = adapters.get("wave")
             field = cls().decode({"__key__": "k", "pcm": bytes([1, 0, 2, 0, 255, 255])})
             print(cls.__module__, cls.name, field.values[:, 0].tolist(), field.grid)
+            from polymodal.pipelines.ops import available_ops, make_op
+            assert "reverse_pcm" in available_ops(), available_ops()
+            print(make_op("reverse_pcm")({"__key__": "k", "pcm": bytes([1, 0, 2, 0])})["pcm"])
             """
         )
         out = subprocess.run(
             [sys.executable, "-c", check], capture_output=True, text=True, check=True
         ).stdout
-        assert out.split() == ["polymodal_wave_plugin", "wave", "[1,", "2,", "-1]", "(3,)"]
+        assert out.split("\n")[0].split() == [
+            "polymodal_wave_plugin",
+            "wave",
+            "[1,",
+            "2,",
+            "-1]",
+            "(3,)",
+        ]
+        assert out.split("\n")[1] == repr(bytes([2, 0, 1, 0]))
     finally:
         subprocess.run([*pip, "uninstall", "-y", "polymodal-wave-plugin"], check=True)

@@ -154,7 +154,7 @@ def _decode_audio(
     shift = round(((first or origin) - origin) * rate)  # align to the main stream's clock
     if shift > 0:
         pcm = np.concatenate([np.zeros((shift, channels), np.int16), pcm])
-    return pcm[max(0, -shift) :].astype(np.int16), rate, layout
+    return pcm[max(0, -shift) :].astype(np.int16, copy=False), rate, layout
 
 
 def _audio_windows(
