@@ -269,6 +269,32 @@ def test_local_and_ray_give_identical_bytes(source, reference, tmp_path):
     assert _tree(tmp_path / "ray") == _tree(reference)
 
 
+def test_ray_reruns_the_task_of_a_killed_worker(source, slow_env, slow_reference, tmp_path):
+    pytest.importorskip("ray", reason="the ray engine needs `pip install polymodal[ray]`")
+    out = tmp_path / "out"
+    command = [*_command(source, out), "--engine", "ray"]
+    proc = subprocess.Popen(command, env=slow_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait(lambda: _records(out) >= 1 and _ray_task_workers(), proc, seconds=120)
+    os.kill(_ray_task_workers()[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr.decode()
+    assert _tree(out) == slow_reference
+
+
+def _ray_task_workers() -> list[int]:
+    """Ray worker processes running our task: Ray names them `ray::run_task`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(
+                b"ray::run_task"
+            ):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 def test_cli_recipe_equals_op_flags(source, reference, tmp_path):
     recipe = tmp_path / "recipe.toml"
     tables = []
