@@ -9,15 +9,15 @@ encodings are never computed here: they are cheap on the device and huge on the 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from polymodal.registry import Registry
 
 ENTRY_POINT_GROUP = "polymodal.adapters"
 
@@ -213,59 +213,10 @@ class Adapter:
 # ---------------------------------------------------------------------------------------------
 # Registry
 
-_REGISTRY: dict[str, type[Adapter]] = {}
-A = TypeVar("A", bound=type[Adapter])
-
-
-def register(name: str) -> Any:
-    """Class decorator: make an `Adapter` subclass available as `get(name)`."""
-
-    def decorate(cls: A) -> A:
-        if not (isinstance(cls, type) and issubclass(cls, Adapter)):
-            raise TypeError(f"@register({name!r}) needs an Adapter subclass, got {cls!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"adapter {name!r} is already registered to {existing.__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def _entry_points(name: str | None = None) -> list[importlib.metadata.EntryPoint]:
-    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    return [ep for ep in eps if name is None or ep.name == name]
-
-
-def _load_entry_point(ep: importlib.metadata.EntryPoint) -> None:
-    """Load a third-party adapter; the target is an Adapter class or a module that registers."""
-    obj = ep.load()
-    if isinstance(obj, type) and issubclass(obj, Adapter) and ep.name not in _REGISTRY:
-        register(ep.name)(obj)
-
-
-def get(name: str) -> type[Adapter]:
-    """The adapter class registered as `name`, looking in installed packages if needed."""
-    if name not in _REGISTRY:
-        for ep in _entry_points(name):
-            _load_entry_point(ep)
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"no adapter named {name!r}; available: {available()}") from None
-
-
-def available() -> list[str]:
-    """Names of all adapters: built-in, registered in code, and installed via entry points."""
-    for ep in _entry_points():
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            _load_entry_point(ep)
-        except Exception as exc:  # one broken plugin must not hide the others
-            warnings.warn(f"adapter entry point {ep.name!r} failed to load: {exc}", stacklevel=2)
-    return sorted(_REGISTRY)
+_ADAPTERS: Registry[type[Adapter]] = Registry(Adapter, ENTRY_POINT_GROUP, "adapter")
+register = _ADAPTERS.register
+get = _ADAPTERS.get
+available = _ADAPTERS.available
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib
-import importlib.metadata
 import json
-import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from polymodal.datasets.layout import modality_of
+from polymodal.registry import Registry
 
 ENTRY_POINT_GROUP = "polymodal.ops"
 
@@ -70,53 +68,10 @@ class Op:
         return f"{self.name}({options})"
 
 
-_REGISTRY: dict[str, type[Op]] = {}
-OpClass = TypeVar("OpClass", bound=type[Op])
-
-
-def register_op(name: str) -> Callable[[OpClass], OpClass]:
-    """Class decorator: make an `Op` subclass available as `get_op(name)`."""
-
-    def decorate(cls: OpClass) -> OpClass:
-        if not (isinstance(cls, type) and issubclass(cls, Op)):
-            raise TypeError(f"@register_op({name!r}) needs an Op subclass, got {cls!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"op {name!r} is already registered to {existing.__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def get_op(name: str) -> type[Op]:
-    """The op class registered as `name`, looking in installed packages if needed."""
-    if name not in _REGISTRY:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
-            _load_entry_point(ep)
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"no op named {name!r}; available: {', '.join(available_ops())}") from None
-
-
-def _load_entry_point(ep: importlib.metadata.EntryPoint) -> None:
-    obj = ep.load()
-    if isinstance(obj, type) and issubclass(obj, Op) and ep.name not in _REGISTRY:
-        register_op(ep.name)(obj)
-
-
-def available_ops() -> list[str]:
-    """Names of all ops: built-in, registered in code, and installed via entry points."""
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            _load_entry_point(ep)
-        except Exception as exc:  # one broken plugin must not hide the others
-            warnings.warn(f"op entry point {ep.name!r} failed to load: {exc}", stacklevel=2)
-    return sorted(_REGISTRY)
+_OPS: Registry[type[Op]] = Registry(Op, ENTRY_POINT_GROUP, "op")
+register_op = _OPS.register
+get_op = _OPS.get
+available_ops = _OPS.available
 
 
 def make_op(spec: Op | str | Mapping[str, Any] | Callable[[Sample], Result]) -> Op:

@@ -1,0 +1,79 @@
+"""Classes registered by name, in code or by installed packages: what adapters and
+preprocessing ops share.
+
+`@registry.register("name")` makes a subclass of the registry's base findable with
+`registry.get("name")`; a third-party package lists its classes under the registry's
+entry-point group (`polymodal.adapters`, `polymodal.ops`) and they are found the same way,
+loaded only when first asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T", bound=type)
+
+
+class Registry(Generic[T]):
+    """Name → subclass of `base`, filled by `register` and by the entry points of `group`."""
+
+    def __init__(self, base: T, group: str, kind: str) -> None:
+        self.base, self.group, self.kind = base, group, kind
+        self.classes: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator: make a subclass of the base available as `get(name)`."""
+
+        def decorate(cls: T) -> T:
+            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+                raise TypeError(
+                    f"registering {name!r} needs a {self.base.__name__} subclass, got {cls!r}"
+                )
+            existing = self.classes.get(name)
+            if existing is not None and existing is not cls:
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered to {existing.__qualname__}"
+                )
+            cls.name = name
+            self.classes[name] = cls
+            return cls
+
+        return decorate
+
+    def _entry_points(self, name: str | None = None) -> list[importlib.metadata.EntryPoint]:
+        eps = importlib.metadata.entry_points(group=self.group)
+        return [ep for ep in eps if name is None or ep.name == name]
+
+    def _load(self, ep: importlib.metadata.EntryPoint) -> None:
+        """Load a third-party entry: a subclass of the base, or a module that registers."""
+        obj = ep.load()
+        if isinstance(obj, type) and issubclass(obj, self.base) and ep.name not in self.classes:
+            self.register(ep.name)(obj)
+
+    def get(self, name: str) -> T:
+        """The class registered as `name`, looking in installed packages if needed."""
+        if name not in self.classes:
+            for ep in self._entry_points(name):
+                self._load(ep)
+        try:
+            return self.classes[name]
+        except KeyError:
+            raise KeyError(
+                f"no {self.kind} named {name!r}; available: {', '.join(self.available())}"
+            ) from None
+
+    def available(self) -> list[str]:
+        """Names of all classes: built-in, registered in code, and installed via entry points."""
+        for ep in self._entry_points():
+            if ep.name in self.classes:
+                continue
+            try:
+                self._load(ep)
+            except Exception as exc:  # one broken plugin must not hide the others
+                warnings.warn(
+                    f"{self.kind} entry point {ep.name!r} failed to load: {exc}", stacklevel=2
+                )
+        return sorted(self.classes)
