@@ -85,6 +85,22 @@ def transcode(
     `audio` is given too; without it, the output is the audio stream alone. A last window
     shorter than `window.length` is dropped unless `keep_partial`.
     """
+    try:
+        return _transcode(data, muxer, window, video, audio, keep_partial, max_seconds, max_pixels)
+    except av.FFmpegError as exc:  # "[Errno 1094995529] Invalid data ... '<none>'" → its gist
+        raise ValueError(f"FFmpeg: {exc.strerror or exc}") from None
+
+
+def _transcode(
+    data: bytes,
+    muxer: str,
+    window: Window,
+    video: VideoSettings | None,
+    audio: AudioSettings | None,
+    keep_partial: bool,
+    max_seconds: float,
+    max_pixels: int,
+) -> list[tuple[int, bytes]]:
     with open_container(data) as container:
         vstream = _stream(container, "video") if video else None
         astream = _stream(container, "audio", required=video is None) if audio else None
