@@ -327,3 +327,16 @@ def test_cli_recipe_equals_op_flags(source, reference, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "no op named 'x'" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(Path(__file__).parent.parent.glob("examples/preprocess/*.toml"))
+)
+def test_example_recipes_name_real_ops_and_options(recipe):
+    import tomllib
+
+    from polymodal.pipelines.ops import make_op
+
+    doc = tomllib.loads(recipe.read_text())
+    assert set(doc) <= {"ops", "engine", "workers", "address"}
+    assert [make_op(table).name for table in doc["ops"]] == [t["op"] for t in doc["ops"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import av
 import numpy as np
@@ -22,6 +23,16 @@ def open_stream(data: bytes, kind: str) -> tuple[av.container.InputContainer, av
         container.close()
         raise ValueError(f"no {kind} stream")
     return container, streams[0]
+
+
+@contextmanager
+def plain_errors() -> Iterator[None]:
+    """FFmpeg's errors as `ValueError("FFmpeg: <reason>")`: a reject list then groups them by
+    reason, not by `[Errno 1094995529] ... '<none>'`."""
+    try:
+        yield
+    except av.FFmpegError as exc:
+        raise ValueError(f"FFmpeg: {exc.strerror or exc}") from None
 
 
 def open_container(data: bytes) -> av.container.InputContainer:

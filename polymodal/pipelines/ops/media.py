@@ -24,6 +24,7 @@ from polymodal.datasets.media import (
     check_complete,
     frames_at,
     open_container,
+    plain_errors,
     seek_to,
     stream_seconds,
 )
@@ -85,10 +86,8 @@ def transcode(
     `audio` is given too; without it, the output is the audio stream alone. A last window
     shorter than `window.length` is dropped unless `keep_partial`.
     """
-    try:
+    with plain_errors():
         return _transcode(data, muxer, window, video, audio, keep_partial, max_seconds, max_pixels)
-    except av.FFmpegError as exc:  # "[Errno 1094995529] Invalid data ... '<none>'" → its gist
-        raise ValueError(f"FFmpeg: {exc.strerror or exc}") from None
 
 
 def _transcode(

@@ -10,7 +10,7 @@ from typing import Any
 
 from polymodal.datasets.build import check_splits, split_of
 from polymodal.datasets.layout import modality_of
-from polymodal.datasets.media import open_container, stream_seconds
+from polymodal.datasets.media import open_container, plain_errors, stream_seconds
 
 from .base import Filtered, Op, Result, Sample, register_op
 
@@ -25,7 +25,7 @@ def duration(sample: Sample) -> float:
     """Seconds of the sample's first audio or video member, from its header."""
     for ext in members_of(sample):
         if modality_of(ext) in ("audio", "video"):
-            with open_container(sample[ext]) as container:
+            with plain_errors(), open_container(sample[ext]) as container:
                 streams = [s for s in container.streams if s.type in ("audio", "video")]
                 if not streams:
                     raise ValueError(f"{ext}: no audio or video stream")
