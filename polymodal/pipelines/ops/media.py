@@ -119,7 +119,16 @@ def _transcode(
     with open_container(data) as container:
         vstream = container.streams.video[0]
         return _video_windows(
-            container, vstream, total, video, muxer, audio_out, pcm, window, keep_partial
+            container,
+            vstream,
+            total,
+            video,
+            muxer,
+            audio_out,
+            pcm,
+            window,
+            keep_partial,
+            max_seconds,
         )
 
 
@@ -206,12 +215,18 @@ def _video_windows(
     pcm: np.ndarray | None,
     window: Window,
     keep_partial: bool,
+    max_seconds: float,
 ) -> list[tuple[int, bytes]]:
-    """Encode the video's windows, each window's audio cut from `pcm` at the same times."""
+    """Encode the video's windows, each window's audio cut from `pcm` at the same times.
+
+    Frames are taken up to the header's `total` seconds plus a window's slack, and never past
+    `max_seconds`: a header that omits or understates the duration cannot unbound decoding."""
     fps = Fraction(settings.fps or stream.average_rate or stream.guessed_rate or 25)
     fps = fps.limit_denominator(1001)
     per = None if math.isinf(window.length) else max(1, round(window.length * fps))
-    ticks = count() if window.count is None or per is None else range(window.count * per)
+    bound = min(total + (window.length if per else 1.0), max_seconds) if total else max_seconds
+    limit = math.ceil(bound * fps) + 1
+    ticks = range(min(limit, window.count * per if window.count and per else limit))
     seek_to(container, stream, window.start)
     targets = (window.start + j / fps for j in ticks)
     out: list[tuple[int, bytes]] = []
