@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from polymodal.datasets.index import ShardIndex
-from polymodal.datasets.reader import read_shard
 from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
 from polymodal.datasets.writer import ShardWriter, TarShard, shard_name
 from polymodal.pipelines import preprocess
@@ -52,9 +51,8 @@ def plain_loop(src: Path, out: Path, op_text: str) -> None:
     index = ShardIndex.load(src)
     for number, shard in enumerate(index.shards):
         writer = TarShard(out, shard_name("shard", number, "tar"))
-        for sample in read_shard(index, shard):
-            sample.pop("__url__", None)
-            sample["__origin__"], sample["__shard__"] = sample["__key__"], shard.name
+        task = preprocess.ShardTask(index.base, index.format, shard, number, [op])
+        for sample in task.samples(on_problem=print):
             writer.add(op(sample))
         writer.finish()
 

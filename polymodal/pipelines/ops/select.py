@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from polymodal.datasets.build import check_splits, split_of
@@ -57,7 +58,8 @@ class Filter(Op):
         self.min_bytes, self.max_bytes = min_bytes, max_bytes
         self.labels, self.exclude_labels = _label_set(labels), _label_set(exclude_labels)
         self.where = where
-        self._where = resolve(where) if where else None
+        if where:
+            resolve(where)  # an unknown function is an error now, not in every worker later
 
     def __call__(self, sample: Sample) -> Result:
         if self.labels is not None or self.exclude_labels is not None:
@@ -78,16 +80,9 @@ class Filter(Op):
                 raise Filtered(f"shorter than min_seconds={self.min_seconds:g}")
             if self.max_seconds is not None and seconds > self.max_seconds:
                 raise Filtered(f"longer than max_seconds={self.max_seconds:g}")
-        if self._where is not None and not self._where(sample):
+        if self.where and not resolve(self.where)(sample):
             raise Filtered(f"{self.where} is false")
         return sample
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**vars(self), "_where": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
-        self._where = resolve(self.where) if self.where else None
 
 
 def _label_set(labels: Any) -> list[str] | None:
@@ -164,21 +159,18 @@ class Call(Op):
     def __init__(self, fn: str | Callable[..., Result], **options: Any) -> None:
         self.fn = fn if isinstance(fn, str) else f"{fn.__module__}:{fn.__qualname__}"
         self.options = options
-        self._fn = resolve(self.fn)
+        resolve(self.fn)  # an unknown function is an error now, not in every worker later
 
     def __call__(self, sample: Sample) -> Result:
-        return self._fn(sample, **self.options)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**vars(self), "_fn": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
-        self._fn = resolve(self.fn)
+        return resolve(self.fn)(sample, **self.options)
 
 
+@lru_cache(maxsize=64)
 def resolve(path: str) -> Callable[..., Any]:
-    """The object at `module:attr` or `module.attr` (attr may be dotted: `mod:Class.method`)."""
+    """The object at `module:attr` or `module.attr` (attr may be dotted: `mod:Class.method`).
+
+    Ops keep the path, not the function, so that they pickle to workers by name; the cache
+    makes the per-sample lookup free."""
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
