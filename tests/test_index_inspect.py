@@ -170,7 +170,7 @@ def test_validate_finds_corruption_and_bad_samples(media_dataset, tmp_path, caps
     (media_dataset / "shard-000002.tar").unlink()
     problems = validate_dataset(str(media_dataset))
     assert any(p["shard"] == "shard-000001.tar" and "sha256" in p["reason"] for p in problems)
-    assert any(p["shard"] == "shard-000002.tar" and "cannot read" in p["reason"] for p in problems)
+    assert any(p["shard"] == "shard-000002.tar" and "missing" in p["reason"] for p in problems)
     assert main(["validate", str(media_dataset), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["ok"] is False
 

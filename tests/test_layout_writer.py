@@ -10,6 +10,7 @@ from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import (
     DuplicateExtensionError,
     Problem,
+    SplitSampleError,
     check_key,
     read_tar_samples,
     split_name,
@@ -64,7 +65,6 @@ def test_reading_groups_adjacent_members_and_reports_unsafe_ones():
             ("b.txt", b"3", tarfile.REGTYPE),
             ("link.txt", None, tarfile.SYMTYPE),
             ("noext", b"4", tarfile.REGTYPE),
-            ("a.txt", b"5", tarfile.REGTYPE),  # key seen before, not adjacent: a new sample
         ]
     )
     problems: list[Problem] = []
@@ -72,7 +72,6 @@ def test_reading_groups_adjacent_members_and_reports_unsafe_ones():
     assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for _, s in samples] == [
         ("a", ["cls", "jpg"]),
         ("b", ["txt"]),
-        ("a", ["txt"]),
     ]
     assert samples[0][0] == 0 and samples[0][1]["jpg"] == b"1"
     reasons = {p.where.split(":", 1)[1]: p.reason for p in problems}
@@ -80,6 +79,14 @@ def test_reading_groups_adjacent_members_and_reports_unsafe_ones():
     assert "climbs out" in reasons["../escape.txt"] and "not a regular file" in reasons["link.txt"]
     with pytest.raises(ValueError, match="escape"):  # without a sink, problems raise
         list(read_tar_samples(io.BytesIO(data), "s.tar"))
+
+
+def test_a_split_sample_is_an_error_naming_the_key():
+    """A key that comes back after another sample would be delivered as two samples."""
+    names = ["a.jpg", "b.txt", "a.txt"]
+    data = _tar([(name, b"1", tarfile.REGTYPE) for name in names])
+    with pytest.raises(SplitSampleError, match=r"'a' comes back"):
+        list(read_tar_samples(io.BytesIO(data), "s.tar", 0, lambda p: None))
 
 
 def test_duplicate_extension_is_an_error_naming_the_key():

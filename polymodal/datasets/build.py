@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .files import HashingReader, write_atomic
+from .files import HashingReader, check_separate, write_atomic
 from .index import (
     INDEX_NAME,
     ShardIndex,
@@ -48,7 +48,7 @@ from .index import (
     sidecar_name,
     write_sidecar,
 )
-from .layout import Problem, check_key, modality_of, read_tar_samples, split_name
+from .layout import ERROR_KEY, Problem, check_key, modality_of, read_tar_samples, split_name
 from .writer import TAR_BLOCK, open_shard, shard_name, tar_sample_size
 
 PLAN_NAME = ".polymodal-build.json"  # the fingerprint of the build that owns this folder
@@ -141,8 +141,34 @@ def _known(ext: str) -> bool:
     return modality_of(ext) is not None or ext.rsplit(".", 1)[-1] in OTHER_EXTENSIONS
 
 
+def _known_chain(ext: str) -> bool:
+    """Whether every dot-separated part of an extension is a known one (`jpg`, `seg.png`
+    is not, `cls.txt` is)."""
+    return all(_known(part) for part in ext.split("."))
+
+
+def dotted_stem_reason(name: str, key: str, ext: str) -> str | None:
+    """Why a file whose name has dots beyond a known extension chain cannot join a sample.
+
+    WebDataset takes the key up to the first dot of a name, so `holiday.2019.jpg` and
+    `holiday.2020.jpg` would both be members of one sample `holiday`; the key cannot keep its
+    dots either (a reader would split there again). Such files are refused, never merged.
+    """
+    if _known_chain(ext):
+        return None
+    base = name.rsplit("/", 1)[-1]
+    suggestion = base.rsplit(".", 1)[0].replace(".", "_") + "." + ext.rsplit(".", 1)[-1]
+    return (
+        f"dotted file name: as WebDataset reads it, key {key!r} with extension {ext!r} would "
+        f"merge with every other {key.rsplit('/', 1)[-1]!r}.* file; rename it "
+        f"(e.g. {suggestion!r}) or list it in a manifest with a key column"
+    )
+
+
 def plan_folder(root: Path) -> SourcePlan:
-    """Files sharing a key (path up to the first dot of the name) form a sample.
+    """Files sharing a key (path up to the first dot of the name) form a sample, when the rest
+    of the name is a chain of known extensions (`clip.mp4`, `clip.cls`); other dotted names are
+    refused with the reason (`dotted_stem_reason`), never merged.
 
     Labels come from `labels.csv` (columns `key,label`) at the root, else from `.cls` files
     next to the media, else from class sub-folders (`root/dog/001.jpg`) when no sample lies at
@@ -161,6 +187,10 @@ def plan_folder(root: Path) -> SourcePlan:
             parts = split_name(rel)
             if parts is None or not _known(parts[1]):
                 problems.append(Problem(rel, "unsupported file type"))
+                continue
+            dotted = dotted_stem_reason(rel, *parts)
+            if dotted is not None:
+                problems.append(Problem(rel, dotted, parts[0]))
                 continue
             path = os.path.join(dirpath, filename)
             try:
@@ -620,7 +650,13 @@ def build(
     `out/rejects.jsonl`; with splits, each split is a dataset in `out/SPLIT/`."""
     started = time.perf_counter()
     out = Path(out)
-    plan = plan_source(Path(src))
+    src = Path(src)
+    if src.is_dir():
+        check_separate([src], out, folders=True)
+    plan = plan_source(src)
+    if not src.is_dir():  # a manifest: it and every file it lists are what the build reads
+        listed = {ref.path for s in plan.samples for _, ref in s.members if ref.path}
+        check_separate([src, *sorted(listed)], out, folders=False)
     samples = plan.samples
     if shuffle:
         samples = [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
@@ -688,8 +724,10 @@ def _write_split(
         bar.set_postfix_str(f"{written['bytes'] / 2**20:.1f} MB, {rate:.1f} MB/s", refresh=False)
         bar.update(len(task.samples))
 
-    run_tasks(write_shard, tasks, workers, on_done)
-    bar.close()
+    try:
+        run_tasks(write_shard, tasks, workers, on_done)
+    finally:
+        bar.close()
     ordered = [infos[shard_name("shard", n, shard_format)] for n in range(len(shards))]
     seen = sorted({ext for info in ordered for ext in info.fields})
     fields = {ext: modality_of(ext) or "" for ext in seen}
@@ -714,6 +752,9 @@ def scan_tar(path: Path) -> ShardInfo | Problem:
         try:
             for offset, sample in read_tar_samples(reader, path.name, 0, problems_to(problems)):
                 stats.add(sample, offset)
+                if ERROR_KEY in sample:
+                    problem = Problem(path.name, sample[ERROR_KEY], sample["__key__"])
+                    problems.append(problem.as_dict())
             reader.drain()
         except (tarfile.ReadError, ValueError) as exc:
             return Problem(path.name, str(exc))

@@ -1,20 +1,134 @@
-"""Where bytes live: atomic local writes, and reads from local paths or URLs through fsspec.
+"""Where bytes live: atomic local writes, reads from local paths or URLs through fsspec, and
+the rules that keep jobs from eating their own inputs.
 
 Every file a dataset consists of is written under a temporary name and renamed when complete,
-so a killed job leaves nothing that looks complete.
+so a killed job leaves nothing that looks complete. Remote reads have connect and read timeouts
+and a bounded number of tries with exponential backoff (`Remote`), so a frozen server is
+reported, never waited on forever.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import fsspec
 
+from polymodal.errors import UserError
+
 TMP_SUFFIX = ".tmp"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """How remote reads (HTTP, S3) behave: seconds to connect, seconds a read may stall, and
+    tries with exponential backoff (`backoff`, then twice that, ...).
+
+    The defaults report a stalled source within a minute: each try waits at most the larger
+    timeout, so 3 stalled tries of 15 s plus 0.5 + 1 s of backoff take 46.5 s
+    (`worst_case_seconds`).
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 15.0
+    tries: int = 3
+    backoff: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.backoff < 0:
+            raise ValueError(f"timeouts must be positive and backoff non-negative: {self}")
+        if self.tries < 1:
+            raise ValueError(f"tries must be at least 1, got {self.tries}")
+
+    @property
+    def worst_case_seconds(self) -> float:
+        """How long a source that accepts connections and then stalls takes to be reported."""
+        backoffs = sum(self.backoff * 2**i for i in range(self.tries - 1))
+        return self.tries * max(self.connect_timeout, self.read_timeout) + backoffs
+
+    def storage_options(self, url: str) -> dict[str, Any]:
+        """fsspec options that put these timeouts on the filesystem `url` belongs to."""
+        if url.startswith(("http://", "https://")):
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+            )
+            return {"client_kwargs": {"timeout": timeout}}
+        if url.startswith(("s3://", "s3a://")):
+            config = {"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout}
+            return {"config_kwargs": {**config, "retries": {"max_attempts": 1}}}
+        return {}
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """`fn()`, tried up to `tries` times while it raises a transient error."""
+        for attempt in range(1, self.tries + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                if attempt == self.tries or not is_transient(exc):
+                    raise
+            self.pause(attempt)
+        raise AssertionError("unreachable")
+
+    def pause(self, attempt: int) -> None:
+        """Sleep the backoff due after failed try number `attempt`."""
+        time.sleep(self.backoff * 2 ** (attempt - 1))
+
+
+DEFAULT_REMOTE = Remote()
+
+
+def is_remote(url: str | Path) -> bool:
+    """Whether `url` names a remote location (any scheme but `file://`)."""
+    text = str(url)
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(url: str | Path) -> Path | None:
+    """The local path behind `url`, or None for a remote one."""
+    if is_remote(url):
+        return None
+    return Path(str(url).removeprefix("file://"))
+
+
+class OverlapError(UserError, ValueError):
+    """A job's output is, contains or sits inside one of its inputs."""
+
+
+def check_separate(inputs: Iterable[str | Path], output: str | Path, *, folders: bool) -> None:
+    """Refuse an output that overlaps an input, before anything is written or removed.
+
+    With `folders`, each input is a folder read whole: the output must be neither the folder,
+    nor inside it (its shards would be read back as input on a rerun), nor around it (an
+    overwrite would delete it). Otherwise each input is a single file, which the output must
+    not be or contain. Remote inputs cannot overlap a local output.
+    """
+    out = Path(output).resolve()
+    for source in inputs:
+        path = local_path(source)
+        if path is None:
+            continue
+        src = path.resolve()
+        if src == out:
+            raise OverlapError(f"the output {output} is the input {source}")
+        if src in out.parents and folders:
+            raise OverlapError(
+                f"the output {output} is inside the input {source}: "
+                "its files would be read back as input; write it elsewhere"
+            )
+        if out in src.parents:
+            raise OverlapError(
+                f"the output {output} contains the input {source}: "
+                "an overwrite would delete what the job reads; write it elsewhere"
+            )
 
 
 class HashingReader:
@@ -70,17 +184,31 @@ def join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def open_read(url: str, stream: bool = True) -> IO[bytes]:
-    """Open a local path or any fsspec URL (`http(s)://`, `s3://`, `file://`) for reading.
+def open_read(url: str, stream: bool = True, remote: Remote = DEFAULT_REMOTE) -> IO[bytes]:
+    """Open a local path or any fsspec URL (`http(s)://`, `s3://`, `file://`) for reading, with
+    `remote`'s timeouts on remote ones (one try: callers retry through `Remote.call`).
 
     With `stream`, HTTP is streamed (`block_size=0`): many servers (`python -m http.server`,
     some CDNs) ignore Range requests, and tar shards are read front to back anyway;
     `seek_forward` covers the rare reader that starts mid-shard. Parquet needs random access:
     `stream=False` (and a server that honours Range).
     """
+    options = remote.storage_options(url)
     if stream and url.startswith(("http://", "https://")):
-        return fsspec.open(url, "rb", block_size=0).open()
-    return fsspec.open(url, "rb").open()
+        return fsspec.open(url, "rb", block_size=0, **options).open()
+    return fsspec.open(url, "rb", **options).open()
+
+
+def file_size(f: IO[bytes]) -> int | None:
+    """The size of an open file when it is known without reading it (local, S3, HTTP with a
+    Content-Length), else None."""
+    size = getattr(f, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def seek_forward(f: IO[bytes], offset: int) -> None:
@@ -98,6 +226,27 @@ def seek_forward(f: IO[bytes], offset: int) -> None:
         left -= len(chunk)
 
 
-def read_bytes(url: str) -> bytes:
-    with open_read(url) as f:
-        return f.read()
+def read_bytes(url: str, remote: Remote = DEFAULT_REMOTE) -> bytes:
+    """The whole of a small file (an index, a sidecar); remote reads are retried."""
+
+    def read() -> bytes:
+        with open_read(url, remote=remote) as f:
+            return f.read()
+
+    if not is_remote(url):
+        return read()
+    return remote.call(read)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error is worth another try: timeouts, dropped connections, server errors and
+    I/O errors, but not a file that is missing or forbidden."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (OSError, EOFError)):
+        return True
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency
+        return False
+    return isinstance(exc, aiohttp.ClientError)

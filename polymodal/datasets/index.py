@@ -12,11 +12,18 @@ first tar member header (Parquet shards need none: their footer lists the row gr
 
 Writers write shards and sidecars first and `index.json` last: a dataset with an index is
 complete.
+
+An index is read as untrusted input: `from_json` refuses (`InvalidIndex`, naming the shard)
+entries whose name leaves the dataset folder, whose counts are not non-negative integers, whose
+sample count cannot fit in its bytes (a tar sample takes at least one 512-byte header), whose
+checksum is not a sha256, and duplicate names. So the cost of refusing a lying index is
+O(shards), whatever it claims.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +31,20 @@ from typing import Any
 
 import numpy as np
 
-from .files import join, read_bytes, write_atomic
+from polymodal.errors import UserError
+
+from .files import DEFAULT_REMOTE, Remote, join, read_bytes, write_atomic
 
 INDEX_NAME = "index.json"
 FORMAT_NAME = "polymodal-index"
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".idx"
+MIN_TAR_SAMPLE_BYTES = 512  # one member header: no tar sample is smaller
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class InvalidIndex(UserError, ValueError):
+    """`index.json` (or a sidecar) is malformed or claims what cannot be true."""
 
 
 @dataclass
@@ -86,10 +101,16 @@ def encode_sidecar(info: ShardInfo, offsets: np.ndarray | list[int]) -> bytes:
 
 
 def decode_sidecar(data: bytes) -> tuple[ShardInfo, np.ndarray]:
+    """A sidecar's facts and offsets; `InvalidIndex` for anything that is not one."""
     head, sep, body = data.partition(b"\n")
     if not sep:
-        raise ValueError("sidecar has no header line")
-    info = ShardInfo(**json.loads(head))
+        raise InvalidIndex("sidecar has no header line")
+    try:
+        info = ShardInfo(**json.loads(head))
+    except (ValueError, TypeError) as exc:
+        raise InvalidIndex(f"sidecar header is not a shard record: {exc}") from None
+    if len(body) % 8:
+        raise InvalidIndex(f"sidecar body of {len(body)} bytes is not a list of uint64 offsets")
     return info, np.frombuffer(body, dtype="<u8")
 
 
@@ -128,10 +149,12 @@ class ShardIndex:
         return join(self.base, shard.name)
 
     def offsets(self, shard: ShardInfo) -> np.ndarray:
-        """The shard's per-sample offsets, read from its sidecar."""
+        """The shard's per-sample offsets, read from its sidecar and checked against the
+        index: same checksum, one offset per sample, increasing, inside the shard."""
         info, offsets = decode_sidecar(read_bytes(join(self.base, sidecar_name(shard.name))))
-        if info.sha256 != shard.sha256 or (self.format == "tar" and len(offsets) != info.samples):
-            raise ValueError(f"{shard.name}: sidecar does not match the index")
+        problem = sidecar_disagreement(shard, info, offsets, self.format)
+        if problem is not None:
+            raise InvalidIndex(f"{shard.name}: {problem}")
         return offsets
 
     def to_json(self) -> bytes:
@@ -155,26 +178,123 @@ class ShardIndex:
 
     @classmethod
     def from_json(cls, data: bytes, base: str = "") -> ShardIndex:
-        doc = json.loads(data)
-        if doc.get("format") != FORMAT_NAME:
-            raise ValueError(f"{base or 'index'}: not a polymodal index")
+        where = join(base, INDEX_NAME) if base else INDEX_NAME
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise InvalidIndex(f"{where}: not JSON ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise InvalidIndex(f"{where}: not a polymodal index")
         if doc.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{base}: index version {doc['version']} is newer than this polymodal")
-        return cls(
-            format=doc["shard_format"],
+            raise InvalidIndex(
+                f"{where}: index version {doc['version']} is newer than this polymodal"
+            )
+        shard_format = doc.get("shard_format")
+        if shard_format not in ("tar", "parquet"):
+            raise InvalidIndex(
+                f"{where}: shard_format must be tar or parquet, got {shard_format!r}"
+            )
+        if not isinstance(doc.get("shards"), list) or not isinstance(doc.get("fields"), dict):
+            raise InvalidIndex(f"{where}: needs a 'shards' list and a 'fields' table")
+        shards, names = [], set()
+        for number, entry in enumerate(doc["shards"]):
+            shard = _checked_entry(entry, shard_format, f"{where}: shard {number}")
+            if shard.name in names:
+                raise InvalidIndex(f"{where}: shard {shard.name!r} is listed twice")
+            names.add(shard.name)
+            shards.append(shard)
+        index = cls(
+            format=shard_format,
             fields=doc["fields"],
-            shards=[ShardInfo(**s) for s in doc["shards"]],
+            shards=shards,
             labels=doc.get("labels") or {},
             classes=doc.get("classes"),
             build=doc.get("build"),
             base=base,
         )
+        if "samples" in doc and doc["samples"] != index.samples:
+            raise InvalidIndex(
+                f"{where}: says {doc['samples']} samples, its shards add up to {index.samples}"
+            )
+        return index
 
     @classmethod
-    def load(cls, source: str | Path) -> ShardIndex:
-        """Load `source/index.json`; `source` is a local folder or an fsspec URL prefix."""
+    def load(cls, source: str | Path, remote: Remote = DEFAULT_REMOTE) -> ShardIndex:
+        """Load `source/index.json`; `source` is a local folder or an fsspec URL prefix.
+
+        A missing index is a `FileNotFoundError` that says what a dataset folder holds."""
         base = str(source).rstrip("/")
-        return cls.from_json(read_bytes(join(base, INDEX_NAME)), base)
+        try:
+            data = read_bytes(join(base, INDEX_NAME), remote)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{base}: no dataset here (no {INDEX_NAME}; `polymodal build` makes one from "
+                "media files, `polymodal index` from existing tar shards)"
+            ) from None
+        return cls.from_json(data, base)
+
+
+def shard_name_problem(name: Any) -> str | None:
+    """Why a shard name from an index must not be opened: it must be a plain relative path
+    inside the dataset (no scheme, no leading '/', no '..', no backslash)."""
+    if not isinstance(name, str) or not name:
+        return f"name {name!r} is not a file name"
+    if "://" in name or name.startswith(("/", "~")) or "\\" in name or "\x00" in name:
+        return f"name {name!r} is not a path inside the dataset folder"
+    if ".." in name.split("/") or "." in name.split("/"):
+        return f"name {name!r} climbs out of the dataset folder"
+    return None
+
+
+def _checked_entry(entry: Any, shard_format: str, where: str) -> ShardInfo:
+    if not isinstance(entry, dict):
+        raise InvalidIndex(f"{where}: not a table")
+    problem = shard_name_problem(entry.get("name"))
+    if problem is not None:
+        raise InvalidIndex(f"{where}: {problem}")
+    where = f"{where} ({entry['name']})"
+    for count in ("samples", "bytes"):
+        value = entry.get(count)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidIndex(f"{where}: {count} must be a non-negative integer, got {value!r}")
+    if shard_format == "tar" and entry["samples"] * MIN_TAR_SAMPLE_BYTES > entry["bytes"]:
+        raise InvalidIndex(
+            f"{where}: {entry['samples']:,} samples cannot fit in {entry['bytes']:,} bytes "
+            f"(a tar sample takes at least {MIN_TAR_SAMPLE_BYTES})"
+        )
+    if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+        raise InvalidIndex(f"{where}: sha256 {entry.get('sha256')!r} is not a sha256 digest")
+    fields = entry.get("fields", {})
+    if not isinstance(fields, dict) or not all(
+        isinstance(v, int) and 0 <= v <= entry["samples"] for v in fields.values()
+    ):
+        raise InvalidIndex(f"{where}: field counts must be integers from 0 to its sample count")
+    try:
+        return ShardInfo(**entry)
+    except TypeError as exc:
+        raise InvalidIndex(f"{where}: {exc}") from None
+
+
+def sidecar_disagreement(
+    shard: ShardInfo, info: ShardInfo, offsets: np.ndarray, shard_format: str = "tar"
+) -> str | None:
+    """How a shard's sidecar disagrees with its index entry, in words, or None."""
+    if info.name != shard.name:
+        return f"the sidecar is for {info.name!r}"
+    if (info.sha256, info.bytes, info.samples) != (shard.sha256, shard.bytes, shard.samples):
+        return (
+            f"the sidecar describes {info.samples:,} samples in {info.bytes:,} bytes "
+            f"(sha256 {info.sha256[:12]}…), the index {shard.samples:,} samples in "
+            f"{shard.bytes:,} bytes (sha256 {shard.sha256[:12]}…)"
+        )
+    if shard_format == "tar":
+        if len(offsets) != shard.samples:
+            return f"the sidecar has {len(offsets):,} offsets for {shard.samples:,} samples"
+        if len(offsets) and (
+            np.any(np.diff(offsets.astype(np.int64)) <= 0) or int(offsets[-1]) >= shard.bytes
+        ):
+            return "the sidecar's offsets are not increasing positions inside the shard"
+    return None
 
 
 def merge_labels(infos: list[ShardInfo]) -> dict[str, int]:

@@ -17,9 +17,16 @@ import av
 import numpy as np
 from PIL import Image
 
-from .files import HashingReader, open_read
-from .index import ShardIndex, ShardInfo
-from .layout import Problem, read_tar_samples
+from .files import HashingReader, join, open_read, read_bytes
+from .index import (
+    InvalidIndex,
+    ShardIndex,
+    ShardInfo,
+    decode_sidecar,
+    sidecar_disagreement,
+    sidecar_name,
+)
+from .layout import ERROR_KEY, Problem, read_tar_samples
 from .parquet import read_parquet_samples
 from .reader import read_shard
 
@@ -149,8 +156,10 @@ def format_report(report: dict[str, Any]) -> str:
 # Validation
 
 
-def validate_shard(args: tuple[ShardIndex, ShardInfo]) -> list[dict[str, str]]:
-    """Every problem of one shard: missing, wrong size / checksum / count, bad samples."""
+def validate_shard(args: tuple[ShardIndex, ShardInfo]) -> tuple[list[dict[str, str]], list[str]]:
+    """Every problem of one shard, as sentences: missing, damaged, split samples, size /
+    checksum / count against the index, the sidecar against the index and the shard, samples
+    that do not decode. Also the shard's keys, for the duplicate check across shards."""
     index, shard = args
     from polymodal.adapters import DecodeError, get
 
@@ -161,7 +170,8 @@ def validate_shard(args: tuple[ShardIndex, ShardInfo]) -> list[dict[str, str]]:
         problems.append({"shard": shard.name, "key": key, "field": field, "reason": reason})
 
     url = index.url(shard)
-    count = 0
+    keys: list[str] = []
+    offsets: list[int] = []
     try:
         with ExitStack() as stack:
             reader = HashingReader(stack.enter_context(open_read(url)))
@@ -170,8 +180,12 @@ def validate_shard(args: tuple[ShardIndex, ShardInfo]) -> list[dict[str, str]]:
             else:  # Parquet needs a seekable file of its own; `reader` only hashes
                 parquet = stack.enter_context(open_read(url, stream=False))
                 samples = read_parquet_samples(parquet, url)
-            for _, sample in samples:
-                count += 1
+            for offset, sample in samples:
+                keys.append(sample["__key__"])
+                offsets.append(offset)
+                if ERROR_KEY in sample:
+                    bad(sample["__key__"], "", sample[ERROR_KEY])
+                    continue
                 for ext, decoder in decoders.items():
                     if ext in sample:
                         try:
@@ -179,14 +193,53 @@ def validate_shard(args: tuple[ShardIndex, ShardInfo]) -> list[dict[str, str]]:
                         except DecodeError as exc:
                             bad(exc.key, ext, exc.reason)
             reader.drain()
-    except Exception as exc:  # a missing or damaged shard is reported, the others go on
-        bad("", "", f"cannot read shard: {exc}")
-        return problems
-    if count != shard.samples:
-        bad("", "", f"{count} samples, the index says {shard.samples}")
-    if reader.size != shard.bytes or reader.sha.hexdigest() != shard.sha256:
-        bad("", "", f"size {reader.size} / sha256 differ from the index ({shard.bytes} bytes)")
-    return problems
+    except FileNotFoundError:
+        bad("", "", "the shard is missing")
+        return problems, keys
+    except Exception as exc:  # a damaged shard is reported, the others go on
+        bad("", "", f"the shard cannot be read to its end: {exc}")
+        return problems, keys
+    if len(keys) != shard.samples:
+        bad("", "", f"the shard holds {len(keys):,} samples, the index says {shard.samples:,}")
+    if reader.size != shard.bytes:
+        bad("", "", f"the shard is {reader.size:,} bytes, the index says {shard.bytes:,}")
+    elif reader.sha.hexdigest() != shard.sha256:
+        bad(
+            "",
+            "",
+            f"the shard's sha256 ({reader.sha.hexdigest()[:12]}…) is not the index's "
+            f"({shard.sha256[:12]}…): its content changed after it was indexed",
+        )
+    sidecar = _sidecar_problem(index, shard, offsets)
+    if sidecar is not None:
+        bad("", "", sidecar)
+    return problems, keys
+
+
+def _sidecar_problem(index: ShardIndex, shard: ShardInfo, offsets: list[int]) -> str | None:
+    """What is wrong with a shard's sidecar, in a sentence, or None."""
+    name = sidecar_name(shard.name)
+    try:
+        info, stored = decode_sidecar(read_bytes(join(index.base, name)))
+    except FileNotFoundError:
+        return (
+            f"its sidecar {name} is missing: readers cannot seek in the shard "
+            "(`polymodal index` rewrites it)"
+        )
+    except InvalidIndex as exc:
+        return f"its sidecar {name} is not a sidecar ({exc})"
+    disagreement = sidecar_disagreement(shard, info, stored, index.format)
+    if disagreement is not None:
+        return f"its sidecar {name} disagrees with the index: {disagreement}"
+    if index.format == "tar" and stored.tolist() != offsets:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(stored.tolist(), offsets, strict=False)) if a != b),
+            min(len(stored), len(offsets)),
+        )
+        return (
+            f"its sidecar {name} points sample {first} to the wrong byte: readers would seek wrong"
+        )
+    return None
 
 
 def _member_problem(bad: Callable[[str, str, str], None]) -> Callable[[Problem], None]:
@@ -196,17 +249,38 @@ def _member_problem(bad: Callable[[str, str, str], None]) -> Callable[[Problem],
 def validate_dataset(
     source: str, workers: int = 1, on_shard: Callable[[ShardInfo], None] | None = None
 ) -> list[dict[str, str]]:
-    """Check every shard against the index and decode every sample with its field's adapter;
-    returns the problems (empty when the dataset is sound)."""
+    """Check every shard against the index and decode every sample with its field's adapter,
+    and that no key is in two shards; returns the problems (empty when the dataset is sound).
+
+    The duplicate check holds every key once (O(samples) memory): validate reads everything
+    anyway, and a duplicate is delivered twice by every reader."""
     from .build import run_tasks
 
     index = ShardIndex.load(source)
     results: dict[str, list[dict[str, str]]] = {}
+    first_shard: dict[str, str] = {}
 
-    def done(task: tuple[ShardIndex, ShardInfo], problems: list[dict[str, str]]) -> None:
-        results[task[1].name] = problems
+    def done(task: tuple[ShardIndex, ShardInfo], result: tuple[list, list[str]]) -> None:
+        problems, keys = result
+        name = task[1].name
+        for key in keys:
+            other = first_shard.setdefault(key, name)
+            if other != name:  # within a shard, a repeated key is a split sample: read errors
+                reason = f"duplicate key: {other} holds a sample with this key too"
+                problems.append({"shard": name, "key": key, "field": "", "reason": reason})
+        results[name] = problems
         if on_shard is not None:
             on_shard(task[1])
 
     run_tasks(validate_shard, [(index, s) for s in index.shards], workers, done)
     return [p for s in index.shards for p in results[s.name]]
+
+
+def problem_sentence(problem: dict[str, str]) -> str:
+    """One validation problem as a line a person reads."""
+    where = problem["shard"]
+    if problem.get("key"):
+        where += f": sample {problem['key']!r}"
+    if problem.get("field"):
+        where += f" ({problem['field']})"
+    return f"{where}: {problem['reason']}"

@@ -8,7 +8,13 @@ or video2dataset read the same here. A member that repeats an extension within i
 an error naming the key.
 
 Reading never extracts anything to disk, and a member that is not a regular file or whose path
-is absolute or climbs out with `..` is reported and skipped, never followed.
+is absolute or climbs out with `..` is reported and skipped, never followed. What a member may
+cost is checked from its header before a byte of it is read: a member over `max_member_bytes`
+(1 GiB by default) or a GNU sparse member (a few KB on disk that would expand to its "real"
+size, e.g. 1 GB of zeros) is not read; its sample is still yielded, with the reason under
+`ERROR_KEY`, so sample counts and offsets stay those of the shard and the sample is reported.
+A key that comes back after another sample's members (a sample split in two) is an error: a
+reader would deliver two samples under one key.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ DEFAULT_FIELDS = {
 # webdataset's `tariterators.base_plus_ext` expression, kept here so that reading and writing
 # shards does not import webdataset: it imports torch, 1.4 s in every worker process.
 _KEY_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+MAX_MEMBER_BYTES = 2**30  # no tar member is read into memory beyond this
+ERROR_KEY = "__error__"  # a sample that must not be used carries the reason here
 
 
 def modality_of(ext: str) -> str | None:
@@ -75,6 +85,10 @@ class DuplicateExtensionError(ValueError):
     """Two members of one sample share an extension (webdataset refuses these too)."""
 
 
+class SplitSampleError(ValueError):
+    """A sample's members are not adjacent: its key comes back after another sample."""
+
+
 @dataclass
 class Problem:
     """A member or file that could not be used, and why; reported, never silently dropped."""
@@ -90,19 +104,30 @@ class Problem:
         return out
 
 
+def member_refusal(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
+    """Why a regular member must not be read into memory, from its header alone."""
+    if info.issparse():
+        return f"GNU sparse member (would expand to {info.size:,} bytes): not read"
+    if info.size > max_member_bytes:
+        return f"member of {info.size:,} bytes, over max_member_bytes={max_member_bytes:,}"
+    return None
+
+
 def read_tar_samples(
     fileobj: IO[bytes],
     url: str,
     start: int = 0,
     on_problem: Callable[[Problem], None] | None = None,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Samples of a tar stream as `(offset, sample)`, `offset` being the byte position of the
     sample's first member header (what the index stores, so a reader can seek there).
 
     `fileobj` is read sequentially from its current position, which is byte `start` of the
     shard. Members without an extension, non-files and unsafe paths go to `on_problem` (or
-    raise `ValueError` without one). A damaged archive raises `tarfile.ReadError` naming the
-    shard and the byte.
+    raise `ValueError` without one). A member refused by `member_refusal` is not read and its
+    sample carries `ERROR_KEY`. A damaged archive raises `tarfile.ReadError` naming the shard
+    and the byte; a split sample raises `SplitSampleError`.
     """
 
     def report(problem: Problem) -> None:
@@ -111,6 +136,7 @@ def read_tar_samples(
         on_problem(problem)
 
     current: dict[str, Any] | None = None
+    finished: set[str] = set()  # keys already yielded: O(samples of one shard) strings
     offset = start
     try:
         with tarfile.open(fileobj=fileobj, mode="r|") as tar:
@@ -130,13 +156,24 @@ def read_tar_samples(
                 key, ext = parts
                 if current is None or key != current["__key__"]:
                     if current is not None:
+                        finished.add(current["__key__"])
                         yield offset, current
+                    if key in finished:
+                        raise SplitSampleError(
+                            f"{url}: sample {key!r} comes back at byte {start + info.offset} "
+                            "after another sample: the members of a sample must be adjacent"
+                        )
                     offset = start + info.offset
                     current = {"__key__": key, "__url__": url}
                 if ext in current:
                     raise DuplicateExtensionError(
                         f"{where}: sample {key!r} has two members with extension {ext!r}"
                     )
+                refusal = member_refusal(info, max_member_bytes)
+                if refusal is not None:
+                    current[ERROR_KEY] = f"{key}.{ext}: {refusal}"
+                    current[ext] = b""
+                    continue
                 current[ext] = tar.extractfile(info).read()
     except tarfile.ReadError as exc:
         raise tarfile.ReadError(

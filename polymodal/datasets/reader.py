@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
-from .files import open_read, seek_forward
+from .files import DEFAULT_REMOTE, Remote, open_read, seek_forward
 from .index import ShardIndex, ShardInfo
-from .layout import Problem, read_tar_samples
+from .layout import MAX_MEMBER_BYTES, Problem, read_tar_samples
 from .parquet import read_parquet_samples
 
 
@@ -16,25 +16,39 @@ def read_shard(
     shard: ShardInfo,
     start: int = 0,
     on_problem: Callable[[Problem], None] | None = None,
+    remote: Remote = DEFAULT_REMOTE,
 ) -> Iterator[dict[str, Any]]:
-    """The samples of `shard` from its `start`-th on.
+    """The samples of `shard` from its `start`-th on (local paths and fsspec URLs)."""
+    url = index.url(shard)
+    with open_read(url, stream=index.format == "tar", remote=remote) as f:
+        yield from shard_samples(f, index, shard, start, on_problem)
 
-    A tar shard is opened at the byte offset of sample `start` (from the sidecar), so what comes
+
+def shard_samples(
+    f: IO[bytes],
+    index: ShardIndex,
+    shard: ShardInfo,
+    start: int = 0,
+    on_problem: Callable[[Problem], None] | None = None,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+) -> Iterator[dict[str, Any]]:
+    """The samples of `shard`, opened as `f`, from its `start`-th on.
+
+    A tar shard is moved to the byte offset of sample `start` (from the sidecar), so what comes
     before is not read where the file can seek (local, s3) and not parsed where it cannot
-    (streamed HTTP); a Parquet shard skips whole row groups. Local paths and fsspec URLs.
+    (streamed HTTP); a Parquet shard skips whole row groups.
     """
     url = index.url(shard)
-    with open_read(url, stream=index.format == "tar") as f:
-        if index.format == "parquet":
-            for _, sample in read_parquet_samples(f, url, start):
-                yield sample
-            return
-        offset = 0
-        if start:
-            offsets = index.offsets(shard)
-            if start >= len(offsets):
-                return
-            offset = int(offsets[start])
-            seek_forward(f, offset)
-        for _, sample in read_tar_samples(f, url, offset, on_problem):
+    if index.format == "parquet":
+        for _, sample in read_parquet_samples(f, url, start):
             yield sample
+        return
+    offset = 0
+    if start:
+        offsets = index.offsets(shard)
+        if start >= len(offsets):
+            return
+        offset = int(offsets[start])
+        seek_forward(f, offset)
+    for _, sample in read_tar_samples(f, url, offset, on_problem, max_member_bytes):
+        yield sample

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from polymodal.datasets.build import PLAN_NAME, REJECTS_NAME, prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
-from polymodal.datasets.files import write_atomic
+from polymodal.datasets.files import check_separate, write_atomic
 from polymodal.datasets.index import INDEX_NAME, ShardIndex, ShardInfo, merge_labels
 from polymodal.datasets.layout import Problem, modality_of
 from polymodal.datasets.reader import read_shard
@@ -244,8 +244,7 @@ def run(
     if len(splits) > 1:
         raise ValueError("a job can split once")
     dst = Path(dst)
-    if dst.resolve() == Path(index.base).resolve():
-        raise ValueError(f"{dst}: the output must not be the input folder")
+    check_separate([index.base], dst, folders=True)  # before anything is claimed or cleared
     specs = [op.spec() for op in chain]
     fp = _fingerprint(index, specs)
     outputs = {name: dst / name for name in splits[0].names} if splits else {"": dst}

@@ -1,0 +1,13 @@
+"""The one base class of errors whose message is written for a person.
+
+The `polymodal` command prints such an error as one line and exits 2 (`--debug` shows the
+traceback); anything else is a bug and keeps its traceback. Torch-free, so the command can catch
+these without importing the packages that raise them.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in what was asked (a config, a path, a dataset) rather than in polymodal; the
+    message names what to change."""
