@@ -5,13 +5,14 @@ from collections import Counter
 from itertools import pairwise
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polymodal.pipelines.partition import (
     Mixture,
     SourceOrder,
-    batch_schedule,
+    batch_worker,
     rank_range,
     references,
     worker_range,
@@ -104,9 +105,17 @@ def test_weights_set_the_share_of_each_source():
     assert index.tolist() == [58, 59, 0, 1, 2] and shards.tolist() == [1, 1, 0, 0, 0]
 
 
-def test_batch_schedule_is_dataloader_round_robin():
-    assert batch_schedule([3, 2, 2]) == [0, 1, 2, 0, 1, 2, 0]
-    assert batch_schedule([1, 0]) == [0]
+def test_batch_worker_is_dataloader_round_robin():
+    assert [batch_worker([3, 2, 2], b) for b in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert [batch_worker([1, 0], b) for b in range(1)] == [0]
+    assert [batch_worker([1, 3, 2], b) for b in range(6)] == [0, 1, 2, 1, 2, 1]
+    with pytest.raises(IndexError):
+        batch_worker([1, 1], 2)
+
+
+def test_batch_worker_plans_an_endless_epoch_in_no_time():
+    """An index claiming 10^15 samples must not make the loader list its batches."""
+    assert batch_worker([10**15, 10**15 - 1], 2 * 10**15 - 2) == 0
     per_rank, batch = 23, 4
     counts = [math.ceil(len(range(*worker_range(per_rank, batch, 3, w))) / batch) for w in range(3)]
     assert sum(counts) == math.ceil(per_rank / batch)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from polymodal.adapters import get
+from polymodal.datasets.files import Remote
 from polymodal.datasets.synthetic import encode_image
 from polymodal.datasets.writer import ShardWriter
 from polymodal.pipelines.stream import Stream
@@ -213,22 +214,19 @@ def test_bad_samples_mid_shard_are_skipped_and_reported(tmp_path, caplog):
         Stream(data, _fields(), errors={"decode": "ignore"})
 
 
-def test_a_missing_shard_is_retried_then_reported(tmp_path):
+def test_a_missing_shard_is_reported_at_once(tmp_path):
+    """A missing file is not a transient error: no backoff is spent on it."""
     data = tmp_path / "missing"
     _write(data, sizes=[5, 6, 5])
     (data / "shard-001.tar").unlink()
-    loader = Stream(data, _fields(), batch_size=4, shuffle=False, retries=2).loader(0)
+    remote = Remote(tries=3, backoff=1.0)
+    loader = Stream(data, _fields(), batch_size=4, shuffle=False, remote=remote).loader(0)
     start = time.perf_counter()
     keys = [k for b in loader for k, r in zip(b.keys, b.repeated.tolist(), strict=True) if not r]
-    assert time.perf_counter() - start >= 0.5  # one backoff before giving up
+    assert time.perf_counter() - start < 1.0  # no backoff
     assert keys == [f"k{i:04d}" for i in (*range(5), *range(11, 16))]
     strict = Stream(
-        data,
-        _fields(),
-        batch_size=4,
-        shuffle=False,
-        retries=1,
-        errors={"read": "raise", "decode": "skip"},
+        data, _fields(), batch_size=4, shuffle=False, errors={"read": "raise", "decode": "skip"}
     )
     with pytest.raises(OSError, match=r"shard-001\.tar"):
         list(strict)

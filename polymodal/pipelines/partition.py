@@ -118,17 +118,20 @@ def worker_range(per_rank: int, batch_size: int, num_workers: int, worker: int) 
     return min(first, per_rank), min(first + per_worker[worker] * batch_size, per_rank)
 
 
-def batch_schedule(batches_per_worker: Sequence[int]) -> list[int]:
-    """The worker behind each of a rank's batches, in DataLoader order: round robin from
-    worker 0 over the workers that still have batches."""
-    left = list(batches_per_worker)
-    schedule = []
-    while any(left):
-        for worker, n in enumerate(left):
-            if n:
-                schedule.append(worker)
-                left[worker] -= 1
-    return schedule
+def batch_worker(batches_per_worker: Sequence[int], batch: int) -> int:
+    """The worker behind a rank's batch number `batch`, in DataLoader order: round robin from
+    worker 0 over the workers that still have batches. O(workers²) per call and no list of
+    batches, so an epoch of any length costs nothing to plan."""
+    level, left = 0, batch
+    while True:
+        active = [w for w, n in enumerate(batches_per_worker) if n > level]
+        if not active:
+            raise IndexError(f"batch {batch} is past the {sum(batches_per_worker)} of the epoch")
+        top = min(batches_per_worker[w] for w in active)
+        if left < (top - level) * len(active):
+            return active[left % len(active)]
+        left -= (top - level) * len(active)
+        level = top
 
 
 @dataclass(frozen=True)

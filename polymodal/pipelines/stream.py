@@ -24,12 +24,11 @@ import logging
 import math
 import multiprocessing
 import os
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -37,15 +36,25 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from polymodal.adapters import Adapter, Batch, DecodeError, collate, get, sample_seed
-from polymodal.datasets.index import ShardIndex
-from polymodal.datasets.layout import Problem
-from polymodal.datasets.reader import read_shard
+from polymodal.datasets.files import (
+    DEFAULT_REMOTE,
+    HashingReader,
+    Remote,
+    file_size,
+    is_transient,
+    local_path,
+    open_read,
+)
+from polymodal.datasets.index import ShardIndex, ShardInfo
+from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem
+from polymodal.datasets.reader import shard_samples
+from polymodal.errors import UserError
 
 from .partition import (
     Mixture,
     Reference,
     SourceOrder,
-    batch_schedule,
+    batch_worker,
     rank_range,
     references,
     worker_range,
@@ -58,27 +67,52 @@ FieldSpec = Adapter | str | tuple[str, Sequence[str]]
 
 
 def distributed_rank_world() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialised, else RANK / WORLD_SIZE."""
+    """(rank, world size) from torch.distributed when initialised, else RANK / WORLD_SIZE; a
+    rank outside [0, world) is an error naming both (it would read nothing but repeats)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ValueError(
+            f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
+            "must be integers"
+        ) from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} with WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    return rank, world
 
 
 @dataclass
 class Skip:
-    """A sample (or a shard's worth of them) that was not delivered, and why."""
+    """A sample that was not delivered, and why; or a shard's worth of them (`samples`), or a
+    disagreement with the index found while reading (stage `check`, `samples` 0)."""
 
     key: str
     stage: str
     reason: str
     url: str = ""
+    samples: int = 1
 
-    def as_dict(self) -> dict[str, str]:
-        return {"key": self.key, "stage": self.stage, "reason": self.reason, "url": self.url}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "stage": self.stage, "reason": self.reason}
+        out["url"] = self.url
+        if self.samples != 1:
+            out["samples"] = self.samples
+        return out
 
 
 class ShardUnavailable(OSError):
     """A shard could not be opened or read, after retries."""
+
+
+class ShardChanged(ValueError):
+    """The shard on storage is not the one the index describes (not worth another try)."""
+
+
+class StreamError(UserError, RuntimeError):
+    """The stream cannot go on: nothing at all could be read, or a worker's state is not this
+    stream's. Raised in the process that iterates, never inside a DataLoader worker."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,23 +120,49 @@ class ShardUnavailable(OSError):
 
 
 SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at an offset
+FILLER_TRIES = 8  # samples per shard tried when looking for a batch filler
 STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
 
 
+@dataclass
+class _OpenShard:
+    """A shard a reader is in: its samples from `next` on, and, when it was opened at byte 0,
+    a hasher that checks its sha256 once the last sample has been read."""
+
+    shard: int
+    next: int
+    samples: Iterator[dict[str, Any]]
+    file: IO[bytes]
+    hasher: HashingReader | None
+
+
 class Reader:
-    """Raw samples of references, in the order given.
+    """Raw samples of references, in the order given, checked against the index on the way.
 
     Keeps one open shard per source and reads on while the next reference is at most
     `SKIP_AHEAD` samples further in it; otherwise it opens the shard at the reference's sample
-    (a seek to its byte offset from the sidecar). A shard that fails `retries` times is
-    reported with its URL, and every reference into it is skipped under the `skip` policy;
-    its state is those failed shards, so a resumed run does not retry them.
+    (a seek to its byte offset from the sidecar). What it checks costs no extra read: the file
+    size when the shard is opened, and, after the shard's last indexed sample, that no sample
+    follows and (for a shard read from its first byte) that the sha256 is the index's; each
+    disagreement becomes a note, delivered with the next batch's skips. A transient error
+    (timeout, dropped connection) reopens the shard at the sample it reached, up to
+    `remote.tries` times; a shard that still fails is reported with its URL, and every
+    reference into it is skipped under the `skip` policy. Its state is those failed shards, so
+    a resumed run does not retry them.
     """
 
-    def __init__(self, indexes: Sequence[ShardIndex], errors: str, retries: int = 3) -> None:
-        self.indexes, self.errors, self.retries = indexes, errors, retries
-        self._open: dict[int, tuple[int, int, Iterator[dict[str, Any]]]] = {}
+    def __init__(
+        self,
+        indexes: Sequence[ShardIndex],
+        errors: str,
+        remote: Remote = DEFAULT_REMOTE,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
+    ) -> None:
+        self.indexes, self.errors, self.remote = indexes, errors, remote
+        self.max_member_bytes = max_member_bytes
+        self._open: dict[int, _OpenShard] = {}
         self._failed: dict[tuple[int, int], str] = {}
+        self.notes: list[Skip] = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"failed": [[s, n, reason] for (s, n), reason in sorted(self._failed.items())]}
@@ -114,64 +174,128 @@ class Reader:
         for ref in refs:
             yield ref, self._sample(ref)
 
+    def close(self) -> None:
+        for source in list(self._open):
+            self._close(source)
+
     def _sample(self, ref: Reference) -> dict[str, Any] | Skip:
         index = self.indexes[ref.source]
         shard = index.shards[ref.shard]
         where = (ref.source, ref.shard)
         key = f"{shard.name}#{ref.index}"  # the sample's place, when its key cannot be read
+        url = index.url(shard)
         if where in self._failed:
-            return Skip(key, "read", self._failed[where], index.url(shard))
-        current = self._open.get(ref.source)
-        gap = ref.index - current[1] if current is not None and current[0] == ref.shard else -1
-        if 0 <= gap <= SKIP_AHEAD:  # close ahead in the open shard: read on (not decode)
-            samples = current[2]
-            for _ in range(gap):
-                next(samples, None)
-        else:
+            return Skip(key, "read", self._failed[where], url)
+        for attempt in range(1, self.remote.tries + 1):
             try:
-                samples = self._open_at(index, ref)
+                sample = self._next(index, ref)
+                break
+            except StopIteration:
+                return self._fail(where, key, url, "fewer samples than the index says")
             except Exception as exc:
-                return self._fail(where, key, index.url(shard), str(exc))
-        try:
-            sample = next(samples)
-        except StopIteration:
-            return self._fail(where, key, index.url(shard), "fewer samples than the index says")
-        except Exception as exc:  # a damaged shard: the rest of it is lost, and reported
-            return self._fail(where, key, index.url(shard), f"damaged shard: {exc}")
-        self._open[ref.source] = (ref.shard, ref.index + 1, samples)
+                self._close(ref.source)
+                if not is_transient(exc):
+                    return self._fail(where, key, url, _read_failure(exc))
+                if attempt == self.remote.tries:
+                    return self._fail(where, key, url, f"cannot read after {attempt} tries: {exc}")
+                self.remote.pause(attempt)
+        if ref.index == shard.samples - 1:
+            self._check_end(ref.source, shard, url)
+        if ERROR_KEY in sample:
+            return Skip(sample["__key__"], "read", sample[ERROR_KEY], url)
         return sample
 
-    def _open_at(self, index: ShardIndex, ref: Reference) -> Iterator[dict[str, Any]]:
-        """The shard's samples from `ref.index` on, retrying a failed open with backoff."""
-        delay, attempt = 0.5, 1
-        while True:
-            samples = read_shard(index, index.shards[ref.shard], ref.index, _ignore_member)
-            try:
-                return _chain_first(next(samples), samples)
-            except StopIteration:
-                return iter(())
-            except Exception as exc:
-                if attempt >= self.retries:
-                    raise ShardUnavailable(f"cannot read after {attempt} tries: {exc}") from exc
-            time.sleep(delay)
-            delay, attempt = delay * 2, attempt + 1
+    def _next(self, index: ShardIndex, ref: Reference) -> dict[str, Any]:
+        current = self._open.get(ref.source)
+        gap = ref.index - current.next if current is not None and current.shard == ref.shard else -1
+        if not 0 <= gap <= SKIP_AHEAD:  # far from the open shard's place: open at the sample
+            self._close(ref.source)
+            current = self._open_at(index, ref)
+            self._open[ref.source] = current
+            gap = 0
+        for _ in range(gap):  # close ahead in the open shard: read on (not decode)
+            next(current.samples)
+        sample = next(current.samples)
+        current.next = ref.index + 1
+        return sample
+
+    def _open_at(self, index: ShardIndex, ref: Reference) -> _OpenShard:
+        shard = index.shards[ref.shard]
+        f = open_read(index.url(shard), stream=index.format == "tar", remote=self.remote)
+        try:
+            size = file_size(f)
+            if size is not None and size != shard.bytes:
+                raise ShardChanged(
+                    f"the shard is {size:,} bytes, the index says {shard.bytes:,}: it changed "
+                    "since it was indexed (`polymodal validate` checks it; index it again)"
+                )
+            hasher = HashingReader(f) if ref.index == 0 and index.format == "tar" else None
+            samples = shard_samples(
+                hasher or f, index, shard, ref.index, _ignore_member, self.max_member_bytes
+            )
+        except BaseException:
+            f.close()
+            raise
+        return _OpenShard(ref.shard, ref.index, samples, f, hasher)
+
+    def _check_end(self, source: int, shard: ShardInfo, url: str) -> None:
+        """After a shard's last indexed sample: nothing may follow, and a shard read whole
+        must hash to the index's sha256."""
+        current = self._open.get(source)
+        if current is None:
+            return
+        try:
+            extra = next(current.samples, None)
+            if extra is not None:
+                self._note(
+                    shard,
+                    url,
+                    f"the shard holds more samples than the {shard.samples:,} the index says "
+                    f"(the next is {extra['__key__']!r}): they were not delivered; index it again",
+                )
+            elif current.hasher is not None:
+                current.hasher.drain()
+                digest = current.hasher.sha.hexdigest()
+                if digest != shard.sha256:
+                    self._note(
+                        shard,
+                        url,
+                        f"the shard's sha256 is {digest[:12]}…, the index says "
+                        f"{shard.sha256[:12]}…: it was replaced or damaged after indexing, so "
+                        "its samples this epoch may not be the indexed ones",
+                    )
+        except Exception as exc:
+            self._note(shard, url, f"damaged after its last indexed sample: {exc}")
+        self._close(source)
+
+    def _note(self, shard: ShardInfo, url: str, reason: str) -> None:
+        self.notes.append(Skip(shard.name, "check", reason, url, samples=0))
+
+    def _close(self, source: int) -> None:
+        current = self._open.pop(source, None)
+        if current is not None:
+            current.file.close()
 
     def _fail(self, where: tuple[int, int], key: str, url: str, reason: str) -> Skip:
         if self.errors == "raise":
             raise ShardUnavailable(f"{url}: {reason}")
         self._failed[where] = reason
-        self._open.pop(where[0], None)
+        self._close(where[0])
         return Skip(key, "read", reason, url)
+
+
+def _read_failure(exc: BaseException) -> str:
+    """Why a shard cannot be read, in words."""
+    if isinstance(exc, ShardChanged):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "the shard is missing"
+    return f"damaged shard: {exc}"
 
 
 def _ignore_member(problem: Problem) -> None:
     """Odd tar members (no extension, not files) are not samples; `polymodal index` reports
     them when a dataset is indexed, the stream just passes over them."""
-
-
-def _chain_first(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest
 
 
 class Shuffle:
@@ -280,12 +404,15 @@ class Decode:
 
 
 class Batcher:
-    """Groups decoded samples into `Batch`es; a skipped sample becomes a repeat of a good one."""
+    """Groups decoded samples into `Batch`es; a skipped sample becomes a marked repeat of a good
+    one of the same batch. A batch with no good sample is filled with repeats of `filler()`,
+    the dataset's first readable sample (the same in every run, so a resumed run fills it
+    alike); when not even that exists, `batch` returns None."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, filler: Callable[[], dict[str, Any] | None]) -> None:
         self.batch_size = batch_size
         self.batches = 0
-        self.last_good: dict[str, Any] | None = None
+        self.filler = filler
 
     def state_dict(self) -> dict[str, int]:
         return {"batches": self.batches}
@@ -293,18 +420,15 @@ class Batcher:
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.batches = state["batches"]
 
-    def batch(self, items: list[dict[str, Any] | Skip]) -> tuple[Batch, list[Skip]]:
+    def batch(self, items: list[dict[str, Any] | Skip]) -> tuple[Batch | None, list[Skip]]:
         good = [item for item in items if not isinstance(item, Skip)]
         skips = [item for item in items if isinstance(item, Skip)]
-        if good:
-            self.last_good = good[-1]
-        elif self.last_good is None:
-            reasons = "; ".join(s.reason for s in skips[:3])
-            raise RuntimeError(f"no sample of a whole batch could be read or decoded: {reasons}")
-        filler = {**(good[0] if good else self.last_good), "__repeated__": True}
-        samples = [filler if isinstance(item, Skip) else item for item in items]
         self.batches += 1
-        return collate(samples), skips
+        repeat = good[0] if good else self.filler()
+        if repeat is None:
+            return None, skips
+        filler = {**repeat, "__repeated__": True}
+        return collate([filler if isinstance(item, Skip) else item for item in items]), skips
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +452,12 @@ class Stream:
     length. `fields`: field name → adapter (an instance, a registered name, or `(name,
     extensions)`); by default one field per modality of the index's schema. `errors`: `"skip"`
     (count, report, go on) or `"raise"`, for every stage or per stage (`{"read": "raise",
-    "decode": "skip"}`).
+    "decode": "skip"}`). `remote`: timeouts and tries of remote reads. `max_member_bytes`: no
+    tar member larger than this is read (its sample is skipped and reported).
+
+    Local shards whose size is not the index's are left out of the plan at construction
+    (reported as skipped each epoch; an error under the `raise` read policy): the index does
+    not describe them, and an index that claims more than is there must cost nothing to refuse.
     """
 
     def __init__(
@@ -340,7 +469,8 @@ class Stream:
         seed: int = 0,
         buffer_size: int = 1000,
         errors: str | Mapping[str, str] = "skip",
-        retries: int = 3,
+        remote: Remote = DEFAULT_REMOTE,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
     ) -> None:
         policies = (
             dict.fromkeys(STAGES_WITH_ERRORS, errors)
@@ -355,20 +485,35 @@ class Stream:
                 f"errors must be 'skip' or 'raise', or a mapping of "
                 f"{list(STAGES_WITH_ERRORS)} to those, got {errors!r}"
             )
-        if batch_size < 1 or buffer_size < 1:
-            raise ValueError("batch_size and buffer_size must be positive")
+        if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
+            raise ValueError("batch_size, buffer_size and max_member_bytes must be positive")
         self.sources, self.weights = _sources(source)
-        self.indexes = [ShardIndex.load(s) for s in self.sources]
+        self.indexes = [ShardIndex.load(s, remote) for s in self.sources]
         self.fields = _resolve_fields(fields, self.indexes)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.buffer_size, self.errors, self.retries = buffer_size, policies, retries
+        self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
+        self.max_member_bytes = max_member_bytes
+        self.excluded = [_size_mismatches(index) for index in self.indexes]
+        if policies["read"] == "raise" and any(self.excluded):
+            first = next(skip for skips in self.excluded for skip in skips.values())
+            raise StreamError(f"{first.url}: {first.reason}")
+        for skip in (skip for skips in self.excluded for skip in skips.values()):
+            log.warning("left out %s: %s", skip.url, skip.reason)
+        self._fillers: dict[int, dict[str, Any] | None] = {}
 
     # --- the pure plan ---
 
+    def counts(self, source: int) -> list[int]:
+        """Samples per shard of a source, as the plan sees them (left-out shards hold none)."""
+        excluded = self.excluded[source]
+        return [
+            0 if n in excluded else s.samples for n, s in enumerate(self.indexes[source].shards)
+        ]
+
     def orders(self, epoch: int) -> tuple[list[SourceOrder], Mixture]:
         orders = [
-            SourceOrder.build([s.samples for s in index.shards], self.seed, epoch, self.shuffle, i)
-            for i, index in enumerate(self.indexes)
+            SourceOrder.build(self.counts(i), self.seed, epoch, self.shuffle, i)
+            for i in range(len(self.indexes))
         ]
         return orders, Mixture.from_weights([o.total for o in orders], self.weights)
 
@@ -381,7 +526,7 @@ class Stream:
     def batches_per_epoch(self, world: int | None = None) -> int:
         """Batches every rank yields per epoch (the same for every rank)."""
         world = world or distributed_rank_world()[1]
-        total = sum(self.orders(0)[1].sizes)  # the epoch length does not depend on the epoch
+        total = self.orders(0)[1].total  # the epoch length does not depend on the epoch
         first, last = rank_range(total, world, 0)
         return math.ceil((last - first) / self.batch_size)
 
@@ -390,7 +535,7 @@ class Stream:
         return {
             "sources": [str(s) for s in self.sources],
             "weights": self.weights,
-            "samples": [i.samples for i in self.indexes],
+            "samples": [sum(self.counts(i)) for i in range(len(self.indexes))],
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "seed": self.seed,
@@ -410,15 +555,16 @@ class Stream:
         workers: int = 1,
         state: Mapping[str, Any] | None = None,
     ) -> Iterator[tuple[Batch, dict[str, Any], list[Skip]]]:
-        """(batch, chain state after it, skips in it) for one (rank, worker) and epoch."""
+        """(batch, chain state after it, skips in it) for one (rank, worker) and epoch; the
+        batch is None when not one sample of the dataset can be read to fill it."""
         orders, mixture = self.orders(epoch)
         part = self.slice(epoch, rank, world, worker, workers)
-        reader = Reader(self.indexes, self.errors["read"], self.retries)
+        reader = Reader(self.indexes, self.errors["read"], self.remote, self.max_member_bytes)
         shuffle = Shuffle(
             part.stop - part.start, self.buffer_size, (self.seed, epoch, rank, worker), self.shuffle
         )
         decode = Decode(self.fields, self.errors["decode"], self.seed, epoch)
-        batcher = Batcher(self.batch_size)
+        batcher = Batcher(self.batch_size, lambda: self.filler(epoch))
         stages = {"reader": reader, "shuffle": shuffle, "decode": decode, "batch": batcher}
         for name, stage in stages.items():
             if state is not None:
@@ -435,27 +581,82 @@ class Stream:
                 refs = (ref for p, ref in zip(range(first, last), refs, strict=True) if p in wanted)
             return reader.read(refs)
 
-        pending: list[dict[str, Any] | Skip] = []
-        for ref, raw in shuffle.shuffle(read):
-            pending.append(decode.decode(ref, raw))
-            if len(pending) == self.batch_size:
-                batch, skips = batcher.batch(pending)
-                pending = []
-                yield batch, {n: s.state_dict() for n, s in stages.items()}, skips
-        if pending:
+        def emit(pending: list[dict[str, Any] | Skip]) -> tuple[Batch | None, dict, list[Skip]]:
             batch, skips = batcher.batch(pending)
-            yield batch, {n: s.state_dict() for n, s in stages.items()}, skips
+            skips, reader.notes = skips + reader.notes, []
+            return batch, {n: s.state_dict() for n, s in stages.items()}, skips
+
+        pending: list[dict[str, Any] | Skip] = []
+        try:
+            for ref, raw in shuffle.shuffle(read):
+                pending.append(decode.decode(ref, raw))
+                if len(pending) == self.batch_size:
+                    yield emit(pending)
+                    pending = []
+            if pending:
+                yield emit(pending)
+        finally:
+            reader.close()
+
+    def filler(self, epoch: int) -> dict[str, Any] | None:
+        """The first sample of the dataset (sources and shards in index order, up to
+        `FILLER_TRIES` samples a shard) that reads and decodes: what a batch with no good
+        sample is padded with. Cached per epoch (decoding depends on it)."""
+        if epoch not in self._fillers:
+            self._fillers = {epoch: self._find_filler(epoch)}
+        return self._fillers[epoch]
+
+    def _find_filler(self, epoch: int) -> dict[str, Any] | None:
+        reader = Reader(self.indexes, "skip", self.remote, self.max_member_bytes)
+        decode = Decode(self.fields, "skip", self.seed, epoch)
+        try:
+            for source in range(len(self.indexes)):
+                for shard, count in enumerate(self.counts(source)):
+                    for i in range(min(count, FILLER_TRIES)):
+                        ref = Reference(source, shard, i, True)
+                        item = decode.decode(ref, reader._sample(ref))
+                        if not isinstance(item, Skip):
+                            return item
+                        if (source, shard) in reader._failed:
+                            break
+        finally:
+            reader.close()
+        return None
 
     def __iter__(self) -> Iterator[Batch]:
         """One epoch (epoch 0) in this process, for this rank; `loader()` for more."""
         rank, world = distributed_rank_world()
-        for batch, _, _ in self.worker_batches(0, rank, world):
-            yield batch
+        for batch, _, skips in self.worker_batches(0, rank, world):
+            yield _usable(batch, skips, 0)
 
     def loader(
         self, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 2
     ) -> StreamLoader:
         return StreamLoader(self, num_workers, pin_memory, prefetch)
+
+
+def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:
+    """Local shards whose size on disk is not the index's, as skips of all their samples (one
+    `stat` per shard; a missing shard is left to the reader, which reports it per sample)."""
+    base = local_path(index.base)
+    if base is None:
+        return {}
+    out = {}
+    for n, shard in enumerate(index.shards):
+        try:
+            size = (base / shard.name).stat().st_size
+        except OSError:
+            continue
+        if size != shard.bytes:
+            out[n] = Skip(
+                f"{shard.name} (all {shard.samples:,} samples)",
+                "read",
+                f"the shard is {size:,} bytes, the index says {shard.bytes:,}: left out; it "
+                "changed since it was indexed (`polymodal validate` checks it; index it again)",
+                index.url(shard),
+                samples=shard.samples,
+            )
+    return out
 
 
 def _sources(source: SourceSpec) -> tuple[list[str], list[float] | None]:
@@ -521,6 +722,17 @@ class _EpochDataset(IterableDataset):
             yield worker, batch, new_state, [s.as_dict() for s in skips]
 
 
+def _usable(batch: Batch | None, skips: list[Skip] | list[dict[str, Any]], epoch: int) -> Batch:
+    """The batch, or the `StreamError` that says why there is none (nothing could be read)."""
+    if batch is not None:
+        return batch
+    reasons = sorted({s.reason if isinstance(s, Skip) else s["reason"] for s in skips})
+    raise StreamError(
+        f"epoch {epoch}: not one sample of the dataset could be read and decoded to fill a "
+        f"batch; reasons: {'; '.join(reasons[:3]) or 'none given'}"
+    )
+
+
 def _as_is(item: Any) -> Any:
     """DataLoader's default conversion rebuilds Mappings (a Batch would lose its keys)."""
     return item
@@ -541,7 +753,8 @@ class StreamLoader:
         self.dataset = _EpochDataset(stream, self.rank, self.world)
         self.epoch, self.batches = 0, 0
         self.worker_states: dict[int, Any] = {}
-        self.skipped: list[dict[str, str]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self._logged: set[str] = set()
         self.report_epoch = 0
         self._loader: DataLoader | None = None
 
@@ -562,29 +775,31 @@ class StreamLoader:
         return self._loader
 
     def __iter__(self) -> Iterator[Batch]:
-        """One epoch. Batches are handed out in the planned worker order (`batch_schedule`),
+        """One epoch. Batches are handed out in the planned worker order (`batch_worker`),
         whatever order the workers deliver them in: a resumed loader, whose DataLoader starts
         again at worker 0, still continues the uninterrupted order."""
         self.dataset.epoch.value = self.epoch
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
             self.skipped, self.report_epoch = [], self.epoch
+            self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
         workers = max(1, self.num_workers)
         counts = [
             self.stream.slice(self.epoch, self.rank, self.world, w, workers).batches
             for w in range(workers)
         ]
-        schedule = batch_schedule(counts)
+        total = sum(counts)
         waiting: dict[int, deque] = {w: deque() for w in range(workers)}
         for worker, batch, state, skips in self._data_loader():
             waiting[worker].append((batch, state, skips))
-            while self.batches < len(schedule) and waiting[schedule[self.batches]]:
-                batch, state, skips = waiting[schedule[self.batches]].popleft()
-                self.worker_states[schedule[self.batches]] = state
-                self.batches += 1
+            while self.batches < total and waiting[due := batch_worker(counts, self.batches)]:
+                batch, state, skips = waiting[due].popleft()
                 self._note_skips(skips)
+                batch = _usable(batch, skips, self.epoch)
+                self.worker_states[due] = state
+                self.batches += 1
                 yield batch
-        if self.batches != len(schedule):
-            raise RuntimeError(f"epoch {self.epoch}: {self.batches} of {len(schedule)} batches")
+        if self.batches != total:
+            raise StreamError(f"epoch {self.epoch}: {self.batches} of {total} batches arrived")
         self._summarise()
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
 
@@ -612,18 +827,23 @@ class StreamLoader:
         self._loader = None  # workers copy the dataset when they start: start fresh ones
 
     def report(self) -> dict[str, Any]:
-        """Samples skipped in the current (or just finished) epoch, with keys and reasons."""
+        """Samples skipped in the current (or just finished) epoch, with keys and reasons;
+        `skipped` counts samples (a left-out shard counts all of its own), `by_stage` records."""
         by_stage = Counter(s["stage"] for s in self.skipped)
         return {
             "epoch": self.report_epoch,
-            "skipped": len(self.skipped),
+            "skipped": sum(s.get("samples", 1) for s in self.skipped),
             "by_stage": dict(by_stage),
             "samples": list(self.skipped),
         }
 
-    def _note_skips(self, skips: list[dict[str, str]]) -> None:
+    def _note_skips(self, skips: list[dict[str, Any]]) -> None:
+        """Keep each skip for the report; log each reason once an epoch."""
+        if not self.skipped:
+            self._logged = set()
         for skip in skips:
-            if not any(s["reason"] == skip["reason"] for s in self.skipped):
+            if skip["reason"] not in self._logged:
+                self._logged.add(skip["reason"])
                 log.warning(
                     "skipped %s (%s): %s", skip["key"] or skip["url"], skip["stage"], skip["reason"]
                 )
@@ -631,10 +851,10 @@ class StreamLoader:
 
     def _summarise(self) -> None:
         if self.skipped:
-            by_stage = Counter(s["stage"] for s in self.skipped)
+            report = self.report()
             log.warning(
                 "epoch %d: skipped %d samples (%s); loader.report() lists them",
                 self.epoch,
-                len(self.skipped),
-                ", ".join(f"{k}: {v}" for k, v in sorted(by_stage.items())),
+                report["skipped"],
+                ", ".join(f"{k}: {v}" for k, v in sorted(report["by_stage"].items())),
             )
