@@ -108,19 +108,19 @@ def test_draft_decoding_matches_a_full_decode():
     assert diff < 6, diff
 
 
-def test_both_jpeg_paths_agree():
+def test_full_and_reduced_jpeg_decodes_agree():
     data = encode_image(photo(7, 256), "JPEG", quality=92)
-    via_torchvision = _decode(data, "jpg", size=224)  # no reduction possible
-    via_pillow = _decode(data, "jpg", size=112)  # 1/2 draft
-    assert via_torchvision.grid == (224, 224)
+    full = _decode(data, "jpg", size=224)  # no reduction possible
+    reduced = _decode(data, "jpg", size=112)  # 1/2 in the DCT domain
+    assert full.grid == (224, 224)
     small = torch.nn.functional.interpolate(
-        via_torchvision.values.reshape(1, 224, 224, 3).permute(0, 3, 1, 2).float(),
+        full.values.reshape(1, 224, 224, 3).permute(0, 3, 1, 2).float(),
         size=(112, 112),
         mode="bilinear",
         antialias=True,
     )
     ref = small[0].permute(1, 2, 0).reshape(-1, 3)
-    assert (ref - via_pillow.values.float()).abs().mean() < 6
+    assert (ref - reduced.values.float()).abs().mean() < 6
 
 
 def test_decompression_bomb_is_refused_from_the_header():

@@ -40,7 +40,7 @@ def test_pre_tokenized_ids_from_npy_and_json():
 @pytest.mark.parametrize(
     ("member", "reason"),
     [
-        ({"txt": b"\xff\xfe bad utf8"}, "UnicodeDecodeError"),
+        ({"txt": b"\xff\xfe bad utf8"}, r"can.t decode byte"),
         ({"json": b"[1, -2]"}, "non-negative"),
         ({"json": b"[[1, 2]]"}, "1-d integer"),
         ({"npy": b"not an npy file"}, "npy"),

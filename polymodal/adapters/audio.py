@@ -12,6 +12,7 @@ from polymodal.datasets.media import (
     check_complete,
     clip_start,
     open_stream,
+    plain_errors,
     seek_to,
     stream_seconds,
 )
@@ -88,6 +89,7 @@ class AudioAdapter(Adapter):
         module = GridInput(self.channels, (samples_per_patch,), num_bands, scale=scale, offset=0.0)
         return FieldInput(module)
 
+    @plain_errors()  # FFmpeg's reason, not its errno
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "audio")
         with container:

@@ -190,6 +190,8 @@ class Adapter:
             return self.decode_bytes(bytes(data), ext, rng)
         except DecodeError:
             raise
+        except ValueError as exc:  # what decoders check themselves: the reason says it all
+            raise DecodeError(key, self.field, f"{ext}: {exc}") from exc
         except Exception as exc:  # every failure of a third-party decoder becomes one error type
             raise DecodeError(key, self.field, f"{ext}: {type(exc).__name__}: {exc}") from exc
 

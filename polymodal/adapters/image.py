@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from polymodal.perceiver.io import GridInput
 
@@ -38,10 +39,12 @@ class ImageAdapter(Adapter):
     with `crop="random"`, at a place drawn from the per-sample generator.
 
     Speed matters here, because this runs once per sample per epoch. The size is read from the
-    header first (images over `max_pixels` are refused before any pixel is decoded). A JPEG at
-    least twice the needed size is decoded by libjpeg in the DCT domain at 1/2, 1/4 or 1/8
-    scale (Pillow's `draft`), any other JPEG by torchvision's `decode_jpeg` (less per-call
-    overhead than Pillow), everything else by Pillow; only the crop region is resized, with
+    header first (images over `max_pixels` are refused before any pixel is decoded). JPEGs are
+    decoded by simplejpeg (libjpeg-turbo), at 1/2, 1/4 or 1/8 scale in the DCT domain when the
+    image is at least twice the needed size, and in its strict mode: libjpeg only *warns* about
+    corrupt data (a scan cut short and closed with an end marker decodes to grey with Pillow
+    and torchvision alike), and a warning here is a decode error, never a wrong sample.
+    Everything else (and CMYK JPEGs) goes to Pillow; only the crop region is resized, with
     torch's antialiased uint8 bilinear kernel.
 
     Greyscale, palette, CMYK and 16-bit images become RGB (16-bit keeps its top 8 bits);
@@ -78,8 +81,8 @@ class ImageAdapter(Adapter):
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         header = _jpeg_header(data)
-        if header is not None and header[2] in (1, 3) and self._draft_reduction(*header[:2]) == 1:
-            pixels = self._decode_jpeg(data, *header[:2])
+        if header is not None and header.components in (1, 3):
+            pixels = self._decode_jpeg(data, header)
         else:
             pixels = self._decode_pillow(data)
         if self.size is not None:
@@ -90,18 +93,16 @@ class ImageAdapter(Adapter):
         if w * h > self.max_pixels:
             raise ValueError(f"image is {w}×{h} pixels, over max_pixels={self.max_pixels}")
 
-    def _decode_jpeg(self, data: bytes, w: int, h: int) -> torch.Tensor:
-        """Full-size JPEG decode by torchvision: the least per-call overhead of the decoders."""
-        self._check_pixels(w, h)
-        chw = decode_jpeg(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8),
-            mode=ImageReadMode.RGB,
-            apply_exif_orientation=True,
-        )
-        return chw.permute(1, 2, 0)
+    def _decode_jpeg(self, data: bytes, header: JpegHeader) -> torch.Tensor:
+        """A greyscale or YCbCr JPEG by simplejpeg (strict), shrunk while decoding when it can."""
+        self._check_pixels(header.width, header.height)
+        r = self._draft_reduction(header.width, header.height)
+        scale = {"min_width": -(-header.width // r), "min_height": -(-header.height // r)}
+        pixels = simplejpeg.decode_jpeg(data, "RGB", strict=True, **(scale if r > 1 else {}))
+        return orient(torch.from_numpy(pixels), header.orientation)
 
     def _decode_pillow(self, data: bytes) -> torch.Tensor:
-        """Every other format, and JPEGs that libjpeg can shrink while decoding (draft mode)."""
+        """Every other format (and CMYK JPEGs, which simplejpeg does not convert)."""
         try:
             img = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
@@ -186,10 +187,21 @@ def crop_plan(
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}
+_APP1 = 0xE1
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from a JPEG's frame header, or None if it is not a JPEG.
+@dataclass(frozen=True)
+class JpegHeader:
+    """What a JPEG's markers say before its scan: size, colour components, EXIF orientation."""
+
+    width: int
+    height: int
+    components: int
+    orientation: int = 1
+
+
+def _jpeg_header(data: bytes) -> JpegHeader | None:
+    """The frame header (and EXIF orientation) of a JPEG, or None if it is not a JPEG.
 
     Our own few lines instead of `PIL.Image.open`: the size must be known (to refuse bombs and
     to choose a decoder) before decoding, and Pillow's Python marker parser costs about a tenth
@@ -198,6 +210,7 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     if not data.startswith(b"\xff\xd8"):
         return None
     pos, end = 2, len(data)
+    orientation = 1
     while pos + 4 <= end:
         if data[pos] != 0xFF:
             return None
@@ -209,16 +222,44 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
             pos += 2
             continue
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == _APP1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            orientation = exif_orientation(data[pos + 10 : pos + 2 + length])
         if marker in _SOF_MARKERS:
             if pos + 10 > end:
                 return None
             h = int.from_bytes(data[pos + 5 : pos + 7], "big")
             w = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            return (w, h, data[pos + 9]) if w and h else None
+            return JpegHeader(w, h, data[pos + 9], orientation) if w and h else None
         if marker == 0xDA or length < 2:  # scan data before any frame header
             return None
         pos += 2 + length
     return None
+
+
+def exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block, 1 when absent or unreadable."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    for entry in range(int.from_bytes(tiff[ifd : ifd + 2], order)):
+        at = ifd + 2 + 12 * entry
+        if at + 12 > len(tiff):
+            return 1
+        if int.from_bytes(tiff[at : at + 2], order) == _EXIF_ORIENTATION:
+            value = int.from_bytes(tiff[at + 8 : at + 10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """`[H, W, C]` pixels turned upright from EXIF `orientation`, as `ImageOps.exif_transpose`."""
+    if orientation in (5, 6, 7, 8):  # stored on its side: swap the axes first
+        pixels = pixels.transpose(0, 1)
+    flips = {2: (1,), 3: (0, 1), 4: (0,), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation)
+    return pixels.flip(flips).contiguous() if flips else pixels
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -6,12 +6,14 @@ the ids (0..261) do not fit uint8, so they are int16.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 
 import numpy as np
 import torch
 
+from polymodal.datasets.points import npy_header
 from polymodal.perceiver.io import TextInput
 
 from .base import Adapter, Field, FieldInput, register
@@ -40,6 +42,11 @@ class TextAdapter(Adapter):
 
     `.txt` is UTF-8 text. `.npy` holds pre-tokenized integer ids; `.json` holds either a list of
     ids or a string. `max_length` truncates (after `cls`/`sep` are added when `add_special`).
+
+    Only what the field keeps is decoded: the first `max_length` bytes of a text (each byte is
+    one id; they must be valid UTF-8, a character cut at the end aside) and the first
+    `max_length` ids of an `.npy` (checked from its header). JSON cannot be parsed in part, so
+    a `.json` member over `max_json_bytes` is refused.
     """
 
     extensions = ("txt", "text", "npy", "json")
@@ -48,27 +55,37 @@ class TextAdapter(Adapter):
         self,
         max_length: int = 2048,
         add_special: bool = False,
+        max_json_bytes: int = 16 * 2**20,
         extensions: list[str] | None = None,
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
         if max_length < 1:
             raise ValueError(f"max_length must be positive, got {max_length}")
+        if max_json_bytes < 1:
+            raise ValueError(f"max_json_bytes must be positive, got {max_json_bytes}")
         self.max_length = max_length
         self.add_special = add_special
+        self.max_json_bytes = max_json_bytes
 
     def encoder(self, dim: int = 256) -> FieldInput:
         """Byte embeddings plus learned positions (Perceiver IO's language input)."""
         return FieldInput(TextInput(VOCAB_SIZE, dim, self.max_length), ("values", "mask"))
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
+        keep = max(self.max_length - 2, 0) if self.add_special else self.max_length
         if ext == "npy":
-            ids = _checked_ids(np.load(io.BytesIO(data), allow_pickle=False))
+            ids = _checked_ids(_npy_head(data, keep))
         elif ext == "json":
+            if len(data) > self.max_json_bytes:
+                raise ValueError(f"{len(data):,} bytes of JSON, over max_json_bytes")
             obj = json.loads(data)
             ids = encode_bytes(obj) if isinstance(obj, str) else _checked_ids(np.asarray(obj))
         else:
-            ids = encode_bytes(data.decode("utf-8"))  # strict: invalid UTF-8 is a decode error
+            head = data[:keep]
+            # strict: invalid UTF-8 is a decode error; a character cut by `keep` is not
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == len(data))
+            ids = encode_bytes(head)
         if self.add_special:
             ids = np.concatenate([[CLS], ids[: self.max_length - 2], [SEP]]).astype(ids.dtype)
         ids = ids[: self.max_length]
@@ -77,6 +94,18 @@ class TextAdapter(Adapter):
         return Field(
             values=torch.from_numpy(np.ascontiguousarray(ids)).reshape(-1, 1), grid=(len(ids),)
         )
+
+
+def _npy_head(data: bytes, count: int) -> np.ndarray:
+    """The first `count` values of a 1-d `.npy`, read without loading the rest."""
+    f = io.BytesIO(data)
+    shape, dtype = npy_header(f)
+    if len(shape) != 1:
+        raise ValueError(f"token ids must be a 1-d integer array, got shape {shape}")
+    count = min(shape[0], count)
+    if f.tell() + count * dtype.itemsize > len(data):
+        raise ValueError(f"npy body is truncated: {shape[0]} ids need more bytes than there are")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
 
 
 def _checked_ids(arr: np.ndarray) -> np.ndarray:

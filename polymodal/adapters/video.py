@@ -8,7 +8,14 @@ import av
 import numpy as np
 import torch
 
-from polymodal.datasets.media import clip_start, frames_at, open_stream, seek_to, stream_seconds
+from polymodal.datasets.media import (
+    clip_start,
+    frames_at,
+    open_stream,
+    plain_errors,
+    seek_to,
+    stream_seconds,
+)
 from polymodal.perceiver.io import GridInput
 
 from .base import Adapter, Field, FieldInput, register
@@ -62,6 +69,7 @@ class VideoAdapter(Adapter):
         """Pixels scaled to [-1, 1], space-time patches, Fourier positions of the patch grid."""
         return FieldInput(GridInput(3, patch, num_bands))
 
+    @plain_errors()  # FFmpeg's reason, not its errno
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "video")
         with container:

@@ -2,15 +2,21 @@
 back to PLY.
 
 Shared by the point-cloud adapter and the preprocessing ops; numpy only. Never unpickles, and
-refuses clouds over `max_points` before reading their bodies where the header tells the count.
+refuses clouds over `max_points` before reading their bodies where the header tells the count
+(PLY, and `.npy` / `.npz` arrays, whose header is read before any array is allocated: an npz
+of 1 MB can inflate to gigabytes). No array over `MAX_ARRAY_BYTES` is allocated.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import zipfile
+from typing import IO
 
 import numpy as np
+
+MAX_ARRAY_BYTES = 2**30  # no .npy / .npz array larger than this is allocated
 
 _PLY_TYPES = {
     "char": "i1",
@@ -37,8 +43,12 @@ _MAX_HEADER = 64 * 1024
 def read_points(data: bytes, ext: str, max_points: int = 10_000_000) -> np.ndarray:
     """The points of a file of type `ext` as float32 `[N, 3+F]` (xyz first); ValueError if it is
     empty, not `[N, 3+F]`, over `max_points`, or holds NaN / infinite values."""
-    readers = {"npy": _read_npy, "npz": _read_npz, "off": _read_off}
-    points = _read_ply(data, max_points) if ext == "ply" else readers.get(ext, _read_table)(data)
+    if ext in ("npy", "npz"):
+        points = (_read_npy if ext == "npy" else _read_npz)(data, max_points)
+    elif ext == "ply":
+        points = _read_ply(data, max_points)
+    else:
+        points = (_read_off if ext == "off" else _read_table)(data)
     if points.ndim != 2 or points.shape[1] < 3 or points.shape[0] == 0:
         raise ValueError(f"expected a non-empty [N, 3+F] array, got shape {points.shape}")
     if len(points) > max_points:
@@ -95,17 +105,45 @@ def _read_ply(data: bytes, max_points: int) -> np.ndarray:
     return np.stack([rec[name].astype(np.float64) for name, _ in props], axis=1)
 
 
-def _read_npy(data: bytes) -> np.ndarray:
+def npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """`(shape, dtype)` from the header of an `.npy` stream, reading nothing past it; object
+    arrays (which only a pickle could load) are refused."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0
+    if version != (1, 0):
+        read = np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    if dtype.hasobject:
+        raise ValueError("object arrays are never loaded (they need a pickle)")
+    return shape, dtype
+
+
+def check_array(shape: tuple[int, ...], dtype: np.dtype, max_rows: int) -> None:
+    """Refuse, from its header, an array over `max_rows` rows or `MAX_ARRAY_BYTES` bytes."""
+    if shape and shape[0] > max_rows:
+        raise ValueError(f"array of {shape[0]:,} rows, over max_points={max_rows:,}")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise ValueError(f"array of shape {shape} takes {nbytes:,} bytes, over {MAX_ARRAY_BYTES:,}")
+
+
+def _read_npy(data: bytes, max_points: int) -> np.ndarray:
+    check_array(*npy_header(io.BytesIO(data)), max_points)
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def _read_npz(data: bytes) -> np.ndarray:
-    """The `points` array of an npz, or its only / first array."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        names = list(npz.files)
+def _read_npz(data: bytes, max_points: int) -> np.ndarray:
+    """The `points` array of an npz, or its first array; its header is checked before the
+    member is inflated."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = [n for n in archive.namelist() if n.endswith(".npy")]
         if not names:
             raise ValueError("empty npz archive")
-        return npz["points" if "points" in names else names[0]]
+        name = "points.npy" if "points.npy" in names else names[0]
+        with archive.open(name) as member:
+            check_array(*npy_header(member), max_points)
+        with archive.open(name) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
 
 
 def _read_off(data: bytes) -> np.ndarray:
