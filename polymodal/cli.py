@@ -21,7 +21,11 @@ if TYPE_CHECKING:  # adapters import torch: only the commands that decode pay fo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A mistake in what was asked (`UserError`: a config, a dataset, an
+    overlap of input and output) or a file-system error (a missing path, a read-only or full
+    disk) is one line on stderr and exit code 2; `--debug` shows the traceback instead."""
     parser = argparse.ArgumentParser(prog="polymodal", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("adapters", help="list adapters and the extensions they read")
     decode = commands.add_parser("decode", help="decode files with adapters and describe them")
@@ -51,6 +55,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     _add_dataset_commands(commands)
     args = parser.parse_args(argv)
+    from polymodal.errors import UserError
+
+    try:
+        return _run(args)
+    except (UserError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"polymodal {args.command}: {error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line: an OSError as `reason: path` rather than `[Errno 28] ...`."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc).replace("\n", " ")
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command in DATASET_COMMANDS:
         return DATASET_COMMANDS[args.command](args)
     if args.command == "adapters":
@@ -280,12 +304,16 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _report(report: Any, folder: Path, strict: bool) -> int:
-    """Print a build's summary; the exit code says whether `--strict` found rejects."""
+    """Print a build's summary; exit code 1 when it holds no sample (a useless result) or when
+    `--strict` found rejects."""
     from polymodal.datasets import build
 
     print(build.summary(report))
     if report.rejects:
         print(f"rejected inputs are listed in {folder / build.REJECTS_NAME}")
+    if not report.samples:
+        print("no sample was written: the dataset is empty", file=sys.stderr)
+        return 1
     return 1 if strict and report.rejects else 0
 
 
@@ -322,7 +350,7 @@ def _validate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from polymodal.datasets.index import ShardIndex
-    from polymodal.datasets.inspect import validate_dataset
+    from polymodal.datasets.inspect import problem_sentence, validate_dataset
 
     index = ShardIndex.load(args.dataset)
     with tqdm(total=len(index.shards), unit="shard", disable=args.json, file=sys.stderr) as bar:
@@ -331,7 +359,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": not problems, "samples": index.samples, "problems": problems}))
     else:
         for p in problems:
-            print(f"{p['shard']}: {p['key'] or '-'} {p['field'] or '-'}: {p['reason']}")
+            print(problem_sentence(p))
         verdict = "OK" if not problems else f"{len(problems)} problems"
         print(f"{args.dataset}: {index.samples:,} samples in {len(index.shards)} shards: {verdict}")
     return 1 if problems else 0
@@ -408,10 +436,11 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config, args.set)
+        trainer = Trainer(config, resume=args.resume)
     except ConfigError as exc:
         print(f"polymodal train: invalid config: {exc}", file=sys.stderr)
         return 2
-    summary = Trainer(config, resume=args.resume).run()
+    summary = trainer.run()
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -1,15 +1,20 @@
 """Training configuration: one TOML file, typed sections, `--set key=value` overrides.
 
 Invalid configurations fail before any work, with a message naming the field
-(`model.num_latents: expected int, got 'many'`). The resolved configuration is saved with
-every run.
+(`model.num_latents: expected int, got 'many'`, `optim.grad_clip: must be at least 0, got -1`,
+`data.fields.video.options.num_frame: unknown option (known: ...)`): every value is
+range-checked, and each field's adapter is built once from its options at load, so a typo or a
+bad size fails here and not inside the trainer. The resolved configuration is saved with every
+run.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import json
+import math
 import tomllib
 import types
 import typing
@@ -17,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polymodal.errors import UserError
 from polymodal.perceiver.encoder import EncoderConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or of the wrong type; names the field."""
 
 
@@ -89,17 +95,94 @@ class TrainConfig:
             raise ConfigError("data.train: a training dataset is required")
         if not self.data.fields:
             raise ConfigError("data.fields: at least one input field is required")
-        for name, spec in (
-            ("data.batch_size", self.data.batch_size),
-            ("epochs", self.epochs),
-            ("model.num_latents", self.model.num_latents),
-        ):
-            if spec < 1:
-                raise ConfigError(f"{name}: must be positive, got {spec}")
+        for where, value, ok, need in self._ranges():
+            if not ok:
+                raise ConfigError(f"{where}: must be {need}, got {value!r}")
+        if (self.model.self_qk_channels or self.model.latent_dim) % self.model.self_heads:
+            raise ConfigError(
+                f"model.self_heads: {self.model.self_heads} heads do not divide the "
+                f"{self.model.self_qk_channels or self.model.latent_dim} query/key channels"
+            )
+        for name, spec in self.data.fields.items():
+            check_field(f"data.fields.{name}", spec)
         return self
+
+    def _ranges(self) -> list[tuple[str, Any, bool, str]]:
+        """(field, value, whether it is in range, the range in words) for every number."""
+        d, o, m = self.data, self.optim, self.model
+
+        def positive(x: float) -> bool:
+            return math.isfinite(x) and x > 0
+
+        def non_negative(x: float) -> bool:
+            return math.isfinite(x) and x >= 0
+
+        checks = [
+            ("data.batch_size", d.batch_size, d.batch_size >= 1, "positive"),
+            ("data.workers", d.workers, d.workers >= 0, "at least 0"),
+            ("data.buffer_size", d.buffer_size, d.buffer_size >= 1, "positive"),
+            ("data.num_classes", d.num_classes, d.num_classes >= 1, "positive"),
+            ("data.label", d.label, _extension_ok(d.label), "a member extension like 'cls'"),
+            ("optim.lr", o.lr, positive(o.lr), "a positive number"),
+            ("optim.weight_decay", o.weight_decay, non_negative(o.weight_decay), "at least 0"),
+            ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "at least 0"),
+            ("optim.grad_clip", o.grad_clip, non_negative(o.grad_clip), "at least 0 (0: off)"),
+            ("optim.accumulate", o.accumulate, o.accumulate >= 1, "positive"),
+            ("epochs", self.epochs, self.epochs >= 1, "positive"),
+            ("max_steps", self.max_steps, self.max_steps >= 0, "at least 0 (0: epochs decide)"),
+            ("subsample", self.subsample, self.subsample >= 1, "positive"),
+            ("mask_probability", self.mask_probability, 0 < self.mask_probability < 1, "in (0, 1)"),
+            ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "positive"),
+            ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, "positive"),
+            ("run_dir", self.run_dir, bool(self.run_dir.strip()), "a folder"),
+            ("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
+        ]
+        for name, weight in self.loss_weights.items():
+            checks.append((f"loss_weights.{name}", weight, non_negative(weight), "at least 0"))
+        for f in dataclasses.fields(m):
+            value = getattr(m, f.name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                checks.append((f"model.{f.name}", value, value >= 1, "positive"))
+        return checks
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+def _extension_ok(ext: str) -> bool:
+    return bool(ext) and ext == ext.strip() and "/" not in ext and not ext.startswith(".")
+
+
+def check_field(where: str, spec: FieldConfig) -> None:
+    """Build the field's adapter from its options, and check its encoder options against the
+    encoder's signature, so a typo or a bad value fails at load, naming the option."""
+    from polymodal.adapters import get
+
+    try:
+        cls = get(spec.adapter)
+    except KeyError as exc:
+        raise ConfigError(f"{where}.adapter: {exc.args[0]}") from None
+    for options, fn, label in (
+        (spec.options, cls.__init__, "options"),
+        (spec.encoder, cls.encoder, "encoder"),
+    ):
+        known = [
+            n for n in inspect.signature(fn).parameters if n not in ("self", "extensions", "field")
+        ]
+        for name in options:
+            if name not in known:
+                raise ConfigError(
+                    f"{where}.{label}.{name}: unknown option (known: {', '.join(known) or 'none'})"
+                )
+    try:
+        adapter = cls(**spec.options, extensions=spec.extensions or None)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.options: {exc}") from None
+    if spec.encoder:
+        try:
+            inspect.signature(adapter.encoder).bind(**spec.encoder)
+        except TypeError as exc:
+            raise ConfigError(f"{where}.encoder: {exc}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -171,6 +254,8 @@ def load_config(
             doc = tomllib.loads(Path(path).read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -5,12 +5,18 @@ A run directory holds the resolved `config.json`, `metrics.jsonl`, checkpoints (
 atomically every `checkpoint_every` steps and on SIGTERM/SIGINT; the last K are kept),
 `summary.json` and `loss.png`. A checkpoint holds the model, optimiser, scheduler, step, RNG
 states and the stream's state, so `resume=True` continues exactly: on CPU a run killed and
-resumed ends with the weights of an uninterrupted one.
+resumed ends with the weights of an uninterrupted one. A checkpoint that does not load (cut
+short by a full disk, damaged) is passed over for the newest one that does, saying so; the
+temporaries of killed checkpoint writes are removed when a run starts.
+
+Before the model is built, the datasets are checked against the config: each must exist and
+hold the members its fields and the label read (`ConfigError` naming the field otherwise).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -26,15 +32,17 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from polymodal.adapters import Batch
-from polymodal.datasets.files import atomic_open, write_atomic
+from polymodal.adapters import Adapter, Batch
+from polymodal.datasets.files import TMP_SUFFIX, atomic_open, write_atomic
+from polymodal.datasets.index import ShardIndex
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .optim import Lamb
-from .stream import Stream, StreamLoader
-from .tasks import Task, make_task
+from .stream import Stream, StreamError, StreamLoader
+from .tasks import TARGET, Task, make_task
 
 CHECKPOINTS = "checkpoints"
+log = logging.getLogger("polymodal.train")
 
 
 def build_model(config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
@@ -52,6 +60,26 @@ def _stream(config: TrainConfig, source: str, task: Task, shuffle: bool) -> Stre
         seed=config.data.seed,
         buffer_size=config.data.buffer_size,
     )
+
+
+def check_datasets(config: TrainConfig, fields: dict[str, Adapter]) -> None:
+    """Each configured dataset exists and has a member for every field (the label included),
+    from its index alone: a mistake shows before the model is built, not at the first batch."""
+    for where, source in (("data.train", config.data.train), ("data.val", config.data.val)):
+        if not source:
+            continue
+        try:
+            index = ShardIndex.load(source)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        present = set(index.fields)
+        for name, adapter in fields.items():
+            if not present & set(adapter.extensions):
+                label = "data.label" if name == TARGET else f"data.fields.{name}"
+                raise ConfigError(
+                    f"{label}: the dataset {source} has no {' / '.join(adapter.extensions)} "
+                    f"member (it has: {', '.join(sorted(present)) or 'none'})"
+                )
 
 
 def _schedule(config: TrainConfig, total_steps: int) -> Any:
@@ -100,6 +128,7 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
         self.task = make_task(config)
+        check_datasets(config, self.task.fields())
         self.model = self.task.model()
         self.model.to(self.device)
         self.net: nn.Module = self.model
@@ -153,10 +182,22 @@ class Trainer:
         return path
 
     def load_latest(self) -> bool:
-        checkpoints = sorted(self._checkpoint_dir().glob("step-*.pt"))
-        if not checkpoints:
+        """Restore the newest checkpoint that loads; those that do not are named and passed
+        over. False when there is none to resume from."""
+        state = None
+        for path in sorted(self._checkpoint_dir().glob("step-*.pt"), reverse=True):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                missing = {"model", "optimizer", "scheduler", "step", "best", "rng", "stream"}
+                missing -= set(state)
+                if missing:
+                    raise ValueError(f"not a checkpoint of this trainer (no {sorted(missing)})")
+                break
+            except Exception as exc:  # any unreadable file: a truncated zip, a foreign pickle
+                log.warning("skipping checkpoint %s: it does not load (%s)", path, exc)
+                state = None
+        if state is None:
             return False
-        state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -188,6 +229,8 @@ class Trainer:
         config = self.config
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self._checkpoint_dir().glob(f"*{TMP_SUFFIX}"):  # from killed writes
+                stale.unlink()
             write_atomic(self.run_dir / "config.json", config.to_json().encode())
         if not (self.resume and self.load_latest()) and self.rank == 0:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -293,6 +336,24 @@ class Trainer:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         return summary
 
+    def _report_skips(self, skipped: list[Any]) -> int:
+        """Log this rank's skipped validation samples (each reason once, with a key); their
+        count over all ranks."""
+        count = sum(s.samples for s in skipped)
+        if skipped:
+            reasons = {s.reason: s.key for s in skipped}
+            log.warning(
+                "validation skipped %d samples on rank %d: %s",
+                count,
+                self.rank,
+                "; ".join(f"{key}: {reason}" for reason, key in list(reasons.items())[:5]),
+            )
+        if self.distributed:
+            total = torch.tensor([count], device=self.device)
+            dist.all_reduce(total)
+            count = int(total.item())
+        return count
+
     def _gather(
         self, scores: list[torch.Tensor], truths: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,7 +372,11 @@ class Trainer:
         sums: dict[str, float] = {}
         scores, truths = [], []
         multi_label = self.config.task == "multilabel"
-        for batch, _, _ in self.val_stream.worker_batches(0, self.rank, self.world):
+        skipped: list[Any] = []
+        for batch, _, skips in self.val_stream.worker_batches(0, self.rank, self.world):
+            skipped += [s for s in skips if s.samples]
+            if batch is None:
+                raise StreamError("validation: not one sample could be read and decoded")
             batch = batch.select(~batch.repeated).to(self.device)
             if not batch.keys:
                 continue
@@ -330,6 +395,7 @@ class Trainer:
                 for k in sorted({k for part in everything for k in part})
             }
         out = self.task.metrics(sums) if keys or sums else {"val_samples": 0}
+        out["val_skipped"] = self._report_skips(skipped)
         if multi_label:
             out["val_map"] = mean_average_precision(*self._gather(scores, truths))
         score = out.get("val_accuracy", out.get("val_masked_accuracy"))
