@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
+import tarfile
+import textwrap
 import wave
 import zlib
 
@@ -48,3 +52,38 @@ def empty_wav(rate: int = 16000) -> bytes:
         w.setsampwidth(2)
         w.setframerate(rate)
     return buf.getvalue()
+
+
+def gnu_sparse_member(name: str, real_size: int, stored: bytes = b"x" * 512) -> bytes:
+    """A GNU sparse tar member (old format, type 'S'): `stored` on disk, `real_size` bytes once
+    expanded (zeros, then `stored` at the end). Python's tarfile reads these but cannot write
+    them, so the header is patched by hand from a regular one."""
+    info = tarfile.TarInfo(name)
+    info.size = len(stored)
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:398] = tarfile.itn(real_size - len(stored), 12, tarfile.GNU_FORMAT)  # offset
+    header[398:410] = tarfile.itn(len(stored), 12, tarfile.GNU_FORMAT)  # bytes at it
+    header[483:495] = tarfile.itn(real_size, 12, tarfile.GNU_FORMAT)  # real size
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    padding = bytes(-len(stored) % 512)
+    return bytes(header) + stored + padding
+
+
+def peak_memory_growth_mb(setup: str, code: str, timeout: float = 120) -> tuple[float, str]:
+    """Run `setup`, then `code`, in a fresh Python; how much the peak resident memory grew
+    while `code` ran (MB), and what it printed."""
+    script = (
+        "import resource\n"
+        + textwrap.dedent(setup)
+        + "\n_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        + textwrap.dedent(code)
+        + "\nprint('GREW_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - _before)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    return int(out.rsplit("GREW_KB", 1)[1]) / 1024, out
