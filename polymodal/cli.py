@@ -49,18 +49,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="train an audio+video classifier on made-up clips")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--modalities", default="audio,video", help="audio, video or both")
-    demo.add_argument("--samples", type=int, default=320, help="clips to make")
-    demo.add_argument("--classes", type=int, default=4)
-    demo.add_argument("--epochs", type=int, default=6)
-    demo.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    demo.add_argument("--samples", type=at_least(8), default=320, help="clips to make")
+    demo.add_argument("--classes", type=at_least(2), default=4)
+    demo.add_argument("--epochs", type=at_least(1), default=6)
+    demo.add_argument("--workers", type=at_least(0), default=2, help="DataLoader workers")
     _add_dataset_commands(commands)
     args = parser.parse_args(argv)
     from polymodal.errors import UserError
 
     try:
         return _run(args)
-    except (UserError, OSError) as exc:
-        if args.debug:
+    except (UserError, OSError, RuntimeError) as exc:
+        # PyTorch's SIGCHLD handler raises a dead DataLoader worker wherever the main process
+        # is at that moment, so it can surface here rather than as the stream's StreamError.
+        dead_worker = str(exc).startswith("DataLoader worker (pid")
+        if args.debug or not (isinstance(exc, (UserError, OSError)) or dead_worker):
             raise
         print(f"polymodal {args.command}: {error_line(exc)}", file=sys.stderr)
         return 2
@@ -218,14 +221,32 @@ def _tour(keep: Path | None) -> int:
 
 
 def _size(text: str) -> int:
-    """`256MB`, `1GiB`, `500k`, `1000000` → bytes."""
+    """`256MB`, `1GiB`, `500k`, `1000000` → bytes (at least one)."""
     units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     number = text.strip().lower().removesuffix("b").removesuffix("i")
     unit = number[-1] if number and number[-1] in units else ""
     try:
-        return int(float(number.removesuffix(unit)) * units[unit])
+        size = int(float(number.removesuffix(unit)) * units[unit])
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return size
+
+
+def at_least(minimum: int) -> Any:
+    """An argparse type: an integer no smaller than `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_dataset_commands(commands: Any) -> None:
@@ -234,8 +255,8 @@ def _add_dataset_commands(commands: Any) -> None:
     build.add_argument("out", type=Path)
     build.add_argument("--format", choices=["tar", "parquet"], default="tar")
     build.add_argument("--shard-size", type=_size, default="256MB", help="bytes per shard")
-    build.add_argument("--shard-samples", type=int, help="samples per shard")
-    build.add_argument("--workers", type=int, default=1, help="local worker processes")
+    build.add_argument("--shard-samples", type=at_least(1), help="samples per shard")
+    build.add_argument("--workers", type=at_least(1), default=1, help="local worker processes")
     build.add_argument("--shuffle", action="store_true", help="shuffle samples across shards")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--split", help="e.g. val=0.1 (by key hash; the rest is train)")
@@ -243,17 +264,19 @@ def _add_dataset_commands(commands: Any) -> None:
     build.add_argument("--overwrite", action="store_true", help="replace another build in OUT")
     index = commands.add_parser("index", help="index WebDataset shards in place")
     index.add_argument("directory", type=Path)
-    index.add_argument("--workers", type=int, default=1)
+    index.add_argument("--workers", type=at_least(1), default=1)
     index.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
     inspect = commands.add_parser("inspect", help="describe a dataset")
     inspect.add_argument("dataset", help="folder or URL prefix holding index.json")
     inspect.add_argument("--json", action="store_true")
-    inspect.add_argument("--samples", type=int, default=64, help="samples probed for statistics")
+    inspect.add_argument(
+        "--samples", type=at_least(0), default=64, help="samples probed for statistics"
+    )
     inspect.add_argument("--preview", type=Path, help="write a contact sheet PNG here")
     validate = commands.add_parser("validate", help="check and decode every sample")
     validate.add_argument("dataset")
     validate.add_argument("--json", action="store_true")
-    validate.add_argument("--workers", type=int, default=1)
+    validate.add_argument("--workers", type=at_least(1), default=1)
     pre = commands.add_parser("preprocess", help="run ops over a dataset's shards into new shards")
     pre.add_argument("src", help="dataset folder or URL prefix holding index.json")
     pre.add_argument("dst", type=Path, help="output folder")
@@ -266,7 +289,7 @@ def _add_dataset_commands(commands: Any) -> None:
     )
     pre.add_argument("--recipe", type=Path, help="TOML file: [[ops]] tables, engine, workers")
     pre.add_argument("--engine", choices=["local", "ray"], help="default: local")
-    pre.add_argument("--workers", type=int, help="processes (local) or CPUs (local Ray)")
+    pre.add_argument("--workers", type=at_least(1), help="processes (local) or CPUs (local Ray)")
     pre.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001)")
     pre.add_argument("--overwrite", action="store_true", help="replace another job's output")
     pre.add_argument("--strict", action="store_true", help="stop at the first rejected sample")

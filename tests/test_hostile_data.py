@@ -373,3 +373,72 @@ def test_a_garbage_sidecar_makes_a_seek_fail_clearly(tmp_path):
     assert len(keys) == 100  # worker 0 reads from byte 0; worker 1's half is reported
     reasons = {s["reason"] for s in loader.report()["samples"]}
     assert any("sidecar" in r for r in reasons)
+
+
+def test_a_contact_sheet_is_never_written_into_the_dataset(tmp_path, capsys):
+    data = _dataset(tmp_path / "data", shards=1)
+    before = _files(data)
+    assert main(["inspect", str(data), "--preview", str(data / "shard-000000.tar")]) == 2
+    assert "inside the input" in capsys.readouterr().err
+    assert _files(data) == before
+    assert main(["inspect", str(data), "--preview", str(tmp_path / "sheet.png")]) == 0
+
+
+def test_indexing_again_keeps_the_class_names(tmp_path):
+    src = tmp_path / "src"
+    for label in ("cat", "dog"):
+        (src / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.full((4, 4, 3), i, np.uint8)
+            (src / label / f"{i}.png").write_bytes(encode_image(pixels, "PNG"))
+    build(src, tmp_path / "data", progress=False, print_=lambda _: None)
+    assert ShardIndex.load(tmp_path / "data").classes == ["cat", "dog"]
+    index_shards(tmp_path / "data", progress=False)  # e.g. after repairing a shard
+    assert ShardIndex.load(tmp_path / "data").classes == ["cat", "dog"]
+
+
+def test_json_labels_and_text_clouds_are_bounded_before_parsing():
+    with pytest.raises(DecodeError, match="max_json_bytes"):
+        get("label")().decode({"__key__": "k", "json": b"[" + b"1," * 600_000 + b"1]"})
+    lines = b"0 0 0\n" * 5000
+    with pytest.raises(DecodeError, match="5,000 lines, over max_points=100"):
+        get("pointcloud")(max_points=100).decode({"__key__": "k", "xyz": lines})
+    assert len(get("pointcloud")(num_points=None).decode({"__key__": "k", "xyz": lines}).values)
+
+
+def test_a_parquet_row_group_over_the_bound_is_refused_before_reading(tmp_path, monkeypatch):
+    from polymodal.datasets import parquet
+
+    with ShardWriter(tmp_path / "data", shard_format="parquet") as writer:
+        for n in range(4):
+            writer.write({"__key__": f"k{n}", "txt": "some words " * 50})
+    monkeypatch.setattr(parquet, "MAX_ROW_GROUP_BYTES", 100)  # below what the footer says
+    loader = Stream(tmp_path / "data", {"text": "text"}, batch_size=2, shuffle=False).loader(0)
+    with pytest.raises(StreamError):
+        list(loader)
+    (skip, *_) = loader.report()["samples"]
+    assert "row group 0 takes" in skip["reason"] and "over 100" in skip["reason"]
+
+
+def test_an_oversized_sidecar_is_refused_without_reading_it_whole(tmp_path):
+    data = _dataset(tmp_path / "data", shards=1)
+    sidecar = data / "shard-000000.tar.idx"
+    sidecar.write_bytes(sidecar.read_bytes() + bytes(2 * 2**20))  # far more than 4 offsets
+    problems = validate_dataset(str(data))
+    assert any("is not a sidecar" in p["reason"] and "larger than" in p["reason"] for p in problems)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "src", "out", "--workers", "0"],
+        ["build", "src", "out", "--shard-samples", "0"],
+        ["build", "src", "out", "--shard-size", "0"],
+        ["validate", "data", "--workers", "-2"],
+        ["demo", "--classes", "1"],
+    ],
+)
+def test_out_of_range_arguments_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "must be" in capsys.readouterr().err

@@ -90,6 +90,37 @@ def test_nothing_readable_is_one_clear_error_from_the_loader(tmp_path):
         list(loader)
 
 
+def test_a_dead_worker_is_one_clear_error(tmp_path):
+    """A worker killed mid-epoch (as by the out-of-memory killer) is a StreamError in the
+    iterating process. Run in a child: PyTorch's SIGCHLD handler is process-wide state."""
+    data = _images(tmp_path / "data")
+    script = textwrap.dedent(f"""
+        import os, signal
+        from polymodal.adapters import get
+        from polymodal.pipelines.stream import Stream, StreamError
+
+        class KillerImage(type(get("image")())):
+            def decode(self, sample, rng=None):
+                if sample["__key__"] == "k0005":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super().decode(sample, rng)
+
+        fields = {{"image": KillerImage(size=None, extensions=["png"]), "label": get("label")()}}
+        loader = Stream({str(data)!r}, fields, batch_size=2, shuffle=False).loader(2)
+        try:
+            list(loader)
+        except StreamError as exc:
+            print("STREAM ERROR", exc)
+        print("BATCHES", loader.state_dict()["batches"], "OF", len(loader))
+        """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "STREAM ERROR" in result.stdout and "out of memory, or a decoder" in result.stdout
+    assert "OF 6" in result.stdout and "BATCHES 6" not in result.stdout
+
+
 def _train_config(tmp_path: Path, train: Path, val: Path | None, **extra: object) -> Path:
     lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     config = tmp_path / "train.toml"
@@ -322,3 +353,12 @@ def test_a_full_disk_and_an_impossible_output_are_one_line(tmp_path):
     )
     assert blocked.returncode == 2 and "Traceback" not in blocked.stderr
     assert "Not a directory" in blocked.stderr
+
+
+def test_a_run_directory_inside_a_dataset_is_refused(tmp_path, capsys):
+    train = _images(tmp_path / "train", shards=1)
+    config = _train_config(tmp_path, train, None)
+    before = sorted(p.name for p in train.iterdir())
+    assert main(["train", str(config), "--set", f"run_dir='{train / 'run'}'"]) == 2
+    assert "run_dir: the output" in capsys.readouterr().err
+    assert sorted(p.name for p in train.iterdir()) == before

@@ -9,6 +9,7 @@ encodings are never computed here: they are cheap on the device and huge on the 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -138,6 +139,14 @@ class FieldInput(nn.Module):
         if "grid" in self.arguments and isinstance(field.grid, list):
             raise ValueError("the batch mixes grid shapes: give the adapter a fixed size")
         return self.module(*(getattr(field, name) for name in self.arguments))
+
+
+def load_json(data: bytes, max_bytes: int) -> Any:
+    """A JSON member, refused over `max_bytes`: JSON cannot be parsed in part, and a parsed
+    document takes many times its size in memory."""
+    if len(data) > max_bytes:
+        raise ValueError(f"{len(data):,} bytes of JSON, over max_json_bytes={max_bytes:,}")
+    return json.loads(data)
 
 
 def sample_seed(key: str, seed: int = 0) -> int:

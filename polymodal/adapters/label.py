@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 
 from polymodal.perceiver.io import LabelInput
 
-from .base import Adapter, Field, FieldInput, register
+from .base import Adapter, Field, FieldInput, load_json, register
 
 
 @register("label")
@@ -20,7 +19,8 @@ class LabelAdapter(Adapter):
 
     A label is written as an integer (`3`), a class name (`dog`, looked up in `classes`), a
     comma- or whitespace-separated list (`3,7` or `dog cat`) for multi-label, or JSON: a number,
-    a name, a list, or an object holding one of those under `json_key`.
+    a name, a list, or an object holding one of those under `json_key` (a `.json` member over
+    `max_json_bytes` is refused: a label needs a few bytes).
     """
 
     extensions = ("cls", "txt", "json")
@@ -31,6 +31,7 @@ class LabelAdapter(Adapter):
         classes: Sequence[str] | None = None,
         multi_label: bool = False,
         json_key: str = "label",
+        max_json_bytes: int = 2**20,
         extensions: list[str] | None = None,
         field: str | None = None,
     ) -> None:
@@ -44,6 +45,7 @@ class LabelAdapter(Adapter):
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.json_key = json_key
+        self.max_json_bytes = max_json_bytes
 
     def encoder(self) -> FieldInput:
         """The label as one one-hot (or multi-hot) token, as the multimodal autoencoder takes it."""
@@ -53,7 +55,7 @@ class LabelAdapter(Adapter):
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         if ext == "json":
-            obj = json.loads(data)
+            obj = load_json(data, self.max_json_bytes)
             if isinstance(obj, dict):
                 if self.json_key not in obj:
                     raise ValueError(f"JSON object has no {self.json_key!r} key")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import json
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ import torch
 from polymodal.datasets.points import npy_header
 from polymodal.perceiver.io import TextInput
 
-from .base import Adapter, Field, FieldInput, register
+from .base import Adapter, Field, FieldInput, load_json, register
 
 PAD, BOS, EOS, MASK, CLS, SEP = range(6)
 NUM_SPECIAL = 6
@@ -77,9 +76,7 @@ class TextAdapter(Adapter):
         if ext == "npy":
             ids = _checked_ids(_npy_head(data, keep))
         elif ext == "json":
-            if len(data) > self.max_json_bytes:
-                raise ValueError(f"{len(data):,} bytes of JSON, over max_json_bytes")
-            obj = json.loads(data)
+            obj = load_json(data, self.max_json_bytes)
             ids = encode_bytes(obj) if isinstance(obj, str) else _checked_ids(np.asarray(obj))
         else:
             head = data[:keep]

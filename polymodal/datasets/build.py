@@ -791,6 +791,7 @@ def index_shards(directory: str | Path, workers: int = 1, progress: bool = True)
     write_atomic(directory / REJECTS_NAME, "".join(json.dumps(r) + "\n" for r in rejects).encode())
     fields = {ext: modality_of(ext) or "" for ext in sorted({e for i in infos for e in i.fields})}
     index = ShardIndex("tar", fields, infos, merge_labels(infos), base=str(directory))
+    index.classes = _previous_classes(directory)
     index.save(directory)
     return BuildReport(
         {"": directory},
@@ -801,6 +802,15 @@ def index_shards(directory: str | Path, workers: int = 1, progress: bool = True)
         len(rejects),
         time.perf_counter() - started,
     )
+
+
+def _previous_classes(directory: Path) -> list[str] | None:
+    """The class names of the index being replaced, if any: indexing again (after adding or
+    repairing shards) must not lose what the labels mean."""
+    try:
+        return ShardIndex.load(directory).classes
+    except (OSError, ValueError):
+        return None
 
 
 def _shard_rejects(result: ShardInfo | Problem) -> list[dict[str, str]]:

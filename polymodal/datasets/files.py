@@ -226,16 +226,24 @@ def seek_forward(f: IO[bytes], offset: int) -> None:
         left -= len(chunk)
 
 
-def read_bytes(url: str, remote: Remote = DEFAULT_REMOTE) -> bytes:
-    """The whole of a small file (an index, a sidecar); remote reads are retried."""
+def read_bytes(url: str, remote: Remote = DEFAULT_REMOTE, limit: int | None = None) -> bytes:
+    """The whole of a small file (an index, a sidecar); remote reads are retried. A file over
+    `limit` bytes is refused after reading one byte past it, whatever its size."""
 
     def read() -> bytes:
         with open_read(url, remote=remote) as f:
-            return f.read()
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise TooLarge(f"{url}: larger than the {limit:,} bytes such a file may have")
+        return data
 
     if not is_remote(url):
         return read()
     return remote.call(read)
+
+
+class TooLarge(UserError, ValueError):
+    """A file is larger than what it describes can need."""
 
 
 def is_transient(exc: BaseException) -> bool:

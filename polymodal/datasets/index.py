@@ -39,6 +39,8 @@ INDEX_NAME = "index.json"
 FORMAT_NAME = "polymodal-index"
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".idx"
+MAX_INDEX_BYTES = 2**30  # ~5 million shards of ~200 bytes each
+SIDECAR_HEAD_BYTES = 2**20  # a sidecar's JSON line, its problems list included
 MIN_TAR_SAMPLE_BYTES = 512  # one member header: no tar sample is smaller
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -151,7 +153,7 @@ class ShardIndex:
     def offsets(self, shard: ShardInfo) -> np.ndarray:
         """The shard's per-sample offsets, read from its sidecar and checked against the
         index: same checksum, one offset per sample, increasing, inside the shard."""
-        info, offsets = decode_sidecar(read_bytes(join(self.base, sidecar_name(shard.name))))
+        info, offsets = decode_sidecar(read_sidecar(self.base, shard))
         problem = sidecar_disagreement(shard, info, offsets, self.format)
         if problem is not None:
             raise InvalidIndex(f"{shard.name}: {problem}")
@@ -225,13 +227,20 @@ class ShardIndex:
         A missing index is a `FileNotFoundError` that says what a dataset folder holds."""
         base = str(source).rstrip("/")
         try:
-            data = read_bytes(join(base, INDEX_NAME), remote)
+            data = read_bytes(join(base, INDEX_NAME), remote, MAX_INDEX_BYTES)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{base}: no dataset here (no {INDEX_NAME}; `polymodal build` makes one from "
                 "media files, `polymodal index` from existing tar shards)"
             ) from None
         return cls.from_json(data, base)
+
+
+def read_sidecar(base: str, shard: ShardInfo) -> bytes:
+    """A shard's sidecar, refused when larger than its header and one offset per sample can
+    be (so a garbage sidecar costs no more than a good one)."""
+    limit = SIDECAR_HEAD_BYTES + 8 * shard.samples
+    return read_bytes(join(base, sidecar_name(shard.name)), limit=limit)
 
 
 def shard_name_problem(name: Any) -> str | None:

@@ -17,12 +17,13 @@ import av
 import numpy as np
 from PIL import Image
 
-from .files import HashingReader, join, open_read, read_bytes
+from .files import HashingReader, TooLarge, open_read
 from .index import (
     InvalidIndex,
     ShardIndex,
     ShardInfo,
     decode_sidecar,
+    read_sidecar,
     sidecar_disagreement,
     sidecar_name,
 )
@@ -220,13 +221,13 @@ def _sidecar_problem(index: ShardIndex, shard: ShardInfo, offsets: list[int]) ->
     """What is wrong with a shard's sidecar, in a sentence, or None."""
     name = sidecar_name(shard.name)
     try:
-        info, stored = decode_sidecar(read_bytes(join(index.base, name)))
+        info, stored = decode_sidecar(read_sidecar(index.base, shard))
     except FileNotFoundError:
         return (
             f"its sidecar {name} is missing: readers cannot seek in the shard "
             "(`polymodal index` rewrites it)"
         )
-    except InvalidIndex as exc:
+    except (InvalidIndex, TooLarge) as exc:
         return f"its sidecar {name} is not a sidecar ({exc})"
     disagreement = sidecar_disagreement(shard, info, stored, index.format)
     if disagreement is not None:

@@ -60,12 +60,22 @@ class ParquetShard(Shard):
         self.writer.close()
 
 
+MAX_ROW_GROUP_BYTES = 2 * 2**30  # the most one Parquet row group may take once read
+
+
 def read_parquet_samples(
     fileobj: IO[bytes], url: str, start: int = 0
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Samples of a Parquet shard from row `start` on, as `(row, sample)`; one row group in
-    memory at a time, and the groups before `start` are never read."""
+    memory at a time, and the groups before `start` are never read. A row group whose footer
+    says it takes more than `MAX_ROW_GROUP_BYTES` is refused before it is read."""
     pf = pq.ParquetFile(fileobj)
+    for g in range(pf.num_row_groups):
+        size = pf.metadata.row_group(g).total_byte_size
+        if size > MAX_ROW_GROUP_BYTES:
+            raise ValueError(
+                f"{url}: row group {g} takes {size:,} bytes, over {MAX_ROW_GROUP_BYTES:,}"
+            )
     sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
     first_rows = np.cumsum([0, *sizes])
     group = int(np.searchsorted(first_rows, start, side="right") - 1)

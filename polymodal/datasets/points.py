@@ -17,6 +17,7 @@ from typing import IO
 import numpy as np
 
 MAX_ARRAY_BYTES = 2**30  # no .npy / .npz array larger than this is allocated
+TEXT_HEADER_LINES = 64  # lines a text cloud (.off, .xyz, .pts) may have besides its points
 
 _PLY_TYPES = {
     "char": "i1",
@@ -47,7 +48,10 @@ def read_points(data: bytes, ext: str, max_points: int = 10_000_000) -> np.ndarr
         points = (_read_npy if ext == "npy" else _read_npz)(data, max_points)
     elif ext == "ply":
         points = _read_ply(data, max_points)
-    else:
+    else:  # one point a line: more lines than points (plus a header) cannot be a valid cloud
+        lines = data.count(b"\n")
+        if lines > max_points + TEXT_HEADER_LINES:
+            raise ValueError(f"{lines:,} lines, over max_points={max_points:,}")
         points = (_read_off if ext == "off" else _read_table)(data)
     if points.ndim != 2 or points.shape[1] < 3 or points.shape[0] == 0:
         raise ValueError(f"expected a non-empty [N, 3+F] array, got shape {points.shape}")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import check_separate
 from .index import ShardIndex
 from .inspect import bounded_sample, class_name, probe
 
@@ -120,7 +121,9 @@ def render_field(modality: str, ext: str, data: bytes, classes: list[str] | None
 
 
 def contact_sheet(source: str, out: str | Path, rows: int = 8) -> Path:
-    """Render up to `rows` samples of the dataset at `source` into the PNG `out`."""
+    """Render up to `rows` samples of the dataset at `source` into the PNG `out` (which must
+    not be inside the dataset: it would land among, or on, its shards)."""
+    check_separate([source], out, folders=True)
     index = ShardIndex.load(source)
     lines: list[Image.Image] = []
     for sample in bounded_sample(index, rows):

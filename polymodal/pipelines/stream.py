@@ -24,6 +24,9 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -733,6 +736,38 @@ def _usable(batch: Batch | None, skips: list[Skip] | list[dict[str, Any]], epoch
     )
 
 
+def _quiet_sigchld() -> Any:
+    """Set PyTorch's SIGCHLD handler aside (main thread only) and return it. Once a worker
+    died, the handler raises for it at every child exit until its loader has stopped its other
+    workers, which it does only after joining them."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _restore_sigchld(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def _a_worker_died(iterator: Any, wait: float = 2.0) -> bool:
+    """Whether one of a DataLoader iterator's workers has exited (a worker killed while it
+    sends a batch shows first as a broken queue, before it is reaped)."""
+    workers = getattr(iterator, "_workers", [])
+    deadline = time.monotonic() + wait
+    while True:
+        if any(not w.is_alive() for w in workers):
+            return True
+        if time.monotonic() > deadline or not workers:
+            return False
+        time.sleep(0.05)
+
+
+def is_dead_worker(exc: BaseException) -> bool:
+    """Whether PyTorch says a DataLoader worker process died."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid")
+
+
 def _as_is(item: Any) -> Any:
     """DataLoader's default conversion rebuilds Mappings (a Batch would lose its keys)."""
     return item
@@ -789,15 +824,33 @@ class StreamLoader:
         ]
         total = sum(counts)
         waiting: dict[int, deque] = {w: deque() for w in range(workers)}
-        for worker, batch, state, skips in self._data_loader():
-            waiting[worker].append((batch, state, skips))
-            while self.batches < total and waiting[due := batch_worker(counts, self.batches)]:
-                batch, state, skips = waiting[due].popleft()
-                self._note_skips(skips)
-                batch = _usable(batch, skips, self.epoch)
-                self.worker_states[due] = state
-                self.batches += 1
-                yield batch
+        delivered = iter(self._data_loader())
+        try:
+            for worker, batch, state, skips in delivered:
+                waiting[worker].append((batch, state, skips))
+                while self.batches < total and waiting[due := batch_worker(counts, self.batches)]:
+                    batch, state, skips = waiting[due].popleft()
+                    self._note_skips(skips)
+                    batch = _usable(batch, skips, self.epoch)
+                    self.worker_states[due] = state
+                    self.batches += 1
+                    yield batch
+            died = None
+        except (RuntimeError, EOFError, ConnectionError) as exc:
+            quiet = _quiet_sigchld()  # PyTorch's handler would raise again for the dead one
+            if not (is_dead_worker(exc) or _a_worker_died(delivered)):
+                _restore_sigchld(quiet)
+                raise
+            died = str(exc) if is_dead_worker(exc) else "a DataLoader worker died mid-batch"
+        if died is not None:  # out of the except block: nothing keeps `delivered` alive
+            getattr(delivered, "_shutdown_workers", lambda: None)()
+            _restore_sigchld(quiet)
+            del delivered
+            self._loader = None
+            raise StreamError(
+                f"epoch {self.epoch}, after batch {self.batches}: {died} (out of memory, or a "
+                "decoder crashed on a sample; the state saved so far resumes)"
+            )
         if self.batches != total:
             raise StreamError(f"epoch {self.epoch}: {self.batches} of {total} batches arrived")
         self._summarise()

@@ -33,7 +33,13 @@ from torch import nn
 from tqdm import tqdm
 
 from polymodal.adapters import Adapter, Batch
-from polymodal.datasets.files import TMP_SUFFIX, atomic_open, write_atomic
+from polymodal.datasets.files import (
+    TMP_SUFFIX,
+    OverlapError,
+    atomic_open,
+    check_separate,
+    write_atomic,
+)
 from polymodal.datasets.index import ShardIndex
 
 from .config import ConfigError, TrainConfig
@@ -64,10 +70,15 @@ def _stream(config: TrainConfig, source: str, task: Task, shuffle: bool) -> Stre
 
 def check_datasets(config: TrainConfig, fields: dict[str, Adapter]) -> None:
     """Each configured dataset exists and has a member for every field (the label included),
-    from its index alone: a mistake shows before the model is built, not at the first batch."""
+    from its index alone, and the run directory is not one of them: a mistake shows before the
+    model is built, not at the first batch."""
     for where, source in (("data.train", config.data.train), ("data.val", config.data.val)):
         if not source:
             continue
+        try:
+            check_separate([source], config.run_dir, folders=True)
+        except OverlapError as exc:
+            raise ConfigError(f"run_dir: {exc}") from None
         try:
             index = ShardIndex.load(source)
         except (OSError, ValueError) as exc:
