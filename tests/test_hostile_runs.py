@@ -295,6 +295,9 @@ def test_a_rank_outside_the_world_is_an_error_naming_both(tmp_path, monkeypatch)
         ("data.fields.image.adapter='imgae'", "adapter: no adapter named 'imgae'"),
         ("data.label='txt'", "data.label: the dataset .* has no txt member"),
         ("data.train='/no/such/dataset'", "data.train: /no/such/dataset: no dataset here"),
+        ("data.remote.read_timeout=0", "data.remote: timeouts must be positive"),
+        ("data.remote.tries=0", "data.remote: tries must be at least 1"),
+        ("data.remote.timeout=5", "data.remote.timeout: unknown field"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_field(tmp_path, capsys, setting, message):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polymodal.datasets.files import Remote
 from polymodal.errors import UserError
 from polymodal.perceiver.encoder import EncoderConfig
 
@@ -51,6 +52,7 @@ class DataConfig:
     workers: int = 0
     buffer_size: int = 500
     seed: int = 0
+    remote: Remote = field(default_factory=Remote)  # timeouts and tries of HTTP / S3 reads
 
 
 @dataclass
@@ -222,7 +224,10 @@ def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
     kwargs = {
         k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in values.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a table that checks itself (e.g. data.remote)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def set_path(doc: dict[str, Any], path: str, value: Any) -> None:

@@ -65,6 +65,7 @@ def _stream(config: TrainConfig, source: str, task: Task, shuffle: bool) -> Stre
         shuffle=shuffle,
         seed=config.data.seed,
         buffer_size=config.data.buffer_size,
+        remote=config.data.remote,
     )
 
 
@@ -80,7 +81,7 @@ def check_datasets(config: TrainConfig, fields: dict[str, Adapter]) -> None:
         except OverlapError as exc:
             raise ConfigError(f"run_dir: {exc}") from None
         try:
-            index = ShardIndex.load(source)
+            index = ShardIndex.load(source, config.data.remote)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         present = set(index.fields)
