@@ -121,6 +121,27 @@ def test_a_dead_worker_is_one_clear_error(tmp_path):
     assert "OF 6" in result.stdout and "BATCHES 6" not in result.stdout
 
 
+class _HangingImage(type(get("image")())):
+    """An image adapter whose decoder hangs on one key, as a decoder stuck on crafted input."""
+
+    def decode(self, sample, rng=None):
+        if sample["__key__"] == "k0005":
+            time.sleep(60)
+        return super().decode(sample, rng)
+
+
+def test_a_hung_decoder_is_one_clear_error_after_the_batch_timeout(tmp_path):
+    data = _images(tmp_path / "data")
+    fields = {"image": _HangingImage(size=None, extensions=["png"]), "label": get("label")()}
+    loader = Stream(data, fields, batch_size=2, shuffle=False).loader(2, batch_timeout=2)
+    start = time.perf_counter()
+    with pytest.raises(StreamError, match=r"no batch came from the workers in 2 s .*decoder hung"):
+        list(loader)
+    assert time.perf_counter() - start < 30  # not the 60 s the decoder would take
+    with pytest.raises(ValueError, match="batch_timeout"):
+        Stream(data, fields).loader(2, batch_timeout=0)
+
+
 def _train_config(tmp_path: Path, train: Path, val: Path | None, **extra: object) -> Path:
     lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     config = tmp_path / "train.toml"

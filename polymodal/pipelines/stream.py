@@ -123,6 +123,7 @@ class StreamError(UserError, RuntimeError):
 
 
 SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at an offset
+BATCH_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch before it is hung
 FILLER_TRIES = 8  # samples per shard tried when looking for a batch filler
 STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
 
@@ -633,9 +634,15 @@ class Stream:
             yield _usable(batch, skips, 0)
 
     def loader(
-        self, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 2
+        self,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch: int = 2,
+        batch_timeout: float = BATCH_TIMEOUT,
     ) -> StreamLoader:
-        return StreamLoader(self, num_workers, pin_memory, prefetch)
+        """The DataLoader-backed iterable over epochs. With workers, a batch that has not
+        arrived after `batch_timeout` seconds (a decoder that hangs) is a `StreamError`."""
+        return StreamLoader(self, num_workers, pin_memory, prefetch, batch_timeout)
 
 
 def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:
@@ -763,6 +770,11 @@ def _a_worker_died(iterator: Any, wait: float = 2.0) -> bool:
         time.sleep(0.05)
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """Whether PyTorch says no batch came within the DataLoader's timeout."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader timed out")
+
+
 def is_dead_worker(exc: BaseException) -> bool:
     """Whether PyTorch says a DataLoader worker process died."""
     return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid")
@@ -781,7 +793,17 @@ class StreamLoader:
     tensors). `report()` lists the samples skipped this epoch, with keys and reasons.
     """
 
-    def __init__(self, stream: Stream, num_workers: int, pin_memory: bool, prefetch: int):
+    def __init__(
+        self,
+        stream: Stream,
+        num_workers: int,
+        pin_memory: bool,
+        prefetch: int,
+        batch_timeout: float = BATCH_TIMEOUT,
+    ) -> None:
+        if batch_timeout <= 0:
+            raise ValueError(f"batch_timeout must be positive, got {batch_timeout}")
+        self.batch_timeout = batch_timeout
         self.stream = stream
         self.rank, self.world = distributed_rank_world()
         self.num_workers, self.pin_memory, self.prefetch = num_workers, pin_memory, prefetch
@@ -806,6 +828,7 @@ class StreamLoader:
                 pin_memory=self.pin_memory and torch.cuda.is_available(),
                 prefetch_factor=self.prefetch if self.num_workers else None,
                 persistent_workers=self.num_workers > 0,
+                timeout=self.batch_timeout if self.num_workers else 0,
             )
         return self._loader
 
@@ -838,18 +861,23 @@ class StreamLoader:
             died = None
         except (RuntimeError, EOFError, ConnectionError) as exc:
             quiet = _quiet_sigchld()  # PyTorch's handler would raise again for the dead one
-            if not (is_dead_worker(exc) or _a_worker_died(delivered)):
+            if not (is_dead_worker(exc) or _timed_out(exc) or _a_worker_died(delivered)):
                 _restore_sigchld(quiet)
                 raise
-            died = str(exc) if is_dead_worker(exc) else "a DataLoader worker died mid-batch"
+            if _timed_out(exc):
+                died = f"no batch came from the workers in {self.batch_timeout:g} s"
+                hint = "a decoder hung"
+            else:
+                died = str(exc) if is_dead_worker(exc) else "a DataLoader worker died mid-batch"
+                hint = "out of memory, or a decoder crashed"
         if died is not None:  # out of the except block: nothing keeps `delivered` alive
             getattr(delivered, "_shutdown_workers", lambda: None)()
             _restore_sigchld(quiet)
             del delivered
             self._loader = None
             raise StreamError(
-                f"epoch {self.epoch}, after batch {self.batches}: {died} (out of memory, or a "
-                "decoder crashed on a sample; the state saved so far resumes)"
+                f"epoch {self.epoch}, after batch {self.batches}: {died} ({hint} on a sample; "
+                "the state saved so far resumes)"
             )
         if self.batches != total:
             raise StreamError(f"epoch {self.epoch}: {self.batches} of {total} batches arrived")
