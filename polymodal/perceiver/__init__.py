@@ -38,11 +38,35 @@ from .models import (
 from .position import FourierPositions, LearnedPositions, fourier_features, grid_positions
 
 
-def from_hf(model: object) -> object:
-    """Our drop-in module for a Hugging Face Perceiver model; see `polymodal.perceiver.hf`."""
+def from_hf(model_or_state_dict: object, config: object = None, kind: str | None = None) -> object:
+    """Our drop-in module for a Hugging Face Perceiver model, or for a state dict with its
+    `PerceiverConfig` and class name; see `polymodal.perceiver.hf`."""
     from .hf import from_hf as convert
 
-    return convert(model)
+    return convert(model_or_state_dict, config, kind)
+
+
+def from_pretrained(name_or_path: str) -> object:
+    """Our module for a DeepMind checkpoint on the Hub or a `save_pretrained` folder; see
+    `polymodal.perceiver.pretrained` (needs the hf extra)."""
+    from .pretrained import from_pretrained as load
+
+    return load(name_or_path)
+
+
+def to_hf(module: object) -> object:
+    """The transformers model of a module `from_hf` / `from_pretrained` made, with its current
+    weights; see `polymodal.perceiver.pretrained`."""
+    from .pretrained import to_hf as convert
+
+    return convert(module)
+
+
+def save_pretrained(module: object, folder: str) -> object:
+    """Write such a module as a transformers `save_pretrained` folder."""
+    from .pretrained import save_pretrained as save
+
+    return save(module, folder)
 
 
 __all__ = [
@@ -72,10 +96,13 @@ __all__ = [
     "TextInput",
     "fourier_features",
     "from_hf",
+    "from_pretrained",
     "grid_positions",
     "language_perceiver",
     "multimodal_perceiver",
     "optical_flow_perceiver",
+    "save_pretrained",
+    "to_hf",
     "vision_perceiver_conv",
     "vision_perceiver_fourier",
     "vision_perceiver_learned",

@@ -7,8 +7,14 @@ Hugging Face model takes and returns its logits. This module imports only torch:
 
 Supported: `PerceiverForMaskedLM` (`deepmind/language-perceiver`), the three image
 classifiers `PerceiverForImageClassificationFourier`, `...Learned` and `...ConvProcessing`
-(`deepmind/vision-perceiver-fourier`, `-learned`, `-conv`), and
-`PerceiverForMultimodalAutoencoding` (`deepmind/multimodal-perceiver`).
+(`deepmind/vision-perceiver-fourier`, `-learned`, `-conv`), `PerceiverForOpticalFlow`
+(`deepmind/optical-flow-perceiver`) and `PerceiverForMultimodalAutoencoding`
+(`deepmind/multimodal-perceiver`).
+
+Each kind's parameter names map to ours by one table of rules (`RULES`), used both ways: a
+converted module keeps its kind and Hugging Face config (`hf_kind`, `hf_config`), so
+`polymodal.perceiver.pretrained.to_hf` renames a fresh transformers model's own keys by the
+same rules to know where each of our tensors goes.
 """
 
 from __future__ import annotations
@@ -21,8 +27,14 @@ import torch
 from torch import nn
 
 from .encoder import EncoderConfig
-from .io import GridInput, ImageStemInput
-from .models import MaskedLanguageModel, MultimodalAutoencoder, Perceiver, multimodal_perceiver
+from .io import FramePairInput, GridInput, ImageStemInput
+from .models import (
+    MaskedLanguageModel,
+    MultimodalAutoencoder,
+    OpticalFlow,
+    Perceiver,
+    multimodal_perceiver,
+)
 
 # Hugging Face's PerceiverLayer parameter names → ours, inside one layer. `{q_norm}` is the
 # query norm: `q_norm` in a cross-attention, `norm` in a self-attention.
@@ -58,16 +70,7 @@ def convert_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Rename every key by the first rule that matches it; an unmatched key is an error (a
     checkpoint we would silently load only in part)."""
-    out = {}
-    for key, value in state.items():
-        for pattern, repl in rules:
-            new, n = re.subn("^" + pattern, repl, key)
-            if n:
-                out[new] = value
-                break
-        else:
-            raise KeyError(f"no rule maps the Hugging Face parameter {key!r}")
-    return out
+    return {rename(key, rules): value for key, value in state.items()}
 
 
 def encoder_config(config: Any, input_channels: int) -> EncoderConfig:
@@ -126,6 +129,23 @@ class MaskedLM(nn.Module):
         return self.model(inputs, mask)
 
 
+_MASKED_LM_RULES = [
+    *_ENCODER_RULES,
+    (r"perceiver\.input_preprocessor\.embeddings\.", "input.embeddings."),
+    (r"perceiver\.input_preprocessor\.position_embeddings\.weight$", "input.positions.table"),
+    (
+        r"perceiver\.decoder\.output_position_encodings\.position_embeddings$",
+        "decoder.queries.table",
+    ),
+    *_layer(
+        r"perceiver\.decoder\.decoding_cross_attention\.",
+        "decoder.cross_attention.",
+        cross=True,
+    ),
+    (r"embedding_decoder\.bias$", "bias"),
+]
+
+
 def _masked_lm(model: nn.Module) -> MaskedLM:
     config = model.config
     ours = MaskedLanguageModel(
@@ -134,22 +154,7 @@ def _masked_lm(model: nn.Module) -> MaskedLM:
         config.d_model,
         config.max_position_embeddings,
     )
-    rules = [
-        *_ENCODER_RULES,
-        (r"perceiver\.input_preprocessor\.embeddings\.", "input.embeddings."),
-        (r"perceiver\.input_preprocessor\.position_embeddings\.weight$", "input.positions.table"),
-        (
-            r"perceiver\.decoder\.output_position_encodings\.position_embeddings$",
-            "decoder.queries.table",
-        ),
-        *_layer(
-            r"perceiver\.decoder\.decoding_cross_attention\.",
-            "decoder.cross_attention.",
-            cross=True,
-        ),
-        (r"embedding_decoder\.bias$", "bias"),
-    ]
-    ours.load_state_dict(convert_state_dict(model.state_dict(), rules))
+    ours.load_state_dict(convert_state_dict(model.state_dict(), _MASKED_LM_RULES))
     return MaskedLM(ours)
 
 
@@ -180,7 +185,7 @@ def _image_classifier(model: nn.Module, stem: nn.Module) -> ImageClassifier:
     ours = Perceiver(
         stem.channels, config.num_labels, encoder_config(config, stem.channels), input=stem
     )
-    ours.load_state_dict(convert_state_dict(model.state_dict(), _ENCODER_RULES + _CLASSIFIER_RULES))
+    ours.load_state_dict(convert_state_dict(model.state_dict(), RULES[type_name(model)]))
     return ImageClassifier(ours)
 
 
@@ -233,6 +238,26 @@ class MultimodalAutoencoding(nn.Module):
         }
 
 
+_MULTIMODAL_RULES = [
+    *_ENCODER_RULES,
+    (r"perceiver\.input_preprocessor\.padding\.", "input.padding."),
+    (r"perceiver\.input_preprocessor\.mask\.", "input.mask_tokens."),
+    (
+        r"perceiver\.decoder\.modalities\.label\.decoder\.output_position_encodings\."
+        r"position_embeddings$",
+        "decoder.queries.label.table",
+    ),
+    *_layer(
+        r"perceiver\.decoder\.decoder\.decoding_cross_attention\.",
+        "decoder.cross_attention.",
+        cross=True,
+    ),
+    (r"perceiver\.decoder\.decoder\.final_layer\.", "decoder.final."),
+    (r"perceiver\.decoder\.padding\.", "decoder.padding."),
+    (r"perceiver\.output_postprocessor\.modalities\.(?P<m>\w+)\.classifier\.", r"heads.\g<m>."),
+]
+
+
 def _multimodal(model: nn.Module) -> MultimodalAutoencoding:
     c = model.config
     ours = multimodal_perceiver(
@@ -248,28 +273,42 @@ def _multimodal(model: nn.Module) -> MultimodalAutoencoding:
         c.output_num_channels,
         c._label_trainable_num_channels,
     )
-    rules = [
-        *_ENCODER_RULES,
-        (r"perceiver\.input_preprocessor\.padding\.", "input.padding."),
-        (r"perceiver\.input_preprocessor\.mask\.", "input.mask_tokens."),
-        (
-            r"perceiver\.decoder\.modalities\.label\.decoder\.output_position_encodings\."
-            r"position_embeddings$",
-            "decoder.queries.label.table",
-        ),
-        *_layer(
-            r"perceiver\.decoder\.decoder\.decoding_cross_attention\.",
-            "decoder.cross_attention.",
-            cross=True,
-        ),
-        (r"perceiver\.decoder\.decoder\.final_layer\.", "decoder.final."),
-        (r"perceiver\.decoder\.padding\.", "decoder.padding."),
-        (r"perceiver\.output_postprocessor\.modalities\.(?P<m>\w+)\.classifier\.", r"heads.\g<m>."),
-    ]
-    state = convert_state_dict(model.state_dict(), rules)
+    state = convert_state_dict(model.state_dict(), _MULTIMODAL_RULES)
     shapes = {k: v.shape for k, v in ours.state_dict().items()}
     ours.load_state_dict({k: v.reshape(shapes[k]) for k, v in state.items()})  # [1, C] → [C]
     return MultimodalAutoencoding(ours)
+
+
+class OpticalFlowModel(nn.Module):
+    """Drop-in for `PerceiverForOpticalFlow`: `inputs` `[B, 2, 27, H, W]` (each pixel's 3×3
+    neighbourhood in both frames, as its processor makes them) → flow `[B, H, W, 2]`."""
+
+    def __init__(self, model: OpticalFlow) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        batch, frames, channels, height, width = inputs.shape
+        values = inputs.permute(0, 1, 3, 4, 2).reshape(batch, -1, channels)
+        return self.model(values, (frames, height, width))
+
+
+_OPTICAL_FLOW_RULES = [
+    *_ENCODER_RULES,
+    (r"perceiver\.input_preprocessor\.conv_after_patches\.", "input.linear."),
+    *_layer(
+        r"perceiver\.decoder\.decoder\.decoding_cross_attention\.", "cross_attention.", cross=True
+    ),
+    (r"perceiver\.decoder\.decoder\.final_layer\.", "final."),
+]
+
+
+def _optical_flow(model: nn.Module) -> OpticalFlowModel:
+    config = model.config
+    inputs = FramePairInput(27, 64, 64, tuple(config.train_size))
+    ours = OpticalFlow(inputs, encoder_config(config, inputs.channels))
+    ours.load_state_dict(convert_state_dict(model.state_dict(), _OPTICAL_FLOW_RULES))
+    return OpticalFlowModel(ours)
 
 
 _CONVERTERS = {
@@ -277,15 +316,45 @@ _CONVERTERS = {
     "PerceiverForImageClassificationFourier": _image_fourier,
     "PerceiverForImageClassificationLearned": _image_learned,
     "PerceiverForImageClassificationConvProcessing": _image_conv,
+    "PerceiverForOpticalFlow": _optical_flow,
     "PerceiverForMultimodalAutoencoding": _multimodal,
 }
+# Hugging Face parameter name → ours, per kind: the converters and `to_hf` read the same rules.
+RULES = {
+    "PerceiverForMaskedLM": _MASKED_LM_RULES,
+    **dict.fromkeys(
+        [
+            "PerceiverForImageClassificationFourier",
+            "PerceiverForImageClassificationLearned",
+            "PerceiverForImageClassificationConvProcessing",
+        ],
+        _ENCODER_RULES + _CLASSIFIER_RULES,
+    ),
+    "PerceiverForOpticalFlow": _OPTICAL_FLOW_RULES,
+    "PerceiverForMultimodalAutoencoding": _MULTIMODAL_RULES,
+}
+SUPPORTED = sorted(_CONVERTERS)
+
+
+def type_name(model: Any) -> str:
+    """The transformers class name of a model, or of a state dict read like one."""
+    return getattr(model, "kind", None) or type(model).__name__
+
+
+def rename(key: str, rules: list[tuple[str, str]]) -> str:
+    """Our name for one Hugging Face parameter name (`KeyError` when no rule maps it)."""
+    for pattern, repl in rules:
+        new, n = re.subn("^" + pattern, repl, key)
+        if n:
+            return new
+    raise KeyError(f"no rule maps the Hugging Face parameter {key!r}")
 
 
 class _Checkpoint:
-    """A state dict with its config, read like a model by the converters."""
+    """A state dict with its config and kind, read like a model by the converters."""
 
-    def __init__(self, state: Mapping[str, torch.Tensor], config: Any) -> None:
-        self.state, self.config = dict(state), config
+    def __init__(self, state: Mapping[str, torch.Tensor], config: Any, kind: str) -> None:
+        self.state, self.config, self.kind = dict(state), config, kind
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.state
@@ -304,9 +373,12 @@ def from_hf(
     if isinstance(model_or_state_dict, Mapping):
         if config is None or kind is None:
             raise ValueError("a state dict needs its config and kind (the model's class name)")
-        source: Any = _Checkpoint(model_or_state_dict, config)
+        source: Any = _Checkpoint(model_or_state_dict, config, kind)
     else:
         source, kind = model_or_state_dict, type(model_or_state_dict).__name__
     if kind not in _CONVERTERS:
-        raise ValueError(f"from_hf supports {sorted(_CONVERTERS)}, not {kind}")
-    return _CONVERTERS[kind](source).eval()
+        raise ValueError(f"from_hf supports {SUPPORTED}, not {kind}")
+    module = _CONVERTERS[kind](source).eval()
+    module.hf_kind = kind
+    module.hf_config = source.config.to_dict()
+    return module
