@@ -46,6 +46,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override a config value, e.g. --set optim.lr=3e-4",
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint on a dataset")
+    evaluate.add_argument("config", type=Path, help="the run's TOML or config.json")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
+    evaluate.add_argument("--split", default="val", help="val, train or a dataset (default: val)")
+    evaluate.add_argument("--out", type=Path, help="metrics.json and confusion.png go here")
+    predict = commands.add_parser("predict", help="run a checkpoint over files or a dataset")
+    predict.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    predict.add_argument("inputs", nargs="+", help="media files (grouped by key) or one dataset")
+    predict.add_argument("--config", type=Path, help="default: the run's config.json")
+    predict.add_argument("--top-k", type=at_least(1), default=5)
+    predict.add_argument("--out", type=Path, help="where autoencoding writes reconstructions")
+    export = commands.add_parser("export", help="write a model's weights as safetensors or hf")
+    export.add_argument("source", help="a run, a checkpoint, hf:NAME or a save_pretrained folder")
+    export.add_argument("out", type=Path)
+    export.add_argument("--format", choices=["safetensors", "hf"], default="safetensors")
     demo = commands.add_parser("demo", help="train an audio+video classifier on made-up clips")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--modalities", default="audio,video", help="audio, video or both")
@@ -84,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         return _list_adapters()
     if args.command == "train":
         return _train(args)
+    if args.command in ("evaluate", "predict", "export"):
+        return _use_weights(args)
     if args.command == "demo":
         return _train_demo(args)
     if args.command == "decode":
@@ -466,6 +483,29 @@ def _train(args: argparse.Namespace) -> int:
     summary = trainer.run()
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _use_weights(args: argparse.Namespace) -> int:
+    """`evaluate`, `predict` and `export`: what a trained model is for."""
+    import json
+
+    from polymodal.pipelines import evaluate, weights
+    from polymodal.pipelines.config import load_config
+
+    if args.command == "export":
+        print(weights.export(args.source, args.out, args.format))
+        return 0
+    config = load_config(args.config) if args.config else None
+    if args.command == "evaluate":
+        out = args.out or weights.checkpoint_path(args.checkpoint).parent.parent / "evaluation"
+        metrics = evaluate.evaluate_checkpoint(config, args.checkpoint, args.split, out)
+        print(json.dumps(metrics, indent=1))
+        return 0 if metrics.get("samples") else 1
+    records = 0
+    for record in evaluate.predict(args.checkpoint, args.inputs, config, args.top_k, args.out):
+        print(json.dumps(record), flush=True)
+        records += "error" not in record
+    return 0 if records else 1
 
 
 def _train_demo(args: argparse.Namespace) -> int:

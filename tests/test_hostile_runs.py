@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testmedia import image_train_toml
 
 from polymodal.adapters import DecodeError, get
 from polymodal.cli import main
@@ -143,34 +144,9 @@ def test_a_hung_decoder_is_one_clear_error_after_the_batch_timeout(tmp_path):
 
 
 def _train_config(tmp_path: Path, train: Path, val: Path | None, **extra: object) -> Path:
-    lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    config = tmp_path / "train.toml"
-    config.write_text(
-        "\n".join(lines)
-        + textwrap.dedent(f"""
-        run_dir = "{tmp_path / "run"}"
-        epochs = 2
-        [data]
-        train = "{train}"
-        val = "{val or ""}"
-        num_classes = 2
-        batch_size = 4
-        [data.fields.image]
-        adapter = "image"
-        extensions = ["png"]
-        options = {{size = 8}}
-        encoder = {{patch_size = 4, num_bands = 2}}
-        [model]
-        num_latents = 4
-        latent_dim = 16
-        num_self_attends_per_block = 1
-        self_heads = 2
-        [optim]
-        lr = 0.01
-        warmup_steps = 1
-        """)
+    return image_train_toml(
+        tmp_path / "train.toml", train, val or "", tmp_path / "run", epochs=2, **extra
     )
-    return config
 
 
 def test_training_survives_a_missing_first_validation_shard(tmp_path, capsys, caplog):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tarfile
 import textwrap
 import wave
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -87,3 +89,35 @@ def peak_memory_growth_mb(setup: str, code: str, timeout: float = 120) -> tuple[
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     return int(out.rsplit("GREW_KB", 1)[1]) / 1024, out
+
+
+def image_train_toml(
+    path: Path, train: Path, val: Path | str, run_dir: Path, classes: int = 2, **top: object
+) -> Path:
+    """A small image-classification config for training tests (8×8 pixels, 4 latents × 16,
+    batches of 4), written to `path`; `top` adds top-level keys (`epochs`, `init`, ...)."""
+    head = "\n".join(f"{key} = {json.dumps(value)}" for key, value in top.items())
+    path.write_text(
+        head
+        + textwrap.dedent(f"""
+        run_dir = "{run_dir}"
+        [data]
+        train = "{train}"
+        val = "{val}"
+        num_classes = {classes}
+        batch_size = 4
+        [data.fields.image]
+        adapter = "image"
+        options = {{size = 8}}
+        encoder = {{patch_size = 4, num_bands = 2}}
+        [model]
+        num_latents = 4
+        latent_dim = 16
+        num_self_attends_per_block = 1
+        self_heads = 2
+        [optim]
+        lr = 0.01
+        warmup_steps = 1
+        """)
+    )
+    return path

@@ -63,6 +63,7 @@ class OptimConfig:
     warmup_steps: int = 10
     grad_clip: float = 1.0
     accumulate: int = 1
+    head_lr: float = 0.0  # with init: the learning rate of tensors not loaded (0: lr)
 
 
 @dataclass
@@ -80,6 +81,9 @@ class TrainConfig:
     max_steps: int = 0  # 0: epochs decide
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
+    init: str = ""  # initial weights: hf:NAME, a folder, a .safetensors, a .pt or a run
+    init_mismatch: str = "error"  # error | reinit: tensors whose shape differs from init's
+    freeze: list[str] = field(default_factory=list)  # parameter name prefixes left untrained
     run_dir: str = "runs/run"
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -91,6 +95,10 @@ class TrainConfig:
             raise ConfigError(f"task: expected one of {', '.join(tasks)}, got {self.task!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision: expected fp32 or bf16, got {self.precision!r}")
+        if self.init_mismatch not in ("error", "reinit"):
+            raise ConfigError(
+                f"init_mismatch: expected error or reinit, got {self.init_mismatch!r}"
+            )
         if self.optim.name not in ("adamw", "lamb"):
             raise ConfigError(f"optim.name: expected adamw or lamb, got {self.optim.name!r}")
         if not self.data.train:
@@ -130,6 +138,7 @@ class TrainConfig:
             ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "at least 0"),
             ("optim.grad_clip", o.grad_clip, non_negative(o.grad_clip), "at least 0 (0: off)"),
             ("optim.accumulate", o.accumulate, o.accumulate >= 1, "positive"),
+            ("optim.head_lr", o.head_lr, non_negative(o.head_lr), "at least 0 (0: lr)"),
             ("epochs", self.epochs, self.epochs >= 1, "positive"),
             ("max_steps", self.max_steps, self.max_steps >= 0, "at least 0 (0: epochs decide)"),
             ("subsample", self.subsample, self.subsample >= 1, "positive"),
@@ -252,12 +261,15 @@ def parse_value(text: str) -> Any:
 def load_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
-    """Read a TOML file (or start from defaults), apply `key=value` overrides, validate."""
+    """Read a TOML file or a run's config.json (or start from defaults), apply `key=value`
+    overrides, validate."""
     doc: dict[str, Any] = {}
     if path is not None:
         try:
-            doc = tomllib.loads(Path(path).read_text())
-        except tomllib.TOMLDecodeError as exc:
+            text = Path(path).read_text()
+            # a run's own config.json reloads as it was saved
+            doc = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None

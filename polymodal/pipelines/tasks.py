@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,7 +126,7 @@ class ClassificationTask(Task):
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         total = max(sums["total"], 1)
         out = {"val_samples": int(sums["total"]), "val_accuracy": sums["correct"] / total}
-        if not self.multi_label:
+        if not self.multi_label and self.config.data.num_classes > 5:  # else top-5 is always 1
             out["val_top5"] = sums["top5"] / total
         return out
 
@@ -138,7 +139,7 @@ class _Reconstruction:
         if isinstance(adapter, (VideoAdapter, ImageAdapter)) and adapter.size is not None:
             frames = (adapter.num_frames,) if isinstance(adapter, VideoAdapter) else ()
             self.grid, self.patch, self.channels = (*frames, *adapter.size), None, 3
-            self.scale, self.offset = 2 / 255, -1.0
+            self.scale, self.offset, self.dtype = 2 / 255, -1.0, np.uint8
             self.queries = FourierQueries(self.grid, bands)
         elif isinstance(adapter, AudioAdapter) and adapter.duration is not None:
             length = round(adapter.duration * adapter.sample_rate)
@@ -146,6 +147,7 @@ class _Reconstruction:
             self.grid, self.patch = (length,), (per_patch,)
             self.channels = per_patch * adapter.channels
             self.scale, self.offset = (1 / 32768 if adapter.dtype == "int16" else 1.0), 0.0
+            self.dtype = np.dtype(adapter.dtype).type
             self.queries = FourierQueries((length // per_patch,), bands, max_resolution=(length,))
         else:
             raise ValueError(
@@ -156,6 +158,17 @@ class _Reconstruction:
     def target(self, values: torch.Tensor) -> torch.Tensor:
         x = values.float() * self.scale + self.offset
         return patchify(x, self.grid, self.patch) if self.patch else x
+
+    def values(self, outputs: torch.Tensor) -> np.ndarray:
+        """Decoded outputs `[B, M, C]` back in the field's units, dtype and grid (the inverse of
+        `target`): `[B, *grid, 3]` pixels, or `[B, samples, channels]` audio."""
+        batch = outputs.shape[0]
+        x = (outputs.detach().cpu().float() - self.offset) / self.scale
+        shape = (batch, *self.grid, 3) if self.patch is None else (batch, self.grid[0], -1)
+        limits = np.iinfo(self.dtype) if np.issubdtype(self.dtype, np.integer) else None
+        if limits is not None:
+            x = x.round().clamp(limits.min, limits.max)
+        return x.reshape(shape).numpy().astype(self.dtype)
 
 
 class AutoencodeTask(Task):

@@ -43,11 +43,19 @@ from polymodal.datasets.files import (
 from polymodal.datasets.index import ShardIndex
 
 from .config import ConfigError, TrainConfig
+from .evaluate import evaluation_pass, mean_average_precision
 from .optim import Lamb
-from .stream import Stream, StreamError, StreamLoader
+from .stream import Stream, StreamLoader
 from .tasks import TARGET, Task, make_task
+from .weights import (
+    CHECKPOINTS,
+    CheckpointError,
+    InitReport,
+    apply_init,
+    load_checkpoint,
+    load_model,
+)
 
-CHECKPOINTS = "checkpoints"
 log = logging.getLogger("polymodal.train")
 
 
@@ -92,6 +100,37 @@ def check_datasets(config: TrainConfig, fields: dict[str, Adapter]) -> None:
                     f"{label}: the dataset {source} has no {' / '.join(adapter.extensions)} "
                     f"member (it has: {', '.join(sorted(present)) or 'none'})"
                 )
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Parameter]]:
+    """Stop training the parameters whose names start with one of `prefixes` (each must name
+    some); the (name, parameter) pairs still trained."""
+    for prefix in prefixes:
+        named = [p for name, p in model.named_parameters() if name.startswith(prefix)]
+        if not named:
+            parts = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+            raise ConfigError(
+                f"freeze: no parameter starts with {prefix!r} (the model has {parts})"
+            )
+        for parameter in named:
+            parameter.requires_grad_(False)
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def parameter_groups(
+    trainable: list[tuple[str, nn.Parameter]],
+    init: InitReport | None,
+    lr: float,
+    head_lr: float,
+) -> list[dict[str, Any]]:
+    """One group at `lr`; with an init and a `head_lr`, the tensors it did not load (new
+    heads) in a group of their own at `head_lr`."""
+    if init is None or not head_lr:
+        return [{"params": [p for _, p in trainable]}]
+    loaded = set(init.loaded)
+    trunk = [p for name, p in trainable if name in loaded]
+    heads = [p for name, p in trainable if name not in loaded]
+    return [g for g in ({"params": trunk}, {"params": heads, "lr": head_lr}) if g["params"]]
 
 
 def _schedule(config: TrainConfig, total_steps: int) -> Any:
@@ -142,6 +181,10 @@ class Trainer:
         self.task = make_task(config)
         check_datasets(config, self.task.fields())
         self.model = self.task.model()
+        self.init_report = (
+            apply_init(self.model, config.init, config.init_mismatch) if config.init else None
+        )
+        trainable = freeze(self.model, config.freeze)
         self.model.to(self.device)
         self.net: nn.Module = self.model
         if self.distributed:
@@ -156,7 +199,9 @@ class Trainer:
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         optimizer = {"adamw": torch.optim.AdamW, "lamb": Lamb}[config.optim.name]
         self.optimizer = optimizer(
-            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+            parameter_groups(trainable, self.init_report, config.optim.lr, config.optim.head_lr),
+            lr=config.optim.lr,
+            weight_decay=config.optim.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _schedule(config, self.total_steps)
@@ -199,18 +244,20 @@ class Trainer:
         state = None
         for path in sorted(self._checkpoint_dir().glob("step-*.pt"), reverse=True):
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_checkpoint(path)
                 missing = {"model", "optimizer", "scheduler", "step", "best", "rng", "stream"}
                 missing -= set(state)
                 if missing:
-                    raise ValueError(f"not a checkpoint of this trainer (no {sorted(missing)})")
+                    raise CheckpointError(
+                        f"not a checkpoint of this trainer (no {sorted(missing)})"
+                    )
                 break
-            except Exception as exc:  # any unreadable file: a truncated zip, a foreign pickle
+            except CheckpointError as exc:  # cut short, damaged, a pickle with code in it
                 log.warning("skipping checkpoint %s: it does not load (%s)", path, exc)
                 state = None
         if state is None:
             return False
-        self.model.load_state_dict(state["model"])
+        load_model(self.model, state["model"], "resume")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best = state["step"], state["best"]
@@ -244,6 +291,9 @@ class Trainer:
             for stale in self._checkpoint_dir().glob(f"*{TMP_SUFFIX}"):  # from killed writes
                 stale.unlink()
             write_atomic(self.run_dir / "config.json", config.to_json().encode())
+            if self.init_report is not None:
+                log.warning("%s", self.init_report.summary())
+                write_atomic(self.run_dir / "init.json", self.init_report.to_json())
         if not (self.resume and self.load_latest()) and self.rank == 0:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         previous = {
@@ -380,24 +430,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Metrics over every validation sample exactly once across ranks (repeats dropped)."""
-        self.model.eval()
-        sums: dict[str, float] = {}
-        scores, truths = [], []
         multi_label = self.config.task == "multilabel"
-        skipped: list[Any] = []
-        for batch, _, skips in self.val_stream.worker_batches(0, self.rank, self.world):
-            skipped += [s for s in skips if s.samples]
-            if batch is None:
-                raise StreamError("validation: not one sample could be read and decoded")
-            batch = batch.select(~batch.repeated).to(self.device)
-            if not batch.keys:
-                continue
-            for key, value in self.task.sums(self.model, batch).items():
-                sums[key] = sums.get(key, 0.0) + value
-            if multi_label:
-                s, t = self.task.scores(self.model, batch)
-                scores.append(s.cpu())
-                truths.append(t.cpu())
+        result = evaluation_pass(
+            self.task, self.model, self.val_stream, self.rank, self.world, self.device, multi_label
+        )
+        sums = result.sums
         keys = sorted(sums)
         if self.distributed:
             everything: list[Any] = [None] * self.world
@@ -407,27 +444,13 @@ class Trainer:
                 for k in sorted({k for part in everything for k in part})
             }
         out = self.task.metrics(sums) if keys or sums else {"val_samples": 0}
-        out["val_skipped"] = self._report_skips(skipped)
+        out["val_skipped"] = self._report_skips(result.skipped)
         if multi_label:
-            out["val_map"] = mean_average_precision(*self._gather(scores, truths))
+            out["val_map"] = mean_average_precision(*self._gather(result.scores, result.truths))
         score = out.get("val_accuracy", out.get("val_masked_accuracy"))
         if score is not None and (self.best is None or score > self.best):
             self.best = score
         return out
-
-
-def mean_average_precision(scores: torch.Tensor, truths: torch.Tensor) -> float:
-    """mAP over the classes that have a positive (AudioSet's metric)."""
-    precisions = []
-    for c in range(scores.shape[1]):
-        positives = truths[:, c] > 0
-        if not positives.any():
-            continue
-        order = scores[:, c].argsort(descending=True)
-        hits = positives[order].float()
-        ranks = torch.arange(1, len(hits) + 1)
-        precisions.append(float((hits.cumsum(0) / ranks)[hits > 0].mean()))
-    return sum(precisions) / len(precisions) if precisions else 0.0
 
 
 def _tensorboard(run_dir: Path) -> Any:

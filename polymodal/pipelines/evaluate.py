@@ -1,0 +1,267 @@
+"""Scoring a model on a dataset, and running it over new files.
+
+`evaluation_pass` is the one loop that scores a model on a stream: the trainer's validation and
+`polymodal evaluate` both run it, so a checkpoint scored later gets the numbers it got in
+training. Metrics follow the standard definitions: mAP is scikit-learn's
+`average_precision_score`, macro over the classes that have a positive (ties included), and a
+confusion matrix is scikit-learn's.
+
+`polymodal predict` runs a checkpoint over files or a dataset: one JSON line per sample, with the
+top-k classes (names from the training dataset's index) or, for autoencoding, the paths of the
+reconstructions it wrote (`.npy`, in the field's own dtype and grid).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from polymodal.adapters import Batch, DecodeError, collate
+from polymodal.datasets.index import ShardIndex
+from polymodal.datasets.layout import split_name
+
+from .config import TrainConfig
+from .stream import Skip, Stream, StreamError
+from .tasks import AutoencodeTask, ClassificationTask, Task, make_task
+from .weights import CheckpointError, checkpoint_path, load_model, model_state, run_config
+
+
+@dataclass
+class Evaluation:
+    """What one rank saw: metric sums, and per sample the scores and targets when collected."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    scores: list[torch.Tensor] = field(default_factory=list)
+    truths: list[torch.Tensor] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluation_pass(
+    task: Task,
+    model: nn.Module,
+    stream: Stream,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+    collect: bool = False,
+) -> Evaluation:
+    """Every sample of `stream` for this rank exactly once (padding repeats dropped)."""
+    model.eval()
+    out = Evaluation()
+    for batch, _, skips in stream.worker_batches(0, rank, world):
+        out.skipped += [s for s in skips if s.samples]
+        if batch is None:
+            raise StreamError("evaluation: not one sample could be read and decoded")
+        batch = batch.select(~batch.repeated).to(device)
+        if not batch.keys:
+            continue
+        for key, value in task.sums(model, batch).items():
+            out.sums[key] = out.sums.get(key, 0.0) + value
+        if collect:
+            scores, truths = task.scores(model, batch)
+            out.scores.append(scores.cpu())
+            out.truths.append(truths.cpu())
+    return out
+
+
+def mean_average_precision(scores: torch.Tensor, truths: torch.Tensor) -> float:
+    """mAP over the classes that have a positive (AudioSet's metric), as scikit-learn."""
+    from sklearn.metrics import average_precision_score
+
+    has_positive = (truths > 0).any(0).numpy()
+    if not has_positive.any():
+        return 0.0
+    y = (truths > 0).numpy()[:, has_positive]
+    return float(average_precision_score(y, scores.numpy()[:, has_positive], average="macro"))
+
+
+def model_from(
+    run_or_checkpoint: str | Path, config: TrainConfig | None = None
+) -> tuple[TrainConfig, Task, nn.Module]:
+    """A run's task and trained model, from its checkpoint (and its config unless given)."""
+    path = checkpoint_path(run_or_checkpoint)
+    config = config or run_config(path)
+    task = make_task(config)
+    model = task.model()
+    load_model(model, model_state(path), str(path))
+    return config, task, model.eval()
+
+
+def _stream(config: TrainConfig, source: str, fields: Mapping[str, Any]) -> Stream:
+    return Stream(
+        source,
+        dict(fields),
+        batch_size=config.data.batch_size,
+        shuffle=False,
+        buffer_size=config.data.buffer_size,
+        remote=config.data.remote,
+    )
+
+
+def evaluate_checkpoint(
+    config: TrainConfig, checkpoint: str | Path, split: str = "val", out: Path | None = None
+) -> dict[str, Any]:
+    """Metrics of a checkpoint on `split` (`val`, `train` or a dataset), written with a
+    confusion-matrix PNG (classification) to `out`."""
+    config, task, model = model_from(checkpoint, config)
+    source = {"val": config.data.val, "train": config.data.train}.get(split, split)
+    if not source:
+        raise CheckpointError(f"--split {split}: the config names no {split} dataset")
+    classification = isinstance(task, ClassificationTask)
+    stream = _stream(config, source, task.fields())
+    result = evaluation_pass(task, model, stream, collect=classification)
+    metrics: dict[str, Any] = task.metrics(result.sums) if result.sums else {"val_samples": 0}
+    metrics["val_skipped"] = sum(s.samples for s in result.skipped)
+    metrics = {k.removeprefix("val_"): v for k, v in metrics.items()}
+    metrics["dataset"] = source
+    if classification and result.scores:
+        scores, truths = torch.cat(result.scores), torch.cat(result.truths)
+        if task.multi_label:
+            metrics["map"] = mean_average_precision(scores, truths)
+        elif out is not None:
+            names = class_names(config)
+            metrics["confusion_matrix"] = str(confusion_png(scores, truths, names, out))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def class_names(config: TrainConfig) -> list[str] | None:
+    """The class names of the training dataset's index, when it has them."""
+    try:
+        return ShardIndex.load(config.data.train, config.data.remote).classes
+    except (OSError, ValueError):
+        return None
+
+
+def confusion_png(
+    scores: torch.Tensor, truths: torch.Tensor, names: Sequence[str] | None, out: Path
+) -> Path:
+    """The confusion matrix (rows: true class, columns: predicted) as a PNG with counts."""
+    from PIL import Image, ImageDraw
+    from sklearn.metrics import confusion_matrix
+
+    classes = scores.shape[1]
+    matrix = confusion_matrix(truths.numpy(), scores.argmax(1).numpy(), labels=range(classes))
+    labels = [(names[i] if names and i < len(names) else str(i))[:12] for i in range(classes)]
+    cell, margin = 36, 90
+    size = margin + cell * classes + 10
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    top = max(int(matrix.max()), 1)
+    for row in range(classes):
+        draw.text((4, margin + row * cell + cell // 3), labels[row], fill=(0, 0, 0))
+        draw.text((margin + row * cell + 2, margin - 16), labels[row][:5], fill=(0, 0, 0))
+        for col in range(classes):
+            shade = int(255 - 200 * matrix[row, col] / top)
+            box = [margin + col * cell, margin + row * cell, margin + (col + 1) * cell - 1]
+            draw.rectangle([*box[:2], box[2], box[1] + cell - 1], fill=(shade, shade, 255))
+            draw.text((box[0] + 4, box[1] + cell // 3), str(matrix[row, col]), fill=(0, 0, 0))
+    draw.text((4, 4), "true class (rows) vs predicted (columns)", fill=(0, 0, 0))
+    out.mkdir(parents=True, exist_ok=True)
+    image.save(out / "confusion.png")
+    return out / "confusion.png"
+
+
+def predict(
+    run_or_checkpoint: str | Path,
+    inputs: Sequence[str],
+    config: TrainConfig | None = None,
+    top_k: int = 5,
+    out: Path | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One record per sample of `inputs` (files, grouped by key, or one dataset)."""
+    config, task, model = model_from(run_or_checkpoint, config)
+    if not isinstance(task, ClassificationTask | AutoencodeTask):
+        raise CheckpointError(f"predict serves classification and autoencoding, not {config.task}")
+    if isinstance(task, AutoencodeTask) and out is None:
+        raise CheckpointError("autoencoding writes reconstructions: pass --out DIR")
+    names = class_names(config)
+    for batch, errors in _batches(config, task, inputs):
+        yield from errors
+        if batch is None:
+            continue
+        with torch.no_grad():
+            if isinstance(task, ClassificationTask):
+                yield from _top_classes(task, model, batch, top_k, names)
+            else:
+                yield from _reconstructions(task, model, batch, out)
+
+
+def _batches(
+    config: TrainConfig, task: Task, inputs: Sequence[str]
+) -> Iterator[tuple[Batch | None, list[dict[str, Any]]]]:
+    """Batches of the input fields: a dataset's, or files' grouped by key, the path less its
+    extension (`a/clip.mp4` and `a/clip.flac` are one sample, `b/clip.mp4` another), with a
+    record per sample that does not decode."""
+    if len(inputs) == 1 and not Path(inputs[0]).is_file():
+        stream = _stream(config, inputs[0], task.adapters)
+        for batch, _, skips in stream.worker_batches(0, 0, 1):
+            errors = [{"key": s.key, "error": s.reason} for s in skips if s.samples]
+            yield (None if batch is None else batch.select(~batch.repeated)), errors
+        return
+    samples: dict[str, dict[str, Any]] = {}
+    for name in inputs:
+        path = Path(name)
+        parts = split_name(path.name)
+        if parts is None or not path.is_file():
+            yield None, [{"key": name, "error": "not a file with an extension"}]
+            continue
+        key = name[: -len(parts[1]) - 1]  # the path as given, less its extension
+        samples.setdefault(key, {"__key__": key})[parts[1]] = path.read_bytes()
+    decoded, errors = [], []
+    for key, sample in samples.items():
+        try:
+            decoded.append(
+                {"__key__": key, **{n: a.decode(sample) for n, a in task.adapters.items()}}
+            )
+        except DecodeError as exc:
+            errors.append({"key": key, "error": str(exc)})
+        if len(decoded) == config.data.batch_size:
+            yield collate(decoded), errors
+            decoded, errors = [], []
+    yield (collate(decoded) if decoded else None), errors
+
+
+def _top_classes(
+    task: ClassificationTask,
+    model: nn.Module,
+    batch: Batch,
+    top_k: int,
+    names: Sequence[str] | None,
+) -> Iterator[dict[str, Any]]:
+    logits = model({name: (batch[name],) for name in task.inputs}).float()
+    scores = logits.sigmoid() if task.multi_label else logits.softmax(-1)
+    values, indices = scores.topk(min(top_k, scores.shape[-1]), -1)
+    for key, row_values, row_indices in zip(
+        batch.keys, values.tolist(), indices.tolist(), strict=True
+    ):
+        top = [
+            {"class": c, "name": names[c] if names and c < len(names) else str(c), "score": v}
+            for v, c in zip(row_values, row_indices, strict=True)
+        ]
+        yield {"key": key, "top": top}
+
+
+def _reconstructions(
+    task: AutoencodeTask, model: nn.Module, batch: Batch, out: Path
+) -> Iterator[dict[str, Any]]:
+    outputs = model({name: (batch[name],) for name in task.inputs}, chunk_size=4096)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {name: task.outputs[name].values(o.float()) for name, o in outputs.items()}
+    for i, key in enumerate(batch.keys):
+        paths = {}
+        for name, values in arrays.items():
+            path = out / f"{key.replace('/', '_')}.{name}.npy"
+            np.save(path, values[i], allow_pickle=False)
+            paths[name] = str(path)
+        yield {"key": key, "reconstructions": paths}
