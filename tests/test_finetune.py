@@ -226,3 +226,28 @@ def test_map_is_scikit_learns_with_ties():
     # class 1: a negative at 0.9 first, then its positive tied with two negatives at 0.3 →
     # precision 1/4 at recall 1 → 1/4; class 2 has no positive and is left out
     assert mean_average_precision(scores, truths) == pytest.approx((2 / 3 + 1 / 4) / 2)
+
+
+def test_predict_writes_reconstructions_of_an_autoencoder(runs, tmp_path, capsys):
+    config = _config(tmp_path / "ae.toml", runs["two"], tmp_path / "run-ae", 2, task="autoencode")
+    config.write_text(config.read_text().replace("max_steps = 12", "max_steps = 4"))
+    assert main(["train", str(config)]) == 0
+    capsys.readouterr()
+    image = str(runs["root"] / "src-two/dark/03.png")
+    assert main(["predict", str(tmp_path / "run-ae"), image]) == 2  # needs --out
+    assert "pass --out" in capsys.readouterr().err
+    out = tmp_path / "reconstructions"
+    assert main(["predict", str(tmp_path / "run-ae"), image, "--out", str(out)]) == 0
+    (record,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    pixels = np.load(record["reconstructions"]["image"], allow_pickle=False)
+    assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8  # the field's own form
+
+
+def test_top5_is_reported_only_past_five_classes():
+    from polymodal.pipelines.tasks import make_task
+
+    sums = {"correct": 3, "top5": 4, "total": 4}
+    for classes, has_top5 in ((5, False), (6, True)):
+        config = load_config(None, ["data.train=x", "data.fields.i.adapter='image'"])
+        config.data.num_classes = classes
+        assert ("val_top5" in make_task(config).metrics(sums)) == has_top5

@@ -174,3 +174,15 @@ def test_an_unreachable_hub_is_one_line_within_5_seconds(tmp_path, env, message)
         "ERROR deepmind/vision-perceiver-fourier is not in the Hugging Face cache"
     )
     assert str(tmp_path / "hf-home") in line and message in line
+
+
+def test_the_package_front_takes_state_dicts_too():
+    import polymodal.perceiver as perceiver
+
+    torch.manual_seed(0)
+    extra, make_inputs = KINDS["PerceiverForOpticalFlow"]
+    theirs = transformers.PerceiverForOpticalFlow(transformers.PerceiverConfig(**SMALL, **extra))
+    ours = perceiver.from_hf(theirs.state_dict(), theirs.config, "PerceiverForOpticalFlow")
+    hf_inputs, our_inputs = make_inputs()
+    with torch.no_grad():
+        assert _close(ours(*our_inputs), theirs.eval()(**hf_inputs))
