@@ -1,8 +1,12 @@
-"""The `polymodal` command.
+"""The `polymodal` command: a face over the four packages.
 
-polymodal adapters                       list adapters and the extensions they read
-polymodal decode FILE... [--adapter A]   decode files and show what each adapter yields
-polymodal demo [--keep DIR]              make media with real encoders, decode, batch
+polymodal adapters | decode FILE... | tour      what adapters make of files
+polymodal build | index | inspect | validate    datasets at rest
+polymodal preprocess | ops                      shard-to-shard jobs
+polymodal train | evaluate | predict | export   models
+polymodal demo                                  made-up clips → shards → a trained model
+
+Mistakes (a config, a path, a dataset) print one line and exit 2; `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
