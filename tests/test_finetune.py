@@ -132,6 +132,10 @@ def test_init_from_a_safetensors_export_and_a_hugging_face_folder(runs, tmp_path
     config = _config(tmp_path / "d.toml", runs["two"], tmp_path / "run-d", 2, init=str(exported))
     trainer = Trainer(load_config(config), progress=False)
     assert not trainer.init_report.reinitialised and not trainer.init_report.new
+    folder = Trainer(load_config(config, [f"init='{exported.parent}'"]), progress=False)
+    assert folder.init_report.loaded == trainer.init_report.loaded  # the export's folder too
+    with pytest.raises(ConfigError, match="freezes every parameter"):
+        Trainer(load_config(config, ["freeze=['']"]), progress=False)
     hf_config = transformers.PerceiverConfig(
         num_latents=4,
         d_latents=16,

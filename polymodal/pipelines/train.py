@@ -114,7 +114,10 @@ def freeze(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Paramete
             )
         for parameter in named:
             parameter.requires_grad_(False)
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError(f"freeze: {prefixes} freezes every parameter: nothing would train")
+    return trainable
 
 
 def parameter_groups(

@@ -123,11 +123,15 @@ def load_model(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> 
 
 
 def is_hugging_face(spec: str) -> bool:
-    """Whether a weights source is a Hugging Face Perceiver: `hf:NAME`, or a folder with a
-    config.json that is not one of our runs."""
-    folder = Path(spec)
-    run = (folder / CHECKPOINTS).is_dir()
-    return spec.startswith("hf:") or ((folder / CONFIG_NAME).is_file() and not run)
+    """Whether a weights source is a Hugging Face Perceiver: `hf:NAME`, or a folder whose
+    config.json names a transformers class (`polymodal export` writes our config there)."""
+    config = Path(spec) / CONFIG_NAME
+    if spec.startswith("hf:"):
+        return True
+    try:
+        return "architectures" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def source_weights(spec: str) -> dict[str, torch.Tensor]:
@@ -138,6 +142,8 @@ def source_weights(spec: str) -> dict[str, torch.Tensor]:
         module = from_pretrained(spec.removeprefix("hf:"))
         return {k.removeprefix("model."): v for k, v in module.state_dict().items()}
     path = Path(spec)
+    if path.is_dir() and (path / "model.safetensors").is_file():  # what `export` wrote
+        path = path / "model.safetensors"
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"{path}: no such file")
