@@ -98,8 +98,12 @@ class Skip:
     samples: int = 1
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": self.key, "stage": self.stage, "reason": self.reason}
-        out["url"] = self.url
+        out: dict[str, Any] = {
+            "key": self.key,
+            "stage": self.stage,
+            "reason": self.reason,
+            "url": self.url,
+        }
         if self.samples != 1:
             out["samples"] = self.samples
         return out
@@ -114,8 +118,8 @@ class ShardChanged(ValueError):
 
 
 class StreamError(UserError, RuntimeError):
-    """The stream cannot go on: nothing at all could be read, or a worker's state is not this
-    stream's. Raised in the process that iterates, never inside a DataLoader worker."""
+    """The stream cannot go on: nothing at all could be read, or a DataLoader worker died or
+    hung. Raised in the process that iterates, never inside a worker."""
 
 
 # ---------------------------------------------------------------------------------------------
