@@ -81,6 +81,7 @@ def test_missing_member_names_what_the_sample_has():
         get("audio")().decode({"__key__": "k", "jpg": b"x", "cls": b"1"})
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_refused_in_bounded_memory(tmp_path):
     """A 40000×40000 PNG (1.6 gigapixels, 4.8 GB decoded) is refused from its header."""
     bomb = tmp_path / "bomb.png"

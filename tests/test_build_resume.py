@@ -42,6 +42,7 @@ def _command(src: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "polymodal", "build", str(src), str(out), *ARGS]
 
 
+@pytest.mark.slow
 def test_killed_builds_resume_to_identical_bytes(source, tmp_path):
     reference = tmp_path / "reference"
     subprocess.run(_command(source, reference), check=True, capture_output=True)

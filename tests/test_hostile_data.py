@@ -164,6 +164,7 @@ def test_an_oversized_member_is_skipped_and_reported(tmp_path):
     assert nothing.report()["skipped"] == 3
 
 
+@pytest.mark.slow
 def test_an_npz_bomb_is_refused_from_its_header(tmp_path):
     """A ~1 MB npz whose array inflates to 360 MB; max_points is checked before inflating."""
     bomb = tmp_path / "bomb.npz"

@@ -131,6 +131,7 @@ class _HangingImage(type(get("image")())):
         return super().decode(sample, rng)
 
 
+@pytest.mark.slow
 def test_a_hung_decoder_is_one_clear_error_after_the_batch_timeout(tmp_path):
     data = _images(tmp_path / "data")
     fields = {"image": _HangingImage(size=None, extensions=["png"]), "label": get("label")()}
@@ -185,6 +186,7 @@ class _FreezingHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_frozen_http_server_is_reported_within_the_timeouts(tmp_path):
     assert Remote().worst_case_seconds < 60  # the default: reported within a minute
     data = _images(tmp_path / "data", shards=2)

@@ -172,6 +172,7 @@ def test_overfits_a_tiny_classification_batch():
     assert loss.item() < 0.05
 
 
+@pytest.mark.slow
 def test_overfits_a_tiny_multimodal_reconstruction():
     audio = GridInput(1, (8,), num_bands=4, scale=1.0, offset=0.0)
     video = GridInput(3, (1, 2, 2), num_bands=4, scale=1.0, offset=0.0)
@@ -220,6 +221,7 @@ def test_bf16_autocast_runs_on_cpu():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
+@pytest.mark.slow
 def test_compiles_without_graph_breaks_in_the_attention_path():
     block = torch.nn.Sequential(SelfAttention(16, num_heads=2))
     cross = CrossAttention(16, 8, num_heads=2)

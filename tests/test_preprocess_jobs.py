@@ -192,6 +192,7 @@ def _wait(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
         time.sleep(0.005)
 
 
+@pytest.mark.slow
 def test_killed_jobs_resume_to_identical_bytes(source, slow_env, slow_reference, tmp_path):
     rng = np.random.default_rng(2)
     for trial in range(3):
@@ -262,6 +263,7 @@ def test_a_killed_worker_is_replaced_and_the_job_completes(
     assert _tree(out) == slow_reference
 
 
+@pytest.mark.slow
 def test_local_and_ray_give_identical_bytes(source, reference, tmp_path):
     pytest.importorskip("ray", reason="the ray engine needs `pip install polymodal[ray]`")
     report = preprocess.run(source, tmp_path / "ray", OPS, engine="ray", workers=2, progress=False)
@@ -269,6 +271,7 @@ def test_local_and_ray_give_identical_bytes(source, reference, tmp_path):
     assert _tree(tmp_path / "ray") == _tree(reference)
 
 
+@pytest.mark.slow
 def test_ray_reruns_the_task_of_a_killed_worker(source, slow_env, slow_reference, tmp_path):
     pytest.importorskip("ray", reason="the ray engine needs `pip install polymodal[ray]`")
     out = tmp_path / "out"

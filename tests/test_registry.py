@@ -74,6 +74,7 @@ class ReversePcm(Op):
 '''
 
 
+@pytest.mark.slow
 def test_third_party_package_registers_through_entry_point(tmp_path: Path):
     """A separate package, pip-installed into this venv, is found by name."""
     pkg = tmp_path / "plugin"

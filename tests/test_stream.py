@@ -119,6 +119,7 @@ RESUME_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_is_bitwise_exact(dataset, monkeypatch, tmp_path):
     """State after batch k, a fresh process, load_state_dict: the following batches equal the
     uninterrupted run's, keys and tensors, for workers 0-2 and world sizes 1-4."""

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from test_stream import _write
 
 CHILD = textwrap.dedent(
@@ -34,6 +35,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_over_uneven_shards(tmp_path: Path):
     data = tmp_path / "data"
     total = _write(data, sizes=[9, 1, 14, 0, 3])  # 27 samples: ranks get 14 each, one repeat

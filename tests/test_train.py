@@ -86,6 +86,7 @@ def test_invalid_configs_fail_naming_the_field(tmp_path, data):
     assert main(["train", str(path), "--set", "epochs=0"]) == 2
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_its_run(tmp_path, data):
     path = tmp_path / "c.toml"
     path.write_text(_toml(data, tmp_path / "run", epochs=6))
@@ -110,6 +111,7 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(last, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, data):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     for run in (reference, killed):
@@ -139,6 +141,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, data)
     assert json.loads((killed / "summary.json").read_text())["steps"] == 14
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint(tmp_path, data):
     (tmp_path / "c.toml").write_text(
         _toml(data, tmp_path / "run", max_steps=10_000, checkpoint_every=10_000, epochs=1000)
@@ -161,6 +164,7 @@ def test_sigterm_writes_a_checkpoint(tmp_path, data):
     assert torch.load(checkpoints[0], weights_only=True)["step"] == json.loads(out)["stopped_at"]
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_counts_every_sample_once(tmp_path, data):
     (tmp_path / "c.toml").write_text(_toml(data, tmp_path / "run", max_steps=3, epochs=1))
     command = [
@@ -189,6 +193,7 @@ def test_two_process_evaluation_counts_every_sample_once(tmp_path, data):
     assert summaries and all(s["val_samples"] == val for s in summaries)
 
 
+@pytest.mark.slow
 def test_demo_reaches_high_accuracy_quickly(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--samples", "96", "--epochs", "4"]) == 0
     out = capsys.readouterr().out
@@ -196,6 +201,7 @@ def test_demo_reaches_high_accuracy_quickly(tmp_path, capsys):
     assert accuracy >= 0.9 and "run directory" in out
 
 
+@pytest.mark.slow
 def test_multilabel_training_reports_map(tmp_path, data):
     src = tmp_path / "src"
     make_clips(src, samples=48, classes=4)
@@ -249,6 +255,7 @@ def test_recipes_are_valid_configs(recipe):
     assert set(adapters) == set(config.data.fields) and sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_autoencoding_lowers_the_reconstruction_error(tmp_path, data):
     path = tmp_path / "c.toml"
     path.write_text(_toml(data, tmp_path / "run", epochs=6))
@@ -261,6 +268,7 @@ def test_autoencoding_lowers_the_reconstruction_error(tmp_path, data):
     assert summary["val_video_psnr"] > before["val_video_psnr"]
 
 
+@pytest.mark.slow
 def test_masked_byte_language_modelling_learns(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
