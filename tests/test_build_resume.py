@@ -98,3 +98,17 @@ def test_in_process_resume_reuses_finished_shards(source, tmp_path):
     report = build(source, out, shard_samples=50, progress=False)
     assert report.written_shards == 1
     assert _tree(out) == expected
+
+
+def test_a_killed_runs_temporaries_at_the_top_of_the_output_go(tmp_path):
+    """A kill while `rejects.jsonl` (beside the split folders) was being written left its
+    temporary behind forever; the rerun removes it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"{i}.txt").write_text(f"sample {i}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rejects.jsonl.4242.tmp").write_bytes(b"")
+    build(src, out, split="val=0.5", progress=False, print_=lambda _: None)
+    assert not list(out.rglob("*.tmp")) and (out / "rejects.jsonl").exists()

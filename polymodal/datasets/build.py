@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .files import HashingReader, check_separate, write_atomic
+from .files import TMP_SUFFIX, HashingReader, check_separate, write_atomic
 from .index import (
     INDEX_NAME,
     ShardIndex,
@@ -671,6 +671,8 @@ def build(
     rejects = [p.as_dict() for p in plan.problems]
     report = BuildReport({}, 0, 0, 0, 0, 0, 0.0)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{REJECTS_NAME}.*{TMP_SUFFIX}"):  # a killed run's, at the top of `out`
+        stale.unlink()
     for name, members in assign_splits(samples, parse_splits(split)).items():
         directory = out / name if name else out
         shards = cut_shards(members, shard_samples, shard_bytes)
