@@ -79,13 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except (UserError, OSError, RuntimeError) as exc:
-        # PyTorch's SIGCHLD handler raises a dead DataLoader worker wherever the main process
-        # is at that moment, so it can surface here rather than as the stream's StreamError.
-        dead_worker = str(exc).startswith("DataLoader worker (pid")
-        if args.debug or not (isinstance(exc, (UserError, OSError)) or dead_worker):
+        if args.debug or not (isinstance(exc, (UserError, OSError)) or _dead_worker(exc)):
             raise
         print(f"polymodal {args.command}: {error_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _dead_worker(exc: BaseException) -> bool:
+    """PyTorch's SIGCHLD handler raises a dead DataLoader worker wherever the main process is
+    at that moment, so it can surface here rather than as the stream's StreamError. Only then
+    is the stream (and torch, already loaded by whatever ran) imported."""
+    if not isinstance(exc, RuntimeError):
+        return False
+    from polymodal.pipelines.stream import is_dead_worker
+
+    return is_dead_worker(exc)
 
 
 def error_line(exc: BaseException) -> str:

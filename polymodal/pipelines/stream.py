@@ -194,19 +194,22 @@ class Reader:
         url = index.url(shard)
         if where in self._failed:
             return Skip(key, "read", self._failed[where], url)
-        for attempt in range(1, self.remote.tries + 1):
+
+        def attempt() -> dict[str, Any]:
             try:
-                sample = self._next(index, ref)
-                break
-            except StopIteration:
-                return self._fail(where, key, url, "fewer samples than the index says")
-            except Exception as exc:
-                self._close(ref.source)
-                if not is_transient(exc):
-                    return self._fail(where, key, url, _read_failure(exc))
-                if attempt == self.remote.tries:
-                    return self._fail(where, key, url, f"cannot read after {attempt} tries: {exc}")
-                self.remote.pause(attempt)
+                return self._next(index, ref)
+            except Exception:
+                self._close(ref.source)  # a next try opens the shard at this sample
+                raise
+
+        try:
+            sample = self.remote.call(attempt)
+        except StopIteration:
+            return self._fail(where, key, url, "fewer samples than the index says")
+        except Exception as exc:
+            tries = self.remote.tries
+            reason = f"cannot read after {tries} tries: {exc}" if is_transient(exc) else None
+            return self._fail(where, key, url, reason or _read_failure(exc))
         if ref.index == shard.samples - 1:
             self._check_end(ref.source, shard, url)
         if ERROR_KEY in sample:
@@ -842,7 +845,7 @@ class StreamLoader:
         again at worker 0, still continues the uninterrupted order."""
         self.dataset.epoch.value = self.epoch
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
-            self.skipped, self.report_epoch = [], self.epoch
+            self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
             self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
         workers = max(1, self.num_workers)
         counts = [
@@ -924,8 +927,6 @@ class StreamLoader:
 
     def _note_skips(self, skips: list[dict[str, Any]]) -> None:
         """Keep each skip for the report; log each reason once an epoch."""
-        if not self.skipped:
-            self._logged = set()
         for skip in skips:
             if skip["reason"] not in self._logged:
                 self._logged.add(skip["reason"])
