@@ -14,7 +14,7 @@ reconstructions it wrote (`.npy`, in the field's own dtype and grid).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from polymodal.adapters import Batch, DecodeError, collate
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
 
-from .config import TrainConfig
+from .config import TrainConfig, dataset_stream
 from .stream import Skip, Stream, StreamError
 from .tasks import AutoencodeTask, ClassificationTask, Task, make_task
 from .weights import CheckpointError, checkpoint_path, load_model, model_state, run_config
@@ -95,17 +95,6 @@ def model_from(
     return config, task, model.eval()
 
 
-def _stream(config: TrainConfig, source: str, fields: Mapping[str, Any]) -> Stream:
-    return Stream(
-        source,
-        dict(fields),
-        batch_size=config.data.batch_size,
-        shuffle=False,
-        buffer_size=config.data.buffer_size,
-        remote=config.data.remote,
-    )
-
-
 def evaluate_checkpoint(
     config: TrainConfig, checkpoint: str | Path, split: str = "val", out: Path | None = None
 ) -> dict[str, Any]:
@@ -116,7 +105,7 @@ def evaluate_checkpoint(
     if not source:
         raise CheckpointError(f"--split {split}: the config names no {split} dataset")
     classification = isinstance(task, ClassificationTask)
-    stream = _stream(config, source, task.fields())
+    stream = dataset_stream(config, f"--split {split}", source, task.fields())
     result = evaluation_pass(task, model, stream, collect=classification)
     metrics: dict[str, Any] = task.metrics(result.sums) if result.sums else {"val_samples": 0}
     metrics["val_skipped"] = sum(s.samples for s in result.skipped)
@@ -204,7 +193,7 @@ def _batches(
     extension (`a/clip.mp4` and `a/clip.flac` are one sample, `b/clip.mp4` another), with a
     record per sample that does not decode."""
     if len(inputs) == 1 and not Path(inputs[0]).is_file():
-        stream = _stream(config, inputs[0], task.adapters)
+        stream = dataset_stream(config, "predict", inputs[0], task.adapters)
         for batch, _, skips in stream.worker_batches(0, 0, 1):
             errors = [{"key": s.key, "error": s.reason} for s in skips if s.samples]
             yield (None if batch is None else batch.select(~batch.repeated)), errors

@@ -10,7 +10,8 @@ short by a full disk, damaged) is passed over for the newest one that does, sayi
 temporaries of killed checkpoint writes are removed when a run starts.
 
 Before the model is built, the datasets are checked against the config: each must exist and
-hold the members its fields and the label read (`ConfigError` naming the field otherwise).
+hold the members its fields and the label read, and the run directory must lie outside them
+(`ConfigError` naming the field otherwise).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from polymodal.adapters import Adapter, Batch
+from polymodal.adapters import Batch
 from polymodal.datasets.files import (
     TMP_SUFFIX,
     OverlapError,
@@ -40,13 +41,12 @@ from polymodal.datasets.files import (
     check_separate,
     write_atomic,
 )
-from polymodal.datasets.index import ShardIndex
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, dataset_stream
 from .evaluate import evaluation_pass, mean_average_precision
 from .optim import Lamb
-from .stream import Stream, StreamLoader
-from .tasks import TARGET, Task, make_task
+from .stream import StreamLoader
+from .tasks import make_task
 from .weights import (
     CHECKPOINTS,
     CheckpointError,
@@ -65,41 +65,13 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     return task.model(), task.adapters
 
 
-def _stream(config: TrainConfig, source: str, task: Task, shuffle: bool) -> Stream:
-    return Stream(
-        source,
-        task.fields(),
-        batch_size=config.data.batch_size,
-        shuffle=shuffle,
-        seed=config.data.seed,
-        buffer_size=config.data.buffer_size,
-        remote=config.data.remote,
-    )
-
-
-def check_datasets(config: TrainConfig, fields: dict[str, Adapter]) -> None:
-    """Each configured dataset exists and has a member for every field (the label included),
-    from its index alone, and the run directory is not one of them: a mistake shows before the
-    model is built, not at the first batch."""
-    for where, source in (("data.train", config.data.train), ("data.val", config.data.val)):
-        if not source:
-            continue
-        try:
-            check_separate([source], config.run_dir, folders=True)
-        except OverlapError as exc:
-            raise ConfigError(f"run_dir: {exc}") from None
-        try:
-            index = ShardIndex.load(source, config.data.remote)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        present = set(index.fields)
-        for name, adapter in fields.items():
-            if not present & set(adapter.extensions):
-                label = "data.label" if name == TARGET else f"data.fields.{name}"
-                raise ConfigError(
-                    f"{label}: the dataset {source} has no {' / '.join(adapter.extensions)} "
-                    f"member (it has: {', '.join(sorted(present)) or 'none'})"
-                )
+def check_run_dir(config: TrainConfig) -> None:
+    """The run directory is not inside, around or one of the datasets it reads."""
+    sources = [source for source in (config.data.train, config.data.val) if source]
+    try:
+        check_separate(sources, config.run_dir, folders=True)
+    except OverlapError as exc:
+        raise ConfigError(f"run_dir: {exc}") from None
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Parameter]]:
@@ -182,7 +154,14 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
         self.task = make_task(config)
-        check_datasets(config, self.task.fields())
+        check_run_dir(config)
+        # the datasets are checked against the fields (in the indexes the streams load) before
+        # any model is built
+        fields = self.task.fields()
+        train = dataset_stream(config, "data.train", config.data.train, fields, shuffle=True)
+        self.val_stream = (
+            dataset_stream(config, "data.val", config.data.val, fields) if config.data.val else None
+        )
         self.model = self.task.model()
         self.init_report = (
             apply_init(self.model, config.init, config.init_mismatch) if config.init else None
@@ -192,11 +171,8 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.distributed:
             self.net = nn.parallel.DistributedDataParallel(self.model)
-        self.train_loader: StreamLoader = _stream(
-            config, config.data.train, self.task, True
-        ).loader(config.data.workers, pin_memory=torch.cuda.is_available())
-        self.val_stream = (
-            _stream(config, config.data.val, self.task, False) if config.data.val else None
+        self.train_loader: StreamLoader = train.loader(
+            config.data.workers, pin_memory=torch.cuda.is_available()
         )
         self.steps_per_epoch = math.ceil(len(self.train_loader) / config.optim.accumulate)
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
