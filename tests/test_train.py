@@ -219,7 +219,7 @@ def test_multilabel_training_reports_map(tmp_path, data):
 
 
 def test_mean_average_precision_by_hand():
-    from polymodal.pipelines.train import mean_average_precision
+    from polymodal.pipelines.evaluate import mean_average_precision
 
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.2, 0.6]])
     truths = torch.tensor([[1, 0], [0, 1], [1, 0]])

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from polymodal.adapters import Batch, DecodeError, collate
+from polymodal.datasets.files import atomic_open, write_atomic
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
 
@@ -83,6 +84,22 @@ def mean_average_precision(scores: torch.Tensor, truths: torch.Tensor) -> float:
     return float(average_precision_score(y, scores.numpy()[:, has_positive], average="macro"))
 
 
+def metrics_of(
+    task: Task,
+    sums: dict[str, float],
+    skipped: int,
+    scores: torch.Tensor | None = None,
+    truths: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The `val_` metrics of summed evaluation results (over every rank): the task's own, the
+    samples skipped, and with multi-label scores their mAP."""
+    out: dict[str, Any] = task.metrics(sums) if sums else {"val_samples": 0}
+    out["val_skipped"] = skipped
+    if scores is not None:
+        out["val_map"] = mean_average_precision(scores, truths)
+    return out
+
+
 def model_from(
     run_or_checkpoint: str | Path, config: TrainConfig | None = None
 ) -> tuple[TrainConfig, Task, nn.Module]:
@@ -107,20 +124,20 @@ def evaluate_checkpoint(
     classification = isinstance(task, ClassificationTask)
     stream = dataset_stream(config, f"--split {split}", source, task.fields())
     result = evaluation_pass(task, model, stream, collect=classification)
-    metrics: dict[str, Any] = task.metrics(result.sums) if result.sums else {"val_samples": 0}
-    metrics["val_skipped"] = sum(s.samples for s in result.skipped)
-    metrics = {k.removeprefix("val_"): v for k, v in metrics.items()}
+    collected = bool(classification and result.scores)
+    scores = torch.cat(result.scores) if collected else None
+    truths = torch.cat(result.truths) if collected else None
+    multi_label = collected and task.multi_label
+    skipped = sum(s.samples for s in result.skipped)
+    found = metrics_of(task, result.sums, skipped, *((scores, truths) if multi_label else ()))
+    metrics = {k.removeprefix("val_"): v for k, v in found.items()}
     metrics["dataset"] = source
-    if classification and result.scores:
-        scores, truths = torch.cat(result.scores), torch.cat(result.truths)
-        if task.multi_label:
-            metrics["map"] = mean_average_precision(scores, truths)
-        elif out is not None:
+    if out is not None:
+        if collected and not multi_label:
             names = class_names(config)
             metrics["confusion_matrix"] = str(confusion_png(scores, truths, names, out))
-    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        write_atomic(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     return metrics
 
 
@@ -157,7 +174,8 @@ def confusion_png(
             draw.text((box[0] + 4, box[1] + cell // 3), str(matrix[row, col]), fill=(0, 0, 0))
     draw.text((4, 4), "true class (rows) vs predicted (columns)", fill=(0, 0, 0))
     out.mkdir(parents=True, exist_ok=True)
-    image.save(out / "confusion.png")
+    with atomic_open(out / "confusion.png") as f:
+        image.save(f, "PNG")
     return out / "confusion.png"
 
 
@@ -251,6 +269,7 @@ def _reconstructions(
         paths = {}
         for name, values in arrays.items():
             path = out / f"{key.replace('/', '_')}.{name}.npy"
-            np.save(path, values[i], allow_pickle=False)
+            with atomic_open(path) as f:
+                np.save(f, values[i], allow_pickle=False)
             paths[name] = str(path)
         yield {"key": key, "reconstructions": paths}

@@ -43,12 +43,13 @@ from polymodal.datasets.files import (
 )
 
 from .config import ConfigError, TrainConfig, dataset_stream
-from .evaluate import evaluation_pass, mean_average_precision
+from .evaluate import evaluation_pass, metrics_of
 from .optim import Lamb
 from .stream import StreamLoader
 from .tasks import make_task
 from .weights import (
     CHECKPOINTS,
+    CONFIG_NAME,
     CheckpointError,
     InitReport,
     apply_init,
@@ -269,7 +270,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in self._checkpoint_dir().glob(f"*{TMP_SUFFIX}"):  # from killed writes
                 stale.unlink()
-            write_atomic(self.run_dir / "config.json", config.to_json().encode())
+            write_atomic(self.run_dir / CONFIG_NAME, config.to_json().encode())
             if self.init_report is not None:
                 log.warning("%s", self.init_report.summary())
                 write_atomic(self.run_dir / "init.json", self.init_report.to_json())
@@ -414,7 +415,6 @@ class Trainer:
             self.task, self.model, self.val_stream, self.rank, self.world, self.device, multi_label
         )
         sums = result.sums
-        keys = sorted(sums)
         if self.distributed:
             everything: list[Any] = [None] * self.world
             dist.all_gather_object(everything, sums)
@@ -422,10 +422,9 @@ class Trainer:
                 k: sum(part.get(k, 0.0) for part in everything)
                 for k in sorted({k for part in everything for k in part})
             }
-        out = self.task.metrics(sums) if keys or sums else {"val_samples": 0}
-        out["val_skipped"] = self._report_skips(result.skipped)
-        if multi_label:
-            out["val_map"] = mean_average_precision(*self._gather(result.scores, result.truths))
+        skipped = self._report_skips(result.skipped)  # collectives: every rank, in this order
+        scored = self._gather(result.scores, result.truths) if multi_label else ()
+        out = metrics_of(self.task, sums, skipped, *scored)
         score = out.get("val_accuracy", out.get("val_masked_accuracy"))
         if score is not None and (self.best is None or score > self.best):
             self.best = score
