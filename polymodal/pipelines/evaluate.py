@@ -30,7 +30,7 @@ from polymodal.datasets.layout import split_name
 
 from .config import TrainConfig, dataset_stream
 from .stream import Skip, Stream, StreamError
-from .tasks import AutoencodeTask, ClassificationTask, Task, make_task
+from .tasks import AutoencodeTask, ClassificationTask, Task, make_task, model_inputs
 from .weights import CheckpointError, checkpoint_path, load_model, model_state, run_config
 
 
@@ -246,7 +246,7 @@ def _top_classes(
     top_k: int,
     names: Sequence[str] | None,
 ) -> Iterator[dict[str, Any]]:
-    logits = model({name: (batch[name],) for name in task.inputs}).float()
+    logits = model(model_inputs(batch, task.inputs)).float()
     scores = logits.sigmoid() if task.multi_label else logits.softmax(-1)
     values, indices = scores.topk(min(top_k, scores.shape[-1]), -1)
     for key, row_values, row_indices in zip(
@@ -262,7 +262,7 @@ def _top_classes(
 def _reconstructions(
     task: AutoencodeTask, model: nn.Module, batch: Batch, out: Path
 ) -> Iterator[dict[str, Any]]:
-    outputs = model({name: (batch[name],) for name in task.inputs}, chunk_size=4096)
+    outputs = model(model_inputs(batch, task.inputs), chunk_size=4096)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {name: task.outputs[name].values(o.float()) for name, o in outputs.items()}
     for i, key in enumerate(batch.keys):

@@ -40,7 +40,8 @@ from .config import TrainConfig
 TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
 
 
-def _inputs(batch: Batch, names: list[str]) -> dict[str, tuple]:
+def model_inputs(batch: Batch, names: list[str]) -> dict[str, tuple]:
+    """The model's input fields of a batch, as `MultimodalInput` takes them."""
     return {name: (batch[name],) for name in names}
 
 
@@ -103,13 +104,13 @@ class ClassificationTask(Task):
         return values.float() if self.multi_label else values[:, 0]
 
     def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
-        logits = net(_inputs(batch, self.inputs)).float()
+        logits = net(model_inputs(batch, self.inputs)).float()
         if self.multi_label:
             return F.binary_cross_entropy_with_logits(logits, self.targets(batch))
         return F.cross_entropy(logits, self.targets(batch))
 
     def scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return model(_inputs(batch, self.inputs)).float(), self.targets(batch)
+        return model(model_inputs(batch, self.inputs)).float(), self.targets(batch)
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         logits, targets = self.scores(model, batch)
@@ -191,7 +192,7 @@ class AutoencodeTask(Task):
             n: torch.randperm(o.queries.length)[: self.config.subsample]
             for n, o in self.outputs.items()
         }
-        outputs = net(_inputs(batch, self.inputs), indices)
+        outputs = net(model_inputs(batch, self.inputs), indices)
         total = torch.zeros((), device=batch[self.inputs[0]].values.device)
         for name, out in outputs.items():
             target = self.outputs[name].target(batch[name].values)[:, indices[name]]
@@ -200,7 +201,7 @@ class AutoencodeTask(Task):
         return total
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
-        outputs = model(_inputs(batch, self.inputs), chunk_size=4096)
+        outputs = model(model_inputs(batch, self.inputs), chunk_size=4096)
         sums: dict[str, float] = {}
         for name, out in outputs.items():
             target = self.outputs[name].target(batch[name].values)
