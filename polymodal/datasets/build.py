@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .files import TMP_SUFFIX, HashingReader, check_separate, write_atomic
+from .files import HashingReader, check_separate, remove_temporaries, write_atomic
 from .index import (
     INDEX_NAME,
     ShardIndex,
@@ -625,8 +625,7 @@ def prepare_output(directory: Path, fp: str, overwrite: bool) -> bool:
             f"{directory} holds shards of another build (other sources or options); "
             "remove them or pass overwrite"
         )
-    for stale in directory.glob("*.tmp"):
-        stale.unlink()
+    remove_temporaries(directory)
     write_atomic(directory / PLAN_NAME, json.dumps({"fingerprint": fp}).encode())
     return True
 
@@ -671,8 +670,7 @@ def build(
     rejects = [p.as_dict() for p in plan.problems]
     report = BuildReport({}, 0, 0, 0, 0, 0, 0.0)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{REJECTS_NAME}.*{TMP_SUFFIX}"):  # a killed run's, at the top of `out`
-        stale.unlink()
+    remove_temporaries(out, [REJECTS_NAME])  # a killed run's, beside the split folders
     for name, members in assign_splits(samples, parse_splits(split)).items():
         directory = out / name if name else out
         shards = cut_shards(members, shard_samples, shard_bytes)

@@ -158,6 +158,15 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+def remove_temporaries(directory: Path, names: Iterable[str] | None = None) -> None:
+    """Delete what killed writers left in `directory` (`NAME.PID.tmp`, of `names` only when
+    given): such files never look complete, and a rerun writes them anew."""
+    patterns = [f"*{TMP_SUFFIX}"] if names is None else [f"{n}.*{TMP_SUFFIX}" for n in names]
+    for pattern in patterns:
+        for stale in Path(directory).glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_open(path: Path) -> Any:
     """Open a temporary file beside `path` for binary writing; on success fsync and rename it

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from polymodal.datasets.build import PLAN_NAME, REJECTS_NAME, prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
-from polymodal.datasets.files import TMP_SUFFIX, check_separate, write_atomic
+from polymodal.datasets.files import check_separate, remove_temporaries, write_atomic
 from polymodal.datasets.index import INDEX_NAME, ShardIndex, ShardInfo, merge_labels
 from polymodal.datasets.layout import Problem, modality_of
 from polymodal.datasets.reader import read_shard
@@ -385,17 +385,14 @@ def _write_outputs(
     src: str,
 ) -> None:
     """Reports first, then each output's index, last: an output with an index is complete."""
-    for name in (REJECTS_NAME, FILTERED_NAME, SUMMARY_NAME):  # a killed run's, beside splits
-        for stale in dst.glob(f"{name}.*{TMP_SUFFIX}"):
-            stale.unlink()
+    remove_temporaries(dst, [REJECTS_NAME, FILTERED_NAME, SUMMARY_NAME])  # beside the splits
     rejects = [x for r in records for x in r.unreadable + r.rejected]
     filtered = [x for r in records for x in r.filtered]
     write_atomic(dst / REJECTS_NAME, "".join(json.dumps(x) + "\n" for x in rejects).encode())
     write_atomic(dst / FILTERED_NAME, "".join(json.dumps(x) + "\n" for x in filtered).encode())
     write_atomic(dst / SUMMARY_NAME, (json.dumps(asdict(report), indent=1) + "\n").encode())
     for split, directory in outputs.items():
-        for stale in directory.glob("*.tmp"):  # from a worker killed mid-task, since rerun
-            stale.unlink()
+        remove_temporaries(directory)  # from a worker killed mid-task, since rerun
         infos = [ShardInfo(**r.outputs[split]) for r in records if split in r.outputs]
         exts = sorted({ext for info in infos for ext in info.fields})
         fields = {ext: index.fields.get(ext) or modality_of(ext) or "" for ext in exts}

@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 from polymodal.adapters import Batch
 from polymodal.datasets.files import (
-    TMP_SUFFIX,
     OverlapError,
     atomic_open,
     check_separate,
+    remove_temporaries,
     write_atomic,
 )
 
@@ -268,8 +268,7 @@ class Trainer:
         config = self.config
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self._checkpoint_dir().glob(f"*{TMP_SUFFIX}"):  # from killed writes
-                stale.unlink()
+            remove_temporaries(self._checkpoint_dir())  # from killed checkpoint writes
             write_atomic(self.run_dir / CONFIG_NAME, config.to_json().encode())
             if self.init_report is not None:
                 log.warning("%s", self.init_report.summary())
