@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from polymodal.adapters import Batch, DecodeError, collate
-from polymodal.datasets.files import atomic_open, write_atomic
+from polymodal.datasets.files import atomic_open, is_remote, write_atomic
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
 
@@ -210,8 +210,8 @@ def _batches(
     """Batches of the input fields: a dataset's, or files' grouped by key, the path less its
     extension (`a/clip.mp4` and `a/clip.flac` are one sample, `b/clip.mp4` another), with a
     record per sample that does not decode."""
-    if len(inputs) == 1 and not Path(inputs[0]).is_file():
-        stream = dataset_stream(config, "predict", inputs[0], task.adapters)
+    if len(inputs) == 1 and (Path(inputs[0]).is_dir() or is_remote(inputs[0])):
+        stream = dataset_stream(config, "the dataset to predict on", inputs[0], task.adapters)
         for batch, _, skips in stream.worker_batches(0, 0, 1):
             errors = [{"key": s.key, "error": s.reason} for s in skips if s.samples]
             yield (None if batch is None else batch.select(~batch.repeated)), errors
@@ -220,8 +220,9 @@ def _batches(
     for name in inputs:
         path = Path(name)
         parts = split_name(path.name)
-        if parts is None or not path.is_file():
-            yield None, [{"key": name, "error": "not a file with an extension"}]
+        if not path.is_file() or parts is None:
+            problem = "no such file" if not path.is_file() else "no extension to read it by"
+            yield None, [{"key": name, "error": problem}]
             continue
         key = name[: -len(parts[1]) - 1]  # the path as given, less its extension
         samples.setdefault(key, {"__key__": key})[parts[1]] = path.read_bytes()
