@@ -278,6 +278,37 @@ def at_least(minimum: int) -> Any:
     return parse
 
 
+def field_rule(text: str) -> tuple[str, str]:
+    """An argparse type: `EXT=MODALITY` (`npy=pointcloud`), the modality of an extension that
+    the adapters leave ambiguous."""
+    ext, sep, modality = text.partition("=")
+    if not sep or not ext or not modality:
+        raise argparse.ArgumentTypeError(
+            f"expected EXT=MODALITY (e.g. npy=pointcloud), got {text!r}"
+        )
+    return ext, modality
+
+
+class FieldRules(argparse.Action):
+    """Collects repeated `--field EXT=MODALITY` into one dict."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        rules = dict(getattr(namespace, self.dest) or {})
+        rules[value[0]] = value[1]
+        setattr(namespace, self.dest, rules)
+
+
+def _add_field_rules(command: Any) -> None:
+    command.add_argument(
+        "--field",
+        type=field_rule,
+        action=FieldRules,
+        default={},
+        metavar="EXT=MODALITY",
+        help="read members with this extension as this modality (repeat), e.g. npy=pointcloud",
+    )
+
+
 def _add_dataset_commands(commands: Any) -> None:
     build = commands.add_parser("build", help="build a sharded dataset")
     build.add_argument("src", type=Path, help="folder, CSV/JSONL/Parquet manifest, HF Parquet")
@@ -291,10 +322,12 @@ def _add_dataset_commands(commands: Any) -> None:
     build.add_argument("--split", help="e.g. val=0.1 (by key hash; the rest is train)")
     build.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
     build.add_argument("--overwrite", action="store_true", help="replace another build in OUT")
+    _add_field_rules(build)
     index = commands.add_parser("index", help="index WebDataset shards in place")
     index.add_argument("directory", type=Path)
     index.add_argument("--workers", type=at_least(1), default=1)
     index.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
+    _add_field_rules(index)
     inspect = commands.add_parser("inspect", help="describe a dataset")
     inspect.add_argument("dataset", help="folder or URL prefix holding index.json")
     inspect.add_argument("--json", action="store_true")
@@ -347,6 +380,7 @@ def _build(args: argparse.Namespace) -> int:
             seed=args.seed,
             split=args.split,
             overwrite=args.overwrite,
+            fields=args.field,
             print_=lambda line: print(line, file=sys.stderr),
         )
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
@@ -373,8 +407,8 @@ def _index(args: argparse.Namespace) -> int:
     from polymodal.datasets import build
 
     try:
-        report = build.index_shards(args.directory, workers=args.workers)
-    except FileNotFoundError as exc:
+        report = build.index_shards(args.directory, workers=args.workers, fields=args.field)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"polymodal index: {exc}", file=sys.stderr)
         return 2
     return _report(report, args.directory, args.strict)

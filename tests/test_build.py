@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 
 from polymodal.cli import main
-from polymodal.datasets.build import build, key_fraction, plan_source
+from polymodal.datasets.build import build, plan_source
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.synthetic import (
@@ -21,6 +21,7 @@ from polymodal.datasets.synthetic import (
     photo,
     tone,
 )
+from polymodal.seeds import stable_fraction
 
 
 def _all_samples(directory: Path) -> list[dict]:
@@ -177,7 +178,7 @@ def test_shuffle_and_split_are_deterministic(class_folders, tmp_path):
     assert keys["a"] != sorted(keys["a"]) and keys["a"] != keys["c"]
     assert sorted(keys["a"]) == sorted(keys["c"])  # same split, other order
     val = {s["__key__"] for s in _all_samples(tmp_path / "a" / "val")}
-    assert val == {k for k in keys["a"] + list(val) if key_fraction(k) < 0.25}
+    assert val == {k for k in keys["a"] + list(val) if stable_fraction(k) < 0.25}
     assert 0 < len(val) < 24 and not val & set(keys["a"])
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from testmedia import peak_hz
 
+from polymodal.codecs.points import read_points
 from polymodal.datasets.build import split_of
-from polymodal.datasets.points import read_points
 from polymodal.datasets.synthetic import (
     counter_frames,
     encode_audio,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import av
 import numpy as np
 import torch
 
-from polymodal.datasets.media import (
-    check_complete,
+from polymodal.codecs.audio import decode_audio
+from polymodal.codecs.containers import (
     clip_start,
     open_stream,
     plain_errors,
@@ -18,10 +18,8 @@ from polymodal.datasets.media import (
 )
 from polymodal.perceiver.io import GridInput
 
-from .base import Adapter, Field, FieldInput, register
+from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
 from .image import check_crop
-
-_LAYOUTS = {1: "mono", 2: "stereo"}
 
 
 @register("audio")
@@ -54,6 +52,8 @@ class AudioAdapter(Adapter):
         "avi",
         "m4v",
     )
+
+    default_for = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac")  # containers are video
 
     def __init__(
         self,
@@ -89,6 +89,31 @@ class AudioAdapter(Adapter):
         module = GridInput(self.channels, (samples_per_patch,), num_bands, scale=scale, offset=0.0)
         return FieldInput(module)
 
+    @plain_errors()
+    def probe(self, data: bytes, ext: str) -> dict[str, float]:
+        container, stream = open_stream(data, "audio")
+        with container:
+            seconds = stream_seconds(container, stream)
+            return {"seconds": seconds, "rate": stream.rate, "channels": stream.channels}
+
+    def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
+        """The first channel of the whole file (up to two minutes) as a waveform."""
+        whole = type(self)(
+            sample_rate=self.sample_rate, duration=None, dtype="float16", max_seconds=120
+        )
+        field = whole.decode({ext: data})
+        return Preview(wave=field.values[:, 0].float().numpy(), rate=self.sample_rate)
+
+    def reconstruction(self, encoder: Mapping[str, Any]) -> Reconstruction | None:
+        """Patches of `samples_per_patch` samples (the encoder's own option)."""
+        if self.duration is None:
+            return None
+        length = round(self.duration * self.sample_rate)
+        per_patch = int(encoder.get("samples_per_patch", 16))
+        scale = 1 / 32768 if self.dtype == "int16" else 1.0
+        dtype = np.dtype(self.dtype).type
+        return Reconstruction((length,), per_patch * self.channels, scale, 0.0, dtype, (per_patch,))
+
     @plain_errors()  # FFmpeg's reason, not its errno
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "audio")
@@ -98,7 +123,16 @@ class AudioAdapter(Adapter):
             if self.duration is not None:
                 start = clip_start(total, self.duration, self.crop, rng)
                 seek_to(container, stream, start)
-            samples = self._decode(container, stream, start, total)
+            samples, _ = decode_audio(
+                container,
+                stream,
+                rate=self.sample_rate,
+                channels=self.channels,
+                dtype="int16" if self.dtype == "int16" else "float32",
+                start=start,
+                take=None if self.duration is None else round(self.duration * self.sample_rate),
+                max_seconds=self.max_seconds if self.duration is None else None,
+            )
         if len(samples) == 0:
             raise ValueError("no audio samples")
         if self.dtype == "float16":
@@ -112,56 +146,3 @@ class AudioAdapter(Adapter):
         if len(samples) < length:
             mask = torch.arange(length) < len(samples)
         return Field(values=values, grid=(length,), mask=mask)
-
-    def _decode(
-        self,
-        container: av.container.InputContainer,
-        stream: av.stream.Stream,
-        start: float,
-        total: float,
-    ) -> np.ndarray:
-        """Samples `[n, channels]` from `start` seconds: up to the clip's end or `max_seconds`.
-
-        Reaching the end of the stream well before the header's `total` means truncation.
-        """
-        layout = _LAYOUTS.get(self.channels, self.channels)
-        fmt = "s16" if self.dtype == "int16" else "flt"
-        resampler = av.AudioResampler(format=fmt, layout=layout, rate=self.sample_rate)
-        clip = self.duration is not None
-        want = round((self.duration if clip else self.max_seconds) * self.sample_rate)
-        limit = want if clip else want + 1  # one sample past max_seconds proves it too long
-        chunks: list[np.ndarray] = []
-        have = 0
-        skip = None  # samples before `start` in the first resampled frame
-        end = start
-        for frame in _frames_then_flush(container, stream, resampler):
-            if skip is None:
-                t0 = frame.time if frame.time is not None else start
-                skip = max(0, round((start - t0) * self.sample_rate))
-            if frame.time is not None:
-                end = frame.time + frame.samples / self.sample_rate
-            arr = frame.to_ndarray().reshape(-1, self.channels)
-            if skip:
-                drop = min(skip, len(arr))
-                arr, skip = arr[drop:], skip - drop
-            chunks.append(arr)
-            have += len(arr)
-            if have >= limit:
-                break
-        else:
-            check_complete(end, total)
-        if not clip and have > want:
-            raise ValueError(f"longer than max_seconds={self.max_seconds}")
-        dtype = np.int16 if fmt == "s16" else np.float32
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.channels), dtype)
-
-
-def _frames_then_flush(
-    container: av.container.InputContainer,
-    stream: av.stream.Stream,
-    resampler: av.AudioResampler,
-) -> Iterator[av.AudioFrame]:
-    """Resampled frames of `stream` in order, then what the resampler still holds."""
-    for frame in container.decode(stream):
-        yield from resampler.resample(frame)
-    yield from resampler.resample(None)

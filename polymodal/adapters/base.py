@@ -8,7 +8,6 @@ encodings are never computed here: they are cheap on the device and huge on the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from polymodal.registry import Registry
+from polymodal.seeds import stable_seed
 
 ENTRY_POINT_GROUP = "polymodal.adapters"
 
@@ -149,10 +149,30 @@ def load_json(data: bytes, max_bytes: int) -> Any:
     return json.loads(data)
 
 
-def sample_seed(key: str, seed: int = 0) -> int:
-    """A seed derived from the sample key (stable across processes, unlike `hash`)."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+@dataclass(frozen=True)
+class Preview:
+    """What a contact sheet shows of one field: pictures (uint8 `[H, W, 3]` each), a waveform
+    (float `[n]` in [-1, 1] at `rate`), points (`[N, 3]` in [-1, 1]), or a line of text."""
+
+    frames: tuple[np.ndarray, ...] = ()
+    wave: np.ndarray | None = None
+    rate: int = 0
+    points: np.ndarray | None = None
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """How the autoencode task rebuilds a field: `values` `[M, C]` on `grid` become targets
+    `values · scale + offset` (in [-1, 1]); one output query per element, or per 1-d `patch`
+    of elements, each predicting `channels` numbers; `dtype` is the field's own."""
+
+    grid: tuple[int, ...]
+    channels: int
+    scale: float
+    offset: float
+    dtype: type[np.generic]
+    patch: tuple[int, ...] | None = None
 
 
 class Adapter:
@@ -166,6 +186,9 @@ class Adapter:
 
     name: ClassVar[str] = ""
     extensions: tuple[str, ...] = ()
+    # The extensions whose members are this modality when a dataset does not say (None: all of
+    # `extensions`). The audio adapter reads video containers, yet an `.mp4` is video.
+    default_for: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, extensions: Sequence[str] | None = None, field: str | None = None) -> None:
         if extensions is not None:
@@ -194,7 +217,7 @@ class Adapter:
         if len(data) == 0:
             raise DecodeError(key, self.field, f"{ext}: empty member")
         if rng is None and self.uses_rng:
-            rng = np.random.default_rng(sample_seed(key))
+            rng = np.random.default_rng(stable_seed(key, 0))
         try:
             return self.decode_bytes(bytes(data), ext, rng)
         except DecodeError:
@@ -217,6 +240,21 @@ class Adapter:
         (cast, normalise, patch, positions). Options are the modality's (patch sizes, bands)."""
         raise NotImplementedError(f"{type(self).__name__} has no model-side encoder")
 
+    # Hooks: what `inspect`, `preview` and the autoencode task ask of a modality. Each has a
+    # default, so an adapter that only decodes still builds, inspects and previews.
+
+    def probe(self, data: bytes, ext: str) -> dict[str, float]:
+        """Cheap metadata of one member for `inspect` (headers only where the format allows)."""
+        return {}
+
+    def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
+        """What a contact sheet shows of one member (`classes`: the dataset's class names)."""
+        return Preview(text=f".{ext}: {len(data):,} bytes")
+
+    def reconstruction(self, encoder: Mapping[str, Any]) -> Reconstruction | None:
+        """How autoencoding rebuilds this field given its encoder options; None: it cannot."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(extensions={list(self.extensions)})"
 
@@ -228,6 +266,48 @@ _ADAPTERS: Registry[type[Adapter]] = Registry(Adapter, ENTRY_POINT_GROUP, "adapt
 register = _ADAPTERS.register
 get = _ADAPTERS.get
 available = _ADAPTERS.available
+
+
+def extension_table() -> dict[str, str | None]:
+    """Every extension some registered adapter reads → the modality it is by default, or None
+    where that is ambiguous (claimed by several adapters, or by none: `npy`, `json`).
+
+    The adapters' own `extensions` / `default_for` are the only table: a plugin that
+    registers an adapter for `depth.png` makes `build`, `inspect` and the ops know it.
+    """
+    names = available()
+    if _TABLE.get("names") != names:
+        claims: dict[str, set[str]] = {}
+        for name in names:
+            cls = get(name)
+            for ext in cls.extensions:
+                claims.setdefault(ext, set())
+            for ext in cls.extensions if cls.default_for is None else cls.default_for:
+                claims.setdefault(ext, set()).add(name)
+        table = {ext: next(iter(c)) if len(c) == 1 else None for ext, c in claims.items()}
+        _TABLE.update(names=names, table=table)
+    return _TABLE["table"]
+
+
+_TABLE: dict[str, Any] = {}
+
+
+def modality_of(ext: str, fields: Mapping[str, str] | None = None) -> str | None:
+    """The modality of a member extension: the dataset's or the user's rule (`fields`, e.g.
+    `{"npy": "pointcloud"}`), else the registry's default for the whole extension
+    (`depth.png`), else for its last part (`left.mp4` → video); None when none applies."""
+    if fields and fields.get(ext):
+        return fields[ext]
+    table = extension_table()
+    if ext in table:
+        return table[ext]
+    return table.get(ext.rsplit(".", 1)[-1])
+
+
+def is_known(ext: str) -> bool:
+    """Whether some adapter reads members with this extension (whole, or by its last part)."""
+    table = extension_table()
+    return ext in table or ext.rsplit(".", 1)[-1] in table
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import simplejpeg
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ImageOps
 
+from polymodal.codecs.images import (
+    EXIF_ORIENTATION,
+    JpegHeader,
+    image_size,
+    jpeg_header,
+    open_image,
+    orient,
+    to_rgb,
+)
 from polymodal.perceiver.io import GridInput
 
-from .base import Adapter, Field, FieldInput, register
+from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
 
-_EXIF_ORIENTATION = 0x0112
 _DRAFT_REDUCTIONS = (8, 4, 2)  # the DCT-domain scales Pillow's JPEG draft mode offers
 
 
@@ -79,8 +87,21 @@ class ImageAdapter(Adapter):
         """Pixels scaled to [-1, 1], `patch_size`² patches, Fourier positions of the grid."""
         return FieldInput(GridInput(3, (patch_size, patch_size), num_bands, self.size))
 
+    def probe(self, data: bytes, ext: str) -> dict[str, float]:
+        width, height = image_size(data)
+        return {"width": width, "height": height}
+
+    def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
+        field = type(self)(size=None, max_pixels=self.max_pixels).decode({ext: data})
+        return Preview(frames=(field.values.reshape(*field.grid, 3).numpy(),))
+
+    def reconstruction(self, encoder: Mapping[str, Any]) -> Reconstruction | None:
+        if self.size is None:
+            return None
+        return Reconstruction(self.size, 3, 2 / 255, -1.0, np.uint8)
+
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
-        header = _jpeg_header(data)
+        header = jpeg_header(data)
         if header is not None and header.components in (1, 3):
             pixels = self._decode_jpeg(data, header)
         else:
@@ -99,22 +120,19 @@ class ImageAdapter(Adapter):
         r = self._draft_reduction(header.width, header.height)
         scale = {"min_width": -(-header.width // r), "min_height": -(-header.height // r)}
         pixels = simplejpeg.decode_jpeg(data, "RGB", strict=True, **(scale if r > 1 else {}))
-        return orient(torch.from_numpy(pixels), header.orientation)
+        return torch.from_numpy(orient(pixels, header.orientation))
 
     def _decode_pillow(self, data: bytes) -> torch.Tensor:
         """Every other format (and CMYK JPEGs, which simplejpeg does not convert)."""
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ValueError("not an image format Pillow can read") from None
+        img = open_image(data)
         w, h = img.size
         self._check_pixels(w, h)
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
         if img.format == "JPEG":
             reduction = self._draft_reduction(w, h)
             if reduction > 1:
                 img.draft("RGB", (w // reduction, h // reduction))
-        img = _to_rgb(img, self.background)
+        img = to_rgb(img, self.background)
         if orientation != 1:
             img = ImageOps.exif_transpose(img)
         return torch.from_numpy(np.array(img))
@@ -183,99 +201,3 @@ def crop_plan(
     if crop == "random":
         return rw, rh, int(rng.integers(0, rw - out_w + 1)), int(rng.integers(0, rh - out_h + 1))
     return rw, rh, (rw - out_w) // 2, (rh - out_h) // 2
-
-
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}
-_APP1 = 0xE1
-
-
-@dataclass(frozen=True)
-class JpegHeader:
-    """What a JPEG's markers say before its scan: size, colour components, EXIF orientation."""
-
-    width: int
-    height: int
-    components: int
-    orientation: int = 1
-
-
-def _jpeg_header(data: bytes) -> JpegHeader | None:
-    """The frame header (and EXIF orientation) of a JPEG, or None if it is not a JPEG.
-
-    Our own few lines instead of `PIL.Image.open`: the size must be known (to refuse bombs and
-    to choose a decoder) before decoding, and Pillow's Python marker parser costs about a tenth
-    of a small JPEG's whole decode. Anything unusual returns None and goes the Pillow way.
-    """
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    pos, end = 2, len(data)
-    orientation = 1
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _STANDALONE_MARKERS:
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker == _APP1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
-            orientation = exif_orientation(data[pos + 10 : pos + 2 + length])
-        if marker in _SOF_MARKERS:
-            if pos + 10 > end:
-                return None
-            h = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            w = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            return JpegHeader(w, h, data[pos + 9], orientation) if w and h else None
-        if marker == 0xDA or length < 2:  # scan data before any frame header
-            return None
-        pos += 2 + length
-    return None
-
-
-def exif_orientation(tiff: bytes) -> int:
-    """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block, 1 when absent or unreadable."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    if order is None or len(tiff) < 8:
-        return 1
-    ifd = int.from_bytes(tiff[4:8], order)
-    if ifd + 2 > len(tiff):
-        return 1
-    for entry in range(int.from_bytes(tiff[ifd : ifd + 2], order)):
-        at = ifd + 2 + 12 * entry
-        if at + 12 > len(tiff):
-            return 1
-        if int.from_bytes(tiff[at : at + 2], order) == _EXIF_ORIENTATION:
-            value = int.from_bytes(tiff[at + 8 : at + 10], order)
-            return value if 1 <= value <= 8 else 1
-    return 1
-
-
-def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
-    """`[H, W, C]` pixels turned upright from EXIF `orientation`, as `ImageOps.exif_transpose`."""
-    if orientation in (5, 6, 7, 8):  # stored on its side: swap the axes first
-        pixels = pixels.transpose(0, 1)
-    flips = {2: (1,), 3: (0, 1), 4: (0,), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation)
-    return pixels.flip(flips).contiguous() if flips else pixels
-
-
-def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Any Pillow mode → 8-bit RGB; decoding happens here (Pillow loads lazily)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img)
-        if img.mode == "F":  # float images are taken to be in [0, 1]
-            arr8 = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        else:  # 16-bit (or 32-bit integer) greyscale: keep the top 8 of 16 bits
-            arr8 = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
-    if not has_alpha:
-        return img.convert("RGB")
-    rgba = img.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (*background, 255))
-    return Image.alpha_composite(canvas, rgba).convert("RGB")

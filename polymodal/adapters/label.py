@@ -10,7 +10,7 @@ import torch
 
 from polymodal.perceiver.io import LabelInput
 
-from .base import Adapter, Field, FieldInput, load_json, register
+from .base import Adapter, Field, FieldInput, Preview, load_json, register
 
 
 @register("label")
@@ -24,6 +24,7 @@ class LabelAdapter(Adapter):
     """
 
     extensions = ("cls", "txt", "json")
+    default_for = ("cls",)
 
     def __init__(
         self,
@@ -52,6 +53,10 @@ class LabelAdapter(Adapter):
         if self.num_classes is None:
             raise ValueError("a label encoder needs num_classes (or classes)")
         return FieldInput(LabelInput(self.num_classes), ("values", "mask"))
+
+    def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
+        raw = data.decode("utf-8", errors="replace").strip()
+        return Preview(text=f"label: {class_name(classes, raw)}")
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         if ext == "json":
@@ -91,3 +96,9 @@ class LabelAdapter(Adapter):
         if cid < 0 or (self.num_classes is not None and cid >= self.num_classes):
             raise ValueError(f"class id {cid} outside [0, {self.num_classes})")
         return cid
+
+
+def class_name(classes: Sequence[str] | None, label: str) -> str:
+    """The class name of a `cls` value when the dataset lists names, else the value itself."""
+    known = classes and label.isdigit() and int(label) < len(classes)
+    return classes[int(label)] if known else label

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-from polymodal.datasets.points import read_points
+from polymodal.codecs.points import read_points
 from polymodal.perceiver.io import PointCloudInput
 
-from .base import Adapter, Field, FieldInput, register
+from .base import Adapter, Field, FieldInput, Preview, register
 
 
 @register("pointcloud")
@@ -24,6 +26,7 @@ class PointCloudAdapter(Adapter):
     """
 
     extensions = ("npy", "npz", "ply", "off", "xyz", "pts")
+    default_for = ("npz", "ply", "off", "xyz", "pts")  # `npy` may be token ids too
 
     def __init__(
         self,
@@ -45,6 +48,13 @@ class PointCloudAdapter(Adapter):
     def encoder(self, features: int = 0, num_bands: int = 64) -> FieldInput:
         """Points and their features, plus Fourier features of the coordinates."""
         return FieldInput(PointCloudInput(features, num_bands), ("values", "coords", "mask"))
+
+    def probe(self, data: bytes, ext: str) -> dict[str, float]:
+        return {"points": len(read_points(data, ext, self.max_points))}
+
+    def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
+        field = type(self)(num_points=2048, max_points=self.max_points).decode({ext: data})
+        return Preview(points=field.coords.numpy())
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         points = read_points(data, ext, self.max_points)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import codecs
 import io
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from polymodal.datasets.points import npy_header
+from polymodal.codecs.arrays import npy_header
 from polymodal.perceiver.io import TextInput
 
-from .base import Adapter, Field, FieldInput, load_json, register
+from .base import Adapter, Field, FieldInput, Preview, load_json, register
 
 PAD, BOS, EOS, MASK, CLS, SEP = range(6)
 NUM_SPECIAL = 6
@@ -49,6 +50,7 @@ class TextAdapter(Adapter):
     """
 
     extensions = ("txt", "text", "npy", "json")
+    default_for = ("txt", "text")
 
     def __init__(
         self,
@@ -70,6 +72,14 @@ class TextAdapter(Adapter):
     def encoder(self, dim: int = 256) -> FieldInput:
         """Byte embeddings plus learned positions (Perceiver IO's language input)."""
         return FieldInput(TextInput(VOCAB_SIZE, dim, self.max_length), ("values", "mask"))
+
+    def probe(self, data: bytes, ext: str) -> dict[str, float]:
+        return {"bytes": len(data)}
+
+    def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
+        if ext == "npy":  # ids of some tokenizer: only their number means something here
+            return Preview(text=f".npy: {len(self.decode({ext: data}).values):,} token ids")
+        return Preview(text=data[: self.max_length].decode("utf-8", errors="replace"))
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         keep = max(self.max_length - 2, 0) if self.add_special else self.max_length

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import av
 import numpy as np
 import torch
 
-from polymodal.datasets.media import (
+from polymodal.codecs.containers import (
     clip_start,
-    frames_at,
+    frame_rate,
     open_stream,
     plain_errors,
     seek_to,
     stream_seconds,
 )
+from polymodal.codecs.video import check_pixels, convert_once, frames_at, upright_rgb, upright_size
 from polymodal.perceiver.io import GridInput
 
-from .base import Adapter, Field, FieldInput, register
+from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
 from .image import check_crop, crop_plan, size_pair
 
 
@@ -69,15 +71,41 @@ class VideoAdapter(Adapter):
         """Pixels scaled to [-1, 1], space-time patches, Fourier positions of the patch grid."""
         return FieldInput(GridInput(3, patch, num_bands))
 
+    @plain_errors()
+    def probe(self, data: bytes, ext: str) -> dict[str, float]:
+        container, stream = open_stream(data, "video")
+        with container:
+            ctx = stream.codec_context
+            return {
+                "seconds": stream_seconds(container, stream),
+                "fps": float(stream.average_rate or 0),
+                "width": ctx.width,
+                "height": ctx.height,
+            }
+
+    def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
+        """Six frames spread over the whole video, at its own size."""
+        seconds = self.probe(data, ext)["seconds"] or 1.0
+        strip = type(self)(num_frames=6, fps=6 / seconds, size=None, max_pixels=self.max_pixels)
+        field = strip.decode({ext: data})
+        frames = field.values.reshape(*field.grid, 3).numpy()
+        real = (
+            len(frames) if field.mask is None else int(field.mask.view(len(frames), -1)[:, 0].sum())
+        )
+        return Preview(frames=tuple(frames[:real]))
+
+    def reconstruction(self, encoder: Mapping[str, Any]) -> Reconstruction | None:
+        if self.size is None:
+            return None
+        return Reconstruction((self.num_frames, *self.size), 3, 2 / 255, -1.0, np.uint8)
+
     @plain_errors()  # FFmpeg's reason, not its errno
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         container, stream = open_stream(data, "video")
         with container:
-            ctx = stream.codec_context
-            if ctx.width * ctx.height > self.max_pixels:
-                raise ValueError(f"frames are {ctx.width}×{ctx.height}, over max_pixels")
+            check_pixels(stream.codec_context.width, stream.codec_context.height, self.max_pixels)
             stream.thread_type = "AUTO"
-            fps = self.fps or float(stream.average_rate or stream.guessed_rate or 25)
+            fps = self.fps or float(frame_rate(stream))
             total = stream_seconds(container, stream)
             start = clip_start(total, self.num_frames / fps, self.crop, rng)
             seek_to(container, stream, start)
@@ -96,24 +124,20 @@ class VideoAdapter(Adapter):
     def _convert(
         self, frames: Iterator[av.VideoFrame], rng: np.random.Generator | None
     ) -> list[np.ndarray]:
-        """Scale (swscale), rotate and crop each picked frame; one crop position per clip."""
-        out: list[np.ndarray] = []
-        last: av.VideoFrame | None = None
-        for frame in frames:
-            if frame is last:  # a frame shown at several target times (source fps < target)
-                out.append(out[-1])
-                continue
-            if last is None:
-                turns = round((frame.rotation or 0) / 90) % 4
-                w, h = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+        """Scale (swscale), rotate and crop each picked frame; one crop position per clip,
+        planned from the first frame's upright size."""
+        plan: tuple[int, int, int, int, int, int] | None = None
+
+        def convert(frame: av.VideoFrame) -> np.ndarray:
+            nonlocal plan
+            if plan is None:
+                w, h = upright_size(frame)
                 if self.size is None:
-                    rw, rh, x0, y0, out_w, out_h = w, h, 0, 0, w, h
+                    plan = (w, h, 0, 0, w, h)
                 else:
-                    out_h, out_w = self.size
                     rw, rh, x0, y0 = crop_plan(w, h, self.size, self.crop_fraction, self.crop, rng)
-                sw, sh = (rh, rw) if turns % 2 else (rw, rh)  # scaled size before rotating
-            arr = frame.to_ndarray(width=sw, height=sh, format="rgb24")
-            arr = np.rot90(arr, turns) if turns else arr
-            out.append(arr[y0 : y0 + out_h, x0 : x0 + out_w])
-            last = frame
-        return out
+                    plan = (rw, rh, x0, y0, self.size[1], self.size[0])
+            rw, rh, x0, y0, out_w, out_h = plan
+            return upright_rgb(frame, rw, rh)[y0 : y0 + out_h, x0 : x0 + out_w]
+
+        return list(convert_once(frames, convert))

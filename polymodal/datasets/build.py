@@ -37,6 +37,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from polymodal.seeds import stable_fraction
+
 from .files import HashingReader, check_separate, remove_temporaries, write_atomic
 from .index import (
     INDEX_NAME,
@@ -48,14 +50,13 @@ from .index import (
     sidecar_name,
     write_sidecar,
 )
-from .layout import ERROR_KEY, Problem, check_key, modality_of, read_tar_samples, split_name
+from .layout import ERROR_KEY, Problem, check_key, read_tar_samples, split_name
 from .writer import TAR_BLOCK, open_shard, shard_name, tar_sample_size
 
 PLAN_NAME = ".polymodal-build.json"  # the fingerprint of the build that owns this folder
 REJECTS_NAME = "rejects.jsonl"
 LABELS_CSV = "labels.csv"
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
-OTHER_EXTENSIONS = {"json", "npy"}  # read by adapters, but no default modality
 
 
 @dataclass(frozen=True)
@@ -138,13 +139,17 @@ def plan_source(src: Path) -> SourcePlan:
 
 
 def _known(ext: str) -> bool:
-    return modality_of(ext) is not None or ext.rsplit(".", 1)[-1] in OTHER_EXTENSIONS
+    from polymodal.adapters import is_known
+
+    return is_known(ext)
 
 
 def _known_chain(ext: str) -> bool:
-    """Whether every dot-separated part of an extension is a known one (`jpg`, `seg.png`
-    is not, `cls.txt` is)."""
-    return all(_known(part) for part in ext.split("."))
+    """Whether an extension is one some adapter reads whole (`depth.png` once a plugin
+    registers it) or every dot-separated part of it is (`jpg`, `cls.txt`; `seg.png` is not)."""
+    from polymodal.adapters import extension_table
+
+    return ext in extension_table() or all(_known(part) for part in ext.split("."))
 
 
 def dotted_stem_reason(name: str, key: str, ext: str) -> str | None:
@@ -442,17 +447,11 @@ def check_splits(splits: Mapping[str, float]) -> dict[str, float]:
     return dict(splits)
 
 
-def key_fraction(key: str) -> float:
-    """A stable number in [0, 1) from a key: the same sample lands in the same split always."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64
-
-
 def split_of(key: str, splits: Mapping[str, float]) -> str:
-    """The split a key falls in: the named splits take consecutive ranges of `key_fraction`
+    """The split a key falls in: the named splits take consecutive ranges of `stable_fraction`
     of the sizes given, `train` the rest."""
     total = 0.0
-    u = key_fraction(key)
+    u = stable_fraction(key)
     for name, fraction in splits.items():
         total += fraction
         if u < total:
@@ -643,11 +642,14 @@ def build(
     split: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    fields: Mapping[str, str] | None = None,
     print_: Callable[[str], None] = print,
 ) -> BuildReport:
     """Build `out` from `src`; see the module docstring. Rejected inputs go to
-    `out/rejects.jsonl`; with splits, each split is a dataset in `out/SPLIT/`."""
+    `out/rejects.jsonl`; with splits, each split is a dataset in `out/SPLIT/`. `fields` sets
+    the modality of extensions the registry leaves ambiguous (`{"npy": "pointcloud"}`)."""
     started = time.perf_counter()
+    fields = check_field_rules(fields or {})
     out = Path(out)
     src = Path(src)
     if src.is_dir():
@@ -666,6 +668,7 @@ def build(
         "shuffle": shuffle,
         "seed": seed if shuffle else None,
         "split": split,
+        **({"fields": fields} if fields else {}),  # absent when unset: old fingerprints hold
     }
     rejects = [p.as_dict() for p in plan.problems]
     report = BuildReport({}, 0, 0, 0, 0, 0, 0.0)
@@ -680,7 +683,9 @@ def build(
             print_(f"{directory}: already built from these sources with these options")
             index = ShardIndex.load(directory)
         else:
-            index, written = _write_split(directory, shards, shard_format, workers, progress)
+            index, written = _write_split(
+                directory, shards, shard_format, workers, progress, fields
+            )
             report.written_shards += written
             index.classes, index.build = plan.classes, {"fingerprint": fp, **options}
             index.save(directory)
@@ -700,6 +705,7 @@ def _write_split(
     shard_format: str,
     workers: int,
     progress: bool,
+    fields: Mapping[str, str],
 ) -> tuple[ShardIndex, int]:
     """Write the shards of one split that are not finished yet; the index and how many shards
     were written now."""
@@ -729,9 +735,9 @@ def _write_split(
     finally:
         bar.close()
     ordered = [infos[shard_name("shard", n, shard_format)] for n in range(len(shards))]
-    seen = sorted({ext for info in ordered for ext in info.fields})
-    fields = {ext: modality_of(ext) or "" for ext in seen}
-    index = ShardIndex(shard_format, fields, ordered, merge_labels(ordered), base=str(directory))
+    index = ShardIndex(
+        shard_format, schema(ordered, fields), ordered, merge_labels(ordered), base=str(directory)
+    )
     return index, len(tasks)
 
 
@@ -769,9 +775,41 @@ def problems_to(sink: list[dict[str, str]]) -> Callable[[Problem], None]:
     return lambda problem: sink.append(problem.as_dict())
 
 
-def index_shards(directory: str | Path, workers: int = 1, progress: bool = True) -> BuildReport:
+def schema(infos: list[ShardInfo], fields: Mapping[str, str] | None = None) -> dict[str, str]:
+    """index.json's extension → modality map for the members the shards hold: the user's rules
+    (`fields`, e.g. `{"npy": "pointcloud"}`) first, then the registry's defaults; "" where
+    neither says (the stream then needs a field for it in the config)."""
+    from polymodal.adapters import modality_of
+
+    return {
+        ext: modality_of(ext, fields) or "" for ext in sorted({e for i in infos for e in i.fields})
+    }
+
+
+def check_field_rules(fields: Mapping[str, str]) -> dict[str, str]:
+    """User rules `extension → adapter name`, normalised; an unknown adapter is an error."""
+    from polymodal.adapters import available
+
+    known = available()
+    rules = {ext.lower().lstrip("."): name for ext, name in fields.items()}
+    for ext, name in rules.items():
+        if name not in known:
+            raise ValueError(
+                f"--field {ext}={name}: no adapter named {name!r} (known: {', '.join(known)})"
+            )
+    return rules
+
+
+def index_shards(
+    directory: str | Path,
+    workers: int = 1,
+    progress: bool = True,
+    fields: Mapping[str, str] | None = None,
+) -> BuildReport:
     """Index the WebDataset tar shards in `directory` in place: a sidecar per shard, then
-    `rejects.jsonl` (bad members, damaged shards) and `index.json` (the good shards)."""
+    `rejects.jsonl` (bad members, damaged shards) and `index.json` (the good shards).
+    `fields` sets the modality of extensions the registry leaves ambiguous (`npy`, `json`)."""
+    fields = check_field_rules(fields or {})
     started = time.perf_counter()
     directory = Path(directory)
     tars = sorted(directory.glob("*.tar"))
@@ -789,8 +827,9 @@ def index_shards(directory: str | Path, workers: int = 1, progress: bool = True)
     infos = [r for p in tars if isinstance(r := results[p], ShardInfo)]
     rejects = [r for p in tars for r in _shard_rejects(results[p])]
     write_atomic(directory / REJECTS_NAME, "".join(json.dumps(r) + "\n" for r in rejects).encode())
-    fields = {ext: modality_of(ext) or "" for ext in sorted({e for i in infos for e in i.fields})}
-    index = ShardIndex("tar", fields, infos, merge_labels(infos), base=str(directory))
+    index = ShardIndex(
+        "tar", schema(infos, fields), infos, merge_labels(infos), base=str(directory)
+    )
     index.classes = _previous_classes(directory)
     index.save(directory)
     return BuildReport(

@@ -7,15 +7,12 @@ a contact sheet to look at, and a full validation.
 
 from __future__ import annotations
 
-import io
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
-import av
 import numpy as np
-from PIL import Image
 
 from .files import HashingReader, TooLarge, open_read
 from .index import (
@@ -54,26 +51,10 @@ def bounded_sample(index: ShardIndex, limit: int) -> Iterator[dict[str, Any]]:
 
 
 def probe(modality: str, ext: str, data: bytes) -> dict[str, float]:
-    """Cheap metadata of one member (headers only where the format allows)."""
-    if modality == "image":
-        width, height = Image.open(io.BytesIO(data)).size
-        return {"width": width, "height": height}
-    if modality in ("audio", "video"):
-        with av.open(io.BytesIO(data)) as container:
-            stream = getattr(container.streams, modality)[0]
-            seconds = container.duration / av.time_base if container.duration else 0.0
-            if modality == "audio":
-                return {"seconds": seconds, "rate": stream.rate, "channels": stream.channels}
-            ctx = stream.codec_context
-            fps = float(stream.average_rate or 0)
-            return {"seconds": seconds, "fps": fps, "width": ctx.width, "height": ctx.height}
-    if modality == "pointcloud":
-        from polymodal.adapters import get
+    """Cheap metadata of one member, from its modality's adapter (the `probe` hook)."""
+    from polymodal.adapters import get
 
-        return {"points": len(get("pointcloud")(num_points=None).decode({ext: data}).values)}
-    if modality == "text":
-        return {"bytes": len(data)}
-    return {}
+    return get(modality)(extensions=[ext]).probe(data, ext) if modality else {}
 
 
 def _summarise(values: list[float]) -> dict[str, float]:
@@ -101,6 +82,8 @@ def inspect_dataset(source: str, sample_limit: int = 64) -> dict[str, Any]:
                 probes.setdefault(ext, {}).setdefault(name, []).append(float(value))
     labels = index.labels
     if index.classes:
+        from polymodal.adapters.label import class_name
+
         labels = {class_name(index.classes, k): v for k, v in labels.items()}
     return {
         "source": source,
@@ -121,12 +104,6 @@ def inspect_dataset(source: str, sample_limit: int = 64) -> dict[str, Any]:
         "probed_samples": probed,
         "probe_problems": problems[:20],
     }
-
-
-def class_name(classes: list[str] | None, label: str) -> str:
-    """The class name of a `cls` value when the index lists names, else the value itself."""
-    known = classes and label.isdigit() and int(label) < len(classes)
-    return classes[int(label)] if known else label
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -25,17 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-# The modality each extension is read as when a dataset does not say (index.json's schema).
-DEFAULT_FIELDS = {
-    **dict.fromkeys(("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif"), "image"),
-    **dict.fromkeys(("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac"), "audio"),
-    **dict.fromkeys(("mp4", "webm", "mkv", "mov", "avi", "m4v"), "video"),
-    **dict.fromkeys(("ply", "off", "xyz", "pts", "npz"), "pointcloud"),
-    **dict.fromkeys(("txt", "text"), "text"),
-    "cls": "label",
-}
-
-
 # webdataset's `tariterators.base_plus_ext` expression, kept here so that reading and writing
 # shards does not import webdataset: it imports torch, 1.4 s in every worker process.
 _KEY_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -43,11 +32,6 @@ _KEY_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 MAX_MEMBER_BYTES = 2**30  # no tar member is read into memory beyond this
 ERROR_KEY = "__error__"  # a sample that must not be used carries the reason here
-
-
-def modality_of(ext: str) -> str | None:
-    """The default modality of an extension; dotted ones go by their last part (`left.mp4`)."""
-    return DEFAULT_FIELDS.get(ext) or DEFAULT_FIELDS.get(ext.rsplit(".", 1)[-1])
 
 
 def split_name(name: str) -> tuple[str, str] | None:

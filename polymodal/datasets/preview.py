@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .files import check_separate
 from .index import ShardIndex
-from .inspect import bounded_sample, class_name, probe
+from .inspect import bounded_sample
 
 TILE = 96  # tile height in pixels
 WIDE = 240  # width of audio and text tiles
@@ -90,34 +90,20 @@ def _cloud_tiles(xyz: np.ndarray) -> list[Image.Image]:
 
 
 def render_field(modality: str, ext: str, data: bytes, classes: list[str] | None) -> Image.Image:
-    """One field of one sample as a tile (or strip of tiles)."""
-    from polymodal.adapters import get
+    """One field of one sample as a tile (or strip of tiles): what its adapter's `preview`
+    hook says to show, drawn here."""
+    from polymodal.adapters import Adapter, get
 
-    sample = {"__key__": "preview", ext: data}
-    if modality == "image":
-        field = get("image")(size=None).decode(sample)
-        return _thumb(field.values.reshape(*field.grid, 3).numpy())
-    if modality == "video":
-        seconds = probe("video", ext, data)["seconds"] or 1.0
-        field = get("video")(num_frames=6, fps=6 / seconds, size=None).decode(sample)
-        frames = field.values.reshape(*field.grid, 3).numpy()
-        real = (
-            len(frames) if field.mask is None else int(field.mask.view(len(frames), -1)[:, 0].sum())
-        )
-        return _hstack([_thumb(f) for f in frames[:real]])
-    if modality == "audio":
-        field = get("audio")(duration=None, dtype="float16", max_seconds=120).decode(sample)
-        return _hstack(_audio_tiles(field.values[:, 0].float().numpy(), 16000))
-    if modality == "pointcloud":
-        return _hstack(
-            _cloud_tiles(get("pointcloud")(num_points=2048).decode(sample).coords.numpy())
-        )
-    if modality == "label":
-        name = class_name(classes, data.decode("utf-8", errors="replace").strip())
-        return _text_tile(f"label: {name}", width=120)
-    if modality == "text":
-        return _text_tile(data.decode("utf-8", errors="replace"))
-    return _text_tile(f".{ext}: {len(data):,} bytes", width=120)
+    adapter = get(modality)(extensions=[ext]) if modality else Adapter(extensions=[ext])
+    shown = adapter.preview(data, ext, classes)
+    tiles = [_thumb(f) for f in shown.frames]
+    if shown.wave is not None:
+        tiles += _audio_tiles(shown.wave, shown.rate)
+    if shown.points is not None:
+        tiles += _cloud_tiles(shown.points)
+    if shown.text:
+        tiles.append(_text_tile(shown.text))
+    return _hstack(tiles or [_text_tile(f".{ext}: nothing to show", width=120)])
 
 
 def contact_sheet(source: str, out: str | Path, rows: int = 8) -> Path:

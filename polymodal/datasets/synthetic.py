@@ -15,7 +15,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from .points import encode_ply as encode_ply  # re-exported: tests make point clouds here
+from polymodal.codecs.points import (
+    encode_ply as encode_ply,  # re-exported: tests make point clouds here
+)
 
 # container extension → (FFmpeg muxer, audio codec, video codec)
 CONTAINERS = {

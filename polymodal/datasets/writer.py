@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from .files import tmp_path
 from .index import ShardIndex, ShardInfo, ShardStats, merge_labels, write_sidecar
-from .layout import check_key, modality_of
+from .layout import check_key
 
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads an archive to a whole record
@@ -207,7 +207,9 @@ class ShardWriter:
             self.done.append(self.shard.finish())
             self.shard = None
         seen = sorted({ext for info in self.done for ext in info.fields})
-        fields = {ext: self.fields.get(ext) or modality_of(ext) or "" for ext in seen}
+        from polymodal.adapters import modality_of
+
+        fields = {ext: modality_of(ext, self.fields) or "" for ext in seen}
         index = ShardIndex(
             format=self.format,
             fields=fields,

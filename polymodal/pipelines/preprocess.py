@@ -30,12 +30,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from polymodal.datasets.build import PLAN_NAME, REJECTS_NAME, prepare_output
+from polymodal.datasets.build import PLAN_NAME, REJECTS_NAME, prepare_output, schema
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
 from polymodal.datasets.files import check_separate, remove_temporaries, write_atomic
 from polymodal.datasets.index import INDEX_NAME, ShardIndex, ShardInfo, merge_labels
-from polymodal.datasets.layout import Problem, modality_of
+from polymodal.datasets.layout import Problem
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.writer import TarShard, shard_name
 
@@ -394,9 +394,8 @@ def _write_outputs(
     for split, directory in outputs.items():
         remove_temporaries(directory)  # from a worker killed mid-task, since rerun
         infos = [ShardInfo(**r.outputs[split]) for r in records if split in r.outputs]
-        exts = sorted({ext for info in infos for ext in info.fields})
-        fields = {ext: index.fields.get(ext) or modality_of(ext) or "" for ext in exts}
-        out = ShardIndex("tar", fields, infos, merge_labels(infos), index.classes)
+        rules = {ext: m for ext, m in index.fields.items() if m}  # the source's rules carry on
+        out = ShardIndex("tar", schema(infos, rules), infos, merge_labels(infos), index.classes)
         out.build = {"fingerprint": fp, "source": src, "ops": report.ops}
         out.save(directory)
 

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from polymodal.adapters import Adapter, Batch, DecodeError, collate, get, sample_seed
+from polymodal.adapters import Adapter, Batch, DecodeError, collate, get
 from polymodal.datasets.files import (
     DEFAULT_REMOTE,
     HashingReader,
@@ -52,6 +52,7 @@ from polymodal.datasets.index import ShardIndex, ShardInfo
 from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem
 from polymodal.datasets.reader import shard_samples
 from polymodal.errors import UserError
+from polymodal.seeds import stable_seed
 
 from .partition import (
     Mixture,
@@ -399,7 +400,7 @@ class Decode:
             self.skipped += 1
             return raw
         key = raw["__key__"]
-        seed = sample_seed(key, self.seed * 1_000_003 + self.epoch)
+        seed = stable_seed(key, self.seed * 1_000_003 + self.epoch)
         out: dict[str, Any] = {"__key__": key, "__repeated__": ref.repeated}
         for name, adapter in self.fields.items():
             # one generator per field, equally seeded: audio and video cut the same moment

@@ -21,10 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polymodal.adapters import Adapter, Batch, get
-from polymodal.adapters.audio import AudioAdapter
-from polymodal.adapters.image import ImageAdapter
 from polymodal.adapters.text import MASK, NUM_SPECIAL, VOCAB_SIZE, TextAdapter
-from polymodal.adapters.video import VideoAdapter
 from polymodal.perceiver import (
     FourierQueries,
     MaskedLanguageModel,
@@ -133,28 +130,24 @@ class ClassificationTask(Task):
 
 
 class _Reconstruction:
-    """How one field is decoded: its output queries, channels, and target values in [-1, 1]."""
+    """How one field is decoded: its output queries and target values in [-1, 1], from the
+    adapter's `reconstruction` hook."""
 
-    def __init__(self, adapter: Adapter, encoder: Mapping[str, Any]) -> None:
-        bands = int(encoder.get("num_bands", 16))
-        if isinstance(adapter, (VideoAdapter, ImageAdapter)) and adapter.size is not None:
-            frames = (adapter.num_frames,) if isinstance(adapter, VideoAdapter) else ()
-            self.grid, self.patch, self.channels = (*frames, *adapter.size), None, 3
-            self.scale, self.offset, self.dtype = 2 / 255, -1.0, np.uint8
-            self.queries = FourierQueries(self.grid, bands)
-        elif isinstance(adapter, AudioAdapter) and adapter.duration is not None:
-            length = round(adapter.duration * adapter.sample_rate)
-            per_patch = int(encoder.get("samples_per_patch", 16))
-            self.grid, self.patch = (length,), (per_patch,)
-            self.channels = per_patch * adapter.channels
-            self.scale, self.offset = (1 / 32768 if adapter.dtype == "int16" else 1.0), 0.0
-            self.dtype = np.dtype(adapter.dtype).type
-            self.queries = FourierQueries((length // per_patch,), bands, max_resolution=(length,))
-        else:
+    def __init__(self, name: str, adapter: Adapter, encoder: Mapping[str, Any]) -> None:
+        spec = adapter.reconstruction(encoder)
+        if spec is None:
             raise ValueError(
-                f"cannot reconstruct a {type(adapter).__name__} field (fixed-size "
-                "video, image and audio can be)"
+                f"data.fields.{name}: a {type(adapter).__name__} field cannot be reconstructed "
+                "(fixed-size video, image and audio can be)"
             )
+        self.grid, self.patch, self.channels = spec.grid, spec.patch, spec.channels
+        self.scale, self.offset, self.dtype = spec.scale, spec.offset, spec.dtype
+        bands = int(encoder.get("num_bands", 16))
+        if spec.patch is None:
+            self.queries = FourierQueries(spec.grid, bands)
+        else:
+            cells = tuple(g // p for g, p in zip(spec.grid, spec.patch, strict=True))
+            self.queries = FourierQueries(cells, bands, max_resolution=spec.grid)
 
     def target(self, values: torch.Tensor) -> torch.Tensor:
         x = values.float() * self.scale + self.offset
@@ -165,7 +158,7 @@ class _Reconstruction:
         `target`): `[B, *grid, 3]` pixels, or `[B, samples, channels]` audio."""
         batch = outputs.shape[0]
         x = (outputs.detach().cpu().float() - self.offset) / self.scale
-        shape = (batch, *self.grid, 3) if self.patch is None else (batch, self.grid[0], -1)
+        shape = (batch, *self.grid, -1)  # one query per element, or per 1-d patch
         limits = np.iinfo(self.dtype) if np.issubdtype(self.dtype, np.integer) else None
         if limits is not None:
             x = x.round().clamp(limits.min, limits.max)
@@ -176,7 +169,7 @@ class AutoencodeTask(Task):
     def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
         super().__init__(config, adapters)
         self.outputs = {
-            name: _Reconstruction(a, config.data.fields[name].encoder)
+            name: _Reconstruction(name, a, config.data.fields[name].encoder)
             for name, a in adapters.items()
         }
 

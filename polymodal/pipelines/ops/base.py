@@ -15,12 +15,11 @@ sample, writes key, op and reason to `rejects.jsonl`, and goes on).
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from polymodal.datasets.layout import modality_of
+from polymodal.adapters import modality_of
 from polymodal.registry import Registry
 
 ENTRY_POINT_GROUP = "polymodal.ops"
@@ -140,9 +139,3 @@ def replace_member(sample: Sample, old: str, file_type: str, data: bytes) -> str
     del sample[old]
     sample[new] = data
     return new
-
-
-def key_seed(key: str, seed: int = 0) -> int:
-    """A stable per-sample seed: the same sample gets the same draw on any worker and rerun."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")

@@ -20,14 +20,15 @@ from typing import Any
 import av
 import numpy as np
 
-from polymodal.datasets.media import (
-    check_complete,
-    frames_at,
+from polymodal.codecs.audio import channel_layout, decode_audio
+from polymodal.codecs.containers import (
+    frame_rate,
     open_container,
     plain_errors,
     seek_to,
     stream_seconds,
 )
+from polymodal.codecs.video import check_pixels, convert_once, frames_at, quarter_turns, upright_rgb
 
 from .base import Filtered, Op, Result, Sample, media_members, register_op, replace_member, retype
 
@@ -39,7 +40,6 @@ VIDEO_CODECS = {
 # audio file type → (FFmpeg muxer, encoder)
 AUDIO_FORMATS = {"flac": ("flac", "flac"), "wav": ("wav", "pcm_s16le")}
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-_LAYOUTS = {1: "mono", 2: "stereo"}
 _CHUNK = 4096  # audio samples per frame handed to an encoder (PyAV regroups to its frame size)
 _FULL_SLACK = 0.01  # seconds an audio clip may fall short of its length and still count as full
 
@@ -107,8 +107,8 @@ def _transcode(
         total = stream_seconds(container, main)
         if total > max_seconds:
             raise ValueError(f"{total:.0f} s long, over max_seconds={max_seconds:g}")
-        if vstream is not None and vstream.width * vstream.height > max_pixels:
-            raise ValueError(f"frames are {vstream.width}×{vstream.height}, over max_pixels")
+        if vstream is not None:
+            check_pixels(vstream.width, vstream.height, max_pixels)
         origin = float((main.start_time or 0) * main.time_base) if main.time_base else 0.0
         pcm, rate, layout = (None, 0, "")
         if astream is not None:
@@ -149,36 +149,18 @@ def _decode_audio(
     max_seconds: float,
 ) -> tuple[np.ndarray, int, str]:
     """The whole audio track as int16 `[n, channels]` at the output rate, sample 0 at `origin`
-    seconds (the main stream's start), resampled by FFmpeg's swresample."""
-    ctx = stream.codec_context
-    rate = settings.rate or ctx.sample_rate
+    seconds (the main stream's start)."""
+    rate = settings.rate or stream.codec_context.sample_rate
     if settings.encoder == "libopus" and rate not in _OPUS_RATES:
         rate = 48000
-    if settings.channels is None:
-        layout = ctx.layout.name
-    elif settings.channels in _LAYOUTS:
-        layout = _LAYOUTS[settings.channels]
-    else:
-        raise ValueError(f"channels must be 1 or 2 (or left out to keep), got {settings.channels}")
-    resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
-    chunks, first, limit = [], None, (max_seconds + 1) * rate
-    decoded = 0
-    for frame in container.decode(stream):
-        if first is None and frame.pts is not None:
-            first = float(frame.pts * stream.time_base)
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray())
-            decoded += out.samples
-        if decoded > limit:
-            raise ValueError(f"decodes to over max_seconds={max_seconds:g}")
-    chunks += [out.to_ndarray() for out in resampler.resample(None)]
-    channels = len(av.AudioLayout(layout).channels)
-    pcm = np.concatenate(chunks, axis=1).reshape(-1, channels) if chunks else np.zeros((0, 1))
-    check_complete((first or 0.0) + len(pcm) / rate, stream_seconds(container, stream))
-    shift = round(((first or origin) - origin) * rate)  # align to the main stream's clock
+    layout = channel_layout(stream, settings.channels)
+    pcm, first = decode_audio(
+        container, stream, rate=rate, channels=settings.channels, max_seconds=max_seconds
+    )
+    shift = round((first - origin) * rate)  # align to the main stream's clock
     if shift > 0:
-        pcm = np.concatenate([np.zeros((shift, channels), np.int16), pcm])
-    return pcm[max(0, -shift) :].astype(np.int16, copy=False), rate, layout
+        pcm = np.concatenate([np.zeros((shift, pcm.shape[1]), np.int16), pcm])
+    return pcm[max(0, -shift) :], rate, layout
 
 
 def _audio_windows(
@@ -221,8 +203,7 @@ def _video_windows(
 
     Frames are taken up to the header's `total` seconds plus a window's slack, and never past
     `max_seconds`: a header that omits or understates the duration cannot unbound decoding."""
-    fps = Fraction(settings.fps or stream.average_rate or stream.guessed_rate or 25)
-    fps = fps.limit_denominator(1001)
+    fps = Fraction(settings.fps or frame_rate(stream)).limit_denominator(1001)
     per = None if math.isinf(window.length) else max(1, round(window.length * fps))
     bound = min(total + (window.length if per else 1.0), max_seconds) if total else max_seconds
     limit = math.ceil(bound * fps) + 1
@@ -231,6 +212,7 @@ def _video_windows(
     targets = (window.start + j / fps for j in ticks)
     out: list[tuple[int, bytes]] = []
     output, number, scaler = None, -1, _Scaler(stream, settings.size)
+    pictures = convert_once(frames_at(container, stream, targets, total), scaler)
 
     def finish() -> None:
         if output is None:
@@ -244,8 +226,7 @@ def _video_windows(
             output.audio(pcm[round(t0 * audio_out[1]) : round(t1 * audio_out[1])])
         out.append((number, output.close()))
 
-    for j, frame in enumerate(frames_at(container, stream, targets, total)):
-        picture = scaler(frame)
+    for j, picture in enumerate(pictures):
         k = j // per if per is not None else 0
         if k != number:
             finish()
@@ -262,28 +243,21 @@ class _Scaler:
     needs no metadata to be shown the right way up."""
 
     def __init__(self, stream: av.stream.Stream, size: int | None) -> None:
-        self.turns, self.first = 0, True
         scale = min(1.0, size / min(stream.width, stream.height)) if size else 1.0
-        self.width = max(2, round(stream.width * scale / 2) * 2)
-        self.height = max(2, round(stream.height * scale / 2) * 2)
-        self.last_in: av.VideoFrame | None = None
-        self.last_out: av.VideoFrame | None = None
+        self.width = max(2, round(stream.width * scale / 2) * 2)  # the stored (maybe sideways)
+        self.height = max(2, round(stream.height * scale / 2) * 2)  # shape, turned after scaling
+        self.turns: int | None = None
 
     def __call__(self, frame: av.VideoFrame) -> av.VideoFrame:
-        if frame is self.last_in:  # shown at several output times (output fps > input fps)
-            return self.last_out
-        if self.first:
-            self.turns = round((frame.rotation or 0) / 90) % 4
-            self.first = False
-        w, h = self.width, self.height  # the stored (maybe sideways) shape, turned after scaling
-        if self.turns:
-            arr = np.rot90(frame.to_ndarray(width=w, height=h, format="rgb24"), self.turns)
-            out = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-            out = out.reformat(format="yuv420p")
-        else:
-            out = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
-        self.last_in, self.last_out = frame, out
-        return out
+        if self.turns is None:
+            self.turns = quarter_turns(frame)
+        if not self.turns:
+            return frame.reformat(
+                width=self.width, height=self.height, format="yuv420p", interpolation="AREA"
+            )
+        w, h = (self.height, self.width) if self.turns % 2 else (self.width, self.height)
+        out = av.VideoFrame.from_ndarray(upright_rgb(frame, w, h), format="rgb24")
+        return out.reformat(format="yuv420p")
 
 
 class _Output:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from polymodal.adapters import modality_of
+from polymodal.codecs.containers import open_container, plain_errors, stream_seconds
 from polymodal.datasets.build import check_splits, split_of
-from polymodal.datasets.layout import modality_of
-from polymodal.datasets.media import open_container, plain_errors, stream_seconds
 
 from .base import Filtered, Op, Result, Sample, register_op
 

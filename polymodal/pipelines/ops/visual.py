@@ -7,9 +7,10 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from polymodal.datasets.points import encode_ply, read_points
+from polymodal.codecs.points import encode_ply, read_points
+from polymodal.seeds import stable_seed
 
-from .base import Op, Result, Sample, key_seed, media_members, register_op, replace_member
+from .base import Op, Result, Sample, media_members, register_op, replace_member
 
 # file type → Pillow format; anything else is written as PNG (lossless, keeps alpha)
 IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -89,7 +90,7 @@ class SubsamplePoints(Op):
             file_type = ext.rsplit(".", 1)[-1]
             cloud = read_points(sample[ext], file_type, self.max_points)
             if len(cloud) > self.points:
-                rng = np.random.default_rng(key_seed(sample["__key__"], self.seed))
+                rng = np.random.default_rng(stable_seed(sample["__key__"], self.seed))
                 cloud = cloud[np.sort(rng.choice(len(cloud), self.points, replace=False))]
             if file_type == "npy":
                 buf = io.BytesIO()

@@ -1,12 +1,12 @@
-"""What the audio and video adapters and the preprocessing ops share: opening a container from
-bytes, finding a stream, its duration, where a fixed-length clip starts, and which frame is on
-screen at a given time. PyAV and numpy only (no torch), so preprocessing workers stay light."""
+"""Containers from bytes: opening one (never from disk), finding a stream, its duration and
+frame rate, seeking, where a fixed-length clip starts, and FFmpeg's errors as plain reasons."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -60,6 +60,11 @@ def stream_seconds(container: av.container.InputContainer, stream: av.stream.Str
     return 0.0
 
 
+def frame_rate(stream: av.stream.Stream) -> Fraction:
+    """A video stream's frames per second: its average rate, else FFmpeg's guess, else 25."""
+    return Fraction(stream.average_rate or stream.guessed_rate or 25)
+
+
 def clip_start(total: float, span: float, crop: str, rng: np.random.Generator | None) -> float:
     """Start (seconds) of a `span`-second clip in a `total`-second stream.
 
@@ -90,42 +95,3 @@ def check_complete(end: float, total: float) -> None:
     """
     if total > 0 and end < total - (0.25 + 0.02 * total):
         raise ValueError(f"stream ends at {end:.2f} s but its header says {total:.2f} s: truncated")
-
-
-_TIME_EPSILON = 1e-6  # seconds: a target that equals a frame's time (up to rounding) shows it
-
-
-def frames_at(
-    container: av.container.InputContainer,
-    stream: av.stream.Stream,
-    targets: Iterable[float],
-    total: float,
-) -> Iterator[av.VideoFrame]:
-    """The frame on screen at each target time (seconds from the stream's start), in order.
-
-    `targets` are increasing and may be endless (a constant frame rate to the end of the
-    stream). Decoding stops once the last target is passed. Targets after the end of the stream
-    get no frame, so fewer frames than targets may come out; an end well before the header's
-    `total` seconds means truncation.
-    """
-    targets = iter(targets)
-    target = next(targets, None)
-    origin = stream.start_time or 0
-    tb = float(stream.time_base)
-    default_duration = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
-    prev, prev_end = None, 0.0
-    for index, frame in enumerate(container.decode(stream)):
-        now = (frame.pts - origin) * tb if frame.pts is not None else index * default_duration
-        # Targets before this frame's time showed the previous frame; before the first decoded
-        # frame (the seek landed at or just after the clip start), they take this one.
-        while target is not None and target < now - _TIME_EPSILON:
-            yield prev if prev is not None else frame
-            target = next(targets, None)
-        if target is None:
-            return
-        prev = frame
-        prev_end = now + (frame.duration * tb if frame.duration else default_duration)
-    check_complete(prev_end, total)
-    while prev is not None and target is not None and target < prev_end:
-        yield prev
-        target = next(targets, None)
