@@ -19,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from polymodal.datasets.index import ShardIndex
+from polymodal.datasets.shard import TarShard, shard_name
 from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
-from polymodal.datasets.writer import ShardWriter, TarShard, shard_name
+from polymodal.datasets.writer import ShardWriter
 from polymodal.pipelines import preprocess
 from polymodal.pipelines.ops import make_op
 

@@ -10,9 +10,10 @@ import pytest
 import webdataset as wds
 
 from polymodal.cli import main
-from polymodal.datasets.build import build, plan_source
+from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.reader import read_shard
+from polymodal.datasets.sources import plan_source
 from polymodal.datasets.synthetic import (
     counter_frames,
     encode_audio,

@@ -12,7 +12,7 @@ from PIL import Image
 from testmedia import peak_hz
 
 from polymodal.codecs.points import read_points
-from polymodal.datasets.build import split_of
+from polymodal.datasets.splits import split_of
 from polymodal.datasets.synthetic import (
     counter_frames,
     encode_audio,

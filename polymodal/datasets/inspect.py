@@ -232,7 +232,7 @@ def validate_dataset(
 
     The duplicate check holds every key once (O(samples) memory): validate reads everything
     anyway, and a duplicate is delivered twice by every reader."""
-    from .build import run_tasks
+    from .pool import run_tasks
 
     index = ShardIndex.load(source)
     results: dict[str, list[dict[str, str]]] = {}

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .writer import Shard, members
+from .shard import Shard, members
 
 PARQUET_GROUP_BYTES = 32 * 2**20  # a row group is what a streaming reader holds at once
 PARQUET_GROUP_ROWS = 1024

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from polymodal.datasets.build import run_tasks
+from polymodal.datasets.pool import run_tasks
 
 ENGINES = ("local", "ray")
 

@@ -30,14 +30,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from polymodal.datasets.build import PLAN_NAME, REJECTS_NAME, prepare_output, schema
+from polymodal.datasets.output import PLAN_NAME, REJECTS_NAME, prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
 from polymodal.datasets.files import check_separate, remove_temporaries, write_atomic
 from polymodal.datasets.index import INDEX_NAME, ShardIndex, ShardInfo, merge_labels
 from polymodal.datasets.layout import Problem
 from polymodal.datasets.reader import read_shard
-from polymodal.datasets.writer import TarShard, shard_name
+from polymodal.datasets.shard import TarShard, shard_name
+from polymodal.datasets.writer import schema
 
 from .engines import Engine, make_engine
 from .ops import Filtered, Op, Sample, make_op

@@ -11,7 +11,7 @@ from typing import Any
 
 from polymodal.adapters import modality_of
 from polymodal.codecs.containers import open_container, plain_errors, stream_seconds
-from polymodal.datasets.build import check_splits, split_of
+from polymodal.datasets.splits import check_splits, split_of
 
 from .base import Filtered, Op, Result, Sample, register_op
 

@@ -1,0 +1,374 @@
+"""What a build reads: a folder tree, a CSV / JSONL / Parquet manifest, or a Hugging Face
+Parquet export, listed as planned samples (each member: where its bytes are and how many), with
+every input that cannot be used as a reported `Problem`. Nothing is read but listings and
+headers; a pure function of the source."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from .index import INDEX_NAME
+from .layout import Problem, check_key, split_name
+from .output import PLAN_NAME, REJECTS_NAME
+from .shard import tar_sample_size
+
+LABELS_CSV = "labels.csv"
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Where one member's bytes come from: a file, inline bytes, or a Parquet cell."""
+
+    size: int
+    path: str = ""
+    mtime_ns: int = 0
+    data: bytes = b""
+    row_group: int = -1
+    row: int = -1
+    column: str = ""
+
+    def read(self) -> bytes:
+        if self.row_group >= 0:
+            return _parquet_cell(self.path, self.row_group, self.row, self.column)
+        if self.path:
+            with open(self.path, "rb") as f:
+                return f.read()
+        return self.data
+
+    def identity(self) -> list[Any]:
+        """What the fingerprint sees: content hash for inline bytes, location and stat else."""
+        if self.path:
+            return [self.path, self.row_group, self.row, self.column, self.size, self.mtime_ns]
+        return [hashlib.sha256(self.data).hexdigest()]
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    key: str
+    members: tuple[tuple[str, Ref], ...]
+
+    @property
+    def tar_size(self) -> int:
+        return tar_sample_size(self.key, {ext: ref.size for ext, ref in self.members})
+
+
+@dataclass
+class SourcePlan:
+    """What a source holds: usable samples, rejected inputs, and class names if known."""
+
+    samples: list[PlannedSample]
+    problems: list[Problem] = field(default_factory=list)
+    classes: list[str] | None = None
+
+
+def plan_source(src: Path) -> SourcePlan:
+    """Read a source's listing: a folder tree, a CSV / JSONL / Parquet manifest, or a Hugging
+    Face datasets Parquet export (a Parquet file with `huggingface` schema metadata)."""
+    src = Path(src)
+    if src.is_dir():
+        return plan_folder(src)
+    if src.suffix == ".parquet" and b"huggingface" in (pq.read_schema(src).metadata or {}):
+        return plan_hf_parquet(src)
+    if src.suffix in MANIFEST_SUFFIXES:
+        return plan_manifest(src)
+    raise ValueError(
+        f"{src}: not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}) or a "
+        "Hugging Face Parquet export"
+    )
+
+
+def _known(ext: str) -> bool:
+    from polymodal.adapters import is_known
+
+    return is_known(ext)
+
+
+def _known_chain(ext: str) -> bool:
+    """Whether an extension is one some adapter reads whole (`depth.png` once a plugin
+    registers it) or every dot-separated part of it is (`jpg`, `cls.txt`; `seg.png` is not)."""
+    from polymodal.adapters import extension_table
+
+    return ext in extension_table() or all(_known(part) for part in ext.split("."))
+
+
+def dotted_stem_reason(name: str, key: str, ext: str) -> str | None:
+    """Why a file whose name has dots beyond a known extension chain cannot join a sample.
+
+    WebDataset takes the key up to the first dot of a name, so `holiday.2019.jpg` and
+    `holiday.2020.jpg` would both be members of one sample `holiday`; the key cannot keep its
+    dots either (a reader would split there again). Such files are refused, never merged.
+    """
+    if _known_chain(ext):
+        return None
+    base = name.rsplit("/", 1)[-1]
+    suggestion = base.rsplit(".", 1)[0].replace(".", "_") + "." + ext.rsplit(".", 1)[-1]
+    return (
+        f"dotted file name: as WebDataset reads it, key {key!r} with extension {ext!r} would "
+        f"merge with every other {key.rsplit('/', 1)[-1]!r}.* file; rename it "
+        f"(e.g. {suggestion!r}) or list it in a manifest with a key column"
+    )
+
+
+def plan_folder(root: Path) -> SourcePlan:
+    """Files sharing a key (path up to the first dot of the name) form a sample, when the rest
+    of the name is a chain of known extensions (`clip.mp4`, `clip.cls`); other dotted names are
+    refused with the reason (`dotted_stem_reason`), never merged.
+
+    Labels come from `labels.csv` (columns `key,label`) at the root, else from `.cls` files
+    next to the media, else from class sub-folders (`root/dog/001.jpg`) when no sample lies at
+    the top level.
+    """
+    problems: list[Problem] = []
+    groups: dict[str, dict[str, Ref]] = {}
+    top = str(root)
+    for dirpath, dirnames, filenames in os.walk(top):  # strings, not Paths: 10⁶ files add up
+        dirnames.sort()
+        prefix = os.path.relpath(dirpath, top).replace(os.sep, "/") + "/"
+        for filename in sorted(filenames):
+            rel = filename if prefix == "./" else prefix + filename
+            if rel in (LABELS_CSV, REJECTS_NAME, INDEX_NAME, PLAN_NAME):
+                continue
+            parts = split_name(rel)
+            if parts is None or not _known(parts[1]):
+                problems.append(Problem(rel, "unsupported file type"))
+                continue
+            dotted = dotted_stem_reason(rel, *parts)
+            if dotted is not None:
+                problems.append(Problem(rel, dotted, parts[0]))
+                continue
+            path = os.path.join(dirpath, filename)
+            try:
+                stat = os.stat(path)
+                if not os.access(path, os.R_OK):
+                    raise PermissionError(13, "permission denied")
+            except OSError as exc:
+                problems.append(Problem(rel, f"unreadable: {exc.strerror or exc}"))
+                continue
+            key, ext = parts
+            sample = groups.setdefault(key, {})
+            if ext in sample:
+                problems.append(Problem(rel, f"duplicate extension {ext!r}", key))
+                continue
+            sample[ext] = Ref(size=stat.st_size, path=path, mtime_ns=stat.st_mtime_ns)
+    classes = None
+    labels_csv = root / LABELS_CSV
+    if labels_csv.exists():
+        with open(labels_csv, newline="", encoding="utf-8") as f:
+            labels = {row["key"]: row["label"] for row in csv.DictReader(f)}
+        classes = _label_members(groups, labels, problems)
+    elif groups and all("/" in key and "cls" not in m for key, m in groups.items()):
+        labels = {key: key.split("/", 1)[0] for key in groups}
+        if len(set(labels.values())) > 1:
+            classes = _label_members(groups, labels, problems)
+    samples = [PlannedSample(key, tuple(sorted(m.items()))) for key, m in sorted(groups.items())]
+    return SourcePlan(samples, problems, classes)
+
+
+def _label_members(
+    groups: dict[str, dict[str, Ref]], labels: Mapping[str, str], problems: list[Problem]
+) -> list[str] | None:
+    """Add a `cls` member to every sample from `labels` (key → class id or name).
+
+    Names are numbered in sorted order and returned as the class list; integer labels are kept.
+    """
+    values = {str(v).strip() for v in labels.values()}
+    classes = None if all(v.isdigit() for v in values) else sorted(values)
+    ids = {name: str(i) for i, name in enumerate(classes or [])}
+    for key, members in groups.items():
+        if key not in labels:
+            problems.append(Problem(key, "no label for this sample", key))
+            continue
+        label = str(labels[key]).strip()
+        text = ids.get(label, label).encode()
+        members["cls"] = Ref(size=len(text), data=text)
+    for key in [k for k in groups if k not in labels]:
+        del groups[key]
+    return classes
+
+
+PATH_COLUMNS = ("path", "file")
+
+
+def _is_path_column(name: str) -> bool:
+    return name in PATH_COLUMNS or name.endswith(tuple(f"_{c}" for c in PATH_COLUMNS))
+
+
+def plan_manifest(manifest: Path) -> SourcePlan:
+    """One row per sample. Columns: `key` (optional), file paths in `path` / `file` /
+    `*_path` / `*_file` (relative to the manifest; the member extension is the file's), `label`
+    (becomes `cls`), and any other column, whose name is the extension and value the content."""
+    rows = _manifest_rows(manifest)
+    problems: list[Problem] = []
+    groups: dict[str, dict[str, Ref]] = {}
+    labels: dict[str, str] = {}
+    for number, row in enumerate(rows):
+        members: dict[str, Ref] = {}
+        key = row.get("key") or row.get("__key__")
+        bad = None
+        for column, value in row.items():
+            if column in ("key", "__key__") or value is None or value == "":
+                continue
+            if _is_path_column(column):
+                path = Path(value) if Path(value).is_absolute() else manifest.parent / value
+                parts = split_name(path.name)
+                if not path.is_file():
+                    bad = Problem(str(value), "file not found", key)
+                    break
+                if parts is None or not _known(parts[1]):
+                    bad = Problem(str(value), "unsupported file type", key)
+                    break
+                key = key or parts[0]
+                stat = path.stat()
+                members[parts[1]] = Ref(stat.st_size, str(path), stat.st_mtime_ns)
+            elif column == "label":
+                labels[str(number)] = str(value)
+            else:
+                data = _cell_bytes(value)
+                members[column.lower()] = Ref(size=len(data), data=data)
+        key = str(key or f"{number:09d}")
+        if bad is None:
+            bad = _key_problem(key, members, groups)
+        if bad is not None:
+            problems.append(bad)
+            labels.pop(str(number), None)
+            continue
+        if str(number) in labels:
+            labels[key] = labels.pop(str(number))
+        groups[key] = members
+    classes = _label_members(groups, labels, problems) if labels else None
+    samples = [PlannedSample(key, tuple(sorted(m.items()))) for key, m in groups.items()]
+    return SourcePlan(samples, problems, classes)
+
+
+def _key_problem(key: str, members: dict[str, Ref], seen: Mapping[str, Any]) -> Problem | None:
+    if key in seen:
+        return Problem(key, "duplicate key", key)
+    if not members:
+        return Problem(key, "row has no members", key)
+    try:
+        for ext in members:
+            check_key(key, ext)
+    except ValueError as exc:
+        return Problem(key, str(exc), key)
+    return None
+
+
+def _manifest_rows(manifest: Path) -> Iterator[dict[str, Any]]:
+    if manifest.suffix == ".csv":
+        with open(manifest, newline="", encoding="utf-8") as f:
+            yield from csv.DictReader(f)
+    elif manifest.suffix == ".jsonl":
+        with open(manifest, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+    else:
+        for batch in pq.ParquetFile(manifest).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+
+
+def _cell_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False).encode()
+    return str(value).encode()
+
+
+_MAGIC = [
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG", "png"),
+    (b"GIF8", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"fLaC", "flac"),
+    (b"OggS", "ogg"),
+    (b"ID3", "mp3"),
+    (b"\xff\xfb", "mp3"),
+    (b"\xff\xf3", "mp3"),
+]
+
+
+def _sniff(data: bytes, kind: str) -> str:
+    """A file extension from the first bytes (HF columns often carry no path)."""
+    if data[:4] == b"RIFF":
+        return {b"WEBP": "webp", b"WAVE": "wav", b"AVI ": "avi"}.get(data[8:12], "bin")
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    return "jpg" if kind == "Image" else "wav"
+
+
+def plan_hf_parquet(path: Path) -> SourcePlan:
+    """A Parquet file written by Hugging Face `datasets`: Image / Audio columns are
+    `struct<bytes, path>`, ClassLabel columns integers with their names in the schema's
+    `huggingface` metadata. Image/Audio → their file type, ClassLabel → `cls`, strings →
+    `txt` (or `COLUMN.txt` when there are several), anything else → `COLUMN.json`."""
+    pf = pq.ParquetFile(path)
+    mtime_ns = path.stat().st_mtime_ns
+    meta = json.loads(pf.schema_arrow.metadata[b"huggingface"])
+    features = meta.get("info", {}).get("features", {})
+    strings = [c for c, f in features.items() if f.get("dtype") in ("string", "large_string")]
+    classes = None
+    problems: list[Problem] = []
+    samples: list[PlannedSample] = []
+    first_row = 0
+    for group in range(pf.num_row_groups):
+        table = pf.read_row_group(group)
+        for i, row in enumerate(table.to_pylist()):
+            number = first_row + i
+            key = str(row.get("__key__") or row.get("id") or f"{number:09d}")
+            members: dict[str, Ref] = {}
+            for column, feature in features.items():
+                kind = feature.get("_type")
+                value = row.get(column)
+                if value is None:
+                    continue
+                if kind in ("Image", "Audio"):
+                    data = value.get("bytes")
+                    if not data:
+                        problems.append(Problem(f"{path}:{number}:{column}", "no bytes", key))
+                        continue
+                    name_ext = split_name(Path(value.get("path") or "").name)
+                    ext = name_ext[1] if name_ext and _known(name_ext[1]) else _sniff(data, kind)
+                    members[ext] = Ref(
+                        len(data), str(path), mtime_ns, row_group=group, row=i, column=column
+                    )
+                elif kind == "ClassLabel":
+                    classes = classes or feature.get("names")
+                    members["cls"] = Ref(size=len(str(value)), data=str(value).encode())
+                elif column in strings:
+                    ext = "txt" if len(strings) == 1 else f"{column.lower()}.txt"
+                    members[ext] = Ref(size=len(value.encode()), data=value.encode())
+                else:
+                    data = json.dumps(value, ensure_ascii=False).encode()
+                    members[f"{column.lower()}.json"] = Ref(size=len(data), data=data)
+            bad = _key_problem(key, members, {s.key for s in samples})
+            if bad is not None:
+                problems.append(bad)
+                continue
+            samples.append(PlannedSample(key, tuple(sorted(members.items()))))
+        first_row += table.num_rows
+    return SourcePlan(samples, problems, classes)
+
+
+@lru_cache(maxsize=2)
+def _parquet_group(path: str, row_group: int, column: str) -> list[Any]:
+    return pq.ParquetFile(path).read_row_group(row_group, columns=[column]).column(0).to_pylist()
+
+
+def _parquet_cell(path: str, row_group: int, row: int, column: str) -> bytes:
+    value = _parquet_group(path, row_group, column)[row]
+    return value["bytes"] if isinstance(value, dict) else value
