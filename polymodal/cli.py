@@ -91,7 +91,7 @@ def _dead_worker(exc: BaseException) -> bool:
     is the stream (and torch, already loaded by whatever ran) imported."""
     if not isinstance(exc, RuntimeError):
         return False
-    from polymodal.pipelines.stream import is_dead_worker
+    from polymodal.pipelines.loader import is_dead_worker
 
     return is_dead_worker(exc)
 

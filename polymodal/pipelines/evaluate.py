@@ -29,7 +29,8 @@ from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
 
 from .config import TrainConfig, dataset_stream
-from .stream import Skip, Stream, StreamError
+from .stages import Skip
+from .stream import Stream, StreamError
 from .tasks import AutoencodeTask, ClassificationTask, Task, make_task, model_inputs
 from .weights import CheckpointError, checkpoint_path, load_model, model_state, run_config
 

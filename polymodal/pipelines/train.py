@@ -44,8 +44,9 @@ from polymodal.datasets.files import (
 
 from .config import ConfigError, TrainConfig, dataset_stream
 from .evaluate import evaluation_pass, metrics_of
+from .loader import StreamLoader
 from .optim import Lamb
-from .stream import StreamLoader
+from .ranks import rank_world
 from .tasks import make_task
 from .weights import (
     CHECKPOINTS,
@@ -145,8 +146,7 @@ class Trainer:
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
+        self.rank, self.world = rank_world()
         self.device = torch.device(
             f"cuda:{self.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
         )

@@ -1,0 +1,243 @@
+"""`StreamLoader`: a `Stream` in `torch.utils.data.DataLoader` workers, one epoch per
+iteration. Each batch carries its worker's chain state; the loader keeps the state of the last
+batch it handed out per worker, which is exactly what a resumed run must skip. A worker that
+dies or hangs is a `StreamError` in the iterating process, never a hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from polymodal.adapters import Batch
+
+from .partition import batch_worker
+from .ranks import rank_world
+from .stream import BATCH_TIMEOUT, Stream, StreamError, _usable, log
+
+
+class _EpochDataset(IterableDataset):
+    """What DataLoader workers run: the epoch comes from shared memory (workers persist
+    across epochs), resume states from the loader, once."""
+
+    def __init__(self, stream: Stream, rank: int, world: int) -> None:
+        super().__init__()
+        self.stream, self.rank, self.world = stream, rank, world
+        self.epoch = multiprocessing.Value("q", 0)
+        self.resume: tuple[int, dict[int, Any]] | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, Batch, dict[str, Any], list[dict[str, str]]]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch = self.epoch.value
+        state = None
+        if self.resume is not None and self.resume[0] == epoch:
+            state = self.resume[1].get(worker)
+        self.resume = None  # this copy resumes once; later epochs start from the beginning
+        for batch, new_state, skips in self.stream.worker_batches(
+            epoch, self.rank, self.world, worker, workers, state
+        ):
+            yield worker, batch, new_state, [s.as_dict() for s in skips]
+
+
+def _quiet_sigchld() -> Any:
+    """Set PyTorch's SIGCHLD handler aside (main thread only) and return it. Once a worker
+    died, the handler raises for it at every child exit until its loader has stopped its other
+    workers, which it does only after joining them."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _restore_sigchld(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def _a_worker_died(iterator: Any, wait: float = 2.0) -> bool:
+    """Whether one of a DataLoader iterator's workers has exited (a worker killed while it
+    sends a batch shows first as a broken queue, before it is reaped)."""
+    workers = getattr(iterator, "_workers", [])
+    deadline = time.monotonic() + wait
+    while True:
+        if any(not w.is_alive() for w in workers):
+            return True
+        if time.monotonic() > deadline or not workers:
+            return False
+        time.sleep(0.05)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether PyTorch says no batch came within the DataLoader's timeout."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader timed out")
+
+
+def is_dead_worker(exc: BaseException) -> bool:
+    """Whether PyTorch says a DataLoader worker process died."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid")
+
+
+def _as_is(item: Any) -> Any:
+    """DataLoader's default conversion rebuilds Mappings (a Batch would lose its keys)."""
+    return item
+
+
+class StreamLoader:
+    """A DataLoader over a `Stream`, one epoch per iteration, with exact mid-epoch resume.
+
+    `state_dict()` after any batch, in any process later `load_state_dict()`, and iteration
+    goes on with exactly the batches the uninterrupted run would have yielded next (keys and
+    tensors). `report()` lists the samples skipped this epoch, with keys and reasons.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        num_workers: int,
+        pin_memory: bool,
+        prefetch: int,
+        batch_timeout: float = BATCH_TIMEOUT,
+    ) -> None:
+        if batch_timeout <= 0:
+            raise ValueError(f"batch_timeout must be positive, got {batch_timeout}")
+        self.batch_timeout = batch_timeout
+        self.stream = stream
+        self.rank, self.world = rank_world()
+        self.num_workers, self.pin_memory, self.prefetch = num_workers, pin_memory, prefetch
+        self.dataset = _EpochDataset(stream, self.rank, self.world)
+        self.epoch, self.batches = 0, 0
+        self.worker_states: dict[int, Any] = {}
+        self.skipped: list[dict[str, Any]] = []
+        self._logged: set[str] = set()
+        self.report_epoch = 0
+        self._loader: DataLoader | None = None
+
+    def __len__(self) -> int:
+        return self.stream.batches_per_epoch(self.world)
+
+    def _data_loader(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = DataLoader(
+                self.dataset,
+                batch_size=None,
+                collate_fn=_as_is,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory and torch.cuda.is_available(),
+                prefetch_factor=self.prefetch if self.num_workers else None,
+                persistent_workers=self.num_workers > 0,
+                timeout=self.batch_timeout if self.num_workers else 0,
+            )
+        return self._loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One epoch. Batches are handed out in the planned worker order (`batch_worker`),
+        whatever order the workers deliver them in: a resumed loader, whose DataLoader starts
+        again at worker 0, still continues the uninterrupted order."""
+        self.dataset.epoch.value = self.epoch
+        if self.batches == 0:  # a new epoch (not a resumed one): a new report
+            self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
+            self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
+        workers = max(1, self.num_workers)
+        counts = [
+            self.stream.slice(self.rank, self.world, w, workers).batches for w in range(workers)
+        ]
+        total = sum(counts)
+        waiting: dict[int, deque] = {w: deque() for w in range(workers)}
+        delivered = iter(self._data_loader())
+        try:
+            for worker, batch, state, skips in delivered:
+                waiting[worker].append((batch, state, skips))
+                while self.batches < total and waiting[due := batch_worker(counts, self.batches)]:
+                    batch, state, skips = waiting[due].popleft()
+                    self._note_skips(skips)
+                    batch = _usable(batch, skips, self.epoch)
+                    self.worker_states[due] = state
+                    self.batches += 1
+                    yield batch
+            died = None
+        except (RuntimeError, EOFError, ConnectionError) as exc:
+            quiet = _quiet_sigchld()  # PyTorch's handler would raise again for the dead one
+            if not (is_dead_worker(exc) or _timed_out(exc) or _a_worker_died(delivered)):
+                _restore_sigchld(quiet)
+                raise
+            if _timed_out(exc):
+                died = f"no batch came from the workers in {self.batch_timeout:g} s"
+                hint = "a decoder hung"
+            else:
+                died = str(exc) if is_dead_worker(exc) else "a DataLoader worker died mid-batch"
+                hint = "out of memory, or a decoder crashed"
+        if died is not None:  # out of the except block: nothing keeps `delivered` alive
+            getattr(delivered, "_shutdown_workers", lambda: None)()
+            _restore_sigchld(quiet)
+            del delivered
+            self._loader = None
+            raise StreamError(
+                f"epoch {self.epoch}, after batch {self.batches}: {died} ({hint} on a sample; "
+                "the state saved so far resumes)"
+            )
+        if self.batches != total:
+            raise StreamError(f"epoch {self.epoch}: {self.batches} of {total} batches arrived")
+        self._summarise()
+        self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batches, self.worker_states = epoch, 0, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "workers": dict(self.worker_states),
+            "skipped": list(self.skipped),
+            "config": self.stream.config(self.world, self.num_workers),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expected = self.stream.config(self.world, self.num_workers)
+        if state["config"] != expected:
+            changed = sorted(k for k in expected if state["config"].get(k) != expected[k])
+            raise ValueError(f"cannot resume: the stream's {changed} differ from the saved state")
+        self.epoch, self.batches = state["epoch"], state["batches"]
+        self.worker_states = {int(w): s for w, s in state["workers"].items()}
+        self.skipped, self.report_epoch = list(state["skipped"]), self.epoch
+        self.dataset.resume = (self.epoch, dict(self.worker_states))
+        self._loader = None  # workers copy the dataset when they start: start fresh ones
+
+    def report(self) -> dict[str, Any]:
+        """Samples skipped in the current (or just finished) epoch, with keys and reasons;
+        `skipped` counts samples (a left-out shard counts all of its own), `by_stage` records."""
+        by_stage = Counter(s["stage"] for s in self.skipped)
+        return {
+            "epoch": self.report_epoch,
+            "skipped": sum(s.get("samples", 1) for s in self.skipped),
+            "by_stage": dict(by_stage),
+            "samples": list(self.skipped),
+        }
+
+    def _note_skips(self, skips: list[dict[str, Any]]) -> None:
+        """Keep each skip for the report; log each reason once an epoch."""
+        for skip in skips:
+            if skip["reason"] not in self._logged:
+                self._logged.add(skip["reason"])
+                log.warning(
+                    "skipped %s (%s): %s", skip["key"] or skip["url"], skip["stage"], skip["reason"]
+                )
+            self.skipped.append(skip)
+
+    def _summarise(self) -> None:
+        if self.skipped:
+            report = self.report()
+            log.warning(
+                "epoch %d: skipped %d samples (%s); loader.report() lists them",
+                self.epoch,
+                report["skipped"],
+                ", ".join(f"{k}: {v}" for k, v in sorted(report["by_stage"].items())),
+            )

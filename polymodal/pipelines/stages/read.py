@@ -1,0 +1,202 @@
+"""The read stage: a worker's references → raw samples, sequential within a shard, a seek by
+the sidecar's offsets across shards, retries with backoff, every check against the index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from polymodal.datasets.files import (
+    DEFAULT_REMOTE,
+    HashingReader,
+    Remote,
+    file_size,
+    is_transient,
+    open_read,
+)
+from polymodal.datasets.index import ShardIndex, ShardInfo
+from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem
+from polymodal.datasets.reader import shard_samples
+
+from ..partition import Reference
+from .base import ShardChanged, ShardUnavailable, Skip
+
+SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at an offset
+
+
+@dataclass
+class _OpenShard:
+    """A shard a reader is in: its samples from `next` on, and, when it was opened at byte 0,
+    a hasher that checks its sha256 once the last sample has been read."""
+
+    shard: int
+    next: int
+    samples: Iterator[dict[str, Any]]
+    file: IO[bytes]
+    hasher: HashingReader | None
+
+
+class Reader:
+    """Raw samples of references, in the order given, checked against the index on the way.
+
+    Keeps one open shard per source and reads on while the next reference is at most
+    `SKIP_AHEAD` samples further in it; otherwise it opens the shard at the reference's sample
+    (a seek to its byte offset from the sidecar). What it checks costs no extra read: the file
+    size when the shard is opened, and, after the shard's last indexed sample, that no sample
+    follows and (for a shard read from its first byte) that the sha256 is the index's; each
+    disagreement becomes a note, delivered with the next batch's skips. A transient error
+    (timeout, dropped connection) reopens the shard at the sample it reached, up to
+    `remote.tries` times; a shard that still fails is reported with its URL, and every
+    reference into it is skipped under the `skip` policy. Its state is those failed shards, so
+    a resumed run does not retry them.
+    """
+
+    def __init__(
+        self,
+        indexes: Sequence[ShardIndex],
+        errors: str,
+        remote: Remote = DEFAULT_REMOTE,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
+    ) -> None:
+        self.indexes, self.errors, self.remote = indexes, errors, remote
+        self.max_member_bytes = max_member_bytes
+        self._open: dict[int, _OpenShard] = {}
+        self._failed: dict[tuple[int, int], str] = {}
+        self.notes: list[Skip] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"failed": [[s, n, reason] for (s, n), reason in sorted(self._failed.items())]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._failed = {(s, n): reason for s, n, reason in state["failed"]}
+
+    def read(self, refs: Iterator[Reference]) -> Iterator[tuple[Reference, dict | Skip]]:
+        for ref in refs:
+            yield ref, self._sample(ref)
+
+    def close(self) -> None:
+        for source in list(self._open):
+            self._close(source)
+
+    def _sample(self, ref: Reference) -> dict[str, Any] | Skip:
+        index = self.indexes[ref.source]
+        shard = index.shards[ref.shard]
+        where = (ref.source, ref.shard)
+        key = f"{shard.name}#{ref.index}"  # the sample's place, when its key cannot be read
+        url = index.url(shard)
+        if where in self._failed:
+            return Skip(key, "read", self._failed[where], url)
+
+        def attempt() -> dict[str, Any]:
+            try:
+                return self._next(index, ref)
+            except Exception:
+                self._close(ref.source)  # a next try opens the shard at this sample
+                raise
+
+        try:
+            sample = self.remote.call(attempt)
+        except StopIteration:
+            return self._fail(where, key, url, "fewer samples than the index says")
+        except Exception as exc:
+            tries = self.remote.tries
+            reason = f"cannot read after {tries} tries: {exc}" if is_transient(exc) else None
+            return self._fail(where, key, url, reason or _read_failure(exc))
+        if ref.index == shard.samples - 1:
+            self._check_end(ref.source, shard, url)
+        if ERROR_KEY in sample:
+            return Skip(sample["__key__"], "read", sample[ERROR_KEY], url)
+        return sample
+
+    def _next(self, index: ShardIndex, ref: Reference) -> dict[str, Any]:
+        current = self._open.get(ref.source)
+        gap = ref.index - current.next if current is not None and current.shard == ref.shard else -1
+        if not 0 <= gap <= SKIP_AHEAD:  # far from the open shard's place: open at the sample
+            self._close(ref.source)
+            current = self._open_at(index, ref)
+            self._open[ref.source] = current
+            gap = 0
+        for _ in range(gap):  # close ahead in the open shard: read on (not decode)
+            next(current.samples)
+        sample = next(current.samples)
+        current.next = ref.index + 1
+        return sample
+
+    def _open_at(self, index: ShardIndex, ref: Reference) -> _OpenShard:
+        shard = index.shards[ref.shard]
+        f = open_read(index.url(shard), stream=index.format == "tar", remote=self.remote)
+        try:
+            size = file_size(f)
+            if size is not None and size != shard.bytes:
+                raise ShardChanged(
+                    f"the shard is {size:,} bytes, the index says {shard.bytes:,}: it changed "
+                    "since it was indexed (`polymodal validate` checks it; index it again)"
+                )
+            hasher = HashingReader(f) if ref.index == 0 and index.format == "tar" else None
+            samples = shard_samples(
+                hasher or f, index, shard, ref.index, _ignore_member, self.max_member_bytes
+            )
+        except BaseException:
+            f.close()
+            raise
+        return _OpenShard(ref.shard, ref.index, samples, f, hasher)
+
+    def _check_end(self, source: int, shard: ShardInfo, url: str) -> None:
+        """After a shard's last indexed sample: nothing may follow, and a shard read whole
+        must hash to the index's sha256."""
+        current = self._open.get(source)
+        if current is None:
+            return
+        try:
+            extra = next(current.samples, None)
+            if extra is not None:
+                self._note(
+                    shard,
+                    url,
+                    f"the shard holds more samples than the {shard.samples:,} the index says "
+                    f"(the next is {extra['__key__']!r}): they were not delivered; index it again",
+                )
+            elif current.hasher is not None:
+                current.hasher.drain()
+                digest = current.hasher.sha.hexdigest()
+                if digest != shard.sha256:
+                    self._note(
+                        shard,
+                        url,
+                        f"the shard's sha256 is {digest[:12]}…, the index says "
+                        f"{shard.sha256[:12]}…: it was replaced or damaged after indexing, so "
+                        "its samples this epoch may not be the indexed ones",
+                    )
+        except Exception as exc:
+            self._note(shard, url, f"damaged after its last indexed sample: {exc}")
+        self._close(source)
+
+    def _note(self, shard: ShardInfo, url: str, reason: str) -> None:
+        self.notes.append(Skip(shard.name, "check", reason, url, samples=0))
+
+    def _close(self, source: int) -> None:
+        current = self._open.pop(source, None)
+        if current is not None:
+            current.file.close()
+
+    def _fail(self, where: tuple[int, int], key: str, url: str, reason: str) -> Skip:
+        if self.errors == "raise":
+            raise ShardUnavailable(f"{url}: {reason}")
+        self._failed[where] = reason
+        self._close(where[0])
+        return Skip(key, "read", reason, url)
+
+
+def _read_failure(exc: BaseException) -> str:
+    """Why a shard cannot be read, in words."""
+    if isinstance(exc, ShardChanged):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "the shard is missing"
+    return f"damaged shard: {exc}"
+
+
+def _ignore_member(problem: Problem) -> None:
+    """Odd tar members (no extension, not files) are not samples; `polymodal index` reports
+    them when a dataset is indexed, the stream just passes over them."""
