@@ -12,7 +12,6 @@ Mistakes (a config, a path, a dataset) print one line and exit 2; `--debug` show
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import tempfile
 import time
@@ -28,6 +27,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A mistake in what was asked (`UserError`: a config, a dataset, an
     overlap of input and output) or a file-system error (a missing path, a read-only or full
     disk) is one line on stderr and exit code 2; `--debug` shows the traceback instead."""
+    args = build_parser().parse_args(argv)
+    from polymodal.errors import UserError
+
+    try:
+        return _run(args)
+    except (UserError, OSError, RuntimeError) as exc:
+        if args.debug or not (isinstance(exc, (UserError, OSError)) or _dead_worker(exc)):
+            raise
+        print(f"polymodal {args.command}: {error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its options."""
     parser = argparse.ArgumentParser(prog="polymodal", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override a config value, e.g. --set optim.lr=3e-4",
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--seed", type=int, help="the run's seed: data order and model initialisation"
+    )
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on a dataset")
     evaluate.add_argument("config", type=Path, help="the run's TOML or config.json")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
@@ -73,16 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--epochs", type=at_least(1), default=6)
     demo.add_argument("--workers", type=at_least(0), default=2, help="DataLoader workers")
     _add_dataset_commands(commands)
-    args = parser.parse_args(argv)
-    from polymodal.errors import UserError
-
-    try:
-        return _run(args)
-    except (UserError, OSError, RuntimeError) as exc:
-        if args.debug or not (isinstance(exc, (UserError, OSError)) or _dead_worker(exc)):
-            raise
-        print(f"polymodal {args.command}: {error_line(exc)}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _dead_worker(exc: BaseException) -> bool:
@@ -119,22 +126,14 @@ def _run(args: argparse.Namespace) -> int:
         jobs = [
             (path, [args.adapter] if args.adapter else _readers(_ext(path))) for path in args.files
         ]
-        return _decode_files(jobs, _options(args.opt))
-    return _tour(args.keep)
+        from polymodal.literals import parse_pairs
 
-
-def _options(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` pairs; values are Python literals where they parse, else strings."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--opt needs KEY=VALUE, got {pair!r}")
         try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return options
+            options = parse_pairs(args.opt, "--opt")
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        return _decode_files(jobs, options)
+    return _tour(args.keep)
 
 
 def _list_adapters() -> int:
@@ -521,7 +520,8 @@ def _train(args: argparse.Namespace) -> int:
     from polymodal.pipelines.train import Trainer
 
     try:
-        config = load_config(args.config, args.set)
+        seed = [] if args.seed is None else [f"seed={args.seed}"]
+        config = load_config(args.config, [*seed, *args.set])
         trainer = Trainer(config, resume=args.resume)
     except ConfigError as exc:
         print(f"polymodal train: invalid config: {exc}", file=sys.stderr)

@@ -10,7 +10,6 @@ run.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import json
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from polymodal.datasets.files import Remote
 from polymodal.errors import UserError
+from polymodal.literals import parse_pairs
 from polymodal.perceiver.encoder import EncoderConfig
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class DataConfig:
     batch_size: int = 32
     workers: int = 0
     buffer_size: int = 500
-    seed: int = 0
+    seed: int | None = None  # orders the data; None: the run's `seed`
     remote: Remote = field(default_factory=Remote)  # timeouts and tries of HTTP / S3 reads
 
 
@@ -84,7 +84,8 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int = 0  # 0: epochs decide
     precision: str = "fp32"  # fp32 | bf16
-    seed: int = 0
+    seed: int = 0  # orders the data and initialises the model, unless one of these says otherwise:
+    model_seed: int | None = None  # None: `seed`
     init: str = ""  # initial weights: hf:NAME, a folder, a .safetensors, a .pt or a run
     init_mismatch: str = "error"  # error | reinit: tensors whose shape differs from init's
     freeze: list[str] = field(default_factory=list)  # parameter name prefixes left untrained
@@ -92,6 +93,15 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     eval_every_epoch: bool = True
+
+    def resolve_seeds(self) -> TrainConfig:
+        """One seed for the run unless `data.seed` / `model_seed` set their own; resolved here
+        so the saved config.json says which seeds the run used."""
+        if self.data.seed is None:
+            self.data.seed = self.seed
+        if self.model_seed is None:
+            self.model_seed = self.seed
+        return self
 
     def validate(self) -> TrainConfig:
         tasks = ("classification", "multilabel", "autoencode", "mlm")
@@ -288,17 +298,6 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
     doc[last] = value
 
 
-def parse_value(text: str) -> Any:
-    """A `--set` value: a Python literal where it parses (numbers, lists, booleans), else text."""
-    lowered = {"true": True, "false": False}.get(text.lower())
-    if lowered is not None:
-        return lowered
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def load_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
@@ -315,8 +314,9 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set needs key=value, got {item!r}")
-        set_path(doc, key.strip(), parse_value(value.strip()))
-    return _build(TrainConfig, doc).validate()
+        try:
+            ((key, value),) = parse_pairs([item], "--set").items()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        set_path(doc, key, value)
+    return _build(TrainConfig, doc).validate().resolve_seeds()

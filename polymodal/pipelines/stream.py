@@ -13,9 +13,10 @@ with `state_dict()` / `load_state_dict()` (the `Stage` protocol) and one verb:
              reported and replaced by a repeat of a good one (marked), so shapes and batch
              counts never change
 
-`StreamLoader` (`pipelines/loader.py`, from `Stream.loader`) runs the chain in `torch.utils.data.DataLoader` workers.
-Each batch carries its worker's state; the loader keeps the state of the last batch it handed
-out per worker, which is exactly what a resumed run must skip.
+`StreamLoader` (`pipelines/loader.py`, from `Stream.loader`) runs the chain in
+`torch.utils.data.DataLoader` workers. Each batch carries its worker's state; the loader keeps
+the state of the last batch it handed out per worker, which is exactly what a resumed run must
+skip.
 """
 
 from __future__ import annotations

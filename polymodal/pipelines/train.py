@@ -151,9 +151,9 @@ class Trainer:
             f"cuda:{self.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
         )
         self.run_dir = Path(config.run_dir)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+        torch.manual_seed(config.model_seed)
+        random.seed(config.model_seed)
+        np.random.seed(config.model_seed)
         self.task = make_task(config)
         check_run_dir(config)
         # the datasets are checked against the fields (in the indexes the streams load) before

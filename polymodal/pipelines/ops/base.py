@@ -14,12 +14,12 @@ sample, writes key, op and reason to `rejects.jsonl`, and goes on).
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from polymodal.adapters import modality_of
+from polymodal.literals import parse_pairs
 from polymodal.registry import Registry
 
 ENTRY_POINT_GROUP = "polymodal.ops"
@@ -106,16 +106,7 @@ def parse_op(text: str) -> tuple[str, dict[str, Any]]:
             parts.append(piece)
         else:
             parts[-1] += "," + piece
-    options: dict[str, Any] = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"op {text!r}: options are key=value, got {part!r}")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
-    return name.strip(), options
+    return name.strip(), parse_pairs(parts, f"op {text!r}: an option")
 
 
 def media_members(sample: Sample, modality: str, ext: str | None = None) -> list[str]:
