@@ -55,9 +55,9 @@ def test_every_modality_feeds_one_multimodal_perceiver():
     assert tokens_of["audio"][0].shape == (2, 80, 100 + 1 + 2 * 4)
     assert tokens_of["text"][1][0].sum() == 5 and tokens_of["text"][1][1].sum() == 10
     assert tokens_of["label"][0][:, 0].argmax(-1).tolist() == [0, 1]
-    inputs = MultimodalInput(encoders)
+    inputs = MultimodalInput(inputs=encoders)
     config = EncoderConfig(num_latents=8, latent_dim=32, num_self_attends_per_block=1, self_heads=2)
-    model = Perceiver(inputs.channels, 3, config, input=inputs)
+    model = Perceiver(input_channels=inputs.channels, num_classes=3, encoder=config, input=inputs)
     logits = model({name: (batch[name],) for name in encoders})
     assert logits.shape == (2, 3)
     F.cross_entropy(logits, torch.tensor([0, 1])).backward()

@@ -62,7 +62,7 @@ def test_subsampled_query_positions_use_the_reference_map():
 
 
 def test_fully_masked_queries_get_zeros_not_nans():
-    attention = Attention(8, 6, num_heads=2)
+    attention = Attention(q_dim=8, kv_dim=6, num_heads=2)
     q, kv = torch.randn(2, 3, 8), torch.randn(2, 5, 6)
     mask = torch.tensor([[True, True, False, False, False], [False] * 5])
     out = attention(q, kv, mask)
@@ -71,7 +71,7 @@ def test_fully_masked_queries_get_zeros_not_nans():
 
 
 def test_padded_inputs_give_the_same_latents_as_unpadded():
-    encoder = PerceiverEncoder(12, SMALL).eval()
+    encoder = PerceiverEncoder(input_dim=12, config=SMALL).eval()
     tokens = torch.randn(1, 20, 12)
     padded = torch.cat([tokens, torch.randn(1, 7, 12)], dim=1)
     mask = torch.arange(27)[None] < 20
@@ -81,11 +81,13 @@ def test_padded_inputs_give_the_same_latents_as_unpadded():
 def test_cross_attend_weights_are_shared_after_the_first():
     def params(n):
         config = EncoderConfig(**{**SMALL.__dict__, "num_blocks": 4, "num_cross_attends": n})
-        return sum(p.numel() for p in PerceiverEncoder(12, config).parameters())
+        return sum(p.numel() for p in PerceiverEncoder(input_dim=12, config=config).parameters())
 
     one, two, four = params(1), params(2), params(4)
     assert one < two == four  # the first cross-attend has its own weights, later ones share
-    assert len(PerceiverEncoder(12, SMALL).block) == SMALL.num_self_attends_per_block
+    assert (
+        len(PerceiverEncoder(input_dim=12, config=SMALL).block) == SMALL.num_self_attends_per_block
+    )
 
 
 def test_patchify_and_patch_masks():
@@ -93,7 +95,7 @@ def test_patchify_and_patch_masks():
     patches = patchify(values, (4, 6), (2, 3))
     assert patches.shape == (2, 4, 6)
     assert patches[0, 0].tolist() == [0, 1, 2, 6, 7, 8]  # a 2×3 window of the 4×6 grid
-    image = GridInput(1, (2, 3), num_bands=2, scale=1.0, offset=0.0)
+    image = GridInput(channels=1, patch=(2, 3), num_bands=2, scale=1.0, offset=0.0)
     mask = torch.zeros(2, 24, dtype=torch.bool)
     mask[0, :9] = True
     tokens, token_mask = image(values, (4, 6), mask)
@@ -102,8 +104,8 @@ def test_patchify_and_patch_masks():
 
 
 def test_classifier_shapes_and_gradients_reach_every_parameter():
-    image = GridInput(3, (4, 4), num_bands=8)
-    model = Perceiver(image.channels, 5, SMALL, input=image)
+    image = GridInput(channels=3, patch=(4, 4), num_bands=8)
+    model = Perceiver(input_channels=image.channels, num_classes=5, encoder=SMALL, input=image)
     pixels = torch.randint(0, 256, (3, 16 * 16, 3), dtype=torch.uint8)
     logits = model(pixels, (16, 16))
     assert logits.shape == (3, 5)
@@ -113,8 +115,8 @@ def test_classifier_shapes_and_gradients_reach_every_parameter():
 
 
 def test_query_subsampling_and_chunked_decoding_agree_with_the_full_output():
-    queries = FourierQueries((6, 8), num_bands=4)
-    decoder = BasicDecoder(queries, latent_dim=32, out_channels=3).eval()
+    queries = FourierQueries(shape=(6, 8), num_bands=4)
+    decoder = BasicDecoder(queries=queries, latent_dim=32, out_channels=3).eval()
     latents = torch.randn(2, 16, 32)
     full = decoder(latents)
     assert full.shape == (2, 48, 3)
@@ -128,12 +130,13 @@ def test_query_subsampling_and_chunked_decoding_agree_with_the_full_output():
 
 
 def test_multimodal_input_pads_masks_and_orders_modalities():
-    audio = GridInput(1, (16,), num_bands=4, scale=1 / 32768, offset=0.0)
-    video = GridInput(3, (1, 4, 4), num_bands=4)
+    audio = GridInput(channels=1, patch=(16,), num_bands=4, scale=1 / 32768, offset=0.0)
+    video = GridInput(channels=3, patch=(1, 4, 4), num_bands=4)
     cloud = PointCloudInput(num_bands=2)
     text = TextInput(dim=20, max_length=12)
     inputs = MultimodalInput(
-        {"video": video, "audio": audio, "cloud": cloud, "text": text}, mask_probs={"video": 0.5}
+        inputs={"video": video, "audio": audio, "cloud": cloud, "text": text},
+        mask_probs={"video": 0.5},
     )
     assert inputs.names == ["audio", "cloud", "text", "video"]
     batch = 2
@@ -159,8 +162,8 @@ def test_multimodal_input_pads_masks_and_orders_modalities():
 
 
 def test_overfits_a_tiny_classification_batch():
-    image = GridInput(3, (4, 4), num_bands=6)
-    model = Perceiver(image.channels, 4, SMALL, input=image)
+    image = GridInput(channels=3, patch=(4, 4), num_bands=6)
+    model = Perceiver(input_channels=image.channels, num_classes=4, encoder=SMALL, input=image)
     pixels = torch.randint(0, 256, (8, 16 * 16, 3), dtype=torch.uint8)
     labels = torch.arange(8) % 4
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -174,16 +177,20 @@ def test_overfits_a_tiny_classification_batch():
 
 @pytest.mark.slow
 def test_overfits_a_tiny_multimodal_reconstruction():
-    audio = GridInput(1, (8,), num_bands=4, scale=1.0, offset=0.0)
-    video = GridInput(3, (1, 2, 2), num_bands=4, scale=1.0, offset=0.0)
-    inputs = MultimodalInput({"audio": audio, "video": video})
+    audio = GridInput(channels=1, patch=(8,), num_bands=4, scale=1.0, offset=0.0)
+    video = GridInput(channels=3, patch=(1, 2, 2), num_bands=4, scale=1.0, offset=0.0)
+    inputs = MultimodalInput(inputs={"audio": audio, "video": video})
     decoders = torch.nn.ModuleDict(
         {
-            "audio": BasicDecoder(FourierQueries((64,), 4), 32, 1),
-            "video": BasicDecoder(FourierQueries((2, 4, 4), 4), 32, 3),
+            "audio": BasicDecoder(
+                queries=FourierQueries(shape=(64,), num_bands=4), latent_dim=32, out_channels=1
+            ),
+            "video": BasicDecoder(
+                queries=FourierQueries(shape=(2, 4, 4), num_bands=4), latent_dim=32, out_channels=3
+            ),
         }
     )
-    encoder = PerceiverEncoder(inputs.channels, SMALL)
+    encoder = PerceiverEncoder(input_dim=inputs.channels, config=SMALL)
     wave = torch.sin(torch.linspace(0, 12, 64))[None, :, None].repeat(2, 1, 1)
     frames = torch.rand(2, 32, 3)
     params = [*inputs.parameters(), *decoders.parameters(), *encoder.parameters()]
@@ -208,14 +215,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         torch.manual_seed(1)
         config = EncoderConfig(**{**SMALL.__dict__, "gradient_checkpointing": checkpointing})
-        encoder = PerceiverEncoder(12, config)
+        encoder = PerceiverEncoder(input_dim=12, config=config)
         encoder(tokens).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 def test_bf16_autocast_runs_on_cpu():
-    model = PerceiverIO(12, SMALL, BasicDecoder(FourierQueries((5,), 4), 32, 2))
+    model = PerceiverIO(
+        input_channels=12,
+        encoder=SMALL,
+        decoder=BasicDecoder(
+            queries=FourierQueries(shape=(5,), num_bands=4), latent_dim=32, out_channels=2
+        ),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 10, 12))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
@@ -223,8 +236,8 @@ def test_bf16_autocast_runs_on_cpu():
 
 @pytest.mark.slow
 def test_compiles_without_graph_breaks_in_the_attention_path():
-    block = torch.nn.Sequential(SelfAttention(16, num_heads=2))
-    cross = CrossAttention(16, 8, num_heads=2)
+    block = torch.nn.Sequential(SelfAttention(dim=16, num_heads=2))
+    cross = CrossAttention(q_dim=16, kv_dim=8, num_heads=2)
     compiled_self = torch.compile(block, fullgraph=True)
     compiled_cross = torch.compile(cross, fullgraph=True)
     x, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 8)

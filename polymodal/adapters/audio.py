@@ -86,7 +86,13 @@ class AudioAdapter(Adapter):
     def encoder(self, samples_per_patch: int = 16, num_bands: int = 64) -> FieldInput:
         """Samples scaled to [-1, 1], patches of `samples_per_patch`, Fourier positions."""
         scale = 1 / 32768 if self.dtype == "int16" else 1.0
-        module = GridInput(self.channels, (samples_per_patch,), num_bands, scale=scale, offset=0.0)
+        module = GridInput(
+            channels=self.channels,
+            patch=(samples_per_patch,),
+            num_bands=num_bands,
+            scale=scale,
+            offset=0.0,
+        )
         return FieldInput(module)
 
     @plain_errors()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from polymodal.perceiver.io import Tokens
 from polymodal.registry import Registry
 from polymodal.seeds import stable_seed
 
@@ -135,7 +136,7 @@ class FieldInput(nn.Module):
         self.module, self.arguments = module, tuple(arguments)
         self.channels: int = module.channels
 
-    def forward(self, field: Field) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, field: Field) -> tuple[Tokens, torch.Tensor | None]:
         if "grid" in self.arguments and isinstance(field.grid, list):
             raise ValueError("the batch mixes grid shapes: give the adapter a fixed size")
         return self.module(*(getattr(field, name) for name in self.arguments))

@@ -85,7 +85,14 @@ class ImageAdapter(Adapter):
 
     def encoder(self, patch_size: int = 1, num_bands: int = 64) -> FieldInput:
         """Pixels scaled to [-1, 1], `patch_size`² patches, Fourier positions of the grid."""
-        return FieldInput(GridInput(3, (patch_size, patch_size), num_bands, self.size))
+        return FieldInput(
+            GridInput(
+                channels=3,
+                patch=(patch_size, patch_size),
+                num_bands=num_bands,
+                max_resolution=self.size,
+            )
+        )
 
     def probe(self, data: bytes, ext: str) -> dict[str, float]:
         width, height = image_size(data)

@@ -52,7 +52,7 @@ class LabelAdapter(Adapter):
         """The label as one one-hot (or multi-hot) token, as the multimodal autoencoder takes it."""
         if self.num_classes is None:
             raise ValueError("a label encoder needs num_classes (or classes)")
-        return FieldInput(LabelInput(self.num_classes), ("values", "mask"))
+        return FieldInput(LabelInput(num_classes=self.num_classes), ("values", "mask"))
 
     def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
         raw = data.decode("utf-8", errors="replace").strip()

@@ -47,7 +47,9 @@ class PointCloudAdapter(Adapter):
 
     def encoder(self, features: int = 0, num_bands: int = 64) -> FieldInput:
         """Points and their features, plus Fourier features of the coordinates."""
-        return FieldInput(PointCloudInput(features, num_bands), ("values", "coords", "mask"))
+        return FieldInput(
+            PointCloudInput(features=features, num_bands=num_bands), ("values", "coords", "mask")
+        )
 
     def probe(self, data: bytes, ext: str) -> dict[str, float]:
         return {"points": len(read_points(data, ext, self.max_points))}

@@ -71,7 +71,10 @@ class TextAdapter(Adapter):
 
     def encoder(self, dim: int = 256) -> FieldInput:
         """Byte embeddings plus learned positions (Perceiver IO's language input)."""
-        return FieldInput(TextInput(VOCAB_SIZE, dim, self.max_length), ("values", "mask"))
+        return FieldInput(
+            TextInput(vocab_size=VOCAB_SIZE, dim=dim, max_length=self.max_length),
+            ("values", "mask"),
+        )
 
     def probe(self, data: bytes, ext: str) -> dict[str, float]:
         return {"bytes": len(data)}

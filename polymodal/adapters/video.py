@@ -69,7 +69,7 @@ class VideoAdapter(Adapter):
 
     def encoder(self, patch: tuple[int, int, int] = (1, 4, 4), num_bands: int = 32) -> FieldInput:
         """Pixels scaled to [-1, 1], space-time patches, Fourier positions of the patch grid."""
-        return FieldInput(GridInput(3, patch, num_bands))
+        return FieldInput(GridInput(channels=3, patch=patch, num_bands=num_bands))
 
     @plain_errors()
     def probe(self, data: bytes, ext: str) -> dict[str, float]:

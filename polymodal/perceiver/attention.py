@@ -74,6 +74,7 @@ class Attention(nn.Module):
 
     def __init__(
         self,
+        *,
         q_dim: int,
         kv_dim: int,
         num_heads: int = 1,
@@ -124,7 +125,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Two layers with a GELU between, `widening_factor` times wider inside."""
 
-    def __init__(self, dim: int, widening_factor: int = 1, dropout: float = 0.0) -> None:
+    def __init__(self, *, dim: int, widening_factor: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.dense1 = nn.Linear(dim, dim * widening_factor)
         self.dense2 = nn.Linear(dim * widening_factor, dim)
@@ -141,6 +142,7 @@ class CrossAttention(nn.Module):
 
     def __init__(
         self,
+        *,
         q_dim: int,
         kv_dim: int,
         num_heads: int = 1,
@@ -157,10 +159,17 @@ class CrossAttention(nn.Module):
             raise ValueError("a query residual needs out_dim == q_dim")
         self.q_norm = nn.LayerNorm(q_dim)
         self.kv_norm = nn.LayerNorm(kv_dim)
-        self.attention = Attention(q_dim, kv_dim, num_heads, qk_channels, v_channels, out_dim)
+        self.attention = Attention(
+            q_dim=q_dim,
+            kv_dim=kv_dim,
+            num_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+            out_dim=out_dim,
+        )
         self.dropout = nn.Dropout(dropout)
         self.mlp_norm = nn.LayerNorm(out_dim)
-        self.mlp = MLP(out_dim, widening_factor, dropout)
+        self.mlp = MLP(dim=out_dim, widening_factor=widening_factor, dropout=dropout)
         self.query_residual = query_residual
 
     def forward(
@@ -186,6 +195,7 @@ class SelfAttention(nn.Module):
 
     def __init__(
         self,
+        *,
         dim: int,
         num_heads: int = 8,
         qk_channels: int | None = None,
@@ -195,10 +205,16 @@ class SelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attention = Attention(dim, dim, num_heads, qk_channels, v_channels)
+        self.attention = Attention(
+            q_dim=dim,
+            kv_dim=dim,
+            num_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+        )
         self.dropout = nn.Dropout(dropout)
         self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, widening_factor, dropout)
+        self.mlp = MLP(dim=dim, widening_factor=widening_factor, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = self.norm(x)

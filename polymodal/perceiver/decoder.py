@@ -10,6 +10,7 @@ attend to each other.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,12 +19,27 @@ from .attention import CrossAttention
 from .position import FourierPositions, subsampled_positions
 
 
+class QueryProvider(Protocol):
+    """Where a decoder's output queries come from: `length` positions of `channels` each, all
+    of them or the subset `indices`, as `[B, len, channels]` on `device`."""
+
+    channels: int
+
+    @property
+    def length(self) -> int: ...
+
+    def __call__(
+        self, batch: int, device: torch.device, indices: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
 class FourierQueries(nn.Module):
     """Queries for an output grid: Fourier features of its positions (with frequencies up to
     `max_resolution`, by default the grid's shape)."""
 
     def __init__(
         self,
+        *,
         shape: Sequence[int],
         num_bands: int,
         concat_pos: bool = True,
@@ -33,7 +49,12 @@ class FourierQueries(nn.Module):
         super().__init__()
         self.shape = tuple(shape)
         self.max_resolution = tuple(max_resolution or shape)
-        self.positions = FourierPositions(num_bands, self.max_resolution, concat_pos, sine_only)
+        self.positions = FourierPositions(
+            num_bands=num_bands,
+            max_resolution=self.max_resolution,
+            concat_pos=concat_pos,
+            sine_only=sine_only,
+        )
         self.channels = self.positions.channels(len(self.shape))
 
     @property
@@ -54,7 +75,7 @@ class FourierQueries(nn.Module):
 class LearnedQueries(nn.Module):
     """A learned table of queries (one row for classification)."""
 
-    def __init__(self, length: int, channels: int, init_scale: float = 0.02) -> None:
+    def __init__(self, *, length: int, channels: int, init_scale: float = 0.02) -> None:
         super().__init__()
         self.table = nn.Parameter(torch.randn(length, channels) * init_scale)
         self.channels, self.length = channels, length
@@ -73,7 +94,8 @@ class BasicDecoder(nn.Module):
 
     def __init__(
         self,
-        queries: FourierQueries | LearnedQueries,
+        *,
+        queries: QueryProvider,
         latent_dim: int,
         out_channels: int | None,
         num_heads: int = 1,
@@ -86,11 +108,11 @@ class BasicDecoder(nn.Module):
         super().__init__()
         self.queries = queries
         self.cross_attention = CrossAttention(
-            queries.channels,
-            latent_dim,
-            num_heads,
-            qk_channels,
-            v_channels,
+            q_dim=queries.channels,
+            kv_dim=latent_dim,
+            num_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
             widening_factor=widening_factor,
             dropout=dropout,
             query_residual=query_residual,
@@ -125,10 +147,13 @@ class ClassificationDecoder(BasicDecoder):
     """One learned query, decoded to class logits `[B, num_classes]`."""
 
     def __init__(
-        self, latent_dim: int, num_classes: int, query_dim: int | None = None, **kwargs: object
+        self, *, latent_dim: int, num_classes: int, query_dim: int | None = None, **kwargs: object
     ) -> None:
         super().__init__(
-            LearnedQueries(1, query_dim or latent_dim), latent_dim, num_classes, **kwargs
+            queries=LearnedQueries(length=1, channels=query_dim or latent_dim),
+            latent_dim=latent_dim,
+            out_channels=num_classes,
+            **kwargs,
         )
 
     def forward(self, latents: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
@@ -144,7 +169,8 @@ class MultimodalDecoder(nn.Module):
 
     def __init__(
         self,
-        queries: dict[str, FourierQueries | LearnedQueries],
+        *,
+        queries: dict[str, QueryProvider],
         latent_dim: int,
         out_channels: int,
         min_padding: int = 2,
@@ -164,11 +190,11 @@ class MultimodalDecoder(nn.Module):
             }
         )
         self.cross_attention = CrossAttention(
-            self.channels,
-            latent_dim,
-            num_heads,
-            qk_channels,
-            v_channels,
+            q_dim=self.channels,
+            kv_dim=latent_dim,
+            num_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
             query_residual=query_residual,
         )
         self.final = nn.Linear(self.channels, out_channels)

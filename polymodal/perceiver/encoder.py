@@ -40,7 +40,7 @@ class EncoderConfig:
 class PerceiverEncoder(nn.Module):
     """Inputs `[B, M, input_dim]` (+ mask `[B, M]`) → latents `[B, num_latents, latent_dim]`."""
 
-    def __init__(self, input_dim: int, config: EncoderConfig) -> None:
+    def __init__(self, *, input_dim: int, config: EncoderConfig) -> None:
         super().__init__()
         c = self.config = config
         if not 1 <= c.num_cross_attends <= c.num_blocks:
@@ -49,11 +49,11 @@ class PerceiverEncoder(nn.Module):
 
         def cross() -> CrossAttention:
             return CrossAttention(
-                c.latent_dim,
-                input_dim,
-                c.cross_heads,
-                c.cross_qk_channels,
-                c.cross_v_channels,
+                q_dim=c.latent_dim,
+                kv_dim=input_dim,
+                num_heads=c.cross_heads,
+                qk_channels=c.cross_qk_channels,
+                v_channels=c.cross_v_channels,
                 widening_factor=c.cross_widening_factor,
                 dropout=c.dropout,
             )
@@ -63,12 +63,12 @@ class PerceiverEncoder(nn.Module):
             self.cross_attends.append(cross())  # shared by every later cross-attend
         self.block = nn.ModuleList(
             SelfAttention(
-                c.latent_dim,
-                c.self_heads,
-                c.self_qk_channels,
-                c.self_v_channels,
-                c.self_widening_factor,
-                c.dropout,
+                dim=c.latent_dim,
+                num_heads=c.self_heads,
+                qk_channels=c.self_qk_channels,
+                v_channels=c.self_v_channels,
+                widening_factor=c.self_widening_factor,
+                dropout=c.dropout,
             )
             for _ in range(c.num_self_attends_per_block)
         )

@@ -149,10 +149,10 @@ _MASKED_LM_RULES = [
 def _masked_lm(model: nn.Module) -> MaskedLM:
     config = model.config
     ours = MaskedLanguageModel(
-        encoder_config(config, config.d_model),
-        config.vocab_size,
-        config.d_model,
-        config.max_position_embeddings,
+        encoder=encoder_config(config, config.d_model),
+        vocab_size=config.vocab_size,
+        dim=config.d_model,
+        max_length=config.max_position_embeddings,
     )
     ours.load_state_dict(convert_state_dict(model.state_dict(), _MASKED_LM_RULES))
     return MaskedLM(ours)
@@ -183,7 +183,10 @@ def _image_classifier(model: nn.Module, stem: nn.Module) -> ImageClassifier:
     """Any of the three image classifiers, given our version of its (fixed) preprocessing."""
     config = model.config
     ours = Perceiver(
-        stem.channels, config.num_labels, encoder_config(config, stem.channels), input=stem
+        input_channels=stem.channels,
+        num_classes=config.num_labels,
+        encoder=encoder_config(config, stem.channels),
+        input=stem,
     )
     ours.load_state_dict(convert_state_dict(model.state_dict(), RULES[type_name(model)]))
     return ImageClassifier(ours)
@@ -191,19 +194,26 @@ def _image_classifier(model: nn.Module, stem: nn.Module) -> ImageClassifier:
 
 # transformers fixes each classifier's preprocessing in code; these are the same choices
 def _image_fourier(model: nn.Module) -> ImageClassifier:
-    return _image_classifier(model, GridInput(3, (1, 1), 64, (224, 224), scale=1.0, offset=0.0))
+    return _image_classifier(
+        model,
+        GridInput(
+            channels=3, patch=(1, 1), num_bands=64, max_resolution=(224, 224), scale=1.0, offset=0.0
+        ),
+    )
 
 
 def _image_learned(model: nn.Module) -> ImageClassifier:
     positions = model.config.image_size**2
     stem = ImageStemInput(
-        "conv1x1", out_channels=256, learned_positions=positions, scale=1.0, offset=0.0
+        kind="conv1x1", out_channels=256, learned_positions=positions, scale=1.0, offset=0.0
     )
     return _image_classifier(model, stem)
 
 
 def _image_conv(model: nn.Module) -> ImageClassifier:
-    stem = ImageStemInput("conv", out_channels=64, max_resolution=(56, 56), scale=1.0, offset=0.0)
+    stem = ImageStemInput(
+        kind="conv", out_channels=64, max_resolution=(56, 56), scale=1.0, offset=0.0
+    )
     return _image_classifier(model, stem)
 
 
@@ -305,8 +315,10 @@ _OPTICAL_FLOW_RULES = [
 
 def _optical_flow(model: nn.Module) -> OpticalFlowModel:
     config = model.config
-    inputs = FramePairInput(27, 64, 64, tuple(config.train_size))
-    ours = OpticalFlow(inputs, encoder_config(config, inputs.channels))
+    inputs = FramePairInput(
+        in_channels=27, out_channels=64, num_bands=64, max_resolution=tuple(config.train_size)
+    )
+    ours = OpticalFlow(inputs=inputs, encoder=encoder_config(config, inputs.channels))
     ours.load_state_dict(convert_state_dict(model.state_dict(), _OPTICAL_FLOW_RULES))
     return OpticalFlowModel(ours)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,19 @@ from torch import nn
 
 from .attention import FactoredInputs
 from .position import FourierPositions, LearnedPositions, fourier_features
+
+# Input tokens `[B, M, C]`, or their content and positions kept apart (`FactoredInputs`) until
+# the encoder's first projection, which then never materialises the concatenation.
+Tokens = torch.Tensor | FactoredInputs
+
+
+class InputAdapter(Protocol):
+    """What the encoder reads one modality through: the parts of a batched field (values and
+    grid, coordinates or mask) → tokens of width `channels` and a mask `[B, M]` (or None)."""
+
+    channels: int
+
+    def __call__(self, *parts: Any) -> tuple[Tokens, torch.Tensor | None]: ...
 
 
 def patch_mask(
@@ -63,6 +77,7 @@ class GridInput(nn.Module):
 
     def __init__(
         self,
+        *,
         channels: int,
         patch: Sequence[int],
         num_bands: int = 64,
@@ -76,16 +91,18 @@ class GridInput(nn.Module):
         self.patch, self.scale, self.offset = tuple(patch), scale, offset
         d = len(self.patch)
         if learned_positions:
-            self.positions: nn.Module = LearnedPositions(learned_positions, position_channels)
+            self.positions: nn.Module = LearnedPositions(
+                length=learned_positions, channels=position_channels
+            )
             pos_channels = position_channels
         else:
-            self.positions = FourierPositions(num_bands, max_resolution)
+            self.positions = FourierPositions(num_bands=num_bands, max_resolution=max_resolution)
             pos_channels = self.positions.channels(d)
         self.channels = channels * math.prod(self.patch) + pos_channels
 
     def forward(
         self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[Tokens, torch.Tensor | None]:
         x = values.float() * self.scale + self.offset
         tokens = patchify(x, grid, self.patch)
         token_grid = [n // p for n, p in zip(grid, self.patch, strict=True)]
@@ -103,6 +120,7 @@ class FramePairInput(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int = 27,
         out_channels: int = 64,
         num_bands: int = 64,
@@ -110,7 +128,7 @@ class FramePairInput(nn.Module):
     ) -> None:
         super().__init__()
         self.linear = nn.Linear(2 * in_channels, out_channels)
-        self.positions = FourierPositions(num_bands, max_resolution)
+        self.positions = FourierPositions(num_bands=num_bands, max_resolution=max_resolution)
         self.channels = out_channels + self.positions.channels(2)
 
     def forward(
@@ -134,6 +152,7 @@ class ImageStemInput(nn.Module):
 
     def __init__(
         self,
+        *,
         kind: str = "conv",
         in_channels: int = 3,
         out_channels: int = 64,
@@ -155,11 +174,13 @@ class ImageStemInput(nn.Module):
         else:
             raise ValueError(f"kind must be 'conv' or 'conv1x1', got {kind!r}")
         if learned_positions:
-            self.positions: nn.Module = LearnedPositions(learned_positions, position_channels)
+            self.positions: nn.Module = LearnedPositions(
+                length=learned_positions, channels=position_channels
+            )
             self.projection = nn.Linear(position_channels, position_channels)
             pos_channels = position_channels
         else:
-            self.positions = FourierPositions(num_bands, max_resolution)
+            self.positions = FourierPositions(num_bands=num_bands, max_resolution=max_resolution)
             pos_channels = self.positions.channels(2)
         self.channels = out_channels + pos_channels
 
@@ -187,7 +208,7 @@ class ImageStemInput(nn.Module):
 class PointCloudInput(nn.Module):
     """Points `[B, N, 3 + F]` with coordinates in [-1, 1] → points + Fourier of coordinates."""
 
-    def __init__(self, features: int = 0, num_bands: int = 64, max_resolution: int = 64) -> None:
+    def __init__(self, *, features: int = 0, num_bands: int = 64, max_resolution: int = 64) -> None:
         super().__init__()
         self.num_bands, self.max_resolution = num_bands, max_resolution
         self.channels = 3 + features + 3 * 2 * num_bands + 3
@@ -202,10 +223,10 @@ class PointCloudInput(nn.Module):
 class TextInput(nn.Module):
     """Byte ids `[B, L, 1]` → embeddings + learned positions (Perceiver IO's language input)."""
 
-    def __init__(self, vocab_size: int = 262, dim: int = 768, max_length: int = 2048) -> None:
+    def __init__(self, *, vocab_size: int = 262, dim: int = 768, max_length: int = 2048) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(vocab_size, dim)
-        self.positions = LearnedPositions(max_length, dim)
+        self.positions = LearnedPositions(length=max_length, channels=dim)
         self.channels = dim
 
     def forward(
@@ -218,7 +239,7 @@ class TextInput(nn.Module):
 class LabelInput(nn.Module):
     """Class ids `[B, 1, 1]`, or multi-hot / scores `[B, 1, K]` → one `K`-wide float token."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, *, num_classes: int) -> None:
         super().__init__()
         self.channels = num_classes
 
@@ -243,6 +264,7 @@ class MultimodalInput(nn.Module):
 
     def __init__(
         self,
+        *,
         inputs: Mapping[str, nn.Module],
         min_padding: int = 2,
         mask_probs: Mapping[str, float] | None = None,

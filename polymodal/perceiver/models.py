@@ -40,6 +40,7 @@ class PerceiverIO(nn.Module):
 
     def __init__(
         self,
+        *,
         input_channels: int,
         encoder: EncoderConfig,
         decoder: nn.Module,
@@ -47,7 +48,7 @@ class PerceiverIO(nn.Module):
     ) -> None:
         super().__init__()
         self.input = input
-        self.encoder = PerceiverEncoder(input_channels, encoder)
+        self.encoder = PerceiverEncoder(input_dim=input_channels, config=encoder)
         self.decoder = decoder
 
     def encode(self, *inputs: Any) -> torch.Tensor:
@@ -66,14 +67,19 @@ class Perceiver(PerceiverIO):
 
     def __init__(
         self,
+        *,
         input_channels: int,
         num_classes: int,
         encoder: EncoderConfig,
         input: nn.Module | None = None,
         **decoder_options: Any,
     ) -> None:
-        decoder = ClassificationDecoder(encoder.latent_dim, num_classes, **decoder_options)
-        super().__init__(input_channels, encoder, decoder, input)
+        decoder = ClassificationDecoder(
+            latent_dim=encoder.latent_dim, num_classes=num_classes, **decoder_options
+        )
+        super().__init__(
+            input_channels=input_channels, encoder=encoder, decoder=decoder, input=input
+        )
 
 
 class MultimodalAutoencoder(nn.Module):
@@ -84,6 +90,7 @@ class MultimodalAutoencoder(nn.Module):
 
     def __init__(
         self,
+        *,
         inputs: MultimodalInput,
         encoder: EncoderConfig,
         decoder: MultimodalDecoder,
@@ -91,7 +98,7 @@ class MultimodalAutoencoder(nn.Module):
     ) -> None:
         super().__init__()
         self.input = inputs
-        self.encoder = PerceiverEncoder(inputs.channels, encoder)
+        self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
         self.decoder = decoder
         self.heads = nn.ModuleDict(heads)
 
@@ -113,19 +120,20 @@ class OpticalFlow(nn.Module):
 
     def __init__(
         self,
+        *,
         inputs: FramePairInput,
         encoder: EncoderConfig,
         rescale: float = 100.0,
     ) -> None:
         super().__init__()
         self.input = inputs
-        self.encoder = PerceiverEncoder(inputs.channels, encoder)
+        self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
         self.cross_attention = CrossAttention(
-            inputs.channels,
-            encoder.latent_dim,
-            1,
-            encoder.latent_dim,
-            encoder.latent_dim,
+            q_dim=inputs.channels,
+            kv_dim=encoder.latent_dim,
+            num_heads=1,
+            qk_channels=encoder.latent_dim,
+            v_channels=encoder.latent_dim,
             query_residual=False,
         )
         self.final = nn.Linear(inputs.channels, 2)
@@ -147,6 +155,7 @@ class MaskedLanguageModel(nn.Module):
 
     def __init__(
         self,
+        *,
         encoder: EncoderConfig,
         vocab_size: int = 262,
         dim: int = 768,
@@ -155,16 +164,16 @@ class MaskedLanguageModel(nn.Module):
         decoder_qk_channels: int | None = 256,
     ) -> None:
         super().__init__()
-        self.input = TextInput(vocab_size, dim, max_length)
-        self.encoder = PerceiverEncoder(dim, encoder)
-        queries = LearnedQueries(max_length, dim)
+        self.input = TextInput(vocab_size=vocab_size, dim=dim, max_length=max_length)
+        self.encoder = PerceiverEncoder(input_dim=dim, config=encoder)
+        queries = LearnedQueries(length=max_length, channels=dim)
         self.decoder = BasicDecoder(
-            queries,
-            encoder.latent_dim,
-            None,
-            decoder_heads,
-            decoder_qk_channels,
-            dim,
+            queries=queries,
+            latent_dim=encoder.latent_dim,
+            out_channels=None,
+            num_heads=decoder_heads,
+            qk_channels=decoder_qk_channels,
+            v_channels=dim,
             query_residual=False,
         )
         self.bias = nn.Parameter(torch.zeros(vocab_size))
@@ -194,14 +203,26 @@ def language_perceiver() -> MaskedLanguageModel:
         self_qk_channels=256,
         self_v_channels=1280,
     )
-    return MaskedLanguageModel(config)
+    return MaskedLanguageModel(encoder=config)
 
 
 def vision_perceiver_fourier(num_classes: int = 1000, image_size: int = 224) -> Perceiver:
     """`deepmind/vision-perceiver-fourier`: 48,440,627 parameters (pixels + 2-d Fourier
     features with 64 bands; cross-attention keys as wide as the inputs, as the reference)."""
-    pixels = GridInput(3, (1, 1), 64, (image_size, image_size), scale=1.0, offset=0.0)
-    return Perceiver(pixels.channels, num_classes, _vision_encoder(pixels.channels), input=pixels)
+    pixels = GridInput(
+        channels=3,
+        patch=(1, 1),
+        num_bands=64,
+        max_resolution=(image_size, image_size),
+        scale=1.0,
+        offset=0.0,
+    )
+    return Perceiver(
+        input_channels=pixels.channels,
+        num_classes=num_classes,
+        encoder=_vision_encoder(pixels.channels),
+        input=pixels,
+    )
 
 
 def _vision_encoder(input_channels: int) -> EncoderConfig:
@@ -221,16 +242,28 @@ def vision_perceiver_learned(num_classes: int = 1000, image_size: int = 224) -> 
     """`deepmind/vision-perceiver-learned`: 1×1 convolution to 256 channels, learned
     positions of every pixel (256 channels, projected)."""
     stem = ImageStemInput(
-        "conv1x1", out_channels=256, learned_positions=image_size**2, scale=1.0, offset=0.0
+        kind="conv1x1", out_channels=256, learned_positions=image_size**2, scale=1.0, offset=0.0
     )
-    return Perceiver(stem.channels, num_classes, _vision_encoder(stem.channels), input=stem)
+    return Perceiver(
+        input_channels=stem.channels,
+        num_classes=num_classes,
+        encoder=_vision_encoder(stem.channels),
+        input=stem,
+    )
 
 
 def vision_perceiver_conv(num_classes: int = 1000) -> Perceiver:
     """`deepmind/vision-perceiver-conv`: a convolutional stem (4× smaller, 64 channels) and
     64-band Fourier positions of the 56² feature grid."""
-    stem = ImageStemInput("conv", out_channels=64, max_resolution=(56, 56), scale=1.0, offset=0.0)
-    return Perceiver(stem.channels, num_classes, _vision_encoder(stem.channels), input=stem)
+    stem = ImageStemInput(
+        kind="conv", out_channels=64, max_resolution=(56, 56), scale=1.0, offset=0.0
+    )
+    return Perceiver(
+        input_channels=stem.channels,
+        num_classes=num_classes,
+        encoder=_vision_encoder(stem.channels),
+        input=stem,
+    )
 
 
 def multimodal_perceiver(
@@ -250,10 +283,24 @@ def multimodal_perceiver(
     4×4 video patches with 32-band Fourier positions, 16-sample audio patches with 192 bands,
     the label always masked (the model infers it)."""
     samples = num_frames * audio_samples_per_frame
-    video = GridInput(3, (1, 4, 4), 32, (num_frames, image_size, image_size), 1.0, 0.0)
-    audio = GridInput(1, (samples_per_patch,), 192, (samples,), 1.0, 0.0)
+    video = GridInput(
+        channels=3,
+        patch=(1, 4, 4),
+        num_bands=32,
+        max_resolution=(num_frames, image_size, image_size),
+        scale=1.0,
+        offset=0.0,
+    )
+    audio = GridInput(
+        channels=1,
+        patch=(samples_per_patch,),
+        num_bands=192,
+        max_resolution=(samples,),
+        scale=1.0,
+        offset=0.0,
+    )
     inputs = MultimodalInput(
-        {"audio": audio, "image": video, "label": LabelInput(num_classes)},
+        inputs={"audio": audio, "image": video, "label": LabelInput(num_classes=num_classes)},
         min_padding=4,
         mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
     )
@@ -268,25 +315,33 @@ def multimodal_perceiver(
         cross_v_channels=inputs.channels,
     )
     queries = {
-        "audio": FourierQueries((samples // samples_per_patch,), 192, max_resolution=(samples,)),
-        "image": FourierQueries((num_frames, image_size, image_size), 32),
-        "label": LearnedQueries(1, label_query_channels),
+        "audio": FourierQueries(
+            shape=(samples // samples_per_patch,), num_bands=192, max_resolution=(samples,)
+        ),
+        "image": FourierQueries(shape=(num_frames, image_size, image_size), num_bands=32),
+        "label": LearnedQueries(length=1, channels=label_query_channels),
     }
     decoder = MultimodalDecoder(
-        queries, latent_dim, output_channels, qk_channels=latent_dim, v_channels=latent_dim
+        queries=queries,
+        latent_dim=latent_dim,
+        out_channels=output_channels,
+        qk_channels=latent_dim,
+        v_channels=latent_dim,
     )
     heads = {
         "audio": nn.Linear(output_channels, samples_per_patch),
         "image": nn.Linear(output_channels, 3),
         "label": nn.Linear(output_channels, num_classes),
     }
-    return MultimodalAutoencoder(inputs, encoder, decoder, heads)
+    return MultimodalAutoencoder(inputs=inputs, encoder=encoder, decoder=decoder, heads=heads)
 
 
 def optical_flow_perceiver(train_size: tuple[int, int] = (368, 496)) -> OpticalFlow:
     """`deepmind/optical-flow-perceiver`: 41,057,134 parameters; 2048 latents × 512, 24
     self-attention layers with 16 heads."""
-    inputs = FramePairInput(27, 64, 64, train_size)
+    inputs = FramePairInput(
+        in_channels=27, out_channels=64, num_bands=64, max_resolution=train_size
+    )
     encoder = EncoderConfig(
         num_latents=2048,
         latent_dim=512,
@@ -297,4 +352,4 @@ def optical_flow_perceiver(train_size: tuple[int, int] = (368, 496)) -> OpticalF
         cross_qk_channels=inputs.channels,
         cross_v_channels=inputs.channels,
     )
-    return OpticalFlow(inputs, encoder)
+    return OpticalFlow(inputs=inputs, encoder=encoder)

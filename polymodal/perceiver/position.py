@@ -75,6 +75,7 @@ class FourierPositions(nn.Module):
 
     def __init__(
         self,
+        *,
         num_bands: int,
         max_resolution: Sequence[int] | None = None,
         concat_pos: bool = True,
@@ -112,7 +113,7 @@ class FourierPositions(nn.Module):
 class LearnedPositions(nn.Module):
     """A learned `[length, channels]` table (truncated to the sequence actually given)."""
 
-    def __init__(self, length: int, channels: int, init_scale: float = 0.02) -> None:
+    def __init__(self, *, length: int, channels: int, init_scale: float = 0.02) -> None:
         super().__init__()
         self.table = nn.Parameter(torch.randn(length, channels) * init_scale)
 

@@ -55,7 +55,7 @@ class Task:
     def multimodal_input(self) -> MultimodalInput:
         """The input fields' encoders (with their configured options), side by side."""
         return MultimodalInput(
-            {
+            inputs={
                 name: a.encoder(**self.config.data.fields[name].encoder)
                 for name, a in self.adapters.items()
             }
@@ -93,7 +93,10 @@ class ClassificationTask(Task):
     def model(self) -> nn.Module:
         inputs = self.multimodal_input()
         return Perceiver(
-            inputs.channels, self.config.data.num_classes, self.config.model, input=inputs
+            input_channels=inputs.channels,
+            num_classes=self.config.data.num_classes,
+            encoder=self.config.model,
+            input=inputs,
         )
 
     def targets(self, batch: Batch) -> torch.Tensor:
@@ -144,10 +147,10 @@ class _Reconstruction:
         self.scale, self.offset, self.dtype = spec.scale, spec.offset, spec.dtype
         bands = int(encoder.get("num_bands", 16))
         if spec.patch is None:
-            self.queries = FourierQueries(spec.grid, bands)
+            self.queries = FourierQueries(shape=spec.grid, num_bands=bands)
         else:
             cells = tuple(g // p for g, p in zip(spec.grid, spec.patch, strict=True))
-            self.queries = FourierQueries(cells, bands, max_resolution=spec.grid)
+            self.queries = FourierQueries(shape=cells, num_bands=bands, max_resolution=spec.grid)
 
     def target(self, values: torch.Tensor) -> torch.Tensor:
         x = values.float() * self.scale + self.offset
@@ -176,9 +179,15 @@ class AutoencodeTask(Task):
     def model(self) -> nn.Module:
         inputs = self.multimodal_input()
         latent = self.config.model.latent_dim
-        decoder = MultimodalDecoder({n: o.queries for n, o in self.outputs.items()}, latent, latent)
+        decoder = MultimodalDecoder(
+            queries={n: o.queries for n, o in self.outputs.items()},
+            latent_dim=latent,
+            out_channels=latent,
+        )
         heads = {n: nn.Linear(latent, o.channels) for n, o in self.outputs.items()}
-        return MultimodalAutoencoder(inputs, self.config.model, decoder, heads)
+        return MultimodalAutoencoder(
+            inputs=inputs, encoder=self.config.model, decoder=decoder, heads=heads
+        )
 
     def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
         indices = {
@@ -224,10 +233,10 @@ class MaskedLMTask(Task):
         adapter = self.adapters[self.name]
         dim = int(self.config.data.fields[self.name].encoder.get("dim", 256))
         return MaskedLanguageModel(
-            self.config.model,
-            VOCAB_SIZE,
-            dim,
-            adapter.max_length,
+            encoder=self.config.model,
+            vocab_size=VOCAB_SIZE,
+            dim=dim,
+            max_length=adapter.max_length,
             decoder_heads=1,
             decoder_qk_channels=None,
         )

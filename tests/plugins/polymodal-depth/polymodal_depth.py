@@ -54,7 +54,12 @@ class DepthAdapter(Adapter):
         scale = 2 / self.max_depth_mm
         grid = None if self.size is None else (self.size, self.size)
         module = GridInput(
-            1, (patch_size, patch_size), num_bands, max_resolution=grid, scale=scale, offset=-1.0
+            channels=1,
+            patch=(patch_size, patch_size),
+            num_bands=num_bands,
+            max_resolution=grid,
+            scale=scale,
+            offset=-1.0,
         )
         return FieldInput(module)
 
