@@ -232,7 +232,7 @@ def _tour(keep: Path | None) -> int:
         print(f"Encoded {len(files)} files with Pillow and PyAV (h264/aac, vp9/opus) in {folder}\n")
         status = _decode_files([(folder / name, names) for name, (_, names) in files.items()], {})
     print("\nA batch of the two clips (video at 8 fps, 16 frames; audio 16 kHz, 3 s):")
-    video, audio = adapters.get("video")(), adapters.get("audio")(duration=3.0)
+    video, audio = adapters.VideoAdapter(), adapters.AudioAdapter(duration=3.0)
     samples = [
         {"__key__": key, "video": video.decode({ext: data}), "audio": audio.decode({ext: data})}
         for key, ext, data in (("clip", "mp4", clip), ("short", "webm", short_clip))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import warnings
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T", bound=type)
 
@@ -37,7 +37,7 @@ class Registry(Generic[T]):
                 raise ValueError(
                     f"{self.kind} {name!r} is already registered to {existing.__qualname__}"
                 )
-            cls.name = name
+            cast(Any, cls).name = name  # every registered class knows its name
             self.classes[name] = cls
             return cls
 
@@ -51,7 +51,7 @@ class Registry(Generic[T]):
         """Load a third-party entry: a subclass of the base, or a module that registers."""
         obj = ep.load()
         if isinstance(obj, type) and issubclass(obj, self.base) and ep.name not in self.classes:
-            self.register(ep.name)(obj)
+            self.register(ep.name)(cast(T, obj))
 
     def get(self, name: str) -> T:
         """The class registered as `name`, looking in installed packages if needed."""

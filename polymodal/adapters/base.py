@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polymodal.perceiver.io import Tokens
+from polymodal.perceiver.io import Tokens, token_width
 from polymodal.registry import Registry
 from polymodal.seeds import stable_seed
 
@@ -60,6 +60,12 @@ class Field:
     coords: torch.Tensor | None = None
     mask: torch.Tensor | None = None
 
+    def on_grid(self) -> torch.Tensor:
+        """`values` as `[*grid, C]`: pixels as `[H, W, 3]`, a clip as `[T, H, W, 3]`."""
+        if not isinstance(self.grid, tuple):
+            raise ValueError("the field has no grid of its own (point clouds, or a batch)")
+        return self.values.reshape(*self.grid, self.values.shape[-1])
+
     def _map(self, fn: Any) -> Field:
         return Field(
             values=fn(self.values),
@@ -84,7 +90,7 @@ class Batch(Mapping[str, Field]):
     """
 
     fields: dict[str, Field]
-    keys: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # type: ignore[assignment]  # not Mapping.keys
     repeated: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
     def __getitem__(self, name: str) -> Field:
@@ -134,7 +140,7 @@ class FieldInput(nn.Module):
     def __init__(self, module: nn.Module, arguments: Sequence[str] = ("values", "grid", "mask")):
         super().__init__()
         self.module, self.arguments = module, tuple(arguments)
-        self.channels: int = module.channels
+        self.channels: int = token_width(module)
 
     def forward(self, field: Field) -> tuple[Tokens, torch.Tensor | None]:
         if "grid" in self.arguments and isinstance(field.grid, list):
@@ -236,7 +242,7 @@ class Adapter:
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         raise NotImplementedError
 
-    def encoder(self, **options: Any) -> FieldInput:
+    def encoder(self, *args: Any, **options: Any) -> FieldInput:
         """The device half: a module turning this adapter's batched fields into input tokens
         (cast, normalise, patch, positions). Options are the modality's (patch sizes, bands)."""
         raise NotImplementedError(f"{type(self).__name__} has no model-side encoder")
@@ -351,7 +357,10 @@ def _collate_field(items: list[Field], name: str) -> Field:
         )
     coords = None
     if items[0].coords is not None:
-        coords = _stack_padded([f.coords for f in items], length)
+        present = [f.coords for f in items if f.coords is not None]
+        if len(present) < len(items):
+            raise ValueError(f"field {name!r}: some samples have coordinates, some do not")
+        coords = _stack_padded(present, length)
     return Field(values=values, grid=_collate_grid(items, length), coords=coords, mask=mask)
 
 
@@ -368,8 +377,8 @@ def _stack_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
 
 
 def _collate_grid(items: list[Field], length: int) -> Grid | list[Grid] | None:
-    grids = [f.grid for f in items]
-    if any(g is None for g in grids):
+    grids = [f.grid for f in items if isinstance(f.grid, tuple)]  # a decoded field's own grid
+    if len(grids) < len(items):
         return None
     if all(len(g) == 1 for g in grids):  # 1-d sequences pad at the end: positions stay valid
         return (length,)

@@ -100,7 +100,7 @@ class ImageAdapter(Adapter):
 
     def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
         field = type(self)(size=None, max_pixels=self.max_pixels).decode({ext: data})
-        return Preview(frames=(field.values.reshape(*field.grid, 3).numpy(),))
+        return Preview(frames=(field.on_grid().numpy(),))
 
     def reconstruction(self, encoder: Mapping[str, Any]) -> Reconstruction | None:
         if self.size is None:
@@ -114,7 +114,7 @@ class ImageAdapter(Adapter):
         else:
             pixels = self._decode_pillow(data)
         if self.size is not None:
-            pixels = self._resize_crop(pixels, rng)
+            pixels = self._resize_crop(pixels, self.size, rng)
         return Field(values=pixels.reshape(-1, 3), grid=tuple(pixels.shape[:2]))
 
     def _check_pixels(self, w: int, h: int) -> None:
@@ -149,20 +149,23 @@ class ImageAdapter(Adapter):
 
         Taken over both orientations, since EXIF rotation may swap the axes after decoding.
         """
-        if self.size is None:
+        size = self.size
+        if size is None:
             return 1
 
         def fits(r: int, w: int, h: int) -> bool:
-            scale = resize_scale(w, h, self.size, self.crop_fraction)
+            scale = resize_scale(w, h, size, self.crop_fraction)
             return w // r >= w * scale and h // r >= h * scale
 
         return next((r for r in _DRAFT_REDUCTIONS if fits(r, w, h) and fits(r, h, w)), 1)
 
-    def _resize_crop(self, pixels: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+    def _resize_crop(
+        self, pixels: torch.Tensor, size: tuple[int, int], rng: np.random.Generator | None
+    ) -> torch.Tensor:
         """Cut the crop's region out of the source, then resize only that region."""
-        out_h, out_w = self.size
+        out_h, out_w = size
         h, w = pixels.shape[:2]
-        rw, rh, x0, y0 = crop_plan(w, h, self.size, self.crop_fraction, self.crop, rng)
+        rw, rh, x0, y0 = crop_plan(w, h, size, self.crop_fraction, self.crop, rng)
         sx, sy = w / rw, h / rh  # resized → source coordinates
         left, top = round(x0 * sx), round(y0 * sy)
         right = min(w, max(left + 1, round((x0 + out_w) * sx)))
@@ -206,5 +209,7 @@ def crop_plan(
     scale = resize_scale(w, h, size, crop_fraction)
     rw, rh = max(out_w, round(w * scale)), max(out_h, round(h * scale))
     if crop == "random":
+        if rng is None:
+            raise ValueError("a random crop needs the sample's generator")
         return rw, rh, int(rng.integers(0, rw - out_w + 1)), int(rng.integers(0, rh - out_h + 1))
     return rw, rh, (rw - out_w) // 2, (rh - out_h) // 2

@@ -72,7 +72,7 @@ class LabelAdapter(Adapter):
         if not ids:
             raise ValueError("no label")
         if self.multi_label:
-            hot = torch.zeros(1, self.num_classes, dtype=torch.uint8)
+            hot = torch.zeros(1, self.num_classes or 0, dtype=torch.uint8)  # set: checked at init
             hot[0, ids] = 1
             return Field(values=hot)
         if len(ids) > 1:
@@ -100,5 +100,6 @@ class LabelAdapter(Adapter):
 
 def class_name(classes: Sequence[str] | None, label: str) -> str:
     """The class name of a `cls` value when the dataset lists names, else the value itself."""
-    known = classes and label.isdigit() and int(label) < len(classes)
-    return classes[int(label)] if known else label
+    if classes and label.isdigit() and int(label) < len(classes):
+        return classes[int(label)]
+    return label

@@ -56,7 +56,7 @@ class PointCloudAdapter(Adapter):
 
     def preview(self, data: bytes, ext: str, classes: Sequence[str] | None) -> Preview:
         field = type(self)(num_points=2048, max_points=self.max_points).decode({ext: data})
-        return Preview(points=field.coords.numpy())
+        return Preview(points=field.values[:, :3].numpy())
 
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
         points = read_points(data, ext, self.max_points)
@@ -74,6 +74,8 @@ def _sample(
     n = len(points)
     if num_points is None or num_points == n:
         return points.copy()
+    if rng is None:
+        raise ValueError("sampling points needs the sample's generator")
     if n > num_points:
         return points[rng.choice(n, num_points, replace=False)]
     extra = rng.integers(0, n, num_points - n)

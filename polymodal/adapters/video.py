@@ -88,7 +88,7 @@ class VideoAdapter(Adapter):
         seconds = self.probe(data, ext)["seconds"] or 1.0
         strip = type(self)(num_frames=6, fps=6 / seconds, size=None, max_pixels=self.max_pixels)
         field = strip.decode({ext: data})
-        frames = field.values.reshape(*field.grid, 3).numpy()
+        frames = field.on_grid().numpy()
         real = (
             len(frames) if field.mask is None else int(field.mask.view(len(frames), -1)[:, 0].sum())
         )

@@ -14,18 +14,18 @@ _LAYOUTS = {1: "mono", 2: "stereo"}
 _FORMATS = {"int16": ("s16", np.int16), "float32": ("flt", np.float32)}
 
 
-def channel_layout(stream: av.stream.Stream, channels: int | None) -> str:
+def channel_layout(stream: av.AudioStream, channels: int | None) -> str:
     """FFmpeg's layout name for `channels` (None: keep the stream's own layout)."""
     if channels is None:
         return stream.codec_context.layout.name
     if channels < 1:
         raise ValueError(f"channels must be positive, got {channels}")
-    return _LAYOUTS.get(channels) or av.AudioLayout(channels).name
+    return _LAYOUTS.get(channels) or av.AudioLayout(f"{channels}c").name
 
 
 def decode_audio(
     container: av.container.InputContainer,
-    stream: av.stream.Stream,
+    stream: av.AudioStream,
     *,
     rate: int | None = None,
     channels: int | None = None,
@@ -76,10 +76,11 @@ def decode_audio(
 
 def _frames_then_flush(
     container: av.container.InputContainer,
-    stream: av.stream.Stream,
+    stream: av.AudioStream,
     resampler: av.AudioResampler,
 ) -> Iterator[av.AudioFrame]:
     """Resampled frames of `stream` in order, then what the resampler still holds."""
     for frame in container.decode(stream):
+        assert isinstance(frame, av.AudioFrame)  # an audio stream decodes to audio frames
         yield from resampler.resample(frame)
     yield from resampler.resample(None)

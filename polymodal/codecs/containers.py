@@ -7,12 +7,21 @@ import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
+from typing import Any, Literal, overload
 
 import av
 import numpy as np
 
 
-def open_stream(data: bytes, kind: str) -> tuple[av.container.InputContainer, av.stream.Stream]:
+@overload
+def open_stream(
+    data: bytes, kind: Literal["audio"]
+) -> tuple[av.container.InputContainer, av.AudioStream]: ...
+@overload
+def open_stream(
+    data: bytes, kind: Literal["video"]
+) -> tuple[av.container.InputContainer, av.VideoStream]: ...
+def open_stream(data: bytes, kind: str) -> tuple[av.container.InputContainer, Any]:
     """Open in-memory media and return its first `kind` ("audio" / "video") stream.
 
     The caller closes the container; bytes never touch the disk.
@@ -60,7 +69,7 @@ def stream_seconds(container: av.container.InputContainer, stream: av.stream.Str
     return 0.0
 
 
-def frame_rate(stream: av.stream.Stream) -> Fraction:
+def frame_rate(stream: av.VideoStream) -> Fraction:
     """A video stream's frames per second: its average rate, else FFmpeg's guess, else 25."""
     return Fraction(stream.average_rate or stream.guessed_rate or 25)
 
@@ -72,7 +81,7 @@ def clip_start(total: float, span: float, crop: str, rng: np.random.Generator | 
     audio and video fields of one sample, given equally seeded generators and equal spans,
     therefore cut the same moment of a clip.
     """
-    u = rng.random() if crop == "random" else 0.5
+    u = rng.random() if crop == "random" and rng is not None else 0.5
     return u * max(0.0, total - span)
 
 

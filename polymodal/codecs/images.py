@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -64,7 +65,8 @@ def jpeg_header(data: bytes) -> JpegHeader | None:
 
 def exif_orientation(tiff: bytes) -> int:
     """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block, 1 when absent or unreadable."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    orders: dict[bytes, Literal["little", "big"]] = {b"II": "little", b"MM": "big"}
+    order = orders.get(tiff[:2])
     if order is None or len(tiff) < 8:
         return 1
     ifd = int.from_bytes(tiff[4:8], order)

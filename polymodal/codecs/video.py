@@ -46,7 +46,7 @@ def convert_once(
 ) -> Iterator[T]:
     """`convert(frame)` for each frame, reusing the last result when a frame repeats (shown at
     several target times: the source rate is below the one asked for)."""
-    last, out = None, None
+    last: av.VideoFrame | None = None
     for frame in frames:
         if frame is not last:
             last, out = frame, convert(frame)
@@ -58,7 +58,7 @@ _TIME_EPSILON = 1e-6  # seconds: a target that equals a frame's time (up to roun
 
 def frames_at(
     container: av.container.InputContainer,
-    stream: av.stream.Stream,
+    stream: av.VideoStream,
     targets: Iterable[float],
     total: float,
 ) -> Iterator[av.VideoFrame]:
@@ -72,10 +72,12 @@ def frames_at(
     targets = iter(targets)
     target = next(targets, None)
     origin = stream.start_time or 0
-    tb = float(stream.time_base)
+    tb = float(stream.time_base or 0)
     default_duration = 1.0 / float(frame_rate(stream))
-    prev, prev_end = None, 0.0
+    prev: av.VideoFrame | None = None
+    prev_end = 0.0
     for index, frame in enumerate(container.decode(stream)):
+        assert isinstance(frame, av.VideoFrame)  # a video stream decodes to video frames
         now = (frame.pts - origin) * tb if frame.pts is not None else index * default_duration
         # Targets before this frame's time showed the previous frame; before the first decoded
         # frame (the seek landed at or just after the clip start), they take this one.

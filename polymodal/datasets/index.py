@@ -22,6 +22,7 @@ O(shards), whatever it claims.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Mapping
@@ -159,7 +160,7 @@ class ShardIndex:
             raise InvalidIndex(f"{shard.name}: {problem}")
         return offsets
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:
         doc = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -179,7 +180,7 @@ class ShardIndex:
         write_atomic(Path(directory) / INDEX_NAME, self.to_json())
 
     @classmethod
-    def from_json(cls, data: bytes, base: str = "") -> ShardIndex:
+    def from_json(cls, data: builtins.bytes, base: str = "") -> ShardIndex:
         where = join(base, INDEX_NAME) if base else INDEX_NAME
         try:
             doc = json.loads(data)

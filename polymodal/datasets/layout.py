@@ -23,7 +23,7 @@ import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 # webdataset's `tariterators.base_plus_ext` expression, kept here so that reading and writing
 # shards does not import webdataset: it imports torch, 1.4 s in every worker process.
@@ -88,6 +88,12 @@ class Problem:
         return out
 
 
+class Readable(Protocol):
+    """What a tar is read from: a file, or a wrapper that hashes what passes."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 def member_refusal(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
     """Why a regular member must not be read into memory, from its header alone."""
     if info.issparse():
@@ -98,7 +104,7 @@ def member_refusal(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
 
 
 def read_tar_samples(
-    fileobj: IO[bytes],
+    fileobj: Readable,
     url: str,
     start: int = 0,
     on_problem: Callable[[Problem], None] | None = None,
@@ -123,7 +129,7 @@ def read_tar_samples(
     finished: set[str] = set()  # keys already yielded: O(samples of one shard) strings
     offset = start
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        with tarfile.open(fileobj=cast(IO[bytes], fileobj), mode="r|") as tar:
             for info in tar:
                 where = f"{url}:{info.name}"
                 reason = unsafe_reason(info.name)
@@ -134,8 +140,8 @@ def read_tar_samples(
                 parts = split_name(info.name) if reason is None else None
                 if reason is None and parts is None:
                     reason = "member name has no extension"
-                if reason is not None:
-                    report(Problem(where, reason))
+                if reason is not None or parts is None:
+                    report(Problem(where, reason or "member name has no extension"))
                     continue
                 key, ext = parts
                 if current is None or key != current["__key__"]:
@@ -158,7 +164,8 @@ def read_tar_samples(
                     current[ERROR_KEY] = f"{key}.{ext}: {refusal}"
                     current[ext] = b""
                     continue
-                current[ext] = tar.extractfile(info).read()
+                member = tar.extractfile(info)  # a regular file: never None here
+                current[ext] = member.read() if member is not None else b""
     except tarfile.ReadError as exc:
         raise tarfile.ReadError(
             f"{url}: damaged or truncated tar after byte {offset}: {exc}"

@@ -23,7 +23,7 @@ KEY_WIDTH = 140
 BACKGROUND, INK, ERROR = (250, 250, 250), (30, 30, 30), (190, 20, 20)
 
 
-def _font(size: int = 11) -> ImageFont.ImageFont:
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 

@@ -80,6 +80,10 @@ class Shard:
         self.out = _HashingFile(self._file)
         self.stats = ShardStats()
 
+    def add(self, sample: Mapping[str, Any]) -> None:
+        """Append one sample (its members and `__key__`)."""
+        raise NotImplementedError
+
     def _close_body(self) -> None:
         raise NotImplementedError
 

@@ -9,7 +9,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -251,7 +251,7 @@ def plan_manifest(manifest: Path) -> SourcePlan:
     return SourcePlan(samples, problems, classes)
 
 
-def _key_problem(key: str, members: dict[str, Ref], seen: Mapping[str, Any]) -> Problem | None:
+def _key_problem(key: str, members: dict[str, Ref], seen: Container[str]) -> Problem | None:
     if key in seen:
         return Problem(key, "duplicate key", key)
     if not members:

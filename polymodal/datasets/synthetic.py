@@ -15,6 +15,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from polymodal.codecs.encoders import add_audio_stream, add_video_stream
 from polymodal.codecs.points import (
     encode_ply as encode_ply,  # re-exported: tests make point clouds here
 )
@@ -77,11 +78,13 @@ def encode_media(
     muxer, audio_codec, video_codec = CONTAINERS[ext]
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=muxer) as out:
-        vstream = astream = None
+        vstream: av.VideoStream | None = None
+        astream: av.AudioStream | None = None
         if frames is not None:
             if video_codec is None:
                 raise ValueError(f"{ext} holds no video")
-            vstream = out.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001))
+            rate = Fraction(fps).limit_denominator(1001)
+            vstream = add_video_stream(out, video_codec, rate)
             vstream.height, vstream.width = frames.shape[1], frames.shape[2]
             vstream.pix_fmt = "yuv420p"
             vstream.bit_rate = 4_000_000  # test signals must survive coding: a high rate
@@ -93,23 +96,23 @@ def encode_media(
                 vstream.codec_context.time_base = _MILLISECOND
         if audio is not None:
             # PyAV's encoder resamples frames to the stream's rate (opus only takes 48 kHz)
-            astream = out.add_stream(audio_codec, rate=_CODEC_RATES.get(audio_codec, audio_rate))
+            astream = add_audio_stream(out, audio_codec, _CODEC_RATES.get(audio_codec, audio_rate))
             astream.layout = "mono" if audio.shape[1] == 1 else "stereo"
-        if vstream is not None:
+        if vstream is not None and frames is not None:
             for i, arr in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
                 if times is not None:
                     frame.pts, frame.time_base = round(times[i] * 1000), _MILLISECOND
                 out.mux(vstream.encode(frame))
             out.mux(vstream.encode(None))
-        if astream is not None:
+        if astream is not None and audio is not None:
             planar = np.ascontiguousarray(audio.T.astype(np.float32))
             for i in range(0, planar.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(
+                sound = av.AudioFrame.from_ndarray(
                     planar[:, i : i + 1024], format="fltp", layout=astream.layout.name
                 )
-                frame.sample_rate = audio_rate
-                out.mux(astream.encode(frame))
+                sound.sample_rate = audio_rate
+                out.mux(astream.encode(sound))
             out.mux(astream.encode(None))
     return buf.getvalue()
 

@@ -69,7 +69,7 @@ class ShardWriter:
     def write(self, sample: Mapping[str, Any]) -> None:
         body = members(sample)
         size = tar_sample_size(str(sample["__key__"]), {e: len(v) for e, v in body.items()})
-        if self.shard is not None and self._full(size):
+        if self.shard is not None and self._full(self.shard, size):
             self.done.append(self.shard.finish())
             self.shard = None
         if self.shard is None:
@@ -81,8 +81,8 @@ class ShardWriter:
         self.shard.add(sample)
         self.shard_bytes += size
 
-    def _full(self, size: int) -> bool:
-        if self.max_samples is not None and self.shard.stats.samples >= self.max_samples:
+    def _full(self, shard: Shard, size: int) -> bool:
+        if self.max_samples is not None and shard.stats.samples >= self.max_samples:
             return True
         return self.max_bytes is not None and self.shard_bytes + size > self.max_bytes
 

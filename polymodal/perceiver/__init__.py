@@ -4,6 +4,8 @@ Blocks (`attention`), positions (`position`), the encoder, decoders and query pr
 model-side input adapters (`io`) and the models that put them together.
 """
 
+from typing import Any
+
 from .attention import Attention, CrossAttention, SelfAttention
 from .decoder import (
     BasicDecoder,
@@ -38,7 +40,7 @@ from .models import (
 from .position import FourierPositions, LearnedPositions, fourier_features, grid_positions
 
 
-def from_hf(model_or_state_dict: object, config: object = None, kind: str | None = None) -> object:
+def from_hf(model_or_state_dict: Any, config: Any = None, kind: str | None = None) -> Any:
     """Our drop-in module for a Hugging Face Perceiver model, or for a state dict with its
     `PerceiverConfig` and class name; see `polymodal.perceiver.hf`."""
     from .hf import from_hf as convert
@@ -46,7 +48,7 @@ def from_hf(model_or_state_dict: object, config: object = None, kind: str | None
     return convert(model_or_state_dict, config, kind)
 
 
-def from_pretrained(name_or_path: str) -> object:
+def from_pretrained(name_or_path: str) -> Any:
     """Our module for a DeepMind checkpoint on the Hub or a `save_pretrained` folder; see
     `polymodal.perceiver.pretrained` (needs the hf extra)."""
     from .pretrained import from_pretrained as load
@@ -54,7 +56,7 @@ def from_pretrained(name_or_path: str) -> object:
     return load(name_or_path)
 
 
-def to_hf(module: object) -> object:
+def to_hf(module: Any) -> Any:
     """The transformers model of a module `from_hf` / `from_pretrained` made, with its current
     weights; see `polymodal.perceiver.pretrained`."""
     from .pretrained import to_hf as convert
@@ -62,7 +64,7 @@ def to_hf(module: object) -> object:
     return convert(module)
 
 
-def save_pretrained(module: object, folder: str) -> object:
+def save_pretrained(module: Any, folder: str) -> Any:
     """Write such a module as a transformers `save_pretrained` folder."""
     from .pretrained import save_pretrained as save
 

@@ -9,8 +9,8 @@ attend to each other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -147,7 +147,7 @@ class ClassificationDecoder(BasicDecoder):
     """One learned query, decoded to class logits `[B, num_classes]`."""
 
     def __init__(
-        self, *, latent_dim: int, num_classes: int, query_dim: int | None = None, **kwargs: object
+        self, *, latent_dim: int, num_classes: int, query_dim: int | None = None, **kwargs: Any
     ) -> None:
         super().__init__(
             queries=LearnedQueries(length=1, channels=query_dim or latent_dim),
@@ -170,7 +170,7 @@ class MultimodalDecoder(nn.Module):
     def __init__(
         self,
         *,
-        queries: dict[str, QueryProvider],
+        queries: Mapping[str, QueryProvider],
         latent_dim: int,
         out_channels: int,
         min_padding: int = 2,
@@ -181,7 +181,7 @@ class MultimodalDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.names = sorted(queries)
-        self.queries = nn.ModuleDict({n: queries[n] for n in self.names})
+        self.queries = nn.ModuleDict({n: cast(nn.Module, queries[n]) for n in self.names})
         self.channels = max(q.channels for q in queries.values()) + min_padding
         self.padding = nn.ParameterDict(
             {

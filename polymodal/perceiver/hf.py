@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .encoder import EncoderConfig
-from .io import FramePairInput, GridInput, ImageStemInput
+from .io import FramePairInput, GridInput, ImageStemInput, token_width
 from .models import (
     MaskedLanguageModel,
     MultimodalAutoencoder,
@@ -147,7 +147,7 @@ _MASKED_LM_RULES = [
 
 
 def _masked_lm(model: nn.Module) -> MaskedLM:
-    config = model.config
+    config: Any = model.config
     ours = MaskedLanguageModel(
         encoder=encoder_config(config, config.d_model),
         vocab_size=config.vocab_size,
@@ -181,11 +181,11 @@ _CLASSIFIER_RULES = [
 
 def _image_classifier(model: nn.Module, stem: nn.Module) -> ImageClassifier:
     """Any of the three image classifiers, given our version of its (fixed) preprocessing."""
-    config = model.config
+    config: Any = model.config
     ours = Perceiver(
-        input_channels=stem.channels,
+        input_channels=token_width(stem),
         num_classes=config.num_labels,
-        encoder=encoder_config(config, stem.channels),
+        encoder=encoder_config(config, token_width(stem)),
         input=stem,
     )
     ours.load_state_dict(convert_state_dict(model.state_dict(), RULES[type_name(model)]))
@@ -203,7 +203,8 @@ def _image_fourier(model: nn.Module) -> ImageClassifier:
 
 
 def _image_learned(model: nn.Module) -> ImageClassifier:
-    positions = model.config.image_size**2
+    config: Any = model.config
+    positions = config.image_size**2
     stem = ImageStemInput(
         kind="conv1x1", out_channels=256, learned_positions=positions, scale=1.0, offset=0.0
     )
@@ -269,7 +270,7 @@ _MULTIMODAL_RULES = [
 
 
 def _multimodal(model: nn.Module) -> MultimodalAutoencoding:
-    c = model.config
+    c: Any = model.config
     ours = multimodal_perceiver(
         c.num_labels,
         c.num_frames,
@@ -314,7 +315,7 @@ _OPTICAL_FLOW_RULES = [
 
 
 def _optical_flow(model: nn.Module) -> OpticalFlowModel:
-    config = model.config
+    config: Any = model.config
     inputs = FramePairInput(
         in_channels=27, out_channels=64, num_bands=64, max_resolution=tuple(config.train_size)
     )
@@ -390,7 +391,7 @@ def from_hf(
         source, kind = model_or_state_dict, type(model_or_state_dict).__name__
     if kind not in _CONVERTERS:
         raise ValueError(f"from_hf supports {SUPPORTED}, not {kind}")
-    module = _CONVERTERS[kind](source).eval()
-    module.hf_kind = kind
+    module: Any = _CONVERTERS[kind](source).eval()
+    module.hf_kind = kind  # what to_hf converts back to
     module.hf_config = source.config.to_dict()
     return module

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,11 @@ from .position import FourierPositions, LearnedPositions, fourier_features
 # Input tokens `[B, M, C]`, or their content and positions kept apart (`FactoredInputs`) until
 # the encoder's first projection, which then never materialises the concatenation.
 Tokens = torch.Tensor | FactoredInputs
+
+
+def token_width(module: nn.Module) -> int:
+    """The `channels` of an input module (every input adapter states its token width)."""
+    return cast(InputAdapter, module).channels
 
 
 class InputAdapter(Protocol):
@@ -272,10 +277,10 @@ class MultimodalInput(nn.Module):
         super().__init__()
         self.names = sorted(inputs)
         self.inputs = nn.ModuleDict({n: inputs[n] for n in self.names})
-        self.channels = max(m.channels for m in self.inputs.values()) + min_padding
+        self.channels: int = max(token_width(m) for m in self.inputs.values()) + min_padding
         self.padding = nn.ParameterDict(
             {
-                n: nn.Parameter(torch.randn(self.channels - self.inputs[n].channels) * 0.02)
+                n: nn.Parameter(torch.randn(self.channels - token_width(self.inputs[n])) * 0.02)
                 for n in self.names
             }
         )

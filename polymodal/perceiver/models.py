@@ -6,6 +6,7 @@ decoder gives; `Perceiver` is the classifier (one learned query decoded to logit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from .decoder import (
     FourierQueries,
     LearnedQueries,
     MultimodalDecoder,
+    QueryProvider,
 )
 from .encoder import EncoderConfig, PerceiverEncoder
 from .io import (
@@ -94,7 +96,7 @@ class MultimodalAutoencoder(nn.Module):
         inputs: MultimodalInput,
         encoder: EncoderConfig,
         decoder: MultimodalDecoder,
-        heads: dict[str, nn.Module],
+        heads: Mapping[str, nn.Module],
     ) -> None:
         super().__init__()
         self.input = inputs
@@ -314,7 +316,7 @@ def multimodal_perceiver(
         cross_qk_channels=inputs.channels,
         cross_v_channels=inputs.channels,
     )
-    queries = {
+    queries: dict[str, QueryProvider] = {
         "audio": FourierQueries(
             shape=(samples // samples_per_patch,), num_bands=192, max_resolution=(samples,)
         ),

@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -121,7 +121,7 @@ def _reachable(endpoint: str) -> bool:
     return bool(answer and answer[0])
 
 
-def to_hf(module: nn.Module) -> nn.Module:
+def to_hf(module: nn.Module) -> Any:
     """The transformers model our converted `module` came from, with our current weights.
 
     `module` is what `from_hf` / `from_pretrained` made (it knows its kind and config); each of
@@ -134,7 +134,7 @@ def to_hf(module: nn.Module) -> nn.Module:
         )
     transformers = _hf_extra("transformers")
     hf = getattr(transformers, kind)(transformers.PerceiverConfig(**config)).eval()
-    ours = module.model.state_dict()
+    ours = cast(nn.Module, module.model).state_dict()
     target = hf.state_dict()
     state = {key: ours[rename(key, RULES[kind])].reshape(t.shape) for key, t in target.items()}
     hf.load_state_dict(state)

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from polymodal.datasets.files import Remote
 from polymodal.errors import UserError
@@ -194,7 +194,7 @@ def dataset_stream(
             dict(fields),
             batch_size=config.data.batch_size,
             shuffle=shuffle,
-            seed=config.data.seed,
+            seed=config.seed if config.data.seed is None else config.data.seed,
             buffer_size=config.data.buffer_size,
             remote=config.data.remote,
         )
@@ -253,7 +253,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return _build(hint, value, where)
+        return _build(cast(type, hint), value, where)
     if origin in (dict,):
         _, value_hint = typing.get_args(hint)
         if not isinstance(value, dict):

@@ -96,7 +96,7 @@ def metrics_of(
     samples skipped, and with multi-label scores their mAP."""
     out: dict[str, Any] = task.metrics(sums) if sums else {"val_samples": 0}
     out["val_skipped"] = skipped
-    if scores is not None:
+    if scores is not None and truths is not None:
         out["val_map"] = mean_average_precision(scores, truths)
     return out
 
@@ -114,10 +114,13 @@ def model_from(
 
 
 def evaluate_checkpoint(
-    config: TrainConfig, checkpoint: str | Path, split: str = "val", out: Path | None = None
+    config: TrainConfig | None,
+    checkpoint: str | Path,
+    split: str = "val",
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on `split` (`val`, `train` or a dataset), written with a
-    confusion-matrix PNG (classification) to `out`."""
+    confusion-matrix PNG (classification) to `out`. `config` None: the run's own."""
     config, task, model = model_from(checkpoint, config)
     source = {"val": config.data.val, "train": config.data.train}.get(split, split)
     if not source:
@@ -128,13 +131,13 @@ def evaluate_checkpoint(
     collected = bool(classification and result.scores)
     scores = torch.cat(result.scores) if collected else None
     truths = torch.cat(result.truths) if collected else None
-    multi_label = collected and task.multi_label
+    multi_label = collected and isinstance(task, ClassificationTask) and task.multi_label
     skipped = sum(s.samples for s in result.skipped)
     found = metrics_of(task, result.sums, skipped, *((scores, truths) if multi_label else ()))
     metrics = {k.removeprefix("val_"): v for k, v in found.items()}
     metrics["dataset"] = source
     if out is not None:
-        if collected and not multi_label:
+        if scores is not None and truths is not None and not multi_label:
             names = class_names(config)
             metrics["confusion_matrix"] = str(confusion_png(scores, truths, names, out))
         out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +204,7 @@ def predict(
         with torch.no_grad():
             if isinstance(task, ClassificationTask):
                 yield from _top_classes(task, model, batch, top_k, names)
-            else:
+            elif out is not None:  # checked above: autoencoding needs a folder
                 yield from _reconstructions(task, model, batch, out)
 
 

@@ -34,7 +34,7 @@ class _EpochDataset(IterableDataset):
         self.epoch = multiprocessing.Value("q", 0)
         self.resume: tuple[int, dict[int, Any]] | None = None
 
-    def __iter__(self) -> Iterator[tuple[int, Batch, dict[str, Any], list[dict[str, str]]]]:
+    def __iter__(self) -> Iterator[tuple[int, Batch | None, dict[str, Any], list[dict[str, str]]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = self.epoch.value

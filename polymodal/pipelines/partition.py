@@ -35,12 +35,12 @@ class SourceOrder:
 
     @classmethod
     def build(cls, counts: Sequence[int], seed: int, epoch: int, shuffle: bool, salt: int = 0):
-        counts = np.asarray(counts, dtype=np.int64)
-        order = np.arange(len(counts))
+        sizes = np.asarray(counts, dtype=np.int64)
+        order = np.arange(len(sizes))
         if shuffle:
-            order = epoch_rng(seed, epoch, salt).permutation(len(counts))
-        starts = np.concatenate([[0], np.cumsum(counts[order])])
-        return cls(counts, order, starts)
+            order = epoch_rng(seed, epoch, salt).permutation(len(sizes))
+        starts = np.concatenate([[0], np.cumsum(sizes[order])])
+        return cls(sizes, order, starts)
 
     @property
     def total(self) -> int:

@@ -60,7 +60,7 @@ class ShardTask:
     number: int
     ops: list[Op]
     outputs: dict[str, Path] = field(default_factory=dict)  # split ("" without) → folder
-    record: Path | None = None
+    record: Path = Path()  # where the task's record goes (set for every task of a job)
     errors: str = "skip"
 
     def samples(self, on_problem: Callable[[Problem], None]) -> Iterator[Sample]:

@@ -40,7 +40,7 @@ from polymodal.errors import UserError
 
 from .partition import Mixture, Reference, SourceOrder, rank_range, references, worker_range
 from .ranks import rank_world
-from .stages import Batcher, Decode, Reader, Shuffle, Skip
+from .stages import Batcher, Decode, Reader, Shuffle, Skip, Stage
 
 if TYPE_CHECKING:
     from .loader import StreamLoader
@@ -186,7 +186,7 @@ class Stream:
         worker: int = 0,
         workers: int = 1,
         state: Mapping[str, Any] | None = None,
-    ) -> Iterator[tuple[Batch, dict[str, Any], list[Skip]]]:
+    ) -> Iterator[tuple[Batch | None, dict[str, Any], list[Skip]]]:
         """(batch, chain state after it, skips in it) for one (rank, worker) and epoch; the
         batch is None when not one sample of the dataset can be read to fill it."""
         orders, mixture = self.orders(epoch), self._mixture
@@ -197,7 +197,12 @@ class Stream:
         )
         decode = Decode(self.fields, self.errors["decode"], self.seed, epoch)
         batcher = Batcher(self.batch_size, lambda: self.filler(epoch))
-        stages = {"reader": reader, "shuffle": shuffle, "decode": decode, "batch": batcher}
+        stages: dict[str, Stage] = {
+            "reader": reader,
+            "shuffle": shuffle,
+            "decode": decode,
+            "batch": batcher,
+        }
         for name, stage in stages.items():
             if state is not None:
                 stage.load_state_dict(state[name])
@@ -303,8 +308,9 @@ def _sources(source: SourceSpec) -> tuple[list[str], list[float] | None]:
     if isinstance(source, (str, Path)):
         return [str(source)], None
     items = list(source)
-    if items and all(isinstance(i, tuple) for i in items):
-        return [str(s) for s, _ in items], [float(w) for _, w in items]
+    pairs = [i for i in items if isinstance(i, tuple)]
+    if items and len(pairs) == len(items):
+        return [str(s) for s, _ in pairs], [float(w) for _, w in pairs]
     return [str(s) for s in items], None
 
 

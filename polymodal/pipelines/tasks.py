@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.adapters import Adapter, Batch, get
+from polymodal.adapters import Adapter, Batch, LabelAdapter, get
 from polymodal.adapters.text import MASK, NUM_SPECIAL, VOCAB_SIZE, TextAdapter
 from polymodal.perceiver import (
     FourierQueries,
@@ -71,6 +71,10 @@ class Task:
         """Validation sums of one batch of real samples (repeats already dropped)."""
         raise NotImplementedError
 
+    def scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class scores and targets of a batch, where the task has classes."""
+        raise NotImplementedError(f"task {self.config.task} has no class scores")
+
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         raise NotImplementedError
 
@@ -83,7 +87,7 @@ class ClassificationTask(Task):
         self.multi_label = config.task == "multilabel"
 
     def fields(self) -> dict[str, Adapter]:
-        target = get("label")(
+        target = LabelAdapter(
             num_classes=self.config.data.num_classes,
             multi_label=self.multi_label,
             extensions=[self.config.data.label],
@@ -162,7 +166,7 @@ class _Reconstruction:
         batch = outputs.shape[0]
         x = (outputs.detach().cpu().float() - self.offset) / self.scale
         shape = (batch, *self.grid, -1)  # one query per element, or per 1-d patch
-        limits = np.iinfo(self.dtype) if np.issubdtype(self.dtype, np.integer) else None
+        limits = np.iinfo(self.dtype) if issubclass(self.dtype, np.integer) else None
         if limits is not None:
             x = x.round().clamp(limits.min, limits.max)
         return x.reshape(shape).numpy().astype(self.dtype)
@@ -213,7 +217,7 @@ class AutoencodeTask(Task):
         return sums
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        out = {"val_samples": int(sums["total"])}
+        out: dict[str, float] = {"val_samples": int(sums["total"])}
         for name in self.outputs:
             mse = sums[f"{name}_se"] / max(sums[f"{name}_n"], 1)
             out[f"val_{name}_mse"] = mse
@@ -224,13 +228,13 @@ class AutoencodeTask(Task):
 class MaskedLMTask(Task):
     def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
         super().__init__(config, adapters)
-        texts = [n for n, a in adapters.items() if isinstance(a, TextAdapter)]
+        texts = {n: a for n, a in adapters.items() if isinstance(a, TextAdapter)}
         if len(adapters) != 1 or not texts:
             raise ValueError("task mlm takes exactly one field, a text field")
-        self.name = texts[0]
+        ((self.name, self.text),) = texts.items()
 
     def model(self) -> nn.Module:
-        adapter = self.adapters[self.name]
+        adapter = self.text
         dim = int(self.config.data.fields[self.name].encoder.get("dim", 256))
         return MaskedLanguageModel(
             encoder=self.config.model,
@@ -244,7 +248,8 @@ class MaskedLMTask(Task):
     def _masked(self, batch: Batch, generator: torch.Generator | None = None) -> tuple:
         field = batch[self.name]
         ids = field.values[..., 0].long()
-        real = field.mask & (ids >= NUM_SPECIAL)
+        mask = field.mask if field.mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        real = mask & (ids >= NUM_SPECIAL)
         draw = torch.rand(ids.shape, generator=generator).to(ids.device)
         chosen = real & (draw < self.config.mask_probability)
         return ids.masked_fill(chosen, MASK), ids, chosen, field.mask

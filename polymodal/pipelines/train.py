@@ -25,7 +25,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,11 +123,11 @@ def _schedule(config: TrainConfig, total_steps: int) -> Any:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = np.random.get_state()
+    kind, keys, *rest = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": [state[0], torch.from_numpy(state[1].copy()), *state[2:]],
+        "numpy": [kind, torch.from_numpy(keys.copy()), *rest],
     }
 
 
@@ -410,6 +410,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Metrics over every validation sample exactly once across ranks (repeats dropped)."""
         multi_label = self.config.task == "multilabel"
+        if self.val_stream is None:
+            raise ValueError("evaluate needs data.val")
         result = evaluation_pass(
             self.task, self.model, self.val_stream, self.rank, self.world, self.device, multi_label
         )

@@ -28,6 +28,7 @@ from polymodal.codecs.containers import (
     seek_to,
     stream_seconds,
 )
+from polymodal.codecs.encoders import add_audio_stream, add_video_stream
 from polymodal.codecs.video import check_pixels, convert_once, frames_at, quarter_turns, upright_rgb
 
 from .base import Filtered, Op, Result, Sample, media_members, register_op, replace_member, retype
@@ -101,21 +102,28 @@ def _transcode(
     max_pixels: int,
 ) -> list[tuple[int, bytes]]:
     with open_container(data) as container:
-        vstream = _stream(container, "video") if video else None
-        astream = _stream(container, "audio", required=video is None) if audio else None
-        main = vstream or astream
+        if video is not None and not container.streams.video:
+            raise ValueError("no video stream")
+        if video is None and not container.streams.audio:
+            raise ValueError("no audio stream")
+        vstream = container.streams.video[0] if video is not None else None
+        astream = container.streams.audio[0] if audio and container.streams.audio else None
+        main: av.VideoStream | av.AudioStream = vstream or container.streams.audio[0]
         total = stream_seconds(container, main)
         if total > max_seconds:
             raise ValueError(f"{total:.0f} s long, over max_seconds={max_seconds:g}")
         if vstream is not None:
             check_pixels(vstream.width, vstream.height, max_pixels)
         origin = float((main.start_time or 0) * main.time_base) if main.time_base else 0.0
-        pcm, rate, layout = (None, 0, "")
-        if astream is not None:
+        pcm: np.ndarray | None = None
+        audio_out: tuple[str, int, str] | None = None
+        if astream is not None and audio is not None:
             pcm, rate, layout = _decode_audio(container, astream, audio, origin, max_seconds)
-    audio_out = None if pcm is None else (audio.encoder, rate, layout)
+            audio_out = (audio.encoder, rate, layout)
     if video is None:
-        return _audio_windows(pcm, rate, muxer, audio_out, window, keep_partial)
+        if pcm is None or audio_out is None:  # the audio stream is required without video
+            return []
+        return _audio_windows(pcm, muxer, audio_out, window, keep_partial)
     with open_container(data) as container:
         vstream = container.streams.video[0]
         return _video_windows(
@@ -132,18 +140,9 @@ def _transcode(
         )
 
 
-def _stream(container: av.container.InputContainer, kind: str, required: bool = True) -> Any:
-    streams = getattr(container.streams, kind)
-    if not streams:
-        if required:
-            raise ValueError(f"no {kind} stream")
-        return None
-    return streams[0]
-
-
 def _decode_audio(
     container: av.container.InputContainer,
-    stream: av.stream.Stream,
+    stream: av.AudioStream,
     settings: AudioSettings,
     origin: float,
     max_seconds: float,
@@ -165,12 +164,12 @@ def _decode_audio(
 
 def _audio_windows(
     pcm: np.ndarray,
-    rate: int,
     muxer: str,
     audio_out: tuple[str, int, str],
     window: Window,
     keep_partial: bool,
 ) -> list[tuple[int, bytes]]:
+    rate = audio_out[1]
     span = None if math.isinf(window.length) else round(window.length * rate)
     first = round(window.start * rate)
     out = []
@@ -189,7 +188,7 @@ def _audio_windows(
 
 def _video_windows(
     container: av.container.InputContainer,
-    stream: av.stream.Stream,
+    stream: av.VideoStream,
     total: float,
     settings: VideoSettings,
     muxer: str,
@@ -211,7 +210,8 @@ def _video_windows(
     seek_to(container, stream, window.start)
     targets = (window.start + j / fps for j in ticks)
     out: list[tuple[int, bytes]] = []
-    output, number, scaler = None, -1, _Scaler(stream, settings.size)
+    output: _Output | None = None
+    number, scaler = -1, _Scaler(stream, settings.size)
     pictures = convert_once(frames_at(container, stream, targets, total), scaler)
 
     def finish() -> None:
@@ -220,7 +220,7 @@ def _video_windows(
         if per is not None and output.frames < per and not keep_partial:
             output.close()
             return
-        if pcm is not None:
+        if pcm is not None and audio_out is not None:
             t0 = window.start + number * (per or 0) / fps
             t1 = t0 + output.frames / fps
             output.audio(pcm[round(t0 * audio_out[1]) : round(t1 * audio_out[1])])
@@ -228,7 +228,7 @@ def _video_windows(
 
     for j, picture in enumerate(pictures):
         k = j // per if per is not None else 0
-        if k != number:
+        if output is None or k != number:
             finish()
             video_out = (settings, picture.width, picture.height, fps)
             output, number = _Output(muxer, video_out, audio_out), k
@@ -242,7 +242,7 @@ class _Scaler:
     turned upright where the stream carries rotation metadata (phone videos): the output then
     needs no metadata to be shown the right way up."""
 
-    def __init__(self, stream: av.stream.Stream, size: int | None) -> None:
+    def __init__(self, stream: av.VideoStream, size: int | None) -> None:
         scale = min(1.0, size / min(stream.width, stream.height)) if size else 1.0
         self.width = max(2, round(stream.width * scale / 2) * 2)  # the stored (maybe sideways)
         self.height = max(2, round(stream.height * scale / 2) * 2)  # shape, turned after scaling
@@ -272,12 +272,13 @@ class _Output:
         self.buf = io.BytesIO()
         self.container = av.open(self.buf, mode="w", format=muxer)
         self.frames = 0
-        self.vstream = self.astream = None
+        self.vstream: av.VideoStream | None = None
+        self.astream: av.AudioStream | None = None
+        self.time_base, self.rate, self.layout = Fraction(1), 0, ""
         if video is not None:
             settings, width, height, fps = video
-            self.vstream = self.container.add_stream(
-                settings.encoder, rate=fps, options=dict(settings.options)
-            )
+            options = dict(settings.options)
+            self.vstream = add_video_stream(self.container, settings.encoder, fps, options)
             self.vstream.width, self.vstream.height = width, height
             self.vstream.pix_fmt = "yuv420p"
             self.vstream.codec_context.thread_count = 1
@@ -285,12 +286,14 @@ class _Output:
             self.time_base = 1 / fps
         if audio is not None:
             encoder, rate, layout = audio
-            self.astream = self.container.add_stream(encoder, rate=rate)
+            self.astream = add_audio_stream(self.container, encoder, rate)
             self.astream.layout = layout
             self.astream.codec_context.thread_count = 1
             self.rate, self.layout = rate, layout
 
     def video(self, frame: av.VideoFrame) -> None:
+        if self.vstream is None:
+            raise ValueError("this output has no video stream")
         frame.pts, frame.time_base = self.frames, self.time_base
         frame.pict_type = av.video.frame.PictureType.NONE  # the encoder picks keyframes
         self.container.mux(self.vstream.encode(frame))
@@ -306,9 +309,10 @@ class _Output:
             self.container.mux(self.astream.encode(frame))
 
     def close(self) -> bytes:
-        for stream in (self.vstream, self.astream):
-            if stream is not None:
-                self.container.mux(stream.encode(None))
+        if self.vstream is not None:
+            self.container.mux(self.vstream.encode(None))
+        if self.astream is not None:
+            self.container.mux(self.astream.encode(None))
         self.container.close()
         return self.buf.getvalue()
 
@@ -444,7 +448,7 @@ class CutClips(TranscodeVideo):
         self.keep_partial = keep_partial
 
     def window(self) -> Window:
-        return Window(self.start, self.seconds, None)
+        return Window(self.start, self.seconds or math.inf, None)
 
     def __call__(self, sample: Sample) -> Result:
         clips: dict[str, dict[int, bytes]] = {}

@@ -46,7 +46,8 @@ class ResizeImage(Op):
         return sample
 
     def _convert(self, data: bytes, file_type: str) -> bytes:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as source:
+            img: Image.Image = source
             if img.width * img.height > self.max_pixels:
                 raise ValueError(f"{img.width}×{img.height} pixels, over max_pixels")
             if self.size and img.format == "JPEG":

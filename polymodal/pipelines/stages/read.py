@@ -16,7 +16,7 @@ from polymodal.datasets.files import (
     open_read,
 )
 from polymodal.datasets.index import ShardIndex, ShardInfo
-from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem
+from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem, read_tar_samples
 from polymodal.datasets.reader import shard_samples
 
 from ..partition import Reference
@@ -112,7 +112,7 @@ class Reader:
     def _next(self, index: ShardIndex, ref: Reference) -> dict[str, Any]:
         current = self._open.get(ref.source)
         gap = ref.index - current.next if current is not None and current.shard == ref.shard else -1
-        if not 0 <= gap <= SKIP_AHEAD:  # far from the open shard's place: open at the sample
+        if current is None or not 0 <= gap <= SKIP_AHEAD:  # far from its place: open at it
             self._close(ref.source)
             current = self._open_at(index, ref)
             self._open[ref.source] = current
@@ -133,10 +133,16 @@ class Reader:
                     f"the shard is {size:,} bytes, the index says {shard.bytes:,}: it changed "
                     "since it was indexed (`polymodal validate` checks it; index it again)"
                 )
-            hasher = HashingReader(f) if ref.index == 0 and index.format == "tar" else None
-            samples = shard_samples(
-                hasher or f, index, shard, ref.index, _ignore_member, self.max_member_bytes
-            )
+            hasher = None
+            if ref.index == 0 and index.format == "tar":  # read whole: its sha256 is checked
+                hasher = HashingReader(f)
+                url, limit = index.url(shard), self.max_member_bytes
+                tar = read_tar_samples(hasher, url, 0, _ignore_member, limit)
+                samples: Iterator[dict[str, Any]] = (sample for _, sample in tar)
+            else:
+                samples = shard_samples(
+                    f, index, shard, ref.index, _ignore_member, self.max_member_bytes
+                )
         except BaseException:
             f.close()
             raise
