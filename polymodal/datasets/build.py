@@ -28,9 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .files import HashingReader, check_separate, remove_temporaries, write_atomic
-from .index import ShardIndex, ShardInfo, ShardStats, merge_labels, write_sidecar
+from .index import REJECTS_NAME, ShardIndex, ShardInfo, ShardStats, merge_labels, write_sidecar
 from .layout import ERROR_KEY, Problem, read_tar_samples
-from .output import REJECTS_NAME, fingerprint, finished_shard, prepare_output
+from .output import fingerprint, finished_shard, prepare_output
 from .pool import run_tasks
 from .shard import TAR_BLOCK, shard_name
 from .sources import PlannedSample, plan_source

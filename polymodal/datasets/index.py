@@ -37,6 +37,8 @@ from polymodal.errors import UserError
 from .files import DEFAULT_REMOTE, Remote, join, read_bytes, write_atomic
 
 INDEX_NAME = "index.json"
+PLAN_NAME = ".polymodal-build.json"  # the fingerprint of the job that owns a dataset folder
+REJECTS_NAME = "rejects.jsonl"  # the inputs a job could not use, with their reasons
 FORMAT_NAME = "polymodal-index"
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".idx"

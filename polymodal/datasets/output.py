@@ -7,16 +7,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .files import remove_temporaries, write_atomic
-from .index import INDEX_NAME, ShardInfo, decode_sidecar, sidecar_name
-
-if TYPE_CHECKING:
-    from .sources import PlannedSample
-
-PLAN_NAME = ".polymodal-build.json"  # the fingerprint of the job that owns this folder
-REJECTS_NAME = "rejects.jsonl"
+from .index import INDEX_NAME, PLAN_NAME, ShardInfo, decode_sidecar, sidecar_name
+from .sources import PlannedSample
 
 
 def fingerprint(options: Mapping[str, Any], shards: list[list[PlannedSample]]) -> str:

@@ -17,9 +17,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .index import INDEX_NAME
+from .index import INDEX_NAME, PLAN_NAME, REJECTS_NAME
 from .layout import Problem, check_key, split_name
-from .output import PLAN_NAME, REJECTS_NAME
 from .shard import tar_sample_size
 
 LABELS_CSV = "labels.csv"

@@ -17,18 +17,14 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from polymodal.datasets.files import Remote
 from polymodal.errors import UserError
 from polymodal.literals import parse_pairs
 from polymodal.perceiver.encoder import EncoderConfig
-
-if TYPE_CHECKING:
-    from .stream import Stream
 
 
 class ConfigError(UserError, ValueError):
@@ -172,43 +168,6 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
-
-
-def dataset_stream(
-    config: TrainConfig,
-    where: str,
-    source: str,
-    fields: Mapping[str, Any],
-    shuffle: bool = False,
-) -> Stream:
-    """The `Stream` of `fields` over one dataset, as the config sets batches, buffer, seed and
-    remote reads. A dataset that is missing or broken, or that lacks a member one of the fields
-    reads, is a `ConfigError` naming `where` (`data.train`, `--split val`, ...), checked on the
-    index the stream loads, before any model is built."""
-    from .stream import Stream
-    from .tasks import TARGET
-
-    try:
-        stream = Stream(
-            source,
-            dict(fields),
-            batch_size=config.data.batch_size,
-            shuffle=shuffle,
-            seed=config.seed if config.data.seed is None else config.data.seed,
-            buffer_size=config.data.buffer_size,
-            remote=config.data.remote,
-        )
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    present = {ext for index in stream.indexes for ext in index.fields}
-    for name, adapter in stream.fields.items():
-        if not present & set(adapter.extensions):
-            label = "data.label" if name == TARGET else f"data.fields.{name}"
-            raise ConfigError(
-                f"{label}: the dataset {source} has no {' / '.join(adapter.extensions)} "
-                f"member (it has: {', '.join(sorted(present)) or 'none'})"
-            )
-    return stream
 
 
 def _extension_ok(ext: str) -> bool:

@@ -28,10 +28,17 @@ from polymodal.datasets.files import atomic_open, is_remote, write_atomic
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
 
-from .config import TrainConfig, dataset_stream
+from .config import TrainConfig
 from .stages import Skip
 from .stream import Stream, StreamError
-from .tasks import AutoencodeTask, ClassificationTask, Task, make_task, model_inputs
+from .tasks import (
+    AutoencodeTask,
+    ClassificationTask,
+    Task,
+    dataset_stream,
+    make_task,
+    model_inputs,
+)
 from .weights import CheckpointError, checkpoint_path, load_model, model_state, run_config
 
 

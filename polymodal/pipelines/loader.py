@@ -6,13 +6,14 @@ dies or hangs is a `StreamError` in the iterating process, never a hang.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import signal
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -21,7 +22,13 @@ from polymodal.adapters import Batch
 
 from .partition import batch_worker
 from .ranks import rank_world
-from .stream import BATCH_TIMEOUT, Stream, StreamError, _usable, log
+from .stages import StreamError, usable_batch
+
+if TYPE_CHECKING:
+    from .stream import Stream
+
+log = logging.getLogger("polymodal.stream")
+BATCH_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch before it is hung
 
 
 class _EpochDataset(IterableDataset):
@@ -158,7 +165,7 @@ class StreamLoader:
                 while self.batches < total and waiting[due := batch_worker(counts, self.batches)]:
                     batch, state, skips = waiting[due].popleft()
                     self._note_skips(skips)
-                    batch = _usable(batch, skips, self.epoch)
+                    batch = usable_batch(batch, skips, self.epoch)
                     self.worker_states[due] = state
                     self.batches += 1
                     yield batch

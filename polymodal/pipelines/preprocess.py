@@ -30,7 +30,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from polymodal.datasets.output import PLAN_NAME, REJECTS_NAME, prepare_output
+from polymodal.datasets.index import PLAN_NAME, REJECTS_NAME
+from polymodal.datasets.output import prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
 from polymodal.datasets.files import check_separate, remove_temporaries, write_atomic

@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from polymodal.adapters import Adapter, Batch, get
 from polymodal.datasets.files import (
@@ -36,28 +36,19 @@ from polymodal.datasets.files import (
 )
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
-from polymodal.errors import UserError
 
+from .loader import BATCH_TIMEOUT, StreamLoader
 from .partition import Mixture, Reference, SourceOrder, rank_range, references, worker_range
 from .ranks import rank_world
-from .stages import Batcher, Decode, Reader, Shuffle, Skip, Stage
-
-if TYPE_CHECKING:
-    from .loader import StreamLoader
+from .stages import Batcher, Decode, Reader, Shuffle, Skip, Stage, StreamError, usable_batch
 
 log = logging.getLogger("polymodal.stream")
 
 SourceSpec = str | Path | Sequence[str | Path] | Sequence[tuple[str | Path, float]]
 FieldSpec = Adapter | str | tuple[str, Sequence[str]]
 
-BATCH_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch before it is hung
 FILLER_TRIES = 8  # samples per shard tried when looking for a batch filler
 STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
-
-
-class StreamError(UserError, RuntimeError):
-    """The stream cannot go on: nothing at all could be read, or a DataLoader worker died or
-    hung. Raised in the process that iterates, never inside a worker."""
 
 
 @dataclass
@@ -264,7 +255,7 @@ class Stream:
         """One epoch (epoch 0) in this process, for this rank; `loader()` for more."""
         rank, world = rank_world()
         for batch, _, skips in self.worker_batches(0, rank, world):
-            yield _usable(batch, skips, 0)
+            yield usable_batch(batch, skips, 0)
 
     def loader(
         self,
@@ -275,8 +266,6 @@ class Stream:
     ) -> StreamLoader:
         """The DataLoader-backed iterable over epochs. With workers, a batch that has not
         arrived after `batch_timeout` seconds (a decoder that hangs) is a `StreamError`."""
-        from .loader import StreamLoader  # built on this module
-
         return StreamLoader(self, num_workers, pin_memory, prefetch, batch_timeout)
 
 
@@ -338,14 +327,3 @@ def _resolve_fields(
             adapter_name, extensions = spec
             out[name] = get(adapter_name)(extensions=list(extensions))
     return out
-
-
-def _usable(batch: Batch | None, skips: list[Skip] | list[dict[str, Any]], epoch: int) -> Batch:
-    """The batch, or the `StreamError` that says why there is none (nothing could be read)."""
-    if batch is not None:
-        return batch
-    reasons = sorted({s.reason if isinstance(s, Skip) else s["reason"] for s in skips})
-    raise StreamError(
-        f"epoch {epoch}: not one sample of the dataset could be read and decoded to fill a "
-        f"batch; reasons: {'; '.join(reasons[:3]) or 'none given'}"
-    )

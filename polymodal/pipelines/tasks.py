@@ -32,7 +32,8 @@ from polymodal.perceiver import (
 )
 from polymodal.perceiver.io import patchify
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
+from .stream import Stream
 
 TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
 
@@ -289,3 +290,37 @@ def make_task(config: TrainConfig) -> Task:
     for name, spec in config.data.fields.items():
         adapters[name] = get(spec.adapter)(**spec.options, extensions=spec.extensions or None)
     return TASKS[config.task](config, adapters)
+
+
+def dataset_stream(
+    config: TrainConfig,
+    where: str,
+    source: str,
+    fields: Mapping[str, Any],
+    shuffle: bool = False,
+) -> Stream:
+    """The `Stream` of `fields` over one dataset, as the config sets batches, buffer, seed and
+    remote reads. A dataset that is missing or broken, or that lacks a member one of the fields
+    reads, is a `ConfigError` naming `where` (`data.train`, `--split val`, ...), checked on the
+    index the stream loads, before any model is built."""
+    try:
+        stream = Stream(
+            source,
+            dict(fields),
+            batch_size=config.data.batch_size,
+            shuffle=shuffle,
+            seed=config.seed if config.data.seed is None else config.data.seed,
+            buffer_size=config.data.buffer_size,
+            remote=config.data.remote,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    present = {ext for index in stream.indexes for ext in index.fields}
+    for name, adapter in stream.fields.items():
+        if not present & set(adapter.extensions):
+            label = "data.label" if name == TARGET else f"data.fields.{name}"
+            raise ConfigError(
+                f"{label}: the dataset {source} has no {' / '.join(adapter.extensions)} "
+                f"member (it has: {', '.join(sorted(present)) or 'none'})"
+            )
+    return stream

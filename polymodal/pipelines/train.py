@@ -42,12 +42,12 @@ from polymodal.datasets.files import (
     write_atomic,
 )
 
-from .config import ConfigError, TrainConfig, dataset_stream
+from .config import ConfigError, TrainConfig
 from .evaluate import evaluation_pass, metrics_of
 from .loader import StreamLoader
 from .optim import Lamb
 from .ranks import rank_world
-from .tasks import make_task
+from .tasks import dataset_stream, make_task
 from .weights import (
     CHECKPOINTS,
     CONFIG_NAME,

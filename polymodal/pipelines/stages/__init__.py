@@ -1,6 +1,6 @@
 """The stages of one stream worker's chain, one per module, behind one small protocol."""
 
-from .base import ShardChanged, ShardUnavailable, Skip, Stage
+from .base import ShardChanged, ShardUnavailable, Skip, Stage, StreamError, usable_batch
 from .batch import Batcher
 from .decode import Decode
 from .read import Reader
@@ -16,4 +16,6 @@ __all__ = [
     "Shuffle",
     "Skip",
     "Stage",
+    "StreamError",
+    "usable_batch",
 ]

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from polymodal.errors import UserError
+
+if TYPE_CHECKING:
+    from polymodal.adapters import Batch
 
 
 class Stage(Protocol):
@@ -51,3 +56,21 @@ class ShardUnavailable(OSError):
 
 class ShardChanged(ValueError):
     """The shard on storage is not the one the index describes (not worth another try)."""
+
+
+class StreamError(UserError, RuntimeError):
+    """The stream cannot go on: nothing at all could be read, or a DataLoader worker died or
+    hung. Raised in the process that iterates, never inside a worker."""
+
+
+def usable_batch(
+    batch: Batch | None, skips: list[Skip] | list[dict[str, Any]], epoch: int
+) -> Batch:
+    """The batch, or the `StreamError` that says why there is none (nothing could be read)."""
+    if batch is not None:
+        return batch
+    reasons = sorted({s.reason if isinstance(s, Skip) else s["reason"] for s in skips})
+    raise StreamError(
+        f"epoch {epoch}: not one sample of the dataset could be read and decoded to fill a "
+        f"batch; reasons: {'; '.join(reasons[:3]) or 'none given'}"
+    )
