@@ -23,6 +23,7 @@ class Registry(Generic[T]):
     def __init__(self, base: T, group: str, kind: str) -> None:
         self.base, self.group, self.kind = base, group, kind
         self.classes: dict[str, T] = {}
+        self._scanned = False  # installed packages are looked through once a process
 
     def register(self, name: str) -> Callable[[T], T]:
         """Class decorator: make a subclass of the base available as `get(name)`."""
@@ -66,7 +67,11 @@ class Registry(Generic[T]):
             ) from None
 
     def available(self) -> list[str]:
-        """Names of all classes: built-in, registered in code, and installed via entry points."""
+        """Names of all classes: built-in, registered in code, and installed via entry points
+        (read once a process: the extension table asks on every member it looks up)."""
+        if self._scanned:
+            return sorted(self.classes)
+        self._scanned = True
         for ep in self._entry_points():
             if ep.name in self.classes:
                 continue

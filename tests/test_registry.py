@@ -28,7 +28,7 @@ def test_unknown_name_lists_what_exists():
 def test_register_in_code_and_refuse_a_second_class_under_the_same_name():
     @register("test-upper")
     class Upper(Adapter):
-        extensions = ("txt",)
+        extensions = ("upper.txt",)  # its own: `txt` stays the text adapter's for later tests
 
         def decode_bytes(self, data, ext, rng):
             import torch
@@ -36,13 +36,13 @@ def test_register_in_code_and_refuse_a_second_class_under_the_same_name():
             return Field(values=torch.tensor(list(data.upper()), dtype=torch.uint8)[:, None])
 
     assert adapters.get("test-upper") is Upper
-    field = Upper().decode({"__key__": "k", "txt": b"ab"})
+    field = Upper().decode({"__key__": "k", "upper.txt": b"ab"})
     assert field.values[:, 0].tolist() == [ord("A"), ord("B")]
     with pytest.raises(ValueError, match="already registered"):
 
         @register("test-upper")
         class Other(Adapter):
-            extensions = ("txt",)
+            extensions = ("upper.txt",)
 
     with pytest.raises(TypeError):
         register("test-not-an-adapter")(dict)
@@ -131,3 +131,51 @@ def test_third_party_package_registers_through_entry_point(tmp_path: Path):
         assert out.split("\n")[1] == repr(bytes([2, 0, 1, 0]))
     finally:
         subprocess.run([*pip, "uninstall", "-y", "polymodal-wave-plugin"], check=True)
+
+
+def _npy(array) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32))
+    return buf.getvalue()
+
+
+def test_the_adapters_are_the_one_extension_table():
+    from polymodal.adapters import extension_table, modality_of
+
+    table = extension_table()
+    assert table["jpg"] == "image" and table["cls"] == "label" and table["txt"] == "text"
+    assert table["mp4"] == "video" and table["flac"] == "audio"  # audio reads mp4, claims flac
+    assert table["npy"] is None and table["json"] is None  # read by several, claimed by none
+    assert modality_of("left.mp4") == "video" and modality_of("npy", {"npy": "pointcloud"})
+
+
+def test_an_ambiguous_extension_takes_the_users_rule_and_validate_checks_it(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from polymodal.cli import main
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (src / "a" / f"c{i}.npy").write_bytes(_npy(rng.normal(size=(50, 3))))
+    (src / "a" / "bad.npy").write_bytes(_npy([[0.0, np.nan, 1.0]] * 5))
+    assert main(["build", str(src), str(tmp_path / "plain")]) == 0
+    index = json.loads((tmp_path / "plain" / "index.json").read_text())
+    assert index["fields"]["npy"] == ""  # no default: nothing checks it
+    assert main(["validate", str(tmp_path / "plain")]) == 0
+    ds = tmp_path / "clouds"
+    assert main(["build", str(src), str(ds), "--field", "npy=pointcloud"]) == 0
+    assert json.loads((ds / "index.json").read_text())["fields"]["npy"] == "pointcloud"
+    capsys.readouterr()
+    assert main(["validate", str(ds), "--json"]) == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert problem["key"] == "a/bad" and "NaN" in problem["reason"]
+    assert main(["build", str(src), str(tmp_path / "x"), "--field", "npy=cloud"]) == 2
+    assert "no adapter named 'cloud'" in capsys.readouterr().err

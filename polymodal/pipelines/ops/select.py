@@ -15,7 +15,12 @@ from polymodal.datasets.splits import check_splits, split_of
 
 from .base import Filtered, Op, Result, Sample, register_op
 
-MEDIA = ("image", "audio", "video", "pointcloud")
+NOT_MEDIA = (None, "label", "text")  # every other modality, a plugin's too, is media
+
+
+def is_media(ext: str) -> bool:
+    """Whether a member holds media (what a duplicate is judged by), by the registry."""
+    return modality_of(ext) not in NOT_MEDIA
 
 
 def members_of(sample: Sample) -> list[str]:
@@ -109,7 +114,7 @@ class Dedupe(Op):
         self._duplicates: set[tuple[str, str]] = set()
 
     def scan(self, sample: Sample) -> str:
-        exts = self.fields or [e for e in members_of(sample) if modality_of(e) in MEDIA]
+        exts = self.fields or [e for e in members_of(sample) if is_media(e)]
         exts = exts or [e for e in members_of(sample) if e != "cls"]
         digest = hashlib.sha256()
         for ext in exts:

@@ -7,6 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
+from polymodal.codecs.images import open_image
 from polymodal.codecs.points import encode_ply, read_points
 from polymodal.seeds import stable_seed
 
@@ -46,7 +47,7 @@ class ResizeImage(Op):
         return sample
 
     def _convert(self, data: bytes, file_type: str) -> bytes:
-        with Image.open(io.BytesIO(data)) as source:
+        with open_image(data) as source:
             img: Image.Image = source
             if img.width * img.height > self.max_pixels:
                 raise ValueError(f"{img.width}×{img.height} pixels, over max_pixels")
