@@ -73,3 +73,17 @@ def test_one_stable_seed_helper():
     assert 0 <= stable_fraction("k") < 1
     shares = sum(stable_fraction(f"key{i}") < 0.25 for i in range(4000)) / 4000
     assert 0.22 < shares < 0.28  # uniform over keys: splits get the share they ask for
+
+
+def test_adapter_and_encoder_options_are_checked_at_load(tmp_path):
+    config = image_train_toml(tmp_path / "c.toml", tmp_path / "d", "", tmp_path / "run")
+    video = ["data.fields.video.adapter=video"]
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.fields\.video\.options\.num_frame: unknown option \(known: num_frames, fps",
+    ):
+        load_config(config, [*video, "data.fields.video.options.num_frame=8"])
+    with pytest.raises(ConfigError, match=r"data\.fields\.video\.encoder\.patches: unknown option"):
+        load_config(config, [*video, "data.fields.video.encoder.patches=[1, 4, 4]"])
+    with pytest.raises(ConfigError, match=r"data\.fields\.video\.options: num_frames must be"):
+        load_config(config, [*video, "data.fields.video.options.num_frames=0"])

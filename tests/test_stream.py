@@ -336,3 +336,26 @@ def test_http_stream_equals_disk(dataset):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_the_epoch_plan_is_built_once_per_worker_and_never_in_the_main_process(
+    dataset, monkeypatch
+):
+    """The plan (each source's permuted shard order) costs O(shards): a worker builds it
+    once an epoch, and the main process, which only needs the epoch's length, never does."""
+    from polymodal.pipelines import partition
+
+    built = []
+    original = partition.SourceOrder.build.__func__
+
+    def counted(cls, *args, **kwargs):
+        built.append(args[2])  # the epoch
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(partition.SourceOrder, "build", classmethod(counted))
+    stream = Stream(dataset, _fields(), batch_size=5)
+    loader = stream.loader(0)
+    assert len(loader) > 1 and built == []  # lengths and slices: no plan
+    for _ in range(2):
+        assert sum(1 for _batch in loader) == len(loader)
+    assert built == [0, 1]  # one worker (in process), one plan per epoch
