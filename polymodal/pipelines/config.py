@@ -125,7 +125,7 @@ class TrainConfig:
             )
         for name, spec in self.data.fields.items():
             check_field(f"data.fields.{name}", spec)
-        return self
+        return self.resolve_seeds()
 
     def _ranges(self) -> list[tuple[str, Any, bool, str]]:
         """(field, value, whether it is in range, the range in words) for every number."""
@@ -278,4 +278,4 @@ def load_config(
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         set_path(doc, key, value)
-    return _build(TrainConfig, doc).validate().resolve_seeds()
+    return _build(TrainConfig, doc).validate()

@@ -142,7 +142,7 @@ class Trainer:
     """Runs a `TrainConfig`; `run()` returns the summary it also writes to `summary.json`."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
-        self.config, self.resume, self.progress = config, resume, progress
+        self.config, self.resume, self.progress = config.resolve_seeds(), resume, progress
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
