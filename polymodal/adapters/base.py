@@ -9,7 +9,7 @@ encodings are never computed here: they are cheap on the device and huge on the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -82,11 +82,14 @@ class Field:
 
 
 @dataclass
-class Batch(Mapping[str, Field]):
+class Batch(MutableMapping[str, Field]):
     """A collated batch: modality name → batched `Field`, plus per-sample keys and flags.
 
     `repeated[i]` is True where the stream repeated a sample to keep ranks equal in length, so
     evaluation can drop it. `pin_memory` exists so that `DataLoader(pin_memory=True)` pins it.
+    It is a mutable mapping because PyTorch's `default_convert` (a user's own
+    `DataLoader(stream, batch_size=None)`) copies and updates those, but rebuilds a plain
+    mapping from its items alone, which would lose the keys.
     """
 
     fields: dict[str, Field]
@@ -101,6 +104,15 @@ class Batch(Mapping[str, Field]):
 
     def __len__(self) -> int:
         return len(self.fields)
+
+    def __setitem__(self, name: str, value: Field) -> None:
+        self.fields[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self.fields[name]
+
+    def __copy__(self) -> Batch:
+        return Batch(dict(self.fields), list(self.keys), self.repeated)
 
     @property
     def size(self) -> int:

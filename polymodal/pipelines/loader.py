@@ -100,9 +100,13 @@ def _as_is(item: Any) -> Any:
 class StreamLoader:
     """A DataLoader over a `Stream`, one epoch per iteration, with exact mid-epoch resume.
 
-    `state_dict()` after any batch, in any process later `load_state_dict()`, and iteration
-    goes on with exactly the batches the uninterrupted run would have yielded next (keys and
-    tensors). `report()` lists the samples skipped this epoch, with keys and reasons.
+    Every `iter(loader)` starts the next epoch, whatever the consumer did with the previous
+    iterator (ran it out, stopped after `len(loader)` batches as Lightning and `zip` do, or
+    dropped it half-way); `set_epoch(e)` makes the next one epoch `e`, from its start.
+    `state_dict()` after any batch, in any process later `load_state_dict()`, and the next
+    iteration goes on with exactly the batches the uninterrupted run would have yielded next
+    (keys and tensors). `report()` lists the samples skipped this epoch, with keys and reasons.
+    `dataset`, `batch_size`, `num_workers` and `len()` are what a DataLoader has.
     """
 
     def __init__(
@@ -119,8 +123,11 @@ class StreamLoader:
         self.stream = stream
         self.rank, self.world = rank_world()
         self.num_workers, self.pin_memory, self.prefetch = num_workers, pin_memory, prefetch
-        self.dataset = _EpochDataset(stream, self.rank, self.world)
+        self.dataset = stream
+        self.batch_size = stream.batch_size
+        self._epochs = _EpochDataset(stream, self.rank, self.world)
         self.epoch, self.batches = 0, 0
+        self._fresh = True  # `epoch` / `batches` say where the next iteration starts
         self.worker_states: dict[int, Any] = {}
         self.skipped: list[dict[str, Any]] = []
         self._logged: set[str] = set()
@@ -133,7 +140,7 @@ class StreamLoader:
     def _data_loader(self) -> DataLoader:
         if self._loader is None:
             self._loader = DataLoader(
-                self.dataset,
+                self._epochs,
                 batch_size=None,
                 collate_fn=_as_is,
                 num_workers=self.num_workers,
@@ -148,7 +155,11 @@ class StreamLoader:
         """One epoch. Batches are handed out in the planned worker order (`batch_worker`),
         whatever order the workers deliver them in: a resumed loader, whose DataLoader starts
         again at worker 0, still continues the uninterrupted order."""
-        self.dataset.epoch.value = self.epoch
+        if not self._fresh:  # the previous iterator was not run out: its epoch is over
+            self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
+            self._epochs.resume = None
+        self._fresh = False
+        self._epochs.epoch.value = self.epoch
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
             self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
             self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
@@ -194,9 +205,13 @@ class StreamLoader:
             raise StreamError(f"epoch {self.epoch}: {self.batches} of {total} batches arrived")
         self._summarise()
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
+        self._fresh = True
 
     def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch `epoch`, from its first batch."""
         self.epoch, self.batches, self.worker_states = epoch, 0, {}
+        self._epochs.resume = None
+        self._fresh = True
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -215,8 +230,9 @@ class StreamLoader:
         self.epoch, self.batches = state["epoch"], state["batches"]
         self.worker_states = {int(w): s for w, s in state["workers"].items()}
         self.skipped, self.report_epoch = list(state["skipped"]), self.epoch
-        self.dataset.resume = (self.epoch, dict(self.worker_states))
+        self._epochs.resume = (self.epoch, dict(self.worker_states))
         self._loader = None  # workers copy the dataset when they start: start fresh ones
+        self._fresh = True
 
     def report(self) -> dict[str, Any]:
         """Samples skipped in the current (or just finished) epoch, with keys and reasons;

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import IterableDataset, get_worker_info
+
 from polymodal.adapters import Adapter, Batch, get
 from polymodal.datasets.files import (
     DEFAULT_REMOTE,
@@ -60,7 +62,7 @@ class WorkerSlice:
     batches: int
 
 
-class Stream:
+class Stream(IterableDataset):
     """Batches of fields from one or more sharded datasets, for one rank.
 
     `source`: a dataset folder or URL prefix (`http(s)://`, `s3://`, `file://`), a list of them,
@@ -116,6 +118,7 @@ class Stream:
         for skip in (skip for skips in self.excluded for skip in skips.values()):
             log.warning("left out %s: %s", skip.url, skip.reason)
         self._fillers: dict[int, dict[str, Any] | None] = {}
+        self.epoch = 0
         self._mixture = self.mixture()
         self.total = self._mixture.total  # samples in an epoch, over all ranks
 
@@ -251,11 +254,24 @@ class Stream:
             reader.close()
         return None
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next `iter(stream)` yields (its order depends on it)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches this rank gets per epoch, over all its DataLoader workers."""
+        return self.batches_per_epoch()
+
     def __iter__(self) -> Iterator[Batch]:
-        """One epoch (epoch 0) in this process, for this rank; `loader()` for more."""
+        """One epoch (`set_epoch`; 0 by default) of this rank's batches. In a DataLoader worker
+        (`DataLoader(stream, batch_size=None, num_workers=N)`) only that worker's share, so the
+        workers together deliver every sample of the rank exactly once. `loader()` adds exact
+        resume and epochs that advance by themselves."""
         rank, world = rank_world()
-        for batch, _, skips in self.worker_batches(0, rank, world):
-            yield usable_batch(batch, skips, 0)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for batch, _, skips in self.worker_batches(self.epoch, rank, world, worker, workers):
+            yield usable_batch(batch, skips, self.epoch)
 
     def loader(
         self,
