@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polymodal import __version__
+
 if TYPE_CHECKING:  # adapters import torch: only the commands that decode pay for it
     from polymodal.adapters import Adapter, Field
 
@@ -32,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _run(args)
+    except ImportError as exc:  # an optional package (s3fs, transformers, ray, lightning)
+        if args.debug:
+            raise
+        print(f"polymodal {args.command}: a package is missing: {exc}", file=sys.stderr)
+        return 2
     except (UserError, OSError, RuntimeError) as exc:
         if args.debug or not (isinstance(exc, (UserError, OSError)) or _dead_worker(exc)):
             raise
@@ -43,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Every command and its options."""
     parser = argparse.ArgumentParser(prog="polymodal", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"polymodal {__version__}")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or notes: results and errors only"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("adapters", help="list adapters and the extensions they read")
     decode = commands.add_parser("decode", help="decode files with adapters and describe them")
@@ -66,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--seed", type=int, help="the run's seed: data order and model initialisation"
     )
+    train.add_argument("--json", action="store_true", help="only the summary, as JSON")
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on a dataset")
     evaluate.add_argument("config", type=Path, help="the run's TOML or config.json")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
@@ -89,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=at_least(1), default=6)
     demo.add_argument("--workers", type=at_least(0), default=2, help="DataLoader workers")
     _add_dataset_commands(commands)
+    for name, command in commands.choices.items():
+        if name in ("build", "index", "preprocess", "train", "validate", "inspect"):
+            command.add_argument(  # also after the command's name; absent: the global one
+                "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
     return parser
 
 
@@ -322,11 +339,13 @@ def _add_dataset_commands(commands: Any) -> None:
     build.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
     build.add_argument("--overwrite", action="store_true", help="replace another build in OUT")
     _add_field_rules(build)
+    build.add_argument("--json", action="store_true", help="print the report as JSON")
     index = commands.add_parser("index", help="index WebDataset shards in place")
     index.add_argument("directory", type=Path)
     index.add_argument("--workers", type=at_least(1), default=1)
     index.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
     _add_field_rules(index)
+    index.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect = commands.add_parser("inspect", help="describe a dataset")
     inspect.add_argument("dataset", help="folder or URL prefix holding index.json")
     inspect.add_argument("--json", action="store_true")
@@ -354,6 +373,7 @@ def _add_dataset_commands(commands: Any) -> None:
     pre.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001)")
     pre.add_argument("--overwrite", action="store_true", help="replace another job's output")
     pre.add_argument("--strict", action="store_true", help="stop at the first rejected sample")
+    pre.add_argument("--json", action="store_true", help="print the report as JSON")
     commands.add_parser("ops", help="list preprocessing ops")
 
 
@@ -380,21 +400,38 @@ def _build(args: argparse.Namespace) -> int:
             split=args.split,
             overwrite=args.overwrite,
             fields=args.field,
-            print_=lambda line: print(line, file=sys.stderr),
+            progress=not _quiet(args),
+            print_=lambda line: None if args.quiet else print(line, file=sys.stderr),
         )
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"polymodal build: {exc}", file=sys.stderr)
         return 2
-    return _report(report, args.out, args.strict)
+    return _report(report, args.out, args.strict, args)
 
 
-def _report(report: Any, folder: Path, strict: bool) -> int:
-    """Print a build's summary; exit code 1 when it holds no sample (a useless result) or when
-    `--strict` found rejects."""
+def _quiet(args: argparse.Namespace) -> bool:
+    """No progress bars or notes: asked for, or the output is a JSON document."""
+    return bool(args.quiet or getattr(args, "json", False))
+
+
+def _print_json(report: Any) -> None:
+    """A command's report (a dataclass) as one JSON document on stdout."""
+    import dataclasses
+    import json
+
+    print(json.dumps(dataclasses.asdict(report), default=str, indent=1))
+
+
+def _report(report: Any, folder: Path, strict: bool, args: argparse.Namespace) -> int:
+    """Print a build's summary (or, with `--json`, its report); exit code 1 when it holds no
+    sample (a useless result) or when `--strict` found rejects."""
     from polymodal.datasets import build
 
-    print(build.summary(report))
-    if report.rejects:
+    if args.json:
+        _print_json(report)
+    else:
+        print(build.summary(report))
+    if report.rejects and not _quiet(args):
         print(f"rejected inputs are listed in {folder / build.REJECTS_NAME}")
     if not report.samples:
         print("no sample was written: the dataset is empty", file=sys.stderr)
@@ -406,11 +443,13 @@ def _index(args: argparse.Namespace) -> int:
     from polymodal.datasets import build
 
     try:
-        report = build.index_shards(args.directory, workers=args.workers, fields=args.field)
+        report = build.index_shards(
+            args.directory, workers=args.workers, progress=not _quiet(args), fields=args.field
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"polymodal index: {exc}", file=sys.stderr)
         return 2
-    return _report(report, args.directory, args.strict)
+    return _report(report, args.directory, args.strict, args)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -480,13 +519,20 @@ def _preprocess(args: argparse.Namespace) -> int:
             address=args.address or recipe.get("address"),
             overwrite=args.overwrite,
             errors="raise" if args.strict else "skip",
+            progress=not _quiet(args),
         )
     except (FileExistsError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
         print(f"polymodal preprocess: {exc}", file=sys.stderr)
         return 2
-    print(preprocess.summary(report))
-    if report.rejected or report.unreadable:
+    if args.json:
+        _print_json(report)
+    else:
+        print(preprocess.summary(report))
+    if (report.rejected or report.unreadable) and not _quiet(args):
         print(f"rejected samples are listed in {args.dst / preprocess.REJECTS_NAME}")
+    if not report.samples_out:
+        print("no sample was written: every one was rejected or filtered", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -522,7 +568,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         seed = [] if args.seed is None else [f"seed={args.seed}"]
         config = load_config(args.config, [*seed, *args.set])
-        trainer = Trainer(config, resume=args.resume)
+        trainer = Trainer(config, resume=args.resume, progress=not _quiet(args))
     except ConfigError as exc:
         print(f"polymodal train: invalid config: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,17 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
+from polymodal.errors import UserError
+
 T = TypeVar("T", bound=type)
+
+
+class UnknownName(UserError, KeyError):
+    """No class is registered (or installed) under the name asked for; the message lists the
+    names there are."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError would quote it
 
 
 class Registry(Generic[T]):
@@ -62,7 +72,7 @@ class Registry(Generic[T]):
         try:
             return self.classes[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownName(
                 f"no {self.kind} named {name!r}; available: {', '.join(self.available())}"
             ) from None
 

@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 from polymodal.cli import main
 from polymodal.datasets.synthetic import encode_audio, encode_image, photo, tone
@@ -35,3 +37,51 @@ def test_python_dash_m_lists_adapters():
     ).stdout
     names = [line.split()[0] for line in out.splitlines()]
     assert names == ["audio", "image", "label", "pointcloud", "text", "video"]
+
+
+def test_the_front_door_is_lazy_and_torch_free():
+    code = (
+        "import sys, polymodal; assert 'torch' not in sys.modules, 'torch at import'; "
+        "from polymodal import Stream, build, load_config, Trainer, adapters, perceiver; "
+        "from torch.utils.data import IterableDataset; "
+        "assert issubclass(Stream, IterableDataset) and callable(build) and callable(load_config); "
+        "print(polymodal.__version__, Trainer.__name__, adapters.get('image').name, "
+        "perceiver.Perceiver.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0.1.0", "Trainer", "image", "Perceiver"]
+    version = subprocess.run(
+        [sys.executable, "-m", "polymodal", "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.strip() == "polymodal 0.1.0"
+
+
+def _images(folder: Path, count: int = 3) -> Path:
+    (folder / "a").mkdir(parents=True)
+    for i in range(count):
+        (folder / "a" / f"x{i}.jpg").write_bytes(encode_image(photo(i, 32)))
+    return folder
+
+
+def test_json_reports_and_exit_codes_a_script_can_trust(tmp_path, capsys):
+    src = _images(tmp_path / "src")
+    assert main(["build", str(src), str(tmp_path / "ds"), "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 3 and report["datasets"][""] == str(tmp_path / "ds")
+    nothing = ["preprocess", str(tmp_path / "ds"), str(tmp_path / "none"), "--json"]
+    assert main([*nothing, "--op", "filter:min_bytes=100000000"]) == 1  # wrote no sample
+    out = capsys.readouterr()
+    assert json.loads(out.out)["samples_out"] == 0 and "no sample was written" in out.err
+    typo = ["preprocess", str(tmp_path / "ds"), str(tmp_path / "typo"), "--op"]
+    assert main([*typo, "resize_image:size=big"]) == 2  # refused before the job starts
+    assert "size must be int or None, got 'big'" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    for argv, message in [
+        (["train", str(tmp_path / "missing.toml")], "cannot read the config"),
+        (["inspect", str(tmp_path / "nowhere")], "no dataset here"),
+        (["validate", str(src)], "no index.json"),
+        (["decode", "--adapter", "nosuch", str(src / "a" / "x0.jpg")], "no adapter named"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)

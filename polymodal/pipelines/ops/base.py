@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from polymodal.adapters import modality_of
-from polymodal.literals import parse_pairs
+from polymodal.literals import check_arguments, parse_pairs
 from polymodal.registry import Registry
 
 ENTRY_POINT_GROUP = "polymodal.ops"
@@ -90,6 +90,7 @@ def make_op(spec: Op | str | Mapping[str, Any] | Callable[[Sample], Result]) -> 
     else:
         raise TypeError(f"not an op: {spec!r}")
     cls = get_op(name)
+    check_arguments(cls.__init__, options, f"op {name}")  # wrong types fail before the job
     try:
         return cls(**options)
     except TypeError as exc:
