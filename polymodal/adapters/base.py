@@ -95,6 +95,10 @@ class Batch(MutableMapping[str, Field]):
     fields: dict[str, Field]
     keys: list[str] = field(default_factory=list)  # type: ignore[assignment]  # not Mapping.keys
     repeated: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    # optional fields: which samples have them (bool `[B]`); a field no sample of the batch has
+    # is left out of `fields` and is all False here
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: list[dict[str, Any]] = field(default_factory=list)  # metadata members, per sample
 
     def __getitem__(self, name: str) -> Field:
         return self.fields[name]
@@ -112,7 +116,27 @@ class Batch(MutableMapping[str, Field]):
         del self.fields[name]
 
     def __copy__(self) -> Batch:
-        return Batch(dict(self.fields), list(self.keys), self.repeated)
+        return self._like(dict(self.fields))
+
+    def _like(
+        self, fields: dict[str, Field], keep: torch.Tensor | None = None, device: Any = None
+    ) -> Batch:
+        """This batch's keys, flags and metadata around `fields`: the rows `keep`, on `device`."""
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            t = t if keep is None else t[keep]
+            return t if device is None else t.to(device)
+
+        picked = range(len(self.keys)) if keep is None else keep.nonzero().flatten().tolist()
+        meta = [self.meta[i] for i in picked] if self.meta else []
+        present = {name: rows(p) for name, p in self.present.items()}
+        return Batch(fields, [self.keys[i] for i in picked], rows(self.repeated), present, meta)
+
+    def has(self, name: str) -> torch.Tensor:
+        """Which samples have field `name` (bool `[B]`): all, unless the field is optional."""
+        if name in self.present:
+            return self.present[name]
+        return torch.full((len(self.keys),), name in self.fields, dtype=torch.bool)
 
     @property
     def size(self) -> int:
@@ -132,16 +156,16 @@ class Batch(MutableMapping[str, Field]):
                 mask=None if f.mask is None else f.mask[keep],
             )
 
-        fields = {name: rows(f) for name, f in self.fields.items()}
-        return Batch(fields, [self.keys[i] for i in picked], self.repeated[keep])
+        return self._like({name: rows(f) for name, f in self.fields.items()}, keep)
 
     def pin_memory(self) -> Batch:
-        fields = {name: f.pin_memory() for name, f in self.fields.items()}
-        return Batch(fields, list(self.keys), self.repeated.pin_memory())
+        batch = self._like({name: f.pin_memory() for name, f in self.fields.items()})
+        batch.repeated = batch.repeated.pin_memory()
+        return batch
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         fields = {name: f.to(device, non_blocking) for name, f in self.fields.items()}
-        return Batch(fields, list(self.keys), self.repeated.to(device, non_blocking=non_blocking))
+        return self._like(fields, device=device)
 
 
 class FieldInput(nn.Module):
@@ -333,24 +357,35 @@ def is_known(ext: str) -> bool:
 # Collation
 
 
-def collate(samples: Sequence[Mapping[str, Any]]) -> Batch:
-    """Stack decoded samples (field name → `Field`, plus `__key__` / `__repeated__`) into a Batch.
+def collate(samples: Sequence[Mapping[str, Any]], optional: Sequence[str] = ()) -> Batch:
+    """Stack decoded samples (field name → `Field`, plus `__key__` / `__repeated__` and
+    `__meta__`) into a Batch.
 
     Fields of different lengths are zero-padded along `M`, and `mask` marks the real elements.
+    A field named in `optional` may be missing from some samples: their rows are all padding
+    (mask False) and `batch.present[name]` says which samples have it; any other field must
+    be in every sample.
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
     keys = [str(s.get("__key__", "")) for s in samples]
-    names = [k for k in samples[0] if not k.startswith("__")]
+    names: list[str] = []
+    for s in samples:
+        names += [k for k in s if not k.startswith("__") and k not in names]
     for key, s in zip(keys, samples, strict=True):
-        if [k for k in s if not k.startswith("__")] != names:
-            raise ValueError(f"sample {key!r} has fields {sorted(s)}, expected {names}")
-    fields = {name: _collate_field([s[name] for s in samples], name) for name in names}
+        missing = [n for n in names if n not in s and n not in optional]
+        if missing:
+            raise ValueError(f"sample {key!r} has fields {sorted(s)}: {missing} missing")
+    fields = {name: _collate_field([s.get(name) for s in samples], name) for name in names}
+    present = {name: torch.tensor([name in s for s in samples]) for name in optional}
     repeated = torch.tensor([bool(s.get("__repeated__", False)) for s in samples])
-    return Batch(fields, keys, repeated)
+    meta = [dict(s.get("__meta__", {})) for s in samples]
+    return Batch(fields, keys, repeated, present, meta if any(meta) else [])
 
 
-def _collate_field(items: list[Field], name: str) -> Field:
+def _collate_field(given: list[Field | None], name: str) -> Field:
+    template = next(f for f in given if f is not None)
+    items = [f if f is not None else _absent(template) for f in given]
     shapes = {tuple(f.values.shape[1:]) for f in items}
     dtypes = {f.values.dtype for f in items}
     if len(shapes) > 1 or len(dtypes) > 1:
@@ -374,6 +409,18 @@ def _collate_field(items: list[Field], name: str) -> Field:
             raise ValueError(f"field {name!r}: some samples have coordinates, some do not")
         coords = _stack_padded(present, length)
     return Field(values=values, grid=_collate_grid(items, length), coords=coords, mask=mask)
+
+
+def _absent(template: Field) -> Field:
+    """A sample's row of an optional field it lacks: no elements, so all padding."""
+    values = template.values.new_zeros((0, *template.values.shape[1:]))
+    coords = (
+        None
+        if template.coords is None
+        else template.coords.new_zeros((0, *template.coords.shape[1:]))
+    )
+    grid = template.grid if isinstance(template.grid, tuple) else None
+    return Field(values=values, grid=grid, coords=coords, mask=torch.zeros(0, dtype=torch.bool))
 
 
 def _stack_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:

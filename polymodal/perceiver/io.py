@@ -293,9 +293,14 @@ class MultimodalInput(nn.Module):
         self, fields: Mapping[str, tuple]
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, int]]:
         """`fields[name]` are the arguments of that modality's input; returns tokens, mask,
-        and the number of tokens each modality contributed (in order)."""
+        and the number of tokens each modality contributed (in order). A modality missing
+        from `fields` (an optional one no sample of the batch has) contributes none."""
         tokens, masks, lengths = [], [], {}
+        if not set(self.names) & set(fields):
+            raise ValueError(f"none of the inputs {self.names} is in the batch")
         for name in self.names:
+            if name not in fields:
+                continue
             x, mask = self.inputs[name](*fields[name])
             if isinstance(x, FactoredInputs):
                 x = x.materialize()

@@ -33,12 +33,14 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class FieldConfig:
-    """One input field: the adapter, the extensions it reads, and its options."""
+    """One input field: the adapter, the extensions it reads, and its options. An `optional`
+    field may be missing from some samples (masked out; `batch.present` says which)."""
 
     adapter: str
     extensions: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     encoder: dict[str, Any] = field(default_factory=dict)
+    optional: bool = False
 
 
 @dataclass
@@ -47,6 +49,7 @@ class DataConfig:
     val: str = ""
     fields: dict[str, FieldConfig] = field(default_factory=dict)
     label: str = "cls"  # the extension holding the target
+    meta: list[str] = field(default_factory=list)  # members that ride along (json, txt)
     num_classes: int = 2
     batch_size: int = 32
     workers: int = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,8 @@ class Stream(IterableDataset):
         errors: str | Mapping[str, str] = "skip",
         remote: Remote = DEFAULT_REMOTE,
         max_member_bytes: int = MAX_MEMBER_BYTES,
+        optional: Collection[str] | None = None,
+        meta: Sequence[str] = (),
     ) -> None:
         policies = (
             dict.fromkeys(STAGES_WITH_ERRORS, errors)
@@ -108,6 +110,14 @@ class Stream(IterableDataset):
         self.sources, self.weights = _sources(source)
         self.indexes = [ShardIndex.load(s, remote) for s in self.sources]
         self.fields = _resolve_fields(fields, self.indexes)
+        if optional is None:  # default fields of a mixed dataset: those some samples lack
+            optional = _partial_fields(self.fields, self.indexes) if fields is None else ()
+        unknown = set(optional) - set(self.fields)
+        if unknown:
+            raise ValueError(
+                f"optional names {sorted(unknown)}, not fields ({sorted(self.fields)})"
+            )
+        self.optional, self.meta = sorted(optional), tuple(e.lower().lstrip(".") for e in meta)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
         self.max_member_bytes = max_member_bytes
@@ -189,8 +199,8 @@ class Stream(IterableDataset):
         shuffle = Shuffle(
             part.stop - part.start, self.buffer_size, (self.seed, epoch, rank, worker), self.shuffle
         )
-        decode = Decode(self.fields, self.errors["decode"], self.seed, epoch)
-        batcher = Batcher(self.batch_size, lambda: self.filler(epoch))
+        decode = self._decode(self.errors["decode"], epoch)
+        batcher = Batcher(self.batch_size, lambda: self.filler(epoch), self.optional)
         stages: dict[str, Stage] = {
             "reader": reader,
             "shuffle": shuffle,
@@ -229,6 +239,9 @@ class Stream(IterableDataset):
         finally:
             reader.close()
 
+    def _decode(self, errors: str, epoch: int) -> Decode:
+        return Decode(self.fields, errors, self.seed, epoch, self.optional, self.meta)
+
     def filler(self, epoch: int) -> dict[str, Any] | None:
         """The first sample of the dataset (sources and shards in index order, up to
         `FILLER_TRIES` samples a shard) that reads and decodes: what a batch with no good
@@ -239,7 +252,7 @@ class Stream(IterableDataset):
 
     def _find_filler(self, epoch: int) -> dict[str, Any] | None:
         reader = Reader(self.indexes, "skip", self.remote, self.max_member_bytes)
-        decode = Decode(self.fields, "skip", self.seed, epoch)
+        decode = self._decode("skip", epoch)
         try:
             for source in range(len(self.indexes)):
                 for shard, count in enumerate(self.counts(source)):
@@ -317,6 +330,18 @@ def _sources(source: SourceSpec) -> tuple[list[str], list[float] | None]:
     if items and len(pairs) == len(items):
         return [str(s) for s, _ in pairs], [float(w) for _, w in pairs]
     return [str(s) for s in items], None
+
+
+def _partial_fields(fields: Mapping[str, Adapter], indexes: Sequence[ShardIndex]) -> list[str]:
+    """The fields whose members not every sample has (by the indexes' per-extension counts)."""
+    partial = []
+    for name, adapter in fields.items():
+        for index in indexes:
+            counts = index.field_counts()
+            if index.samples and max(counts.get(e, 0) for e in adapter.extensions) < index.samples:
+                partial.append(name)
+                break
+    return partial
 
 
 def _resolve_fields(

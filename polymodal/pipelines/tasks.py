@@ -39,8 +39,9 @@ TARGET = "target"  # the label field a classification task adds (input fields ca
 
 
 def model_inputs(batch: Batch, names: list[str]) -> dict[str, tuple]:
-    """The model's input fields of a batch, as `MultimodalInput` takes them."""
-    return {name: (batch[name],) for name in names}
+    """The model's input fields of a batch, as `MultimodalInput` takes them (an optional field
+    no sample of the batch has is left out)."""
+    return {name: (batch[name],) for name in names if name in batch}
 
 
 class Task:
@@ -312,6 +313,8 @@ def dataset_stream(
             seed=config.seed if config.data.seed is None else config.data.seed,
             buffer_size=config.data.buffer_size,
             remote=config.data.remote,
+            optional=[n for n, spec in config.data.fields.items() if spec.optional and n in fields],
+            meta=config.data.meta,
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None

@@ -4,7 +4,7 @@ change."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from polymodal.adapters import Batch, collate
@@ -18,10 +18,14 @@ class Batcher:
     the dataset's first readable sample (the same in every run, so a resumed run fills it
     alike); when not even that exists, `batch` returns None."""
 
-    def __init__(self, batch_size: int, filler: Callable[[], dict[str, Any] | None]) -> None:
-        self.batch_size = batch_size
+    def __init__(
+        self,
+        batch_size: int,
+        filler: Callable[[], dict[str, Any] | None],
+        optional: Sequence[str] = (),
+    ) -> None:
+        self.batch_size, self.filler, self.optional = batch_size, filler, tuple(optional)
         self.batches = 0
-        self.filler = filler
 
     def state_dict(self) -> dict[str, int]:
         return {"batches": self.batches}
@@ -37,4 +41,5 @@ class Batcher:
         if repeat is None:
             return None, skips
         filler = {**repeat, "__repeated__": True}
-        return collate([filler if isinstance(item, Skip) else item for item in items]), skips
+        samples = [filler if isinstance(item, Skip) else item for item in items]
+        return collate(samples, self.optional), skips

@@ -1,25 +1,39 @@
 """The decode stage: the field adapters, with a generator per sample seeded from (seed,
-epoch, key), so a resumed run draws the same crops."""
+epoch, key), so a resumed run draws the same crops; optional fields a sample lacks are left
+out, and metadata members (`json`, `txt`) ride along decoded, within a bound."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from polymodal.adapters import Adapter, DecodeError
+from polymodal.adapters.base import load_json
 from polymodal.seeds import stable_seed
 
 from ..partition import Reference
 from .base import Skip
 
+MAX_META_BYTES = 2**16  # a metadata member larger than this skips its sample, reported
+
 
 class Decode:
     """Raw samples → fields, with the adapters of each field and a per-sample generator."""
 
-    def __init__(self, fields: Mapping[str, Adapter], errors: str, seed: int, epoch: int):
+    def __init__(
+        self,
+        fields: Mapping[str, Adapter],
+        errors: str,
+        seed: int,
+        epoch: int,
+        optional: Collection[str] = (),
+        meta: Sequence[str] = (),
+        max_meta_bytes: int = MAX_META_BYTES,
+    ):
         self.fields, self.errors, self.seed, self.epoch = fields, errors, seed, epoch
+        self.optional, self.meta, self.max_meta_bytes = set(optional), tuple(meta), max_meta_bytes
         self.skipped = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -35,14 +49,32 @@ class Decode:
         key = raw["__key__"]
         seed = stable_seed(key, self.seed * 1_000_003 + self.epoch)
         out: dict[str, Any] = {"__key__": key, "__repeated__": ref.repeated}
-        for name, adapter in self.fields.items():
-            # one generator per field, equally seeded: audio and video cut the same moment
-            rng = np.random.default_rng(seed) if adapter.uses_rng else None
-            try:
+        try:
+            for name, adapter in self.fields.items():
+                if name in self.optional and not any(e in raw for e in adapter.extensions):
+                    continue  # an optional field this sample does not have
+                # one generator per field, equally seeded: audio and video cut the same moment
+                rng = np.random.default_rng(seed) if adapter.uses_rng else None
                 out[name] = adapter.decode(raw, rng)
-            except DecodeError as exc:
-                if self.errors == "raise":
-                    raise
-                self.skipped += 1
-                return Skip(key, "decode", f"field {name!r}: {exc.reason}", raw.get("__url__", ""))
+            metadata = {ext: self._meta(key, ext, raw[ext]) for ext in self.meta if ext in raw}
+        except DecodeError as exc:
+            if self.errors == "raise":
+                raise
+            self.skipped += 1
+            reason = f"field {exc.field!r}: {exc.reason}"
+            return Skip(key, "decode", reason, raw.get("__url__", ""))
+        if metadata:
+            out["__meta__"] = metadata
         return out
+
+    def _meta(self, key: str, ext: str, data: bytes) -> Any:
+        """A metadata member as it rides along: JSON decoded, text as a string; bounded."""
+        if len(data) > self.max_meta_bytes:
+            reason = f"{len(data):,} bytes, over max_meta_bytes={self.max_meta_bytes:,}"
+            raise DecodeError(key, ext, reason)
+        if ext.rsplit(".", 1)[-1] == "json":
+            try:
+                return load_json(data, self.max_meta_bytes)
+            except ValueError as exc:
+                raise DecodeError(key, ext, f"not JSON: {exc}") from None
+        return data.decode("utf-8", errors="replace")
