@@ -340,6 +340,12 @@ def _add_dataset_commands(commands: Any) -> None:
     build.add_argument("--overwrite", action="store_true", help="replace another build in OUT")
     _add_field_rules(build)
     build.add_argument("--json", action="store_true", help="print the report as JSON")
+    build.add_argument(
+        "--allow-paths",
+        type=Path,
+        metavar="ROOT",
+        help="path-only Parquet Image/Audio cells may point anywhere inside ROOT",
+    )
     index = commands.add_parser("index", help="index WebDataset shards in place")
     index.add_argument("directory", type=Path)
     index.add_argument("--workers", type=at_least(1), default=1)
@@ -400,6 +406,7 @@ def _build(args: argparse.Namespace) -> int:
             split=args.split,
             overwrite=args.overwrite,
             fields=args.field,
+            allow_paths=args.allow_paths,
             progress=not _quiet(args),
             print_=lambda line: None if args.quiet else print(line, file=sys.stderr),
         )

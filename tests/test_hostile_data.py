@@ -322,15 +322,15 @@ def test_a_replaced_shard_is_reported_by_the_stream_and_validate(tmp_path):
 def test_validate_checks_sidecars_and_duplicate_keys(tmp_path, capsys):
     data = _dataset(tmp_path / "data", shards=3)
     assert validate_dataset(str(data)) == []
-    (data / "shard-000000.tar.idx").unlink()
-    (data / "shard-000001.tar.idx").write_bytes(b"garbage without a header line")
+    (data / ".shard-000000.tar.idx").unlink()
+    (data / ".shard-000001.tar.idx").write_bytes(b"garbage without a header line")
     problems = validate_dataset(str(data))
     reasons = {p["shard"]: p["reason"] for p in problems}
-    assert "sidecar shard-000000.tar.idx is missing" in reasons["shard-000000.tar"]
+    assert "sidecar .shard-000000.tar.idx is missing" in reasons["shard-000000.tar"]
     assert "is not a sidecar" in reasons["shard-000001.tar"]
     assert main(["validate", str(data)]) == 1
     out = capsys.readouterr().out
-    assert "shard-000000.tar: its sidecar shard-000000.tar.idx is missing" in out
+    assert "shard-000000.tar: its sidecar .shard-000000.tar.idx is missing" in out
     assert "- -:" not in out  # sentences, not dashes
 
     dup = _dataset(tmp_path / "dup-a", shards=1)  # two shards with the same keys
@@ -367,7 +367,7 @@ def test_a_split_sample_fails_index_and_validate(tmp_path):
 
 def test_a_garbage_sidecar_makes_a_seek_fail_clearly(tmp_path):
     data = _dataset(tmp_path / "data", shards=1, per_shard=200)
-    (data / "shard-000000.tar.idx").write_bytes(b"{}\n" + bytes(7))
+    (data / ".shard-000000.tar.idx").write_bytes(b"{}\n" + bytes(7))
     stream = Stream(data, _fields(), batch_size=50, shuffle=False)
     loader = stream.loader(2)  # worker 1 starts mid-shard: it must seek
     keys = _keys(loader)
@@ -423,7 +423,7 @@ def test_a_parquet_row_group_over_the_bound_is_refused_before_reading(tmp_path, 
 
 def test_an_oversized_sidecar_is_refused_without_reading_it_whole(tmp_path):
     data = _dataset(tmp_path / "data", shards=1)
-    sidecar = data / "shard-000000.tar.idx"
+    sidecar = data / ".shard-000000.tar.idx"
     sidecar.write_bytes(sidecar.read_bytes() + bytes(2 * 2**20))  # far more than 4 offsets
     problems = validate_dataset(str(data))
     assert any("is not a sidecar" in p["reason"] and "larger than" in p["reason"] for p in problems)

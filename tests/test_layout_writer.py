@@ -170,7 +170,7 @@ def test_a_failed_write_leaves_no_index_and_no_temporary_shard(tmp_path):
             writer.write(sample)
         raise RuntimeError("the job died")
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["shard-000000.tar", "shard-000000.tar.idx"]  # the finished shard only
+    assert names == [".shard-000000.tar.idx", "shard-000000.tar"]  # the finished shard only
 
 
 def test_tar_bytes_are_deterministic(tmp_path):

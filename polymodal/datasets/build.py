@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .card import write_card
 from .files import HashingReader, check_separate, remove_temporaries, write_atomic
 from .index import REJECTS_NAME, ShardIndex, ShardInfo, ShardStats, merge_labels, write_sidecar
 from .layout import ERROR_KEY, Problem, read_tar_samples
@@ -60,12 +61,13 @@ class ShardTask:
     shard_format: str
     extensions: list[str]
     samples: list[PlannedSample]
+    classes: list[str] | None = None  # the label names a Parquet shard's metadata carries
 
 
 def write_shard(task: ShardTask) -> ShardInfo:
     """Write one planned shard atomically; a member that became unreadable since planning
     drops its sample, reported in the shard's sidecar (so a resumed build reports it too)."""
-    shard = open_shard(task.directory, task.name, task.shard_format, task.extensions)
+    shard = open_shard(task.directory, task.name, task.shard_format, task.extensions, task.classes)
     problems = []
     try:
         for sample in task.samples:
@@ -95,21 +97,28 @@ def build(
     overwrite: bool = False,
     progress: bool = True,
     fields: Mapping[str, str] | None = None,
+    allow_paths: str | Path | None = None,
     print_: Callable[[str], None] = print,
 ) -> BuildReport:
     """Build `out` from `src`; see the module docstring. Rejected inputs go to
     `out/rejects.jsonl`; with splits, each split is a dataset in `out/SPLIT/`. `fields` sets
-    the modality of extensions the registry leaves ambiguous (`{"npy": "pointcloud"}`)."""
+    the modality of extensions the registry leaves ambiguous (`{"npy": "pointcloud"}`);
+    `allow_paths` the folder path-only Parquet cells may point into. A source that names its
+    splits (Hub-style Parquet shards) is built into one folder per split."""
     started = time.perf_counter()
     fields = check_field_rules(fields or {})
     out = Path(out)
     src = Path(src)
     if src.is_dir():
         check_separate([src], out, folders=True)
-    plan = plan_source(src)
-    if not src.is_dir():  # a manifest: it and every file it lists are what the build reads
+    plan = plan_source(src, Path(allow_paths) if allow_paths else None)
+    if plan.split_of is not None and split:
+        named = ", ".join(sorted(set(plan.split_of.values())))
+        raise ValueError(f"{src} names its own splits ({named}): drop --split")
+    if not src.is_dir() or plan.split_of is not None:  # it and every file it lists are read
         listed = {ref.path for s in plan.samples for _, ref in s.members if ref.path}
-        check_separate([src, *sorted(listed)], out, folders=False)
+        files: list[str | Path] = [*([] if src.is_dir() else [src]), *sorted(listed)]
+        check_separate(files, out, folders=False)
     samples = plan.samples
     if shuffle:
         samples = [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
@@ -126,7 +135,14 @@ def build(
     report = BuildReport({}, 0, 0, 0, 0, 0, 0.0)
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, [REJECTS_NAME])  # a killed run's, beside the split folders
-    for name, members in assign_splits(samples, parse_splits(split)).items():
+    if plan.split_of is not None:
+        groups = {
+            name: [s for s in samples if plan.split_of[s.key] == name]
+            for name in sorted(set(plan.split_of.values()))
+        }
+    else:
+        groups = assign_splits(samples, parse_splits(split))
+    for name, members in groups.items():
         directory = out / name if name else out
         shards = cut_shards(members, shard_samples, shard_bytes)
         fp = fingerprint({**options, "split_name": name}, shards)
@@ -136,7 +152,7 @@ def build(
             index = ShardIndex.load(directory)
         else:
             index, written = _write_split(
-                directory, shards, shard_format, workers, progress, fields
+                directory, shards, shard_format, workers, progress, fields, plan.classes
             )
             report.written_shards += written
             index.classes, index.build = plan.classes, {"fingerprint": fp, **options}
@@ -145,6 +161,9 @@ def build(
         report.samples += index.samples
         report.shards += len(index.shards)
         report.bytes += index.bytes
+    if any(report.datasets):  # splits: a card at the root names each split's shards
+        globs = {name: f"{name}/*.{shard_format}" for name in report.datasets}
+        write_card(out, globs, f"{report.samples:,} samples in splits {', '.join(globs)}.")
     report.rejects = len(rejects)
     write_atomic(out / REJECTS_NAME, "".join(json.dumps(r) + "\n" for r in rejects).encode())
     report.seconds = time.perf_counter() - started
@@ -158,6 +177,7 @@ def _write_split(
     workers: int,
     progress: bool,
     fields: Mapping[str, str],
+    classes: list[str] | None = None,
 ) -> tuple[ShardIndex, int]:
     """Write the shards of one split that are not finished yet; the index and how many shards
     were written now."""
@@ -170,7 +190,7 @@ def _write_split(
         if done is not None:
             infos[name] = done
         else:
-            tasks.append(ShardTask(directory, name, shard_format, extensions, shard))
+            tasks.append(ShardTask(directory, name, shard_format, extensions, shard, classes))
     total = sum(len(t.samples) for t in tasks)
     bar = tqdm(total=total, unit="sample", disable=not progress or not tasks, desc=directory.name)
     written = {"bytes": 0, "start": time.perf_counter()}

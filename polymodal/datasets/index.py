@@ -34,6 +34,7 @@ import numpy as np
 
 from polymodal.errors import UserError
 
+from .card import write_card
 from .files import DEFAULT_REMOTE, Remote, join, read_bytes, write_atomic
 
 INDEX_NAME = "index.json"
@@ -97,6 +98,13 @@ class ShardStats:
 
 
 def sidecar_name(shard_name: str) -> str:
+    """`.NAME.idx` beside the shard: a hidden file, which Hugging Face's loaders pass by (they
+    would read `NAME.tar.idx` as one more tar). Datasets written before keep `NAME.idx`."""
+    folder, slash, base = shard_name.rpartition("/")
+    return f"{folder}{slash}.{base}{SIDECAR_SUFFIX}"
+
+
+def legacy_sidecar_name(shard_name: str) -> str:
     return shard_name + SIDECAR_SUFFIX
 
 
@@ -178,7 +186,10 @@ class ShardIndex:
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
 
     def save(self, directory: Path) -> None:
-        """Write `index.json` atomically; call it after every shard and sidecar is in place."""
+        """Write the dataset card, then `index.json`, atomically; call it after every shard
+        and sidecar is in place."""
+        summary = f"{self.samples:,} samples in {len(self.shards):,} {self.format} shards."
+        write_card(directory, {"train": f"*.{self.format}"}, summary)
         write_atomic(Path(directory) / INDEX_NAME, self.to_json())
 
     @classmethod
@@ -243,7 +254,10 @@ def read_sidecar(base: str, shard: ShardInfo) -> bytes:
     """A shard's sidecar, refused when larger than its header and one offset per sample can
     be (so a garbage sidecar costs no more than a good one)."""
     limit = SIDECAR_HEAD_BYTES + 8 * shard.samples
-    return read_bytes(join(base, sidecar_name(shard.name)), limit=limit)
+    try:
+        return read_bytes(join(base, sidecar_name(shard.name)), limit=limit)
+    except FileNotFoundError:  # a dataset written before sidecars were hidden
+        return read_bytes(join(base, legacy_sidecar_name(shard.name)), limit=limit)
 
 
 def shard_name_problem(name: Any) -> str | None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .card import is_our_card
 from .files import remove_temporaries, write_atomic
 from .index import INDEX_NAME, PLAN_NAME, ShardInfo, decode_sidecar, sidecar_name
 from .sources import PlannedSample
@@ -43,6 +44,19 @@ def _previous_fingerprint(directory: Path) -> str | None:
     return None
 
 
+def dataset_files(directory: Path, plan: bool = False) -> list[Path]:
+    """What a job wrote into `directory` as a dataset: shards and their (hidden or older)
+    sidecars, the index, our dataset card, and with `plan` the job's fingerprint."""
+    if not directory.is_dir():
+        return []
+    names = {INDEX_NAME, *([PLAN_NAME] if plan else [])}
+    return [
+        p
+        for p in directory.iterdir()
+        if p.name.startswith(("shard-", ".shard-")) or p.name in names or is_our_card(p)
+    ]
+
+
 def prepare_output(directory: Path, fp: str, overwrite: bool) -> bool:
     """Make `directory` ready for the build with fingerprint `fp`; False when already built.
 
@@ -50,7 +64,7 @@ def prepare_output(directory: Path, fp: str, overwrite: bool) -> bool:
     unless `overwrite`, which removes them first.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    ours = [p for p in directory.iterdir() if p.name.startswith("shard-") or p.name == INDEX_NAME]
+    ours = dataset_files(directory)
     previous = _previous_fingerprint(directory)
     if overwrite:
         for path in ours:

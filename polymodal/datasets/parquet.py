@@ -1,11 +1,17 @@
 """Parquet shards, the second format behind the same index: one row per sample, a `__key__`
-string column and one binary column per extension, in row groups small enough for a streaming
+string column and one column per extension, in row groups small enough for a streaming
 reader to hold one at a time. Written and read with pyarrow.
+
+The shards carry Hugging Face `datasets` feature metadata, so `load_dataset("parquet", ...)`
+decodes them: image and audio members are `struct<bytes, path>` columns (features `Image` and
+`Audio`), the label `cls` an int64 column (`ClassLabel` when the class names are known), other
+members binary. Shards written before, with binary columns only, read the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,12 +31,22 @@ class ParquetShard(Shard):
 
     suffix = ".parquet"
 
-    def __init__(self, directory: Path, name: str, extensions: Iterable[str]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        extensions: Iterable[str],
+        classes: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(directory, name)
         self.extensions = sorted(extensions)
+        self.kinds = {ext: _feature_kind(ext) for ext in self.extensions}
         columns = [pa.field("__key__", pa.string(), nullable=False)]
-        columns += [pa.field(ext, pa.binary()) for ext in self.extensions]
-        self.schema = pa.schema(columns)
+        columns += [pa.field(ext, _ARROW_TYPES[self.kinds[ext]]) for ext in self.extensions]
+        features = {"__key__": {"dtype": "string", "_type": "Value"}}
+        features |= {ext: _feature(self.kinds[ext], classes) for ext in self.extensions}
+        metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+        self.schema = pa.schema(columns, metadata=metadata)
         self.writer = pq.ParquetWriter(self.out, self.schema, compression="none")
         self.rows: list[dict[str, Any]] = []
         self.pending = 0
@@ -44,7 +60,11 @@ class ParquetShard(Shard):
                 f"sample {key!r}: extensions {sorted(unknown)} are not columns of this "
                 f"Parquet shard {self.extensions}"
             )
-        self.rows.append({"__key__": str(sample["__key__"]), **body})
+        key = str(sample["__key__"])
+        row: dict[str, Any] = {"__key__": key}
+        for ext, data in body.items():
+            row[ext] = _cell(self.kinds[ext], key, ext, data)
+        self.rows.append(row)
         self.pending += sum(len(v) for v in body.values())
         self.stats.add(body)
         if len(self.rows) >= PARQUET_GROUP_ROWS or self.pending >= PARQUET_GROUP_BYTES:
@@ -89,5 +109,49 @@ def read_parquet_samples(
             sample: dict[str, Any] = {"__key__": columns["__key__"][i], "__url__": url}
             for name, values in columns.items():
                 if name != "__key__" and values[i] is not None:
-                    sample[name] = values[i]
+                    sample[name] = _member(values[i])
             yield row, sample
+
+
+_MEDIA = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF's Image / Audio
+_ARROW_TYPES = {"image": _MEDIA, "audio": _MEDIA, "label": pa.int64(), "binary": pa.binary()}
+
+
+def _feature_kind(ext: str) -> str:
+    """How a member is stored: image or audio (HF's struct), label (the class id), or bytes."""
+    from polymodal.adapters import modality_of
+
+    if ext == "cls":
+        return "label"
+    modality = modality_of(ext)
+    return modality if modality in ("image", "audio") else "binary"
+
+
+def _feature(kind: str, classes: Sequence[str] | None) -> dict[str, Any]:
+    if kind == "label":
+        if classes:
+            return {"names": list(classes), "_type": "ClassLabel"}
+        return {"dtype": "int64", "_type": "Value"}
+    if kind in ("image", "audio"):
+        return {"_type": kind.capitalize()}
+    return {"dtype": "binary", "_type": "Value"}
+
+
+def _cell(kind: str, key: str, ext: str, data: bytes) -> Any:
+    if kind in ("image", "audio"):
+        return {"bytes": data, "path": f"{key}.{ext}"}
+    if kind == "label":
+        text = data.decode("utf-8", errors="replace").strip()
+        if not text.lstrip("-").isdigit():
+            raise ValueError(f"sample {key!r}: a Parquet shard's cls is a class id, got {text!r}")
+        return int(text)
+    return data
+
+
+def _member(value: Any) -> bytes:
+    """A cell as the member bytes a tar would hold (what the adapters read)."""
+    if isinstance(value, dict):
+        return value.get("bytes") or b""
+    if isinstance(value, int):
+        return str(value).encode()
+    return value

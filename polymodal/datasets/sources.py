@@ -9,6 +9,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -64,21 +65,30 @@ class PlannedSample:
 
 @dataclass
 class SourcePlan:
-    """What a source holds: usable samples, rejected inputs, and class names if known."""
+    """What a source holds: usable samples, rejected inputs, and class names if known; a
+    source that names its splits (Hub-style `train-00000-of-00002.parquet` shards) says which
+    split each sample key is in."""
 
     samples: list[PlannedSample]
     problems: list[Problem] = field(default_factory=list)
     classes: list[str] | None = None
+    split_of: dict[str, str] | None = None
 
 
-def plan_source(src: Path) -> SourcePlan:
-    """Read a source's listing: a folder tree, a CSV / JSONL / Parquet manifest, or a Hugging
-    Face datasets Parquet export (a Parquet file with `huggingface` schema metadata)."""
+HUB_SHARD = re.compile(r"^[A-Za-z0-9_]+-\d+-of-\d+\.parquet$")  # train-00000-of-00003
+
+
+def plan_source(src: Path, allow_paths: Path | None = None) -> SourcePlan:
+    """Read a source's listing: a folder tree, a folder of Hub-style Parquet shards, a CSV /
+    JSONL / Parquet manifest, or a Hugging Face datasets Parquet export (a Parquet file with
+    `huggingface` schema metadata). `allow_paths`: the folder that path-only Image / Audio
+    cells may point into (default: the Parquet file's own folder)."""
     src = Path(src)
     if src.is_dir():
-        return plan_folder(src)
+        hub = sorted(p for p in src.rglob("*.parquet") if HUB_SHARD.match(p.name))
+        return plan_hub_folder(src, hub, allow_paths) if hub else plan_folder(src)
     if src.suffix == ".parquet" and b"huggingface" in (pq.read_schema(src).metadata or {}):
-        return plan_hf_parquet(src)
+        return plan_hf_parquet(src, allow_paths)
     if src.suffix in MANIFEST_SUFFIXES:
         return plan_manifest(src)
     raise ValueError(
@@ -310,7 +320,40 @@ def _sniff(data: bytes, kind: str) -> str:
     return "jpg" if kind == "Image" else "wav"
 
 
-def plan_hf_parquet(path: Path) -> SourcePlan:
+def plan_hub_folder(root: Path, shards: list[Path], allow_paths: Path | None) -> SourcePlan:
+    """Hub-style Parquet shards (`data/train-00000-of-00002.parquet`, ...): each file's rows,
+    keyed `FILE/ROW` unless they carry keys, in the split its name starts with."""
+    samples: list[PlannedSample] = []
+    problems: list[Problem] = []
+    classes: list[str] | None = None
+    split_of: dict[str, str] = {}
+    for path in shards:
+        part = plan_hf_parquet(path, allow_paths or root, key_prefix=path.stem + "/")
+        split = path.name.split("-", 1)[0]
+        samples += part.samples
+        problems += part.problems
+        classes = classes or part.classes
+        split_of |= dict.fromkeys((s.key for s in part.samples), split)
+    return SourcePlan(samples, problems, classes, split_of)
+
+
+def _path_ref(cell: Any, folder: Path, root: Path) -> Ref | str:
+    """The file a path-only Image / Audio cell names (relative to the Parquet file's folder),
+    or why it cannot be read: missing, or outside `root` (a manifest must not reach anywhere)."""
+    if not cell:
+        return "no bytes and no path"
+    full = (folder / str(cell)).resolve()
+    if not full.is_relative_to(root.resolve()):
+        return f"path {cell!r} is outside {root} (--allow-paths ROOT lets a build read there)"
+    if not full.is_file():
+        return f"path {cell!r}: no such file"
+    stat = full.stat()
+    return Ref(stat.st_size, str(full), stat.st_mtime_ns)
+
+
+def plan_hf_parquet(
+    path: Path, allow_paths: Path | None = None, key_prefix: str = ""
+) -> SourcePlan:
     """A Parquet file written by Hugging Face `datasets`: Image / Audio columns are
     `struct<bytes, path>`, ClassLabel columns integers with their names in the schema's
     `huggingface` metadata. Image/Audio → their file type, ClassLabel → `cls`, strings →
@@ -328,8 +371,9 @@ def plan_hf_parquet(path: Path) -> SourcePlan:
         table = pf.read_row_group(group)
         for i, row in enumerate(table.to_pylist()):
             number = first_row + i
-            key = str(row.get("__key__") or row.get("id") or f"{number:09d}")
+            key = str(row.get("__key__") or row.get("id") or f"{key_prefix}{number:09d}")
             members: dict[str, Ref] = {}
+            failed = False  # a media cell that cannot be read rejects its whole row
             for column, feature in features.items():
                 kind = feature.get("_type")
                 value = row.get(column)
@@ -337,11 +381,18 @@ def plan_hf_parquet(path: Path) -> SourcePlan:
                     continue
                 if kind in ("Image", "Audio"):
                     data = value.get("bytes")
-                    if not data:
-                        problems.append(Problem(f"{path}:{number}:{column}", "no bytes", key))
-                        continue
                     name_ext = split_name(Path(value.get("path") or "").name)
-                    ext = name_ext[1] if name_ext and _known(name_ext[1]) else _sniff(data, kind)
+                    known = name_ext[1] if name_ext and _known(name_ext[1]) else None
+                    if not data:  # a path-only cell: the file it names, within the root
+                        ref = _path_ref(value.get("path"), path.parent, allow_paths or path.parent)
+                        if isinstance(ref, str):
+                            problems.append(Problem(f"{path}:{number}:{column}", ref, key))
+                            failed = True
+                            break
+                        with open(ref.path, "rb") as f:
+                            members[known or _sniff(f.read(16), kind)] = ref
+                        continue
+                    ext = known or _sniff(data, kind)
                     members[ext] = Ref(
                         len(data), str(path), mtime_ns, row_group=group, row=i, column=column
                     )
@@ -354,6 +405,8 @@ def plan_hf_parquet(path: Path) -> SourcePlan:
                 else:
                     data = json.dumps(value, ensure_ascii=False).encode()
                     members[f"{column.lower()}.json"] = Ref(size=len(data), data=data)
+            if failed:
+                continue
             bad = _key_problem(key, members, {s.key for s in samples})
             if bad is not None:
                 problems.append(bad)

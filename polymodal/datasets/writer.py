@@ -10,7 +10,7 @@ always give the same shard.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,18 @@ def schema(infos: list[ShardInfo], fields: Mapping[str, str] | None = None) -> d
     return {ext: modality_of(ext, fields) or "" for ext in seen}
 
 
-def open_shard(directory: Path, name: str, shard_format: str, extensions: Iterable[str]) -> Shard:
+def open_shard(
+    directory: Path,
+    name: str,
+    shard_format: str,
+    extensions: Iterable[str],
+    classes: Sequence[str] | None = None,
+) -> Shard:
+    """A new shard of `shard_format`; Parquet needs its columns (and class names) up front."""
     if shard_format == "tar":
         return TarShard(directory, name)
     if shard_format == "parquet":
-        return ParquetShard(directory, name, extensions)
+        return ParquetShard(directory, name, extensions, classes)
     raise ValueError(f"shard format must be 'tar' or 'parquet', got {shard_format!r}")
 
 
@@ -76,7 +83,9 @@ class ShardWriter:
             if self.extensions is None:
                 self.extensions = sorted(body)
             name = shard_name(self.prefix, len(self.done), self.format)
-            self.shard = open_shard(self.directory, name, self.format, self.extensions)
+            self.shard = open_shard(
+                self.directory, name, self.format, self.extensions, self.classes
+            )
             self.shard_bytes = 0
         self.shard.add(sample)
         self.shard_bytes += size

@@ -30,8 +30,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from polymodal.datasets.index import PLAN_NAME, REJECTS_NAME
-from polymodal.datasets.output import prepare_output
+from polymodal.datasets.index import REJECTS_NAME
+from polymodal.datasets.output import dataset_files, prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
 from polymodal.datasets.files import check_separate, remove_temporaries, write_atomic
@@ -289,9 +289,8 @@ def _claim(dst: Path, fp: str, outputs: Mapping[str, Path], overwrite: bool) -> 
         stale |= {dst} if "" not in outputs else set()
         shutil.rmtree(dst / JOB_DIR, ignore_errors=True)
     for directory in stale:
-        for path in directory.glob("*"):
-            if path.name.startswith("shard-") or path.name in (INDEX_NAME, PLAN_NAME):
-                path.unlink()
+        for path in dataset_files(directory, plan=True):
+            path.unlink()
         if directory != dst and directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
     for directory in outputs.values():
