@@ -346,8 +346,19 @@ def _add_dataset_commands(commands: Any) -> None:
         metavar="ROOT",
         help="path-only Parquet Image/Audio cells may point anywhere inside ROOT",
     )
-    index = commands.add_parser("index", help="index WebDataset shards in place")
-    index.add_argument("directory", type=Path)
+    index = commands.add_parser("index", help="index WebDataset shards (in place, or into --out)")
+    index.add_argument("directory", help="a folder, or a URL prefix (http(s)://, s3://) with --out")
+    index.add_argument(
+        "--out", type=Path, help="write the sidecars and index here; the shards are only read"
+    )
+    index.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an fsspec option for remote shards (repeat; dots nest: "
+        "client_kwargs.endpoint_url=http://127.0.0.1:9000, key=..., secret=...)",
+    )
     index.add_argument("--workers", type=at_least(1), default=1)
     index.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
     _add_field_rules(index)
@@ -446,17 +457,37 @@ def _report(report: Any, folder: Path, strict: bool, args: argparse.Namespace) -
     return 1 if strict and report.rejects else 0
 
 
+def storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """`--storage-option` pairs as fsspec's nested options (`a.b=1` → `{"a": {"b": 1}}`)."""
+    from polymodal.literals import parse_pairs
+
+    options: dict[str, Any] = {}
+    for key, value in parse_pairs(pairs, "--storage-option").items():
+        *parents, last = key.split(".")
+        table = options
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[last] = value
+    return options
+
+
 def _index(args: argparse.Namespace) -> int:
     from polymodal.datasets import build
+    from polymodal.datasets.files import Remote
 
     try:
         report = build.index_shards(
-            args.directory, workers=args.workers, progress=not _quiet(args), fields=args.field
+            args.directory,
+            workers=args.workers,
+            progress=not _quiet(args),
+            fields=args.field,
+            out=args.out,
+            remote=Remote(fs_options=storage_options(args.storage_option)),
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"polymodal index: {exc}", file=sys.stderr)
         return 2
-    return _report(report, args.directory, args.strict, args)
+    return _report(report, args.out or Path(args.directory), args.strict, args)
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -24,11 +24,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
 import numpy as np
 from tqdm import tqdm
 
 from .card import write_card
-from .files import HashingReader, check_separate, remove_temporaries, write_atomic
+from .files import (
+    DEFAULT_REMOTE,
+    HashingReader,
+    Remote,
+    check_separate,
+    is_remote,
+    join,
+    local_path,
+    open_read,
+    remove_temporaries,
+    write_atomic,
+)
 from .index import REJECTS_NAME, ShardIndex, ShardInfo, ShardStats, merge_labels, write_sidecar
 from .layout import ERROR_KEY, Problem, read_tar_samples
 from .output import fingerprint, finished_shard, prepare_output
@@ -217,30 +229,48 @@ def _write_split(
 # Existing WebDataset shards: index them in place
 
 
-def scan_tar(path: Path) -> ShardInfo | Problem:
-    """Index one foreign tar shard: count, offsets, sha256, fields, labels; write its sidecar.
+@dataclass(frozen=True)
+class ScanTask:
+    """One tar shard to index (picklable): where it is, its name, where its sidecar goes."""
+
+    url: str
+    name: str
+    sidecars: Path
+    remote: Remote = DEFAULT_REMOTE
+
+
+def scan_tar(task: ScanTask) -> ShardInfo | Problem:
+    """Index one tar shard, read once front to back (a dropped connection reads it again,
+    within the remote's tries): count, offsets, sha256, fields, labels; write its sidecar.
 
     Bad members (no extension, not a file, unsafe path) are recorded in the sidecar and
-    skipped; a damaged or truncated archive is returned as a Problem and gets no sidecar.
+    skipped; a damaged or truncated archive, or one that stays unreachable, is returned as a
+    Problem and gets no sidecar.
     """
+    try:
+        stats, reader, problems = task.remote.call(lambda: _scan(task))
+    except (tarfile.ReadError, ValueError) as exc:
+        return Problem(task.name, str(exc))
+    except OSError as exc:
+        return Problem(task.name, f"unreachable: {exc}")
+    if reader.size % TAR_BLOCK or reader.tail != bytes(2 * TAR_BLOCK):
+        return Problem(task.name, "truncated tar: no end-of-archive blocks")
+    info = stats.info(task.name, reader.size, reader.sha.hexdigest(), problems)
+    write_sidecar(task.sidecars, info, stats.offsets)
+    return info
+
+
+def _scan(task: ScanTask) -> tuple[ShardStats, HashingReader, list[dict[str, str]]]:
     problems: list[dict[str, str]] = []
     stats = ShardStats()
-    with open(path, "rb") as f:
+    with open_read(task.url, stream=True, remote=task.remote) as f:
         reader = HashingReader(f, 2 * TAR_BLOCK)
-        try:
-            for offset, sample in read_tar_samples(reader, path.name, 0, problems_to(problems)):
-                stats.add(sample, offset)
-                if ERROR_KEY in sample:
-                    problem = Problem(path.name, sample[ERROR_KEY], sample["__key__"])
-                    problems.append(problem.as_dict())
-            reader.drain()
-        except (tarfile.ReadError, ValueError) as exc:
-            return Problem(path.name, str(exc))
-    if reader.size % TAR_BLOCK or reader.tail != bytes(2 * TAR_BLOCK):
-        return Problem(path.name, "truncated tar: no end-of-archive blocks")
-    info = stats.info(path.name, reader.size, reader.sha.hexdigest(), problems)
-    write_sidecar(path.parent, info, stats.offsets)
-    return info
+        for offset, sample in read_tar_samples(reader, task.name, 0, problems_to(problems)):
+            stats.add(sample, offset)
+            if ERROR_KEY in sample:
+                problems.append(Problem(task.name, sample[ERROR_KEY], sample["__key__"]).as_dict())
+        reader.drain()
+    return stats, reader, problems
 
 
 def problems_to(sink: list[dict[str, str]]) -> Callable[[Problem], None]:
@@ -266,35 +296,48 @@ def index_shards(
     workers: int = 1,
     progress: bool = True,
     fields: Mapping[str, str] | None = None,
+    out: str | Path | None = None,
+    remote: Remote = DEFAULT_REMOTE,
 ) -> BuildReport:
-    """Index the WebDataset tar shards in `directory` in place: a sidecar per shard, then
-    `rejects.jsonl` (bad members, damaged shards) and `index.json` (the good shards).
-    `fields` sets the modality of extensions the registry leaves ambiguous (`npy`, `json`)."""
+    """Index the WebDataset tar shards in `directory`: a sidecar per shard, then
+    `rejects.jsonl` (bad members, damaged or unreachable shards) and `index.json` (the good
+    shards). In place by default; with `out`, the shards are only read (a read-only or remote
+    folder: `http(s)://`, `s3://`), each once as a stream, and the sidecars and the index go
+    to `out`, which names where the shards are. `fields` sets the modality of extensions the
+    registry leaves ambiguous (`npy`, `json`)."""
     fields = check_field_rules(fields or {})
     started = time.perf_counter()
-    directory = Path(directory)
-    tars = sorted(directory.glob("*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"{directory}: no .tar shards to index")
-    results: dict[Path, ShardInfo | Problem] = {}
-    bar = tqdm(total=len(tars), unit="shard", disable=not progress, desc="index")
+    source = str(directory)
+    if out is None and is_remote(source):
+        raise ValueError(f"{source} is remote: pass out (--out DIR) for the index")
+    target = Path(out) if out is not None else Path(source)
+    names = _tar_names(source, remote)
+    if not names:
+        raise FileNotFoundError(f"{source}: no .tar shards to index")
+    if out is not None:
+        local = local_path(source)
+        check_separate([] if local is None else [local], target, folders=True)
+        target.mkdir(parents=True, exist_ok=True)
+    tasks = [ScanTask(join(source, name), name, target, remote) for name in names]
+    results: dict[str, ShardInfo | Problem] = {}
+    bar = tqdm(total=len(tasks), unit="shard", disable=not progress, desc="index")
 
-    def on_done(path: Path, result: ShardInfo | Problem) -> None:
-        results[path] = result
+    def on_done(task: ScanTask, result: ShardInfo | Problem) -> None:
+        results[task.name] = result
         bar.update(1)
 
-    run_tasks(scan_tar, tars, workers, on_done)
+    run_tasks(scan_tar, tasks, workers, on_done)
     bar.close()
-    infos = [r for p in tars if isinstance(r := results[p], ShardInfo)]
-    rejects = [r for p in tars for r in _shard_rejects(results[p])]
-    write_atomic(directory / REJECTS_NAME, "".join(json.dumps(r) + "\n" for r in rejects).encode())
-    index = ShardIndex(
-        "tar", schema(infos, fields), infos, merge_labels(infos), base=str(directory)
-    )
-    index.classes = _previous_classes(directory)
-    index.save(directory)
+    infos = [r for n in names if isinstance(r := results[n], ShardInfo)]
+    rejects = [r for n in names for r in _shard_rejects(results[n])]
+    write_atomic(target / REJECTS_NAME, "".join(json.dumps(r) + "\n" for r in rejects).encode())
+    index = ShardIndex("tar", schema(infos, fields), infos, merge_labels(infos), base=str(target))
+    if out is not None:
+        index.shards_at = source if is_remote(source) else str(Path(source).resolve())
+    index.classes = _previous_classes(target)
+    index.save(target)
     return BuildReport(
-        {"": directory},
+        {"": target},
         index.samples,
         len(infos),
         index.bytes,
@@ -302,6 +345,16 @@ def index_shards(
         len(rejects),
         time.perf_counter() - started,
     )
+
+
+def _tar_names(source: str, remote: Remote) -> list[str]:
+    """The `*.tar` shards directly in a local folder or under a URL prefix, by name."""
+    local = local_path(source)
+    if local is not None:
+        return sorted(p.name for p in local.glob("*.tar"))
+    fs, root = fsspec.core.url_to_fs(source, **remote.storage_options(source))
+    found = remote.call(lambda: fs.glob(root.rstrip("/") + "/*.tar"))
+    return sorted(str(path).rsplit("/", 1)[-1] for path in found)
 
 
 def _previous_classes(directory: Path) -> list[str] | None:

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -40,6 +40,9 @@ class Remote:
     read_timeout: float = 15.0
     tries: int = 3
     backoff: float = 0.5
+    # fsspec storage options for every remote read (S3 `key` / `secret`,
+    # `client_kwargs.endpoint_url`, HTTP `headers`, ...), merged over the timeouts
+    fs_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.backoff < 0:
@@ -55,17 +58,23 @@ class Remote:
 
     def storage_options(self, url: str) -> dict[str, Any]:
         """fsspec options that put these timeouts on the filesystem `url` belongs to."""
+        ours: dict[str, Any] = {}
         if url.startswith(("http://", "https://")):
             import aiohttp
 
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
             )
-            return {"client_kwargs": {"timeout": timeout}}
-        if url.startswith(("s3://", "s3a://")):
+            ours = {"client_kwargs": {"timeout": timeout}}
+        elif url.startswith(("s3://", "s3a://")):
             config = {"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout}
-            return {"config_kwargs": {**config, "retries": {"max_attempts": 1}}}
-        return {}
+            ours = {"config_kwargs": {**config, "retries": {"max_attempts": 1}}}
+        elif not is_remote(url):
+            return {}
+        for key, value in self.fs_options.items():  # the user's, one level deep
+            both = isinstance(value, dict) and isinstance(ours.get(key), dict)
+            ours[key] = {**ours[key], **value} if both else value
+        return ours
 
     def call(self, fn: Callable[[], T]) -> T:
         """`fn()`, tried up to `tries` times while it raises a transient error."""

@@ -133,7 +133,9 @@ def write_sidecar(directory: Path, info: ShardInfo, offsets: np.ndarray | list[i
 
 @dataclass
 class ShardIndex:
-    """A dataset's `index.json`; `base` is where it was loaded from (a folder or URL prefix)."""
+    """A dataset's `index.json`; `base` is where it was loaded from (a folder or URL prefix),
+    where the sidecars are too. `shards_at` names where the shards are when that is somewhere
+    else (an index made of read-only shards on HTTP or S3); empty, they are beside it."""
 
     format: str
     fields: dict[str, str]
@@ -142,6 +144,7 @@ class ShardIndex:
     classes: list[str] | None = None
     build: dict[str, Any] | None = None
     base: str = ""
+    shards_at: str = ""
 
     @property
     def samples(self) -> int:
@@ -158,8 +161,13 @@ class ShardIndex:
                 counts[ext] = counts.get(ext, 0) + n
         return dict(sorted(counts.items()))
 
+    @property
+    def location(self) -> str:
+        """The folder or URL prefix the shards are in."""
+        return self.shards_at or self.base
+
     def url(self, shard: ShardInfo) -> str:
-        return join(self.base, shard.name)
+        return join(self.location, shard.name)
 
     def offsets(self, shard: ShardInfo) -> np.ndarray:
         """The shard's per-sample offsets, read from its sidecar and checked against the
@@ -181,6 +189,7 @@ class ShardIndex:
             "labels": dict(sorted(self.labels.items())),
             "classes": self.classes,
             "build": self.build,
+            **({"shards_at": self.shards_at} if self.shards_at else {}),
             "shards": [s.index_entry() for s in self.shards],
         }
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
@@ -189,7 +198,8 @@ class ShardIndex:
         """Write the dataset card, then `index.json`, atomically; call it after every shard
         and sidecar is in place."""
         summary = f"{self.samples:,} samples in {len(self.shards):,} {self.format} shards."
-        write_card(directory, {"train": f"*.{self.format}"}, summary)
+        if not self.shards_at:  # a card names shards beside it
+            write_card(directory, {"train": f"*.{self.format}"}, summary)
         write_atomic(Path(directory) / INDEX_NAME, self.to_json())
 
     @classmethod
@@ -227,6 +237,7 @@ class ShardIndex:
             classes=doc.get("classes"),
             build=doc.get("build"),
             base=base,
+            shards_at=_checked_location(doc.get("shards_at", ""), where),
         )
         if "samples" in doc and doc["samples"] != index.samples:
             raise InvalidIndex(
@@ -258,6 +269,13 @@ def read_sidecar(base: str, shard: ShardInfo) -> bytes:
         return read_bytes(join(base, sidecar_name(shard.name)), limit=limit)
     except FileNotFoundError:  # a dataset written before sidecars were hidden
         return read_bytes(join(base, legacy_sidecar_name(shard.name)), limit=limit)
+
+
+def _checked_location(value: Any, where: str) -> str:
+    """`shards_at`: a URL or an absolute path (a relative one would depend on the reader)."""
+    if not isinstance(value, str) or (value and "://" not in value and not value.startswith("/")):
+        raise InvalidIndex(f"{where}: shards_at must be a URL or an absolute path, got {value!r}")
+    return value
 
 
 def shard_name_problem(name: Any) -> str | None:

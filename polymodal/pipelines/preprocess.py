@@ -254,7 +254,7 @@ def run(
     records_dir = dst / JOB_DIR / fp[:16]
     records_dir.mkdir(parents=True, exist_ok=True)
     tasks = [
-        ShardTask(index.base, index.format, shard, n, chain, outputs, records_dir / _record(n))
+        ShardTask(index.location, index.format, shard, n, chain, outputs, records_dir / _record(n))
         for n, shard in enumerate(index.shards)
     ]
     pending = [t for t in tasks if not t.record.exists()]
@@ -316,7 +316,9 @@ def _plan_scans(engine: Engine, index: ShardIndex, chain: list[Op], tasks: list[
     for op in chain:
         if not op.scans:
             continue
-        scan_tasks = [ShardTask(index.base, index.format, t.shard, t.number, [op]) for t in tasks]
+        scan_tasks = [
+            ShardTask(index.location, index.format, t.shard, t.number, [op]) for t in tasks
+        ]
         results = _collect(engine, scan_task, scan_tasks)
         op.plan([results[t.number] for t in scan_tasks])
 

@@ -301,7 +301,7 @@ class Stream(IterableDataset):
 def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:
     """Local shards whose size on disk is not the index's, as skips of all their samples (one
     `stat` per shard; a missing shard is left to the reader, which reports it per sample)."""
-    base = local_path(index.base)
+    base = local_path(index.location)
     if base is None:
         return {}
     out = {}
