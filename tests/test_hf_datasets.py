@@ -16,7 +16,11 @@ from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_image, photo
 from polymodal.pipelines.stream import Stream
 
-datasets = pytest.importorskip("datasets")
+
+def _datasets():
+    """Hugging Face `datasets` (dev extra); the tests that make HF-shaped files with pyarrow
+    alone run without it."""
+    return pytest.importorskip("datasets")
 
 
 def _class_folders(root: Path, per_class: int = 6) -> Path:
@@ -34,7 +38,7 @@ def _rows(loaded) -> dict[str, int]:
 def _load(tmp_path: Path, *args, **kwargs):
     """`load_dataset` with a cache of the test's own (the shared one keys local folders by
     name, and every test's dataset folder is called `ds`)."""
-    return datasets.load_dataset(*args, cache_dir=str(tmp_path / "hf-cache"), **kwargs)
+    return _datasets().load_dataset(*args, cache_dir=str(tmp_path / "hf-cache"), **kwargs)
 
 
 @pytest.mark.parametrize("shard_format", ["tar", "parquet"])
@@ -80,6 +84,7 @@ def test_index_in_place_keeps_a_users_readme(tmp_path):
 
 
 def test_build_follows_path_only_image_cells(tmp_path, capsys, monkeypatch):
+    datasets = _datasets()
     images = _class_folders(tmp_path / "export" / "images")
     paths = sorted(images.rglob("*.jpg"))
     table = {"image": [str(p.relative_to(tmp_path / "export")) for p in paths]}
