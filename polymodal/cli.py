@@ -531,6 +531,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     import tomllib
 
     from polymodal.pipelines import preprocess
+    from polymodal.pipelines.ops.base import OpOptionError
 
     recipe: dict[str, Any] = {}
     if args.recipe:
@@ -559,6 +560,9 @@ def _preprocess(args: argparse.Namespace) -> int:
             errors="raise" if args.strict else "skip",
             progress=not _quiet(args),
         )
+    except OpOptionError as exc:
+        print(f"polymodal preprocess: {exc}", file=sys.stderr)
+        return 1
     except (FileExistsError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
         print(f"polymodal preprocess: {exc}", file=sys.stderr)
         return 2

@@ -73,7 +73,7 @@ def test_json_reports_and_exit_codes_a_script_can_trust(tmp_path, capsys):
     out = capsys.readouterr()
     assert json.loads(out.out)["samples_out"] == 0 and "no sample was written" in out.err
     typo = ["preprocess", str(tmp_path / "ds"), str(tmp_path / "typo"), "--op"]
-    assert main([*typo, "resize_image:size=big"]) == 2  # refused before the job starts
+    assert main([*typo, "resize_image:size=big"]) == 1  # refused before the job starts
     assert "size must be int or None, got 'big'" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
     for argv, message in [

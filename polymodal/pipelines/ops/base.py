@@ -73,6 +73,11 @@ get_op = _OPS.get
 available_ops = _OPS.available
 
 
+class OpOptionError(ValueError):
+    """An op's option is one it does not take, or of a type it cannot be: found before the
+    job starts (`polymodal preprocess` exits 1, as for a job that would output nothing)."""
+
+
 def make_op(spec: Op | str | Mapping[str, Any] | Callable[[Sample], Result]) -> Op:
     """An op from an instance, a `"name:key=value,key=value"` string, a mapping with an `op`
     key and options (a recipe's `[[ops]]` table), or a plain callable (wrapped by `call`)."""
@@ -90,7 +95,10 @@ def make_op(spec: Op | str | Mapping[str, Any] | Callable[[Sample], Result]) -> 
     else:
         raise TypeError(f"not an op: {spec!r}")
     cls = get_op(name)
-    check_arguments(cls.__init__, options, f"op {name}")  # wrong types fail before the job
+    try:  # wrong names and types fail before the job, not as rejects of every sample
+        check_arguments(cls.__init__, options, f"op {name}")
+    except ValueError as exc:
+        raise OpOptionError(str(exc)) from None
     try:
         return cls(**options)
     except TypeError as exc:
