@@ -459,15 +459,11 @@ def _report(report: Any, folder: Path, strict: bool, args: argparse.Namespace) -
 
 def storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     """`--storage-option` pairs as fsspec's nested options (`a.b=1` → `{"a": {"b": 1}}`)."""
-    from polymodal.literals import parse_pairs
+    from polymodal.literals import parse_pairs, set_path
 
     options: dict[str, Any] = {}
     for key, value in parse_pairs(pairs, "--storage-option").items():
-        *parents, last = key.split(".")
-        table = options
-        for part in parents:
-            table = table.setdefault(part, {})
-        table[last] = value
+        set_path(options, key, value)
     return options
 
 

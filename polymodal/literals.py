@@ -38,6 +38,14 @@ def parse_pairs(pairs: Iterable[str], what: str) -> dict[str, Any]:
     return out
 
 
+def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    """`doc[a][b][c] = value` for `path = "a.b.c"`, creating tables on the way."""
+    *parents, last = path.split(".")
+    for part in parents:
+        doc = doc.setdefault(part, {})
+    doc[last] = value
+
+
 def check_arguments(fn: Callable[..., Any], options: Mapping[str, Any], where: str) -> None:
     """Refuse, before any work, options that `fn` does not take or whose value does not fit
     the parameter's annotation (`int`, `float`, `str`, `bool`, `None`, unions, lists and

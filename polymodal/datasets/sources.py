@@ -389,8 +389,10 @@ def plan_hf_parquet(
                             problems.append(Problem(f"{path}:{number}:{column}", ref, key))
                             failed = True
                             break
-                        with open(ref.path, "rb") as f:
-                            members[known or _sniff(f.read(16), kind)] = ref
+                        if known is None:  # the name says nothing: its first bytes do
+                            with open(ref.path, "rb") as f:
+                                known = _sniff(f.read(16), kind)
+                        members[known] = ref
                         continue
                     ext = known or _sniff(data, kind)
                     members[ext] = Ref(

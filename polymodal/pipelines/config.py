@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from polymodal.datasets.files import Remote
 from polymodal.errors import UserError
-from polymodal.literals import parse_pairs
+from polymodal.literals import parse_pairs, set_path
 from polymodal.perceiver.encoder import EncoderConfig
 
 
@@ -250,14 +250,6 @@ def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
         return cls(**kwargs)
     except ValueError as exc:  # a table that checks itself (e.g. data.remote)
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
-    """`doc[a][b][c] = value` for `path = "a.b.c"`, creating tables on the way."""
-    *parents, last = path.split(".")
-    for part in parents:
-        doc = doc.setdefault(part, {})
-    doc[last] = value
 
 
 def load_config(

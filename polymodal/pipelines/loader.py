@@ -123,8 +123,6 @@ class StreamLoader:
         self.stream = stream
         self.rank, self.world = rank_world()
         self.num_workers, self.pin_memory, self.prefetch = num_workers, pin_memory, prefetch
-        self.dataset = stream
-        self.batch_size = stream.batch_size
         self._epochs = _EpochDataset(stream, self.rank, self.world)
         self.epoch, self.batches = 0, 0
         self._fresh = True  # `epoch` / `batches` say where the next iteration starts
@@ -133,6 +131,14 @@ class StreamLoader:
         self._logged: set[str] = set()
         self.report_epoch = 0
         self._loader: DataLoader | None = None
+
+    @property
+    def dataset(self) -> Stream:
+        return self.stream
+
+    @property
+    def batch_size(self) -> int:
+        return self.stream.batch_size
 
     def __len__(self) -> int:
         return self.stream.batches_per_epoch(self.world)

@@ -334,14 +334,12 @@ def _sources(source: SourceSpec) -> tuple[list[str], list[float] | None]:
 
 def _partial_fields(fields: Mapping[str, Adapter], indexes: Sequence[ShardIndex]) -> list[str]:
     """The fields whose members not every sample has (by the indexes' per-extension counts)."""
-    partial = []
-    for name, adapter in fields.items():
-        for index in indexes:
-            counts = index.field_counts()
-            if index.samples and max(counts.get(e, 0) for e in adapter.extensions) < index.samples:
-                partial.append(name)
-                break
-    return partial
+    counts = [(index.samples, index.field_counts()) for index in indexes]  # O(shards) each
+    return [
+        name
+        for name, adapter in fields.items()
+        if any(n and max(c.get(e, 0) for e in adapter.extensions) < n for n, c in counts)
+    ]
 
 
 def _resolve_fields(
