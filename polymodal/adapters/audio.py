@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from polymodal.codecs.containers import (
     seek_to,
     stream_seconds,
 )
-from polymodal.perceiver.io import GridInput
+from polymodal.perceiver.io import GridInput, LogMelInput
 
 from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
 from .image import check_crop
@@ -63,6 +64,9 @@ class AudioAdapter(Adapter):
         crop: str = "center",
         dtype: str = "int16",
         max_seconds: float = 600.0,
+        shift: float = 0.0,
+        gain: tuple[float, float] | None = None,
+        noise: float = 0.0,
         extensions: list[str] | None = None,
         field: str | None = None,
     ) -> None:
@@ -78,14 +82,59 @@ class AudioAdapter(Adapter):
         self.crop = crop
         self.dtype = dtype
         self.max_seconds = max_seconds
+        if not (math.isfinite(shift) and 0 <= shift <= (duration or max_seconds)):
+            raise ValueError(f"shift must be in [0, duration] seconds, got {shift}")
+        if gain is not None and not (len(gain) == 2 and -60 <= gain[0] <= gain[1] <= 60):
+            raise ValueError(f"gain must be a [low, high] range of dB in [-60, 60], got {gain}")
+        if not (math.isfinite(noise) and 0 <= noise <= 1):
+            raise ValueError(f"noise must be in [0, 1] (a std, full scale 1), got {noise}")
+        self.shift, self.gain, self.noise = shift, gain, noise
 
     @property
     def uses_rng(self) -> bool:
-        return self.crop == "random"
+        return self.crop == "random" or bool(self.shift or self.gain or self.noise)
 
-    def encoder(self, samples_per_patch: int = 16, num_bands: int = 64) -> FieldInput:
-        """Samples scaled to [-1, 1], patches of `samples_per_patch`, Fourier positions."""
+    def encoder(
+        self,
+        samples_per_patch: int = 16,
+        num_bands: int = 64,
+        features: str = "waveform",
+        n_mels: int = 64,
+        hop: int = 160,
+        n_fft: int = 400,
+        patch: tuple[int, int] = (4, 16),
+        time_masks: int = 0,
+        time_width: int = 10,
+        freq_masks: int = 0,
+        freq_width: int = 8,
+    ) -> FieldInput:
+        """The waveform in [-1, 1] as patches of `samples_per_patch` samples
+        (`features="waveform"`), or its log-mel spectrogram computed on the device and cut into
+        `patch` = (frames, mel bins) patches (`features="logmel"`: `n_mels`, `hop`, `n_fft`, and
+        SpecAugment's `time_masks` / `freq_masks` bands of up to `time_width` frames /
+        `freq_width` bins while training); Fourier positions of `num_bands` either way."""
         scale = 1 / 32768 if self.dtype == "int16" else 1.0
+        if features == "logmel":
+            return FieldInput(
+                LogMelInput(
+                    sample_rate=self.sample_rate,
+                    channels=self.channels,
+                    n_mels=n_mels,
+                    hop=hop,
+                    n_fft=n_fft,
+                    patch=patch,
+                    num_bands=num_bands,
+                    scale=scale,
+                    time_masks=time_masks,
+                    time_width=time_width,
+                    freq_masks=freq_masks,
+                    freq_width=freq_width,
+                )
+            )
+        if features != "waveform":
+            raise ValueError(f"features must be 'waveform' or 'logmel', got {features!r}")
+        if time_masks or freq_masks:
+            raise ValueError("SpecAugment (time_masks, freq_masks) needs features='logmel'")
         module = GridInput(
             channels=self.channels,
             patch=(samples_per_patch,),
@@ -141,14 +190,37 @@ class AudioAdapter(Adapter):
             )
         if len(samples) == 0:
             raise ValueError("no audio samples")
+        offset = 0
+        if self.shift or self.gain or self.noise:
+            samples, offset = self._augment(samples, rng)
         if self.dtype == "float16":
             samples = samples.astype(np.float16)
-        if self.duration is None:
+        if self.duration is None and not offset:
             return Field(values=torch.from_numpy(samples), grid=(len(samples),))
-        length = round(self.duration * self.sample_rate)
+        length = len(samples) if self.duration is None else round(self.duration * self.sample_rate)
         values = torch.zeros(length, self.channels, dtype=getattr(torch, self.dtype))
-        values[: len(samples)] = torch.from_numpy(samples[:length])
+        begin, end = max(offset, 0), min(length, offset + len(samples))
+        if end > begin:
+            values[begin:end] = torch.from_numpy(samples[begin - offset : end - offset])
         mask = None
-        if len(samples) < length:
-            mask = torch.arange(length) < len(samples)
+        if (begin, end) != (0, length):
+            mask = (torch.arange(length) >= begin) & (torch.arange(length) < end)
         return Field(values=values, grid=(length,), mask=mask)
+
+    def _augment(
+        self, samples: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, int]:
+        """Gain (dB drawn from `gain`) and Gaussian noise (std drawn up to `noise`) on the real
+        samples, and where in the clip they start (a shift of up to ±`shift` seconds, zeros
+        filling the gap): draws from the sample's generator after the clip start's."""
+        if rng is None:
+            raise ValueError("audio augmentation needs the sample's generator")
+        offset = round(rng.uniform(-self.shift, self.shift) * self.sample_rate) if self.shift else 0
+        x = samples.astype(np.float32)
+        if self.gain:
+            x *= np.float32(10 ** (rng.uniform(*self.gain) / 20))
+        low, high = (-32768.0, 32767.0) if self.dtype == "int16" else (-1.0, 1.0)
+        if self.noise:
+            x += rng.normal(0, rng.uniform(0, self.noise) * high, x.shape).astype(np.float32)
+        x = x.clip(low, high)
+        return (x.round().astype(np.int16) if self.dtype == "int16" else x), offset

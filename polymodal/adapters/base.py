@@ -232,6 +232,8 @@ class Adapter:
     # The extensions whose members are this modality when a dataset does not say (None: all of
     # `extensions`). The audio adapter reads video containers, yet an `.mp4` is video.
     default_for: ClassVar[tuple[str, ...] | None] = None
+    # Whether mixup / cutmix may blend two samples' fields (not byte ids, labels or point sets).
+    mixable: ClassVar[bool] = True
 
     def __init__(self, extensions: Sequence[str] | None = None, field: str | None = None) -> None:
         if extensions is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from polymodal.codecs.images import (
     orient,
     to_rgb,
 )
-from polymodal.perceiver.io import GridInput
+from polymodal.perceiver.io import GridInput, ImageStemInput
 
 from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
 
@@ -66,13 +67,19 @@ class ImageAdapter(Adapter):
         size: int | tuple[int, int] | None = 224,
         crop_fraction: float = 0.875,
         crop: str = "center",
+        scale: tuple[float, float] | None = None,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: bool = False,
         max_pixels: int = 64 * 2**20,
         background: tuple[int, int, int] = (255, 255, 255),
         extensions: list[str] | None = None,
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
-        check_crop(crop, crop_fraction)
+        check_crop(crop, crop_fraction, scale, ratio)
+        if scale is not None and size is None:
+            raise ValueError("scale (a random resized crop) needs a size")
+        self.scale, self.ratio, self.flip = scale, ratio, flip
         self.size = size_pair(size)
         self.crop_fraction = crop_fraction
         self.crop = crop
@@ -81,10 +88,18 @@ class ImageAdapter(Adapter):
 
     @property
     def uses_rng(self) -> bool:
-        return self.crop == "random"
+        return self.crop == "random" or self.flip
 
-    def encoder(self, patch_size: int = 1, num_bands: int = 64) -> FieldInput:
-        """Pixels scaled to [-1, 1], `patch_size`² patches, Fourier positions of the grid."""
+    def encoder(
+        self, patch_size: int = 1, num_bands: int = 64, stem: bool = False, stem_channels: int = 64
+    ) -> FieldInput:
+        """Pixels scaled to [-1, 1], `patch_size`² patches, Fourier positions of the grid; or,
+        with `stem`, the Perceiver's convolutional stem (`stem_channels` features at a quarter
+        of the resolution) in place of patches."""
+        if stem:
+            return FieldInput(
+                ImageStemInput(out_channels=stem_channels, num_bands=num_bands, max_resolution=None)
+            )
         return FieldInput(
             GridInput(
                 channels=3,
@@ -115,6 +130,8 @@ class ImageAdapter(Adapter):
             pixels = self._decode_pillow(data)
         if self.size is not None:
             pixels = self._resize_crop(pixels, self.size, rng)
+        if flip_draw(self.flip, rng):
+            pixels = pixels.flip(1)
         return Field(values=pixels.reshape(-1, 3), grid=tuple(pixels.shape[:2]))
 
     def _check_pixels(self, w: int, h: int) -> None:
@@ -147,14 +164,18 @@ class ImageAdapter(Adapter):
     def _draft_reduction(self, w: int, h: int) -> int:
         """Largest DCT-domain reduction that leaves at least the resized size.
 
-        Taken over both orientations, since EXIF rotation may swap the axes after decoding.
+        Taken over both orientations, since EXIF rotation may swap the axes after decoding. A
+        random resized crop may cut its smallest, most elongated region, which is stretched most.
         """
         size = self.size
         if size is None:
             return 1
+        fraction = self.crop_fraction
+        if self.scale is not None:
+            fraction = math.sqrt(self.scale[0] * min(self.ratio[0], 1 / self.ratio[1]))
 
         def fits(r: int, w: int, h: int) -> bool:
-            scale = resize_scale(w, h, size, self.crop_fraction)
+            scale = resize_scale(w, h, size, fraction)
             return w // r >= w * scale and h // r >= h * scale
 
         return next((r for r in _DRAFT_REDUCTIONS if fits(r, w, h) and fits(r, h, w)), 1)
@@ -165,7 +186,9 @@ class ImageAdapter(Adapter):
         """Cut the crop's region out of the source, then resize only that region."""
         out_h, out_w = size
         h, w = pixels.shape[:2]
-        rw, rh, x0, y0 = crop_plan(w, h, size, self.crop_fraction, self.crop, rng)
+        rw, rh, x0, y0 = crop_plan(
+            w, h, size, self.crop_fraction, self.crop, rng, self.scale, self.ratio
+        )
         sx, sy = w / rw, h / rh  # resized → source coordinates
         left, top = round(x0 * sx), round(y0 * sy)
         right = min(w, max(left + 1, round((x0 + out_w) * sx)))
@@ -178,12 +201,24 @@ class ImageAdapter(Adapter):
         return resized[0].permute(1, 2, 0)
 
 
-def check_crop(crop: str, crop_fraction: float = 1.0) -> None:
+def check_crop(
+    crop: str,
+    crop_fraction: float = 1.0,
+    scale: tuple[float, float] | None = None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> None:
     """Validate crop options at construction, so a typo fails before any data is read."""
     if crop not in ("center", "random"):
         raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    if scale is not None:
+        if crop != "random":
+            raise ValueError("scale (a random resized crop) needs crop='random'")
+        if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale must be a [low, high] range of areas in (0, 1], got {scale}")
+        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1] and math.isfinite(ratio[1])):
+            raise ValueError(f"ratio must be a [low, high] range of aspect ratios, got {ratio}")
 
 
 def resize_scale(w: int, h: int, size: tuple[int, int], crop_fraction: float) -> float:
@@ -199,17 +234,60 @@ def crop_plan(
     crop_fraction: float,
     crop: str,
     rng: np.random.Generator | None,
+    scale: tuple[float, float] | None = None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[int, int, int, int]:
     """Resized `(width, height)` of a `w`×`h` frame, and the crop's `(x0, y0)` in it.
 
-    Shared by images and video frames so that both crop the same way; a random crop draws two
-    integers from the per-sample generator.
+    Shared by images and video frames so that both crop the same way. A random crop draws two
+    integers from the per-sample generator. With `scale`, it is a random *resized* crop
+    (Inception's, as torchvision's `RandomResizedCrop`): a region of `scale` of the frame's
+    area and `ratio` aspect (log-uniform), stretched to `size`; up to ten tries for a region
+    that fits, else the largest centred region of an allowed aspect.
     """
     out_h, out_w = size
-    scale = resize_scale(w, h, size, crop_fraction)
-    rw, rh = max(out_w, round(w * scale)), max(out_h, round(h * scale))
+    if scale is not None:
+        return _resized_crop_plan(w, h, size, scale, ratio, _generator(rng))
+    factor = resize_scale(w, h, size, crop_fraction)
+    rw, rh = max(out_w, round(w * factor)), max(out_h, round(h * factor))
     if crop == "random":
-        if rng is None:
-            raise ValueError("a random crop needs the sample's generator")
+        rng = _generator(rng)
         return rw, rh, int(rng.integers(0, rw - out_w + 1)), int(rng.integers(0, rh - out_h + 1))
     return rw, rh, (rw - out_w) // 2, (rh - out_h) // 2
+
+
+def _generator(rng: np.random.Generator | None) -> np.random.Generator:
+    if rng is None:
+        raise ValueError("a random crop needs the sample's generator")
+    return rng
+
+
+def _resized_crop_plan(
+    w: int,
+    h: int,
+    size: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """The source region of a random resized crop, as the plan `crop_plan` returns."""
+    for _ in range(10):
+        area = w * h * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            break
+    else:
+        aspect = min(max(w / h, ratio[0]), ratio[1])
+        cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
+        left, top = (w - cw) // 2, (h - ch) // 2
+    out_h, out_w = size
+    sx, sy = out_w / cw, out_h / ch  # source → resized
+    rw, rh = max(out_w, round(w * sx)), max(out_h, round(h * sy))
+    return rw, rh, min(round(left * sx), rw - out_w), min(round(top * sy), rh - out_h)
+
+
+def flip_draw(flip: bool, rng: np.random.Generator | None) -> bool:
+    """Whether to mirror this sample (half the time when `flip`): one draw, after the crop's."""
+    return flip and bool(_generator(rng).random() < 0.5)

@@ -24,6 +24,7 @@ class LabelAdapter(Adapter):
     """
 
     extensions = ("cls", "txt", "json")
+    mixable = False
     default_for = ("cls",)
 
     def __init__(

@@ -26,6 +26,7 @@ class PointCloudAdapter(Adapter):
     """
 
     extensions = ("npy", "npz", "ply", "off", "xyz", "pts")
+    mixable = False
     default_for = ("npz", "ply", "off", "xyz", "pts")  # `npy` may be token ids too
 
     def __init__(

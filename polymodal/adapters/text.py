@@ -50,6 +50,7 @@ class TextAdapter(Adapter):
     """
 
     extensions = ("txt", "text", "npy", "json")
+    mixable = False
     default_for = ("txt", "text")
 
     def __init__(

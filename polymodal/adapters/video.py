@@ -18,10 +18,10 @@ from polymodal.codecs.containers import (
     stream_seconds,
 )
 from polymodal.codecs.video import check_pixels, convert_once, frames_at, upright_rgb, upright_size
-from polymodal.perceiver.io import GridInput
+from polymodal.perceiver.io import GridInput, ImageStemInput
 
 from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
-from .image import check_crop, crop_plan, size_pair
+from .image import check_crop, crop_plan, flip_draw, size_pair
 
 
 @register("video")
@@ -48,12 +48,18 @@ class VideoAdapter(Adapter):
         size: int | tuple[int, int] | None = 112,
         crop_fraction: float = 1.0,
         crop: str = "center",
+        scale: tuple[float, float] | None = None,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: bool = False,
         max_pixels: int = 8192 * 4320,
         extensions: list[str] | None = None,
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
-        check_crop(crop, crop_fraction)
+        check_crop(crop, crop_fraction, scale, ratio)
+        if scale is not None and size is None:
+            raise ValueError("scale (a random resized crop) needs a size")
+        self.scale, self.ratio, self.flip = scale, ratio, flip
         if num_frames < 1:
             raise ValueError(f"num_frames must be positive, got {num_frames}")
         self.num_frames = num_frames
@@ -65,10 +71,24 @@ class VideoAdapter(Adapter):
 
     @property
     def uses_rng(self) -> bool:
-        return self.crop == "random"
+        return self.crop == "random" or self.flip
 
-    def encoder(self, patch: tuple[int, int, int] = (1, 4, 4), num_bands: int = 32) -> FieldInput:
-        """Pixels scaled to [-1, 1], space-time patches, Fourier positions of the patch grid."""
+    def encoder(
+        self,
+        patch: tuple[int, int, int] = (1, 4, 4),
+        num_bands: int = 32,
+        stem: bool = False,
+        stem_channels: int = 64,
+    ) -> FieldInput:
+        """Pixels scaled to [-1, 1], space-time patches, Fourier positions of the patch grid;
+        or, with `stem`, every frame through the Perceiver's convolutional stem
+        (`stem_channels` features at a quarter of the resolution) in place of patches."""
+        if stem:
+            return FieldInput(
+                ImageStemInput(
+                    out_channels=stem_channels, num_bands=num_bands, max_resolution=None, dims=3
+                )
+            )
         return FieldInput(GridInput(channels=3, patch=patch, num_bands=num_bands))
 
     @plain_errors()
@@ -135,9 +155,14 @@ class VideoAdapter(Adapter):
                 if self.size is None:
                     plan = (w, h, 0, 0, w, h)
                 else:
-                    rw, rh, x0, y0 = crop_plan(w, h, self.size, self.crop_fraction, self.crop, rng)
+                    rw, rh, x0, y0 = crop_plan(
+                        w, h, self.size, self.crop_fraction, self.crop, rng, self.scale, self.ratio
+                    )
                     plan = (rw, rh, x0, y0, self.size[1], self.size[0])
             rw, rh, x0, y0, out_w, out_h = plan
             return upright_rgb(frame, rw, rh)[y0 : y0 + out_h, x0 : x0 + out_w]
 
-        return list(convert_once(frames, convert))
+        pixels = list(convert_once(frames, convert))
+        if pixels and flip_draw(self.flip, rng):  # one draw per clip, after the crop's
+            pixels = [np.ascontiguousarray(p[:, ::-1]) for p in pixels]
+        return pixels

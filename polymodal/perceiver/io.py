@@ -118,6 +118,112 @@ class GridInput(nn.Module):
         return FactoredInputs(tokens, pos), patch_mask(mask, grid, self.patch)
 
 
+def spec_augment(
+    x: torch.Tensor,
+    *,
+    time_masks: int,
+    time_width: int,
+    freq_masks: int,
+    freq_width: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SpecAugment's masking (Park et al. 2019) of spectrograms `[B, T, F, C]`: per sample,
+    `time_masks` bands of 1 to `time_width` frames and `freq_masks` bands of 1 to
+    `freq_width` mel bins set to zero (the mean of a standardised log-mel). Draws on the CPU
+    from `generator`, else torch's global generator, which the trainer seeds per step, so a
+    resumed run masks the same bands."""
+    batch, frames, bins = x.shape[:3]
+    keep = torch.ones(batch, frames, bins, dtype=torch.bool)
+    for count, width, size, axis in (
+        (time_masks, time_width, frames, 1),
+        (freq_masks, freq_width, bins, 2),
+    ):
+        for _ in range(count):
+            widths = torch.randint(1, min(width, size) + 1, (batch,), generator=generator)
+            starts = (torch.rand(batch, generator=generator) * (size - widths + 1)).long()
+            at = torch.arange(size)
+            band = (at >= starts[:, None]) & (at < (starts + widths)[:, None])  # [B, size]
+            keep &= ~(band[:, :, None] if axis == 1 else band[:, None, :])
+    return x * keep.to(x.device)[..., None]
+
+
+class LogMelInput(nn.Module):
+    """Waveform samples `[B, L, C]` → log-mel spectrogram on the device (torchaudio's
+    `MelSpectrogram`), standardised per sample, masked by SpecAugment while training, and cut
+    into `(time, mel)` patches with Fourier positions of the patch grid.
+
+    The loader still ships the compact int16 waveform; the spectrogram is computed here, in
+    float32 even under bf16 autocast. Frames past the last whole time patch are dropped; a
+    frame is real (mask) where its first sample is.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int,
+        channels: int = 1,
+        n_mels: int = 64,
+        hop: int = 160,
+        n_fft: int = 400,
+        patch: Sequence[int] = (4, 16),
+        num_bands: int = 32,
+        scale: float = 1 / 32768,
+        time_masks: int = 0,
+        time_width: int = 10,
+        freq_masks: int = 0,
+        freq_width: int = 8,
+    ) -> None:
+        super().__init__()
+        import torchaudio  # only runs that ask for spectrograms pay for the import
+
+        if len(patch) != 2 or n_mels % patch[1]:
+            raise ValueError(f"patch must be (frames, mel bins) dividing n_mels={n_mels}: {patch}")
+        if min(n_mels, hop, n_fft, time_width, freq_width, *patch) < 1:
+            raise ValueError("n_mels, hop, n_fft, the patch and the mask widths must be positive")
+        if min(time_masks, freq_masks) < 0:
+            raise ValueError("time_masks and freq_masks must be at least 0")
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels
+        )
+        self.hop, self.patch, self.scale = hop, tuple(patch), scale
+        self.masks: dict[str, Any] = {
+            "time_masks": time_masks,
+            "time_width": time_width,
+            "freq_masks": freq_masks,
+            "freq_width": min(freq_width, n_mels),
+        }
+        self.positions = FourierPositions(num_bands=num_bands)
+        self.channels = channels * math.prod(self.patch) + self.positions.channels(2)
+
+    def spectrogram(self, values: torch.Tensor) -> torch.Tensor:
+        """Standardised log-mel `[B, T, n_mels, C]` of samples `[B, L, C]`."""
+        with torch.autocast(values.device.type, enabled=False):
+            mel = self.mel(values.float().transpose(1, 2) * self.scale)  # [B, C, n_mels, T]
+            logmel = (mel + 1e-6).log().permute(0, 3, 2, 1)
+            frames = logmel.shape[1] // self.patch[0] * self.patch[0]
+            logmel = logmel[:, :frames]
+            mean = logmel.mean(dim=(1, 2, 3), keepdim=True)
+            std = logmel.std(dim=(1, 2, 3), keepdim=True)
+            return (logmel - mean) / (std + 1e-5)
+
+    def forward(
+        self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
+    ) -> tuple[Tokens, torch.Tensor | None]:
+        x = self.spectrogram(values)
+        if self.training and (self.masks["time_masks"] or self.masks["freq_masks"]):
+            x = spec_augment(x, **self.masks)
+        batch, frames, bins, channels = x.shape
+        tokens = patchify(x.reshape(batch, frames * bins, channels), (frames, bins), self.patch)
+        cells = (frames // self.patch[0], bins // self.patch[1])
+        pos = self.positions(cells, tokens.device)
+        if mask is not None:
+            starts = (torch.arange(frames, device=mask.device) * self.hop).clamp(max=grid[0] - 1)
+            real = mask[:, starts]  # a frame is real where its first sample is
+            elements = real[:, :, None].expand(-1, -1, bins).reshape(batch, -1)
+            mask = patch_mask(elements, (frames, bins), self.patch)
+        return FactoredInputs(tokens, pos), mask
+
+
 class FramePairInput(nn.Module):
     """Two frames of per-pixel features (optical flow: each pixel's 3×3 neighbourhood, 27
     channels) → one token per pixel: both frames' features, a linear map to `out_channels`,
@@ -153,7 +259,10 @@ class ImageStemInput(nn.Module):
     """Images through a convolutional stem, then positions concatenated: the reference's
     `"conv"` preprocessing (7×7 stride-2 convolution, batch norm, ReLU, 3×3 stride-2 max
     pool: 4× smaller, Fourier positions) and `"conv1x1"` (a 1×1 convolution to `out_channels`,
-    learned positions of `position_channels`, linearly projected)."""
+    learned positions of `position_channels`, linearly projected). With `dims=3` the grid is
+    video `(T, H, W)`: every frame goes through the stem, and positions are those of
+    `(T, h, w)`. A stem is the local inductive bias (edges, strokes) that pixel patches lack,
+    which small datasets cannot teach."""
 
     def __init__(
         self,
@@ -162,14 +271,17 @@ class ImageStemInput(nn.Module):
         in_channels: int = 3,
         out_channels: int = 64,
         num_bands: int = 64,
-        max_resolution: Sequence[int] = (56, 56),
+        max_resolution: Sequence[int] | None = (56, 56),
         learned_positions: int | None = None,
         position_channels: int = 256,
         scale: float = 2 / 255,
         offset: float = -1.0,
+        dims: int = 2,
     ) -> None:
         super().__init__()
-        self.kind, self.scale, self.offset = kind, scale, offset
+        if dims not in (2, 3):
+            raise ValueError(f"dims must be 2 (images) or 3 (video frames), got {dims}")
+        self.kind, self.scale, self.offset, self.dims = kind, scale, offset, dims
         if kind == "conv":
             self.conv = nn.Conv2d(in_channels, out_channels, 7, stride=2, padding=3, bias=False)
             self.batchnorm = nn.BatchNorm2d(out_channels)
@@ -186,27 +298,30 @@ class ImageStemInput(nn.Module):
             pos_channels = position_channels
         else:
             self.positions = FourierPositions(num_bands=num_bands, max_resolution=max_resolution)
-            pos_channels = self.positions.channels(2)
+            pos_channels = self.positions.channels(dims)
         self.channels = out_channels + pos_channels
 
     def forward(
         self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch = values.shape[0]
-        x = (values.float() * self.scale + self.offset).view(batch, *grid, -1).permute(0, 3, 1, 2)
-        x = self.conv(x)
+        batch, frames = values.shape[0], grid[0] if self.dims == 3 else 1
+        pixels = (values.float() * self.scale + self.offset).view(batch * frames, *grid[-2:], -1)
+        x = self.conv(pixels.permute(0, 3, 1, 2))
         if self.kind == "conv":
             x = self.pool(F.relu(self.batchnorm(x)))
         height, width = x.shape[-2:]
-        tokens = x.permute(0, 2, 3, 1).reshape(batch, height * width, -1)
+        tokens = x.permute(0, 2, 3, 1).reshape(batch, frames * height * width, -1)
         if isinstance(self.positions, LearnedPositions):
-            pos = self.projection(self.positions(height * width))
+            pos = self.projection(self.positions(tokens.shape[1]))
         else:
-            pos = self.positions((height, width), tokens.device)
+            cells = (frames, height, width) if self.dims == 3 else (height, width)
+            pos = self.positions(cells, tokens.device)
         tokens = torch.cat([tokens, pos.to(tokens.dtype).expand(batch, -1, -1)], dim=-1)
         if mask is not None:  # a stem output is real where the nearest input pixel is
-            small = F.interpolate(mask.view(batch, 1, *grid).float(), size=(height, width))
-            mask = small.flatten(1) > 0
+            small = F.interpolate(
+                mask.view(batch * frames, 1, *grid[-2:]).float(), size=(height, width)
+            )
+            mask = small.view(batch, -1) > 0
         return tokens, mask
 
 
