@@ -67,6 +67,22 @@ class OptimConfig:
     grad_clip: float = 1.0
     accumulate: int = 1
     head_lr: float = 0.0  # with init: the learning rate of tensors not loaded (0: lr)
+    # kinds of parameters left out of weight decay (see `optim.decay_kind`); [] decays all
+    no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "latent", "embedding"])
+    ema: float = 0.0  # decay of an exponential moving average of the weights, used to
+    # evaluate and saved with them (0: off; 0.999 is usual)
+
+
+@dataclass
+class AugmentConfig:
+    """Per-batch augmentation of classification runs (`pipelines.augment`); all off by default.
+    Decode-time augmentation (crops, flips, audio shift / gain / noise) is set per field in its
+    adapter's options, SpecAugment in the audio field's log-mel encoder."""
+
+    mixup: float = 0.0  # α of Beta(α, α) for mixup (0: off; 0.2 to 0.8 is usual)
+    cutmix: float = 0.0  # α for cutmix (0: off; 1.0 is usual); with mixup, one or the other
+    probability: float = 1.0  # share of batches mixed
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -76,6 +92,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: EncoderConfig = field(default_factory=EncoderConfig)  # the Perceiver's sizes
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     task: str = "classification"  # classification | multilabel | autoencode | mlm
     loss_weights: dict[str, float] = field(default_factory=dict)  # autoencode: per field
     subsample: int = 2048  # autoencode: output queries per field per training step
@@ -83,6 +100,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int = 0  # 0: epochs decide
     precision: str = "fp32"  # fp32 | bf16
+    compile: bool = False  # train the model under torch.compile
     seed: int = 0  # orders the data and initialises the model, unless one of these says otherwise:
     model_seed: int | None = None  # None: `seed`
     init: str = ""  # initial weights: hf:NAME, a folder, a .safetensors, a .pt or a run
@@ -128,11 +146,33 @@ class TrainConfig:
             )
         for name, spec in self.data.fields.items():
             check_field(f"data.fields.{name}", spec)
+        self._check_augment()
         return self.resolve_seeds()
+
+    def _check_augment(self) -> None:
+        from polymodal.adapters import get
+
+        from .optim import DECAY_KINDS
+
+        unknown = [kind for kind in self.optim.no_decay if kind not in DECAY_KINDS]
+        if unknown:
+            raise ConfigError(
+                f"optim.no_decay: unknown kinds {unknown} (known: {', '.join(DECAY_KINDS)})"
+            )
+        a = self.augment
+        mixing = [name for name in ("mixup", "cutmix") if getattr(a, name)]
+        if (mixing or a.label_smoothing) and self.task not in ("classification", "multilabel"):
+            which = mixing[0] if mixing else "label_smoothing"
+            raise ConfigError(f"augment.{which}: only classification tasks mix targets")
+        for name, spec in self.data.fields.items():
+            if mixing and not get(spec.adapter).mixable:
+                raise ConfigError(
+                    f"augment.{mixing[0]}: data.fields.{name} ({spec.adapter}) cannot be mixed"
+                )
 
     def _ranges(self) -> list[tuple[str, Any, bool, str]]:
         """(field, value, whether it is in range, the range in words) for every number."""
-        d, o, m = self.data, self.optim, self.model
+        d, o, m, a = self.data, self.optim, self.model, self.augment
 
         def positive(x: float) -> bool:
             return math.isfinite(x) and x > 0
@@ -160,6 +200,16 @@ class TrainConfig:
             ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, "positive"),
             ("run_dir", self.run_dir, bool(self.run_dir.strip()), "a folder"),
             ("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
+            ("optim.ema", o.ema, 0 <= o.ema < 1, "in [0, 1) (0: off)"),
+            ("augment.mixup", a.mixup, non_negative(a.mixup), "at least 0 (0: off)"),
+            ("augment.cutmix", a.cutmix, non_negative(a.cutmix), "at least 0 (0: off)"),
+            ("augment.probability", a.probability, 0 < a.probability <= 1, "in (0, 1]"),
+            (
+                "augment.label_smoothing",
+                a.label_smoothing,
+                0 <= a.label_smoothing < 1,
+                "in [0, 1)",
+            ),
         ]
         for name, weight in self.loss_weights.items():
             checks.append((f"loss_weights.{name}", weight, non_negative(weight), "at least 0"))
@@ -203,9 +253,9 @@ def check_field(where: str, spec: FieldConfig) -> None:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}.options: {exc}") from None
     if spec.encoder:
-        try:
-            inspect.signature(adapter.encoder).bind(**spec.encoder)
-        except TypeError as exc:
+        try:  # built once here (cheap), so that a bad value fails at load
+            adapter.encoder(**spec.encoder)
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}.encoder: {exc}") from None
 
 

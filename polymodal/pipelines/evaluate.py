@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from polymodal.adapters import Batch, DecodeError, collate
 from polymodal.datasets.files import atomic_open, is_remote, write_atomic
@@ -61,11 +62,23 @@ def evaluation_pass(
     world: int = 1,
     device: torch.device | str = "cpu",
     collect: bool = False,
+    progress: bool = False,
 ) -> Evaluation:
-    """Every sample of `stream` for this rank exactly once (padding repeats dropped)."""
+    """Every sample of `stream` for this rank exactly once (padding repeats dropped), under a
+    progress bar over its batches when `progress`."""
     model.eval()
     out = Evaluation()
-    for batch, _, skips in stream.worker_batches(0, rank, world):
+    batches = stream.worker_batches(0, rank, world)
+    bar = tqdm(
+        batches,
+        total=stream.batches_per_epoch(world),
+        desc="validation",
+        unit="batch",
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for batch, _, skips in bar:
         out.skipped += [s for s in skips if s.samples]
         if batch is None:
             raise StreamError("evaluation: not one sample could be read and decoded")

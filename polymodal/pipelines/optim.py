@@ -1,11 +1,66 @@
-"""Optimisers the trainer offers beyond torch's: LAMB (You et al. 2019), the large-batch
-optimiser the Perceiver papers trained with."""
+"""Optimisers the trainer offers beyond torch's, LAMB (You et al. 2019), the large-batch
+optimiser the Perceiver papers trained with, and which parameters weight decay leaves alone."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
+from torch import nn
+
+from polymodal.perceiver.position import LearnedPositions
+
+# What weight decay should not pull towards zero: scales and shifts of normalisation layers,
+# biases, the latent array, and learned position / query / modality embeddings (a lookup table
+# decayed towards zero forgets rarely seen rows). The usual exemptions (timm's, the Perceiver
+# papers'); a `Linear` or convolution weight is always decayed.
+DECAY_KINDS = ("norm", "bias", "latent", "embedding")
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+_EMBEDDING_NAMES = ("padding", "mask_tokens", "table")  # per-modality padding, learned queries
+
+
+def decay_kind(model: nn.Module, name: str) -> str | None:
+    """The kind (one of `DECAY_KINDS`) of parameter `name` of `model`, None for a weight that
+    decays."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    if isinstance(owner, _NORMS):
+        return "norm"
+    if leaf == "bias":
+        return "bias"
+    if leaf == "latents":
+        return "latent"
+    parent_leaf = owner_name.rpartition(".")[2]
+    if (
+        isinstance(owner, (nn.Embedding, LearnedPositions))
+        or leaf in _EMBEDDING_NAMES
+        or (isinstance(owner, nn.ParameterDict) and parent_leaf in _EMBEDDING_NAMES)
+    ):
+        return "embedding"
+    return None
+
+
+def decay_groups(
+    model: nn.Module,
+    groups: list[dict],
+    weight_decay: float,
+    no_decay: Iterable[str],
+) -> list[dict]:
+    """Each parameter group split in two: the tensors that decay at `weight_decay`, and those
+    of the `no_decay` kinds at 0 (empty halves dropped)."""
+    exempt = set(no_decay)
+    kinds = {id(p): decay_kind(model, name) for name, p in model.named_parameters()}
+    out = []
+    for group in groups:
+        params = group["params"]
+        decayed = [p for p in params if kinds[id(p)] not in exempt]
+        kept = [p for p in params if kinds[id(p)] in exempt]
+        out += [
+            {**group, "params": half, "weight_decay": decay}
+            for half, decay in ((decayed, weight_decay), (kept, 0.0))
+            if half
+        ]
+    return out
 
 
 class Lamb(torch.optim.Optimizer):

@@ -32,6 +32,7 @@ from polymodal.perceiver import (
 )
 from polymodal.perceiver.io import patchify
 
+from .augment import mix_batch
 from .config import ConfigError, TrainConfig
 from .stream import Stream
 
@@ -66,7 +67,11 @@ class Task:
     def model(self) -> nn.Module:
         raise NotImplementedError
 
-    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
+        """The training loss of a batch; `rng` (seeded per step by the trainer) draws the
+        per-batch augmentation, none without it."""
         raise NotImplementedError
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
@@ -109,11 +114,21 @@ class ClassificationTask(Task):
         values = batch[TARGET].values[:, 0]
         return values.float() if self.multi_label else values[:, 0]
 
-    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
+        augment = self.config.augment
+        targets = self.targets(batch)
+        if rng is not None and (augment.mixup or augment.cutmix):
+            if not self.multi_label:
+                targets = F.one_hot(targets, self.config.data.num_classes).float()
+            batch, targets = mix_batch(batch, self.inputs, targets, augment, rng)
         logits = net(model_inputs(batch, self.inputs)).float()
+        smoothing = augment.label_smoothing
         if self.multi_label:
-            return F.binary_cross_entropy_with_logits(logits, self.targets(batch))
-        return F.cross_entropy(logits, self.targets(batch))
+            targets = targets * (1 - smoothing) + smoothing / 2
+            return F.binary_cross_entropy_with_logits(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
 
     def scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return model(model_inputs(batch, self.inputs)).float(), self.targets(batch)
@@ -195,7 +210,9 @@ class AutoencodeTask(Task):
             inputs=inputs, encoder=self.config.model, decoder=decoder, heads=heads
         )
 
-    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
         indices = {
             n: torch.randperm(o.queries.length)[: self.config.subsample]
             for n, o in self.outputs.items()
@@ -256,7 +273,9 @@ class MaskedLMTask(Task):
         chosen = real & (draw < self.config.mask_probability)
         return ids.masked_fill(chosen, MASK), ids, chosen, field.mask
 
-    def loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
         masked, ids, chosen, mask = self._masked(batch)
         logits = net(masked, mask)
         return F.cross_entropy(logits[chosen].float(), ids[chosen])

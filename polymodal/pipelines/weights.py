@@ -87,9 +87,12 @@ def run_config(checkpoint: Path) -> TrainConfig:
 
 
 def model_state(run_or_checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The model weights of a run or checkpoint."""
+    """The model weights of a run or checkpoint: their moving average where the run kept one
+    (`optim.ema`), since that is what it evaluated."""
     path = checkpoint_path(run_or_checkpoint)
     state = load_checkpoint(path)
+    if isinstance(state.get("ema"), dict) and isinstance(state["ema"].get("weights"), dict):
+        return state["ema"]["weights"]
     if "model" not in state or not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: not a polymodal checkpoint (no model weights)")
     return state["model"]
