@@ -37,13 +37,41 @@ def data(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def _toml(data: Path, run_dir: Path, **top: object) -> str:
+# every decode-time and per-batch augmentation, and a moving average of the weights
+AUGMENTED = {
+    "options = {num_frames = 4, fps = 4.0, size = 16}": (
+        'options = {num_frames = 4, fps = 4.0, size = 16, crop = "random", scale = [0.5, 1.0],'
+        " flip = true}"
+    ),
+    "options = {sample_rate = 8000, duration = 0.5}": (
+        "options = {sample_rate = 8000, duration = 0.5, shift = 0.1, gain = [-3.0, 3.0],"
+        " noise = 0.01}"
+    ),
+    "encoder = {samples_per_patch = 200, num_bands = 4}": (
+        'encoder = {features = "logmel", n_mels = 32, patch = [4, 8], num_bands = 4,'
+        " time_masks = 2, freq_masks = 2}"
+    ),
+    "warmup_steps = 2": (
+        "warmup_steps = 2\nema = 0.9\n[augment]\nmixup = 0.4\ncutmix = 1.0\nlabel_smoothing = 0.1"
+    ),
+}
+
+
+def _toml(data: Path, run_dir: Path, augmented: bool = False, **top: object) -> str:
+    """A small audio+video run; `augmented`: with every augmentation switched on."""
     head = "\n".join(f"{k} = {json.dumps(v)}" for k, v in top.items())
-    return head + textwrap.dedent(f"""
+    text = head + _BODY.format(train=data / "train", val=data / "val", run_dir=run_dir)
+    for plain, augmentation in AUGMENTED.items() if augmented else ():
+        assert plain in text
+        text = text.replace(plain, augmentation)
+    return text
+
+
+_BODY = textwrap.dedent("""
         run_dir = "{run_dir}"
         [data]
-        train = "{data / "train"}"
-        val = "{data / "val"}"
+        train = "{train}"
+        val = "{val}"
         num_classes = 2
         batch_size = 8
         [data.fields.video]
@@ -64,7 +92,7 @@ def _toml(data: Path, run_dir: Path, **top: object) -> str:
         [optim]
         lr = 0.003
         warmup_steps = 2
-    """)
+""")
 
 
 def test_invalid_configs_fail_naming_the_field(tmp_path, data):
@@ -100,23 +128,25 @@ def test_training_learns_and_writes_its_run(tmp_path, data):
     assert 0 <= summary["data_wait"] <= 1
     assert json.loads((run / "summary.json").read_text())["steps"] == summary["steps"]
     assert json.loads((run / "config.json").read_text())["epochs"] == 6
-    assert (run / "loss.png").stat().st_size > 1000
+    assert (run / "metrics.png").stat().st_size > 1000
     assert len(list((run / "checkpoints").glob("step-*.pt"))) <= 2  # rotated
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert best["best"] == max(r["val_accuracy"] for r in records if "val_accuracy" in r)
 
 
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+def _final_weights(run: Path, part: str = "model") -> dict[str, torch.Tensor]:
     last = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
-    return torch.load(last, weights_only=True)["model"]
+    state = torch.load(last, weights_only=True)
+    return state["model"] if part == "model" else state["ema"]["weights"]
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, data):
+@pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, data, augmented):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     for run in (reference, killed):
         (tmp_path / f"{run.name}.toml").write_text(
-            _toml(data, run, max_steps=14, checkpoint_every=3, epochs=4)
+            _toml(data, run, augmented, max_steps=14, checkpoint_every=3, epochs=4)
         )
     command = [sys.executable, "-m", "polymodal", "train"]
     subprocess.run([*command, str(tmp_path / "reference.toml")], check=True, capture_output=True)
@@ -135,10 +165,24 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, data)
     subprocess.run(
         [*command, str(tmp_path / "killed.toml"), "--resume"], check=True, capture_output=True
     )
-    want, got = _final_weights(reference), _final_weights(killed)
-    assert want.keys() == got.keys()
-    assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
+    for part in ("model", "ema") if augmented else ("model",):
+        want, got = _final_weights(reference, part), _final_weights(killed, part)
+        assert want.keys() == got.keys()
+        assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
     assert json.loads((killed / "summary.json").read_text())["steps"] == 14
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_loss_curve(tmp_path, data):
+    losses = {}
+    for compiled in (False, True):
+        run = tmp_path / f"run-{compiled}"
+        path = tmp_path / f"{compiled}.toml"
+        path.write_text(_toml(data, run, max_steps=4, compile=compiled, eval_every_epoch=False))
+        Trainer(load_config(path), progress=False).run()
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[compiled] = [r["loss"] for r in records if "loss" in r]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
 
 @pytest.mark.slow
