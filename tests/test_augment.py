@@ -243,3 +243,23 @@ def test_text_fields_cannot_be_mixed(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"augment\.mixup: data\.fields\.text \(text\) cannot"):
         load_config(path)
+
+
+def test_a_video_stem_runs_each_frame_through_the_image_stem():
+    frames = np.stack([photo(i, 64) for i in range(3)])
+    clip = get("video")(num_frames=3, fps=8.0, size=32).decode(
+        {"mp4": encode_media("mp4", frames, fps=8)}
+    )
+    batch = collate([{"__key__": "a", "video": clip}])
+    torch.manual_seed(0)
+    video = get("video")(num_frames=3, size=32).encoder(stem=True, stem_channels=8).eval()
+    tokens, mask = video(batch["video"])
+    image = get("image")(size=32).encoder(stem=True, stem_channels=8).eval()
+    image.load_state_dict(video.state_dict())
+    per_frame = clip.values.view(3, 32 * 32, 3)
+    cells = tokens.shape[1] // 3
+    for t in range(3):
+        alone, _ = image(Field(per_frame[t][None], grid=(32, 32)))
+        # the same features (the first 8 channels); positions differ: (T, h, w) against (h, w)
+        assert torch.allclose(tokens[0, t * cells : (t + 1) * cells, :8], alone[0, :, :8])
+    assert mask.shape == tokens.shape[:2] and mask.all()

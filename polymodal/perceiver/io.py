@@ -182,9 +182,10 @@ class LogMelInput(nn.Module):
             raise ValueError("n_mels, hop, n_fft, the patch and the mask widths must be positive")
         if min(time_masks, freq_masks) < 0:
             raise ValueError("time_masks and freq_masks must be at least 0")
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels
-        )
+        with torch.device("cpu"):  # its filter bank checks itself, which a meta tensor cannot
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels
+            )
         self.hop, self.patch, self.scale = hop, tuple(patch), scale
         self.masks: dict[str, Any] = {
             "time_masks": time_masks,

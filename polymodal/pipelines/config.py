@@ -67,7 +67,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     accumulate: int = 1
     head_lr: float = 0.0  # with init: the learning rate of tensors not loaded (0: lr)
-    # kinds of parameters left out of weight decay (see `optim.decay_kind`); [] decays all
+    # kinds of parameters left out of weight decay (see `pipelines.optim.decay_kind`); [] decays all
     no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "latent", "embedding"])
     ema: float = 0.0  # decay of an exponential moving average of the weights, used to
     # evaluate and saved with them (0: off; 0.999 is usual)
@@ -146,10 +146,10 @@ class TrainConfig:
             )
         for name, spec in self.data.fields.items():
             check_field(f"data.fields.{name}", spec)
-        self._check_augment()
+        self._check_decay_and_augment()
         return self.resolve_seeds()
 
-    def _check_augment(self) -> None:
+    def _check_decay_and_augment(self) -> None:
         from polymodal.adapters import get
 
         from .optim import DECAY_KINDS

@@ -7,9 +7,10 @@ atomically every `checkpoint_every` steps and on SIGTERM/SIGINT; the last K are 
 train loss, validation metrics and samples/s. A checkpoint holds the model (and its moving
 average, with `optim.ema`), optimiser, scheduler, step, RNG states and the stream's state, so
 `resume=True` continues exactly: on CPU a run killed and resumed ends with the weights of an
-uninterrupted one. A checkpoint that does not load (cut
-short by a full disk, damaged) is passed over for the newest one that does, saying so; the
-temporaries of killed checkpoint writes are removed when a run starts.
+uninterrupted one, augmentation included (every step's randomness is seeded from the run's
+seed, the step and the rank). A checkpoint that does not load (cut short by a full disk,
+damaged) is passed over for the newest one that does, saying so; the temporaries of killed
+checkpoint writes are removed when a run starts.
 
 Before the model is built, the datasets are checked against the config: each must exist and
 hold the members its fields and the label read, and the run directory must lie outside them
