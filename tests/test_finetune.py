@@ -106,7 +106,8 @@ def test_fine_tuning_on_new_classes_loads_the_trunk(runs, tmp_path, capsys):
     report = trainer.init_report
     assert report.reinitialised and all("decoder" in n for n in report.reinitialised)
     assert "encoder.latents" in report.loaded
-    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.01, 0.05]
+    groups = [(g["lr"], g["weight_decay"] > 0) for g in trainer.optimizer.param_groups]
+    assert groups == [(0.01, True), (0.01, False), (0.05, True), (0.05, False)]  # decay apart
     frozen = {k: v.clone() for k, v in state.items() if k.startswith("encoder.cross_attends")}
     assert frozen and all(
         not p.requires_grad

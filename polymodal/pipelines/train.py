@@ -25,6 +25,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -423,7 +424,7 @@ class Trainer:
         if self.rank:
             return
         if self.progress:
-            bar.write(line)
+            bar.write(line, file=sys.stderr)  # stdout is for results (`--json`)
         else:
             log.info("%s", line)
 
