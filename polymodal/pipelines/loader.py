@@ -69,9 +69,10 @@ def _restore_sigchld(previous: Any) -> None:
         signal.signal(signal.SIGCHLD, previous)
 
 
-def _a_worker_died(iterator: Any, wait: float = 2.0) -> bool:
+def _a_worker_died(iterator: Any, wait: float = 10.0) -> bool:
     """Whether one of a DataLoader iterator's workers has exited (a worker killed while it
-    sends a batch shows first as a broken queue, before it is reaped)."""
+    sends a batch shows first as a broken queue or a reset connection, before it is reaped;
+    on a loaded machine its exit can take seconds: 2 s was seen to be too short in CI)."""
     workers = getattr(iterator, "_workers", [])
     deadline = time.monotonic() + wait
     while True:
