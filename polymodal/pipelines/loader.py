@@ -71,8 +71,9 @@ def _restore_sigchld(previous: Any) -> None:
 
 def _a_worker_died(iterator: Any, wait: float = 10.0) -> bool:
     """Whether one of a DataLoader iterator's workers has exited (a worker killed while it
-    sends a batch shows first as a broken queue or a reset connection, before it is reaped;
-    on a loaded machine its exit can take seconds: 2 s was seen to be too short in CI)."""
+    sends a batch shows first as a broken queue or a reset connection, before it is reaped).
+    The wait is long because the exit of a process that holds torch can take seconds on a
+    loaded machine: with 2 s, CI once reported such a reset as a crash."""
     workers = getattr(iterator, "_workers", [])
     deadline = time.monotonic() + wait
     while True:
