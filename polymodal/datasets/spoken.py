@@ -137,7 +137,7 @@ def make_spoken_digits(
 ) -> Path:
     """`samples` samples (classes in turn) as `folder/WORD/KEY.mp4` + `.png`; a sample already
     there is kept, so an interrupted run finishes what is missing. Every file is written under
-    a temporary name and renamed."""
+    a temporary name and renamed; a killed run's temporaries are removed first."""
 
     def write(i: int) -> None:
         label = i % spec.classes
@@ -151,6 +151,8 @@ def make_spoken_digits(
             tmp.write_bytes(data)
             tmp.rename(out.with_suffix(ext))
 
+    for stale in folder.glob("*/*.tmp") if folder.is_dir() else ():  # a killed run's
+        stale.unlink()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(write, range(samples)))
     return folder
