@@ -92,7 +92,12 @@ class AudioAdapter(Adapter):
 
     @property
     def uses_rng(self) -> bool:
-        return self.crop == "random" or bool(self.shift or self.gain or self.noise)
+        return self.crop == "random" or self.augments
+
+    @property
+    def augments(self) -> bool:
+        """Whether decoding shifts, scales or adds noise to the samples."""
+        return bool(self.shift or self.gain or self.noise)
 
     def encoder(
         self,
@@ -191,7 +196,7 @@ class AudioAdapter(Adapter):
         if len(samples) == 0:
             raise ValueError("no audio samples")
         offset = 0
-        if self.shift or self.gain or self.noise:
+        if self.augments:
             samples, offset = self._augment(samples, rng)
         if self.dtype == "float16":
             samples = samples.astype(np.float16)

@@ -76,9 +76,7 @@ class ImageAdapter(Adapter):
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
-        check_crop(crop, crop_fraction, scale, ratio)
-        if scale is not None and size is None:
-            raise ValueError("scale (a random resized crop) needs a size")
+        check_crop(crop, crop_fraction, scale, ratio, size)
         self.scale, self.ratio, self.flip = scale, ratio, flip
         self.size = size_pair(size)
         self.crop_fraction = crop_fraction
@@ -206,8 +204,10 @@ def check_crop(
     crop_fraction: float = 1.0,
     scale: tuple[float, float] | None = None,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    size: int | tuple[int, int] | None = None,
 ) -> None:
-    """Validate crop options at construction, so a typo fails before any data is read."""
+    """Validate crop options at construction, so a typo fails before any data is read
+    (`size`: the output size, which a random resized crop needs)."""
     if crop not in ("center", "random"):
         raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
     if not 0.0 < crop_fraction <= 1.0:
@@ -215,6 +215,8 @@ def check_crop(
     if scale is not None:
         if crop != "random":
             raise ValueError("scale (a random resized crop) needs crop='random'")
+        if size is None:
+            raise ValueError("scale (a random resized crop) needs a size")
         if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"scale must be a [low, high] range of areas in (0, 1], got {scale}")
         if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1] and math.isfinite(ratio[1])):

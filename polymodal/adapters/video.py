@@ -56,9 +56,7 @@ class VideoAdapter(Adapter):
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
-        check_crop(crop, crop_fraction, scale, ratio)
-        if scale is not None and size is None:
-            raise ValueError("scale (a random resized crop) needs a size")
+        check_crop(crop, crop_fraction, scale, ratio, size)
         self.scale, self.ratio, self.flip = scale, ratio, flip
         if num_frames < 1:
             raise ValueError(f"num_frames must be positive, got {num_frames}")
