@@ -101,10 +101,10 @@ def test_a_dead_worker_is_one_clear_error(tmp_path):
         from polymodal.pipelines.stream import Stream, StreamError
 
         class KillerImage(type(get("image")())):
-            def decode(self, sample, rng=None):
+            def decode_clips(self, sample, rngs):
                 if sample["__key__"] == "k0005":
                     os.kill(os.getpid(), signal.SIGKILL)
-                return super().decode(sample, rng)
+                return super().decode_clips(sample, rngs)
 
         fields = {{"image": KillerImage(size=None, extensions=["png"]), "label": get("label")()}}
         loader = Stream({str(data)!r}, fields, batch_size=2, shuffle=False).loader(2)
@@ -125,10 +125,10 @@ def test_a_dead_worker_is_one_clear_error(tmp_path):
 class _HangingImage(type(get("image")())):
     """An image adapter whose decoder hangs on one key, as a decoder stuck on crafted input."""
 
-    def decode(self, sample, rng=None):
+    def decode_clips(self, sample, rngs):
         if sample["__key__"] == "k0005":
             time.sleep(60)
-        return super().decode(sample, rng)
+        return super().decode_clips(sample, rngs)
 
 
 @pytest.mark.slow

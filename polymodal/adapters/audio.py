@@ -36,7 +36,13 @@ class AudioAdapter(Adapter):
 
     The default extensions include video containers: one `.mp4` feeds both the `video` field
     and, through this adapter, an `audio` field.
+
+    Materialised (`materialize`), the whole track is kept at `sample_rate` in `dtype`; a clip
+    read back starts at the same sample as the media's (the seek's pre-roll makes the media's
+    clip decode as it would from the start).
     """
+
+    materialized_options = ("sample_rate", "channels", "dtype")
 
     extensions = (
         "flac",
@@ -190,9 +196,18 @@ class AudioAdapter(Adapter):
                 channels=self.channels,
                 dtype="int16" if self.dtype == "int16" else "float32",
                 start=start,
-                take=None if self.duration is None else round(self.duration * self.sample_rate),
+                take=self._take,
                 max_seconds=self.max_seconds if self.duration is None else None,
             )
+        return self._clip(samples, rng)
+
+    @property
+    def _take(self) -> int | None:
+        """Samples in a clip; None: the whole file."""
+        return None if self.duration is None else round(self.duration * self.sample_rate)
+
+    def _clip(self, samples: np.ndarray, rng: np.random.Generator | None) -> Field:
+        """Decoded samples as the field: augmented, zero-padded to the clip, masked."""
         if len(samples) == 0:
             raise ValueError("no audio samples")
         offset = 0
@@ -200,9 +215,9 @@ class AudioAdapter(Adapter):
             samples, offset = self._augment(samples, rng)
         if self.dtype == "float16":
             samples = samples.astype(np.float16)
-        if self.duration is None and not offset:
+        if self._take is None and not offset:
             return Field(values=torch.from_numpy(samples), grid=(len(samples),))
-        length = len(samples) if self.duration is None else round(self.duration * self.sample_rate)
+        length = len(samples) if self._take is None else self._take
         values = torch.zeros(length, self.channels, dtype=getattr(torch, self.dtype))
         begin, end = max(offset, 0), min(length, offset + len(samples))
         if end > begin:
@@ -211,6 +226,39 @@ class AudioAdapter(Adapter):
         if (begin, end) != (0, length):
             mask = (torch.arange(length) >= begin) & (torch.arange(length) < end)
         return Field(values=values, grid=(length,), mask=mask)
+
+    @plain_errors()
+    def materialize(self, data: bytes, ext: str) -> tuple[np.ndarray, dict[str, float]]:
+        """The whole track (up to `max_seconds`), and the stream time of its first sample."""
+        container, stream = open_stream(data, "audio")
+        with container:
+            total = stream_seconds(container, stream)
+            samples, first = decode_audio(
+                container,
+                stream,
+                rate=self.sample_rate,
+                channels=self.channels,
+                dtype="int16" if self.dtype == "int16" else "float32",
+                max_seconds=self.max_seconds,
+            )
+        if len(samples) == 0:
+            raise ValueError("no audio samples")
+        return samples.astype(np.dtype(self.dtype), copy=False), {"total": total, "first": first}
+
+    def from_materialized(
+        self, array: np.ndarray, meta: Mapping[str, float], rng: np.random.Generator | None
+    ) -> Field:
+        if array.ndim != 2 or array.shape[1] != self.channels or array.dtype != self.dtype:
+            raise ValueError(
+                f"materialised audio is {array.dtype} {array.shape}, not {self.dtype} samples "
+                f"of {self.channels} channel(s)"
+            )
+        samples = array
+        if self._take is not None:
+            start = clip_start(meta.get("total", 0.0), self.duration or 0.0, self.crop, rng)
+            first = max(0, round((start - meta.get("first", 0.0)) * self.sample_rate))
+            samples = array[first : first + self._take]
+        return self._clip(np.array(samples), rng)  # the copy: only the clip
 
     def _augment(
         self, samples: np.ndarray, rng: np.random.Generator | None

@@ -249,6 +249,13 @@ class Adapter:
         resumed run draws the same crops. Without one, an adapter that draws (`uses_rng`) gets a
         generator seeded from the key; the others get None and skip the cost of seeding.
         """
+        return self.decode_clips(sample, [rng])[0]
+
+    def decode_clips(
+        self, sample: Mapping[str, Any], rngs: Sequence[np.random.Generator | None]
+    ) -> list[Field]:
+        """One field per generator from one member, decoded once where the adapter can
+        (`clips_from_bytes`): several clips of one video for the price of one decode."""
         key = str(sample.get("__key__", "?"))
         ext = next((e for e in self.extensions if e in sample), None)
         if ext is None:
@@ -261,16 +268,48 @@ class Adapter:
             raise DecodeError(key, self.field, f"{ext}: expected bytes, got {type(data).__name__}")
         if len(data) == 0:
             raise DecodeError(key, self.field, f"{ext}: empty member")
-        if rng is None and self.uses_rng:
-            rng = np.random.default_rng(stable_seed(key, 0))
+        if self.uses_rng:
+            rngs = [np.random.default_rng(stable_seed(key, 0)) if r is None else r for r in rngs]
         try:
-            return self.decode_bytes(bytes(data), ext, rng)
+            return self.clips_from_bytes(bytes(data), ext, rngs)
         except DecodeError:
             raise
         except ValueError as exc:  # what decoders check themselves: the reason says it all
             raise DecodeError(key, self.field, f"{ext}: {exc}") from exc
         except Exception as exc:  # every failure of a third-party decoder becomes one error type
             raise DecodeError(key, self.field, f"{ext}: {type(exc).__name__}: {exc}") from exc
+
+    def clips_from_bytes(
+        self, data: bytes, ext: str, rngs: Sequence[np.random.Generator | None]
+    ) -> list[Field]:
+        """`decode_bytes` once per generator; an adapter that materialises decodes the member
+        once (`materialize`) and cuts every clip from that (`from_materialized`)."""
+        if len(rngs) > 1 and self.materialized_options:
+            array, meta = self.materialize(data, ext)
+            return [self.from_materialized(array, meta, rng) for rng in rngs]
+        return [self.decode_bytes(data, ext, rng) for rng in rngs]
+
+    # Materialising: decode once, keep the array, cut clips and crops from it at read time.
+    # The options that fix what `materialize` keeps (recorded in the index, checked by the
+    # stream); none: the adapter's fields always decode from their members.
+    materialized_options: ClassVar[tuple[str, ...]] = ()
+
+    def materialize(self, data: bytes, ext: str) -> tuple[np.ndarray, dict[str, float]]:
+        """A member decoded once at the training resolution, with room for what is drawn at
+        read time (clip start, crop), and the numbers `from_materialized` needs to draw it."""
+        raise NotImplementedError(f"{type(self).__name__} does not materialise")
+
+    def from_materialized(
+        self, array: np.ndarray, meta: Mapping[str, float], rng: np.random.Generator | None
+    ) -> Field:
+        """The field `decode_bytes` would give, cut from `materialize`'s array: a memory copy
+        and the same draws from the same generator."""
+        raise NotImplementedError(f"{type(self).__name__} does not materialise")
+
+    def materialized_record(self) -> dict[str, Any]:
+        """What the index records of a field materialised with this adapter."""
+        options = {name: getattr(self, name) for name in self.materialized_options}
+        return {"adapter": self.name, "options": json.loads(json.dumps(options))}
 
     @property
     def uses_rng(self) -> bool:

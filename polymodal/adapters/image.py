@@ -181,22 +181,9 @@ class ImageAdapter(Adapter):
     def _resize_crop(
         self, pixels: torch.Tensor, size: tuple[int, int], rng: np.random.Generator | None
     ) -> torch.Tensor:
-        """Cut the crop's region out of the source, then resize only that region."""
-        out_h, out_w = size
         h, w = pixels.shape[:2]
-        rw, rh, x0, y0 = crop_plan(
-            w, h, size, self.crop_fraction, self.crop, rng, self.scale, self.ratio
-        )
-        sx, sy = w / rw, h / rh  # resized → source coordinates
-        left, top = round(x0 * sx), round(y0 * sy)
-        right = min(w, max(left + 1, round((x0 + out_w) * sx)))
-        bottom = min(h, max(top + 1, round((y0 + out_h) * sy)))
-        region = pixels[top:bottom, left:right]
-        if region.shape[:2] == (out_h, out_w):
-            return region
-        nchw = region.permute(2, 0, 1).unsqueeze(0)  # a channels-last view: the fast uint8 path
-        resized = F.interpolate(nchw, size=(out_h, out_w), mode="bilinear", antialias=True)
-        return resized[0].permute(1, 2, 0)
+        plan = crop_plan(w, h, size, self.crop_fraction, self.crop, rng, self.scale, self.ratio)
+        return resize_crop(pixels, plan, size)
 
 
 def check_crop(
@@ -247,15 +234,54 @@ def crop_plan(
     area and `ratio` aspect (log-uniform), stretched to `size`; up to ten tries for a region
     that fits, else the largest centred region of an allowed aspect.
     """
-    out_h, out_w = size
     if scale is not None:
-        return _resized_crop_plan(w, h, size, scale, ratio, _generator(rng))
+        return resized_crop_plan(w, h, size, scale, ratio, rng)
+    rw, rh = resized_size(w, h, size, crop_fraction)
+    return (rw, rh, *crop_origin(rw, rh, size, crop, rng))
+
+
+def resized_size(w: int, h: int, size: tuple[int, int], crop_fraction: float) -> tuple[int, int]:
+    """`(width, height)` a `w`×`h` frame is resized to before a `size` crop is cut from it:
+    the crop covers `crop_fraction` of its tighter axis. A materialised video keeps its frames
+    at this size, so that the crop cut at read time is the one the media would give."""
+    out_h, out_w = size
     factor = resize_scale(w, h, size, crop_fraction)
-    rw, rh = max(out_w, round(w * factor)), max(out_h, round(h * factor))
+    return max(out_w, round(w * factor)), max(out_h, round(h * factor))
+
+
+def crop_origin(
+    rw: int, rh: int, size: tuple[int, int], crop: str, rng: np.random.Generator | None
+) -> tuple[int, int]:
+    """`(x0, y0)` of a `size` crop of a `rw`×`rh` frame: centred, or two draws (`random`)."""
+    out_h, out_w = size
+    if rw < out_w or rh < out_h:
+        raise ValueError(f"a {rw}×{rh} frame is smaller than the {out_w}×{out_h} crop")
     if crop == "random":
         rng = _generator(rng)
-        return rw, rh, int(rng.integers(0, rw - out_w + 1)), int(rng.integers(0, rh - out_h + 1))
-    return rw, rh, (rw - out_w) // 2, (rh - out_h) // 2
+        return int(rng.integers(0, rw - out_w + 1)), int(rng.integers(0, rh - out_h + 1))
+    return (rw - out_w) // 2, (rh - out_h) // 2
+
+
+def resize_crop(
+    pixels: torch.Tensor, plan: tuple[int, int, int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """The `size` crop of `plan` (see `crop_plan`) out of uint8 `[..., H, W, 3]` pixels (one
+    picture or a clip's frames): only the crop's region of the source is resized, with torch's
+    antialiased bilinear kernel."""
+    out_h, out_w = size
+    h, w = pixels.shape[-3:-1]
+    rw, rh, x0, y0 = plan
+    sx, sy = w / rw, h / rh  # resized → source coordinates
+    left, top = round(x0 * sx), round(y0 * sy)
+    right = min(w, max(left + 1, round((x0 + out_w) * sx)))
+    bottom = min(h, max(top + 1, round((y0 + out_h) * sy)))
+    region = pixels[..., top:bottom, left:right, :]
+    if region.shape[-3:-1] == (out_h, out_w):
+        return region
+    frames = region.reshape(-1, *region.shape[-3:])
+    nchw = frames.permute(0, 3, 1, 2)  # a channels-last view: the fast uint8 path
+    resized = F.interpolate(nchw, size=(out_h, out_w), mode="bilinear", antialias=True)
+    return resized.permute(0, 2, 3, 1).reshape(*region.shape[:-3], out_h, out_w, 3)
 
 
 def _generator(rng: np.random.Generator | None) -> np.random.Generator:
@@ -264,15 +290,16 @@ def _generator(rng: np.random.Generator | None) -> np.random.Generator:
     return rng
 
 
-def _resized_crop_plan(
+def resized_crop_plan(
     w: int,
     h: int,
     size: tuple[int, int],
     scale: tuple[float, float],
     ratio: tuple[float, float],
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> tuple[int, int, int, int]:
     """The source region of a random resized crop, as the plan `crop_plan` returns."""
+    rng = _generator(rng)
     for _ in range(10):
         area = w * h * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))

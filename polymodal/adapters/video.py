@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -16,12 +18,23 @@ from polymodal.codecs.containers import (
     plain_errors,
     seek_to,
     stream_seconds,
+    threaded,
 )
+from polymodal.codecs.decoded import MAX_DECODED_BYTES
 from polymodal.codecs.video import check_pixels, convert_once, frames_at, upright_rgb, upright_size
 from polymodal.perceiver.io import GridInput, ImageStemInput
 
 from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
-from .image import check_crop, crop_plan, flip_draw, size_pair
+from .image import (
+    check_crop,
+    crop_origin,
+    crop_plan,
+    flip_draw,
+    resize_crop,
+    resized_crop_plan,
+    resized_size,
+    size_pair,
+)
 
 
 @register("video")
@@ -37,8 +50,16 @@ class VideoAdapter(Adapter):
     clip gives fewer real frames: the rest are zeros and `mask` marks the real elements.
 
     `fps=None` keeps the source rate; `size=None` keeps the source size.
+
+    Materialised (`materialize`), a video is every frame on screen at `fps`, resized as for the
+    crop (`image.resized_size`: a 112 crop at `crop_fraction=0.875` keeps a shorter side of
+    128) and placed on the clock so that the centre clip's frames are among them. A clip read
+    back is then the centre clip the media gives, frame for frame and pixel for pixel; a random
+    start snaps to the nearest kept frame (at most half a frame from the media's), and random
+    crops and flips are the same draws, cut from the kept frames.
     """
 
+    materialized_options = ("fps", "size", "crop_fraction")
     extensions = ("mp4", "webm", "mkv", "mov", "avi", "m4v")
 
     def __init__(
@@ -122,7 +143,7 @@ class VideoAdapter(Adapter):
         container, stream = open_stream(data, "video")
         with container:
             check_pixels(stream.codec_context.width, stream.codec_context.height, self.max_pixels)
-            stream.thread_type = "AUTO"
+            threaded(stream)
             fps = self.fps or float(frame_rate(stream))
             total = stream_seconds(container, stream)
             start = clip_start(total, self.num_frames / fps, self.crop, rng)
@@ -131,9 +152,14 @@ class VideoAdapter(Adapter):
             pixels = self._convert(frames_at(container, stream, targets, total), rng)
         if not pixels:
             raise ValueError("no video frames")
-        t, h, w = len(pixels), pixels[0].shape[0], pixels[0].shape[1]
+        return self._clip(torch.from_numpy(np.stack(pixels)))
+
+    def _clip(self, frames: torch.Tensor) -> Field:
+        """`[t, h, w, 3]` frames as the field: zeros after a short source's `t` real frames,
+        which `mask` marks."""
+        t, h, w = frames.shape[:3]
         values = torch.zeros(self.num_frames, h, w, 3, dtype=torch.uint8)
-        values[:t] = torch.from_numpy(np.stack(pixels))
+        values[:t] = frames
         mask = None
         if t < self.num_frames:
             mask = (torch.arange(self.num_frames) < t).repeat_interleave(h * w)
@@ -164,3 +190,65 @@ class VideoAdapter(Adapter):
         if pixels and flip_draw(self.flip, rng):  # one draw per clip, after the crop's
             pixels = [np.ascontiguousarray(p[:, ::-1]) for p in pixels]
         return pixels
+
+    @plain_errors()
+    def materialize(
+        self, data: bytes, ext: str, max_bytes: int = MAX_DECODED_BYTES
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Every frame on screen at `fps` from the start to the end, at `resized_size`; frame
+        `k` is the one on screen at `first + k / fps`, `first` chosen so that the centre clip
+        starts on a kept frame. More than `max_bytes` of frames is refused as it is reached."""
+        container, stream = open_stream(data, "video")
+        with container:
+            check_pixels(stream.codec_context.width, stream.codec_context.height, self.max_pixels)
+            threaded(stream)
+            fps = self.fps or float(frame_rate(stream))
+            total = stream_seconds(container, stream)
+            centre = clip_start(total, self.num_frames / fps, "center", None)
+            k0 = math.floor(centre * fps + 1e-9)
+            # the centre clip's targets exactly as `decode_bytes` computes them: start + i / fps
+            targets = (centre + (k - k0) / fps for k in itertools.count())
+            size: tuple[int, int] | None = None
+
+            def convert(frame: av.VideoFrame) -> np.ndarray:
+                nonlocal size
+                if size is None:
+                    w, h = upright_size(frame)
+                    size = (
+                        (w, h)
+                        if self.size is None
+                        else resized_size(w, h, self.size, self.crop_fraction)
+                    )
+                return upright_rgb(frame, *size)
+
+            frames: list[np.ndarray] = []
+            for picture in convert_once(frames_at(container, stream, targets, total), convert):
+                if (len(frames) + 1) * picture.nbytes > max_bytes:
+                    raise ValueError(f"over {max_bytes:,} bytes of frames at {fps:g} fps")
+                frames.append(picture)
+        if not frames:
+            raise ValueError("no video frames")
+        return np.stack(frames), {"fps": fps, "total": total, "first": centre - k0 / fps}
+
+    def from_materialized(
+        self, array: np.ndarray, meta: Mapping[str, float], rng: np.random.Generator | None
+    ) -> Field:
+        if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or not len(array):
+            raise ValueError(f"materialised video is {array.dtype} {array.shape}, not uint8 frames")
+        fps, total, first = meta.get("fps", 0.0), meta.get("total", 0.0), meta.get("first", 0.0)
+        if not fps > 0:
+            raise ValueError(f"materialised video has no frame rate ({fps})")
+        start = clip_start(total, self.num_frames / fps, self.crop, rng)
+        k = min(max(round((start - first) * fps), 0), max(0, len(array) - self.num_frames))
+        frames = array[k : k + self.num_frames]
+        h, w = frames.shape[1:3]
+        if self.size is not None and self.scale is None:
+            x0, y0 = crop_origin(w, h, self.size, self.crop, rng)
+            frames = frames[:, y0 : y0 + self.size[0], x0 : x0 + self.size[1]]
+        clip = torch.from_numpy(np.ascontiguousarray(frames))  # the copy: only the crop
+        if self.size is not None and self.scale is not None:
+            plan = resized_crop_plan(w, h, self.size, self.scale, self.ratio, rng)
+            clip = resize_crop(clip, plan, self.size)
+        if flip_draw(self.flip, rng):  # one draw per clip, after the crop's
+            clip = clip.flip(2)
+        return self._clip(clip)

@@ -145,6 +145,8 @@ class ShardIndex:
     build: dict[str, Any] | None = None
     base: str = ""
     shards_at: str = ""
+    # field → {"adapter", "options"}: the fields kept decoded (`adapters.materialized`)
+    materialized: dict[str, Any] | None = None
 
     @property
     def samples(self) -> int:
@@ -190,6 +192,7 @@ class ShardIndex:
             "classes": self.classes,
             "build": self.build,
             **({"shards_at": self.shards_at} if self.shards_at else {}),
+            **({"materialized": self.materialized} if self.materialized else {}),
             "shards": [s.index_entry() for s in self.shards],
         }
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
@@ -238,6 +241,7 @@ class ShardIndex:
             build=doc.get("build"),
             base=base,
             shards_at=_checked_location(doc.get("shards_at", ""), where),
+            materialized=_checked_materialized(doc.get("materialized"), where),
         )
         if "samples" in doc and doc["samples"] != index.samples:
             raise InvalidIndex(
@@ -275,6 +279,20 @@ def _checked_location(value: Any, where: str) -> str:
     """`shards_at`: a URL or an absolute path (a relative one would depend on the reader)."""
     if not isinstance(value, str) or (value and "://" not in value and not value.startswith("/")):
         raise InvalidIndex(f"{where}: shards_at must be a URL or an absolute path, got {value!r}")
+    return value
+
+
+def _checked_materialized(value: Any, where: str) -> dict[str, Any] | None:
+    """`materialized`: field name → a table naming the adapter and its options."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("adapter"), str)
+        and isinstance(entry.get("options", {}), dict)
+        for entry in value.values()
+    ):
+        raise InvalidIndex(f"{where}: materialized must map fields to {{adapter, options}}")
     return value
 
 

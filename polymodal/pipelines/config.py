@@ -53,6 +53,8 @@ class DataConfig:
     num_classes: int = 2
     batch_size: int = 32
     workers: int = 0
+    threads: int = 0  # torch and FFmpeg threads per DataLoader worker (0: cores // workers)
+    clips_per_sample: int = 1  # training items cut from one decode of a sample (divides batch_size)
     buffer_size: int = 500
     seed: int | None = None  # orders the data; None: the run's `seed`
     remote: Remote = field(default_factory=Remote)  # timeouts and tries of HTTP / S3 reads
@@ -183,6 +185,13 @@ class TrainConfig:
         checks = [
             ("data.batch_size", d.batch_size, d.batch_size >= 1, "positive"),
             ("data.workers", d.workers, d.workers >= 0, "at least 0"),
+            ("data.threads", d.threads, d.threads >= 0, "at least 0 (0: cores // workers)"),
+            (
+                "data.clips_per_sample",
+                d.clips_per_sample,
+                d.clips_per_sample >= 1 and d.batch_size % d.clips_per_sample == 0,
+                f"a positive divisor of data.batch_size={d.batch_size}",
+            ),
             ("data.buffer_size", d.buffer_size, d.buffer_size >= 1, "positive"),
             ("data.num_classes", d.num_classes, d.num_classes >= 1, "positive"),
             ("data.label", d.label, _extension_ok(d.label), "a member extension like 'cls'"),

@@ -6,8 +6,10 @@ dies or hangs is a `StreamError` in the iterating process, never a hang.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -19,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from polymodal.adapters import Batch
+from polymodal.codecs.containers import set_decode_threads
 
 from .partition import batch_worker
 from .ranks import rank_world
@@ -53,6 +56,20 @@ class _EpochDataset(IterableDataset):
             epoch, self.rank, self.world, worker, workers, state
         ):
             yield worker, batch, new_state, [s.as_dict() for s in skips]
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity, which containers and `taskset` set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _limit_threads(threads: int, worker_id: int) -> None:
+    """A DataLoader worker's start: torch's and FFmpeg's threads, its share of the cores."""
+    torch.set_num_threads(threads)
+    set_decode_threads(threads)
 
 
 def _quiet_sigchld() -> Any:
@@ -109,6 +126,10 @@ class StreamLoader:
     iteration goes on with exactly the batches the uninterrupted run would have yielded next
     (keys and tensors). `report()` lists the samples skipped this epoch, with keys and reasons.
     `dataset`, `batch_size`, `num_workers` and `len()` are what a DataLoader has.
+
+    Each worker runs torch and FFmpeg on `threads` threads: by default its share of the cores
+    (cores // workers, at least one), so that workers × threads never oversubscribe them, as
+    FFmpeg's and torch's defaults (one thread per core each, in every worker) would.
     """
 
     def __init__(
@@ -118,9 +139,13 @@ class StreamLoader:
         pin_memory: bool,
         prefetch: int,
         batch_timeout: float = BATCH_TIMEOUT,
+        threads: int | None = None,
     ) -> None:
         if batch_timeout <= 0:
             raise ValueError(f"batch_timeout must be positive, got {batch_timeout}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be positive (or None: cores // workers), got {threads}")
+        self.threads = threads or max(1, cores() // max(1, num_workers))
         self.batch_timeout = batch_timeout
         self.stream = stream
         self.rank, self.world = rank_world()
@@ -145,6 +170,15 @@ class StreamLoader:
     def __len__(self) -> int:
         return self.stream.batches_per_epoch(self.world)
 
+    def split(self) -> str:
+        """Where decoding runs and on how many threads, in words (what the trainer reports)."""
+        if not self.num_workers:
+            return f"decoding in the main process ({torch.get_num_threads()} torch threads)"
+        return (
+            f"{self.num_workers} DataLoader workers × {self.threads} thread(s) (torch and "
+            f"FFmpeg each) on {cores()} cores"
+        )
+
     def _data_loader(self) -> DataLoader:
         if self._loader is None:
             self._loader = DataLoader(
@@ -156,6 +190,7 @@ class StreamLoader:
                 prefetch_factor=self.prefetch if self.num_workers else None,
                 persistent_workers=self.num_workers > 0,
                 timeout=self.batch_timeout if self.num_workers else 0,
+                worker_init_fn=functools.partial(_limit_threads, self.threads),
             )
         return self._loader
 

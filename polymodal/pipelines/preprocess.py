@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from polymodal.adapters.materialized import decoded_member
 from polymodal.datasets.index import REJECTS_NAME
 from polymodal.datasets.output import dataset_files, prepare_output
 
@@ -43,6 +44,7 @@ from polymodal.datasets.writer import schema
 
 from .engines import Engine, make_engine
 from .ops import Filtered, Op, Sample, make_op
+from .ops.materialize import Materialize
 from .ops.select import Split
 
 JOB_DIR = ".polymodal-job"  # task records, per job fingerprint
@@ -268,7 +270,7 @@ def run(
     records = [TaskRecord(**json.loads(t.record.read_bytes())) for t in tasks]
     report = _report(records, outputs, len(pending), specs, repr(runner))
     report.seconds = time.perf_counter() - started
-    _write_outputs(dst, index, outputs, records, report, fp, str(src))
+    _write_outputs(dst, index, chain, outputs, records, report, fp, str(src))
     return report
 
 
@@ -381,13 +383,15 @@ def _report(
 def _write_outputs(
     dst: Path,
     index: ShardIndex,
+    chain: list[Op],
     outputs: Mapping[str, Path],
     records: list[TaskRecord],
     report: JobReport,
     fp: str,
     src: str,
 ) -> None:
-    """Reports first, then each output's index, last: an output with an index is complete."""
+    """Reports first, then each output's index, last: an output with an index is complete.
+    What the source materialised carries on, with what this job's ops materialised."""
     remove_temporaries(dst, [REJECTS_NAME, FILTERED_NAME, SUMMARY_NAME])  # beside the splits
     rejects = [x for r in records for x in r.unreadable + r.rejected]
     filtered = [x for r in records for x in r.filtered]
@@ -398,8 +402,14 @@ def _write_outputs(
         remove_temporaries(directory)  # from a worker killed mid-task, since rerun
         infos = [ShardInfo(**r.outputs[split]) for r in records if split in r.outputs]
         rules = {ext: m for ext, m in index.fields.items() if m}  # the source's rules carry on
+        materialized = dict(index.materialized or {})
+        for op in chain:
+            if isinstance(op, Materialize):
+                materialized.update(op.records())
+        rules |= {decoded_member(name): r["adapter"] for name, r in materialized.items()}
         out = ShardIndex("tar", schema(infos, rules), infos, merge_labels(infos), index.classes)
         out.build = {"fingerprint": fp, "source": src, "ops": report.ops}
+        out.materialized = materialized or None
         out.save(directory)
 
 

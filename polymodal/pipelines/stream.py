@@ -9,9 +9,18 @@ with `state_dict()` / `load_state_dict()` (the `Stage` protocol) and one verb:
     Shuffle  a bounded buffer whose emission order is simulated on integers, so a resumed run
              rebuilds the buffer's contents by re-reading (not decoding) at most its size
     Decode   the field adapters, with a generator per sample seeded from (seed, epoch, key)
-    Batch    `collate` of `batch_size` samples; a sample that cannot be read or decoded is
+    Batch    `collate` of `batch_size` items; a sample that cannot be read or decoded is
              reported and replaced by a repeat of a good one (marked), so shapes and batch
              counts never change
+
+With `clips_per_sample` K, every sample read is decoded once into K items (distinct clip starts
+and crops): a batch of `batch_size` items holds `batch_size / K` samples, an epoch delivers
+every sample exactly once as K items, and the plan, the partition and resume work on samples,
+exactly as with K = 1 (a batch never splits a sample's clips).
+
+Fields the dataset keeps materialised (`polymodal preprocess --op materialize`, recorded in its
+index) read their decoded arrays instead of the media (`adapters.materialized`); a field whose
+options differ from the ones it was materialised with is refused here, naming the option.
 
 `StreamLoader` (`pipelines/loader.py`, from `Stream.loader`) runs the chain in
 `torch.utils.data.DataLoader` workers. Each batch carries its worker's state; the loader keeps
@@ -31,6 +40,7 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from polymodal.adapters import Adapter, Batch, get
+from polymodal.adapters.materialized import materialized_fields
 from polymodal.datasets.files import (
     DEFAULT_REMOTE,
     Remote,
@@ -91,6 +101,7 @@ class Stream(IterableDataset):
         max_member_bytes: int = MAX_MEMBER_BYTES,
         optional: Collection[str] | None = None,
         meta: Sequence[str] = (),
+        clips_per_sample: int = 1,
     ) -> None:
         policies = (
             dict.fromkeys(STAGES_WITH_ERRORS, errors)
@@ -107,9 +118,16 @@ class Stream(IterableDataset):
             )
         if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
             raise ValueError("batch_size, buffer_size and max_member_bytes must be positive")
+        if clips_per_sample < 1 or batch_size % clips_per_sample:
+            raise ValueError(
+                f"clips_per_sample must be a positive divisor of batch_size={batch_size} (a "
+                f"batch holds whole samples), got {clips_per_sample}"
+            )
         self.sources, self.weights = _sources(source)
         self.indexes = [ShardIndex.load(s, remote) for s in self.sources]
-        self.fields = _resolve_fields(fields, self.indexes)
+        self.fields = materialized_fields(
+            _resolve_fields(fields, self.indexes), [i.materialized or {} for i in self.indexes]
+        )
         if optional is None:  # default fields of a mixed dataset: those some samples lack
             optional = _partial_fields(self.fields, self.indexes) if fields is None else ()
         unknown = set(optional) - set(self.fields)
@@ -119,6 +137,8 @@ class Stream(IterableDataset):
             )
         self.optional, self.meta = sorted(optional), tuple(e.lower().lstrip(".") for e in meta)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.clips_per_sample = clips_per_sample
+        self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
         self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
         self.max_member_bytes = max_member_bytes
         self.excluded = [_size_mismatches(index) for index in self.indexes]
@@ -127,7 +147,7 @@ class Stream(IterableDataset):
             raise StreamError(f"{first.url}: {first.reason}")
         for skip in (skip for skips in self.excluded for skip in skips.values()):
             log.warning("left out %s: %s", skip.url, skip.reason)
-        self._fillers: dict[int, dict[str, Any] | None] = {}
+        self._fillers: dict[int, list[dict[str, Any]] | None] = {}
         self.epoch = 0
         self._mixture = self.mixture()
         self.total = self._mixture.total  # samples in an epoch, over all ranks
@@ -157,14 +177,15 @@ class Stream(IterableDataset):
     def slice(self, rank: int, world: int, worker: int, workers: int) -> WorkerSlice:
         """One (rank, worker)'s positions of every epoch: a pure function of the epoch's length."""
         first, last = rank_range(self.total, world, rank)
-        start, stop = worker_range(last - first, self.batch_size, workers, worker)
-        return WorkerSlice(first + start, first + stop, math.ceil((stop - start) / self.batch_size))
+        per_batch = self.samples_per_batch
+        start, stop = worker_range(last - first, per_batch, workers, worker)
+        return WorkerSlice(first + start, first + stop, math.ceil((stop - start) / per_batch))
 
     def batches_per_epoch(self, world: int | None = None) -> int:
         """Batches every rank yields per epoch (the same for every rank)."""
         world = world or rank_world()[1]
         first, last = rank_range(self.total, world, 0)
-        return math.ceil((last - first) / self.batch_size)
+        return math.ceil((last - first) / self.samples_per_batch)
 
     def config(self, world: int, workers: int) -> dict[str, Any]:
         """What the order depends on: a resumed run must match it."""
@@ -173,6 +194,8 @@ class Stream(IterableDataset):
             "weights": self.weights,
             "samples": [sum(self.counts(i)) for i in range(len(self.indexes))],
             "batch_size": self.batch_size,
+            # only when set: states saved before it existed still resume
+            **({"clips_per_sample": self.clips_per_sample} if self.clips_per_sample > 1 else {}),
             "shuffle": self.shuffle,
             "seed": self.seed,
             "buffer_size": self.buffer_size,
@@ -222,16 +245,18 @@ class Stream(IterableDataset):
                 refs = (ref for p, ref in zip(range(first, last), refs, strict=True) if p in wanted)
             return reader.read(refs)
 
-        def emit(pending: list[dict[str, Any] | Skip]) -> tuple[Batch | None, dict, list[Skip]]:
+        def emit(
+            pending: list[list[dict[str, Any]] | Skip],
+        ) -> tuple[Batch | None, dict, list[Skip]]:
             batch, skips = batcher.batch(pending)
             skips, reader.notes = skips + reader.notes, []
             return batch, {n: s.state_dict() for n, s in stages.items()}, skips
 
-        pending: list[dict[str, Any] | Skip] = []
+        pending: list[list[dict[str, Any]] | Skip] = []
         try:
             for ref, raw in shuffle.shuffle(read):
                 pending.append(decode.decode(ref, raw))
-                if len(pending) == self.batch_size:
+                if len(pending) == self.samples_per_batch:
                     yield emit(pending)
                     pending = []
             if pending:
@@ -240,17 +265,25 @@ class Stream(IterableDataset):
             reader.close()
 
     def _decode(self, errors: str, epoch: int) -> Decode:
-        return Decode(self.fields, errors, self.seed, epoch, self.optional, self.meta)
+        return Decode(
+            self.fields,
+            errors,
+            self.seed,
+            epoch,
+            self.optional,
+            self.meta,
+            clips_per_sample=self.clips_per_sample,
+        )
 
-    def filler(self, epoch: int) -> dict[str, Any] | None:
-        """The first sample of the dataset (sources and shards in index order, up to
+    def filler(self, epoch: int) -> list[dict[str, Any]] | None:
+        """The items of the first sample of the dataset (sources and shards in index order, up to
         `FILLER_TRIES` samples a shard) that reads and decodes: what a batch with no good
         sample is padded with. Cached per epoch (decoding depends on it)."""
         if epoch not in self._fillers:
             self._fillers = {epoch: self._find_filler(epoch)}
         return self._fillers[epoch]
 
-    def _find_filler(self, epoch: int) -> dict[str, Any] | None:
+    def _find_filler(self, epoch: int) -> list[dict[str, Any]] | None:
         reader = Reader(self.indexes, "skip", self.remote, self.max_member_bytes)
         decode = self._decode("skip", epoch)
         try:
@@ -292,10 +325,12 @@ class Stream(IterableDataset):
         pin_memory: bool = False,
         prefetch: int = 2,
         batch_timeout: float = BATCH_TIMEOUT,
+        threads: int | None = None,
     ) -> StreamLoader:
         """The DataLoader-backed iterable over epochs. With workers, a batch that has not
-        arrived after `batch_timeout` seconds (a decoder that hangs) is a `StreamError`."""
-        return StreamLoader(self, num_workers, pin_memory, prefetch, batch_timeout)
+        arrived after `batch_timeout` seconds (a decoder that hangs) is a `StreamError`; each
+        worker runs on `threads` threads (None: its share of the cores)."""
+        return StreamLoader(self, num_workers, pin_memory, prefetch, batch_timeout, threads)
 
 
 def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:

@@ -318,11 +318,13 @@ def dataset_stream(
     source: str,
     fields: Mapping[str, Any],
     shuffle: bool = False,
+    clips_per_sample: int = 1,
 ) -> Stream:
     """The `Stream` of `fields` over one dataset, as the config sets batches, buffer, seed and
-    remote reads. A dataset that is missing or broken, or that lacks a member one of the fields
-    reads, is a `ConfigError` naming `where` (`data.train`, `--split val`, ...), checked on the
-    index the stream loads, before any model is built."""
+    remote reads (`clips_per_sample`: the training stream's clips per decode). A dataset that
+    is missing or broken, or that lacks a member one of the fields reads, is a `ConfigError`
+    naming `where` (`data.train`, `--split val`, ...), checked on the index the stream loads,
+    before any model is built."""
     try:
         stream = Stream(
             source,
@@ -334,6 +336,7 @@ def dataset_stream(
             remote=config.data.remote,
             optional=[n for n, spec in config.data.fields.items() if spec.optional and n in fields],
             meta=config.data.meta,
+            clips_per_sample=clips_per_sample,
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None

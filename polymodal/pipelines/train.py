@@ -165,7 +165,14 @@ class Trainer:
         # the datasets are checked against the fields (in the indexes the streams load) before
         # any model is built
         fields = self.task.fields()
-        train = dataset_stream(config, "data.train", config.data.train, fields, shuffle=True)
+        train = dataset_stream(
+            config,
+            "data.train",
+            config.data.train,
+            fields,
+            shuffle=True,
+            clips_per_sample=config.data.clips_per_sample,
+        )
         self.val_stream = (
             dataset_stream(config, "data.val", config.data.val, fields) if config.data.val else None
         )
@@ -189,8 +196,12 @@ class Trainer:
             else None
         )
         self.train_loader: StreamLoader = train.loader(
-            config.data.workers, pin_memory=torch.cuda.is_available()
+            config.data.workers,
+            pin_memory=torch.cuda.is_available(),
+            threads=config.data.threads or None,
         )
+        if self.rank == 0:
+            log.info("data: %s", self.train_loader.split())
         self.steps_per_epoch = math.ceil(len(self.train_loader) / config.optim.accumulate)
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         optimizer = {"adamw": torch.optim.AdamW, "lamb": Lamb}[config.optim.name]

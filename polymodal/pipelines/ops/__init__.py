@@ -1,11 +1,11 @@
 """Preprocessing ops, registered by name: a raw sample in, zero, one or many samples out.
 
 Built-ins: `resample_audio`, `transcode_video`, `cut_clips`, `extract_audio`, `resize_image`,
-`subsample_points`, `filter`, `dedupe`, `split`, `call`. Third-party packages add ops through
-the entry-point group `polymodal.ops`.
+`subsample_points`, `materialize`, `filter`, `dedupe`, `split`, `call`. Third-party packages
+add ops through the entry-point group `polymodal.ops`.
 """
 
-from . import media, select, visual
+from . import materialize, media, select, visual
 from .base import (
     ENTRY_POINT_GROUP,
     Filtered,
@@ -18,6 +18,7 @@ from .base import (
     parse_op,
     register_op,
 )
+from .materialize import Materialize
 from .media import CutClips, ExtractAudio, ResampleAudio, TranscodeVideo
 from .select import Call, Dedupe, Filter, Split
 from .visual import ResizeImage, SubsamplePoints
@@ -30,6 +31,7 @@ __all__ = [
     "ExtractAudio",
     "Filter",
     "Filtered",
+    "Materialize",
     "Op",
     "ResampleAudio",
     "ResizeImage",
@@ -41,6 +43,7 @@ __all__ = [
     "available_ops",
     "get_op",
     "make_op",
+    "materialize",
     "media",
     "parse_op",
     "register_op",

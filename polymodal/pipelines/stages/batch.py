@@ -1,6 +1,6 @@
-"""The batch stage: `collate` of `batch_size` samples; a sample that cannot be read or decoded
-is reported and replaced by a repeat of a good one (marked), so shapes and batch counts never
-change."""
+"""The batch stage: `collate` of `batch_size` samples' items (one each, or K clips each); a
+sample that cannot be read or decoded is reported and replaced by a repeat of a good one
+(marked), so shapes and batch counts never change."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class Batcher:
     def __init__(
         self,
         batch_size: int,
-        filler: Callable[[], dict[str, Any] | None],
+        filler: Callable[[], list[dict[str, Any]] | None],
         optional: Sequence[str] = (),
     ) -> None:
         self.batch_size, self.filler, self.optional = batch_size, filler, tuple(optional)
@@ -33,13 +33,14 @@ class Batcher:
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.batches = state["batches"]
 
-    def batch(self, items: list[dict[str, Any] | Skip]) -> tuple[Batch | None, list[Skip]]:
-        good = [item for item in items if not isinstance(item, Skip)]
-        skips = [item for item in items if isinstance(item, Skip)]
+    def batch(self, samples: list[list[dict[str, Any]] | Skip]) -> tuple[Batch | None, list[Skip]]:
+        """One batch of the samples' items (each sample: its items, or a Skip)."""
+        good = [items for items in samples if not isinstance(items, Skip)]
+        skips = [items for items in samples if isinstance(items, Skip)]
         self.batches += 1
         repeat = good[0] if good else self.filler()
         if repeat is None:
             return None, skips
-        filler = {**repeat, "__repeated__": True}
-        samples = [filler if isinstance(item, Skip) else item for item in items]
-        return collate(samples, self.optional), skips
+        filler = [{**item, "__repeated__": True} for item in repeat]
+        flat = [i for items in samples for i in (filler if isinstance(items, Skip) else items)]
+        return collate(flat, self.optional), skips

@@ -1,6 +1,8 @@
 """The decode stage: the field adapters, with a generator per sample seeded from (seed,
 epoch, key), so a resumed run draws the same crops; optional fields a sample lacks are left
-out, and metadata members (`json`, `txt`) ride along decoded, within a bound."""
+out, and metadata members (`json`, `txt`) ride along decoded, within a bound. With
+`clips_per_sample` K, each sample is decoded once into K items (K clips, each with its own
+generator: distinct starts and crops, audio and video of one clip cutting the same moment)."""
 
 from __future__ import annotations
 
@@ -31,9 +33,11 @@ class Decode:
         optional: Collection[str] = (),
         meta: Sequence[str] = (),
         max_meta_bytes: int = MAX_META_BYTES,
+        clips_per_sample: int = 1,
     ):
         self.fields, self.errors, self.seed, self.epoch = fields, errors, seed, epoch
         self.optional, self.meta, self.max_meta_bytes = set(optional), tuple(meta), max_meta_bytes
+        self.clips = clips_per_sample
         self.skipped = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -42,20 +46,26 @@ class Decode:
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.skipped = state["skipped"]
 
-    def decode(self, ref: Reference, raw: dict[str, Any] | Skip) -> dict[str, Any] | Skip:
+    def decode(self, ref: Reference, raw: dict[str, Any] | Skip) -> list[dict[str, Any]] | Skip:
+        """The sample's `clips_per_sample` items, or its Skip."""
         if isinstance(raw, Skip):
             self.skipped += 1
             return raw
         key = raw["__key__"]
         seed = stable_seed(key, self.seed * 1_000_003 + self.epoch)
-        out: dict[str, Any] = {"__key__": key, "__repeated__": ref.repeated}
+        # clip 0 draws as a one-clip stream does; the others from seeds of their own
+        seeds = [seed] + [stable_seed(f"{key}#{j}", seed) for j in range(1, self.clips)]
+        items: list[dict[str, Any]] = [
+            {"__key__": key, "__repeated__": ref.repeated} for _ in seeds
+        ]
         try:
             for name, adapter in self.fields.items():
                 if name in self.optional and not any(e in raw for e in adapter.extensions):
                     continue  # an optional field this sample does not have
                 # one generator per field, equally seeded: audio and video cut the same moment
-                rng = np.random.default_rng(seed) if adapter.uses_rng else None
-                out[name] = adapter.decode(raw, rng)
+                rngs = [np.random.default_rng(s) if adapter.uses_rng else None for s in seeds]
+                for item, field in zip(items, adapter.decode_clips(raw, rngs), strict=True):
+                    item[name] = field
             metadata = {ext: self._meta(key, ext, raw[ext]) for ext in self.meta if ext in raw}
         except DecodeError as exc:
             if self.errors == "raise":
@@ -64,8 +74,9 @@ class Decode:
             reason = f"field {exc.field!r}: {exc.reason}"
             return Skip(key, "decode", reason, raw.get("__url__", ""))
         if metadata:
-            out["__meta__"] = metadata
-        return out
+            for item in items:
+                item["__meta__"] = metadata
+        return items
 
     def _meta(self, key: str, ext: str, data: bytes) -> Any:
         """A metadata member as it rides along: JSON decoded, text as a string; bounded."""
