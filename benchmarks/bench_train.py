@@ -1,31 +1,145 @@
-"""Trainer throughput and data starvation on the demo's audio-video task, against the same
-model stepped on batches already in memory (the ceiling the data pipeline should reach).
+"""Decode once, train many: trainer throughput and data starvation on mp4 shards, on the same
+shards materialised (`preprocess --op materialize`), and on mp4 with K clips per decode, against
+the same model stepped on batches already in memory (the ceiling), all in one run.
 
-    .venv/bin/python benchmarks/bench_train.py [--samples 320] [--steps 60]
+    .venv/bin/python benchmarks/bench_train.py [--tasks demo kinetics] [--steps 40]
 
-For 0, 1 and 2 DataLoader workers: samples/s over `--steps` optimiser steps (after 5 warm-up
-steps) and the fraction of step time spent waiting for the next batch.
+Two tasks: the demo's (8 frames of 32², 1 s of 16 kHz audio, one clip per 1 s source) and a
+Kinetics-sized clip (16 frames of 112² at 8 fps, 2 s of 16 kHz audio, cut from 2.5 s sources
+of 170×128 at 25 fps, materialised with a shorter side of 128). Crops and clip starts are
+random in every form. For each task and form:
+
+- bytes per sample on disk;
+- the data path alone (the stream in the main process, one thread): clips/s per core, median of
+  three passes, and its ratio to the mp4 decode rate;
+- the trainer's samples/s and data-wait share with 0, 1 and 2 DataLoader workers (after 5
+  warm-up steps), and the ratio to the in-memory ceiling measured just before it; medians of
+  `--repeats` such pairs (a shared machine's speed drifts by a third from minute to minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from polymodal.codecs.containers import set_decode_threads
 from polymodal.datasets.build import build
+from polymodal.datasets.index import ShardIndex
+from polymodal.datasets.synthetic import encode_media
+from polymodal.perceiver import EncoderConfig
+from polymodal.pipelines import preprocess
+from polymodal.pipelines.config import FieldConfig, TrainConfig
 from polymodal.pipelines.demo import demo_config, make_clips
+from polymodal.pipelines.tasks import dataset_stream, make_task
 from polymodal.pipelines.train import Trainer
 
+K = 4  # clips per decode in the K form
 
-def trainer_rate(data: Path, run: Path, workers: int, steps: int) -> tuple[float, float]:
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    data: str  # "mp4" or "materialised"
+    clips: int = 1
+
+
+FORMS = (Form("mp4", "mp4"), Form("materialised", "materialised"), Form(f"mp4, K={K}", "mp4", K))
+
+
+def kinetics_clips(folder: Path, samples: int, classes: int) -> None:
+    """2.5 s sources of 170×128 at 25 fps, 600 kbit/s: a class-coloured square moving over a
+    grainy gradient, and a class-pitched tone under noise (h264 + aac, as Kinetics is kept)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:128, 0:170]
+    t = np.arange(40000) / 16000
+    for i in range(samples):
+        label = i % classes
+        out = folder / f"class{label}" / f"clip{i:05d}.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frames = np.empty((62, 128, 170, 3), np.float32)
+        base = (x[..., None] * 0.6 + y[..., None] * 0.4) * np.array([1.0, 0.8, 0.6])
+        for k in range(62):
+            frame = base + rng.normal(0, 3, base.shape)
+            cx, cy = (20 + 3 * k + 7 * i) % 140, (30 + 2 * k) % 100
+            frame[cy : cy + 28, cx : cx + 28] = [60 * (label + 1), 255 - 50 * label, 90]
+            frames[k] = frame
+        sound = 0.3 * np.sin(2 * np.pi * 220 * 2 ** (label / 3) * t) + rng.normal(0, 0.05, len(t))
+        out.write_bytes(
+            encode_media(
+                "mp4",
+                frames.clip(0, 255).astype(np.uint8),
+                fps=25,
+                audio=sound[:, None].astype(np.float32),
+                audio_rate=16000,
+                bit_rate=600_000,  # Kinetics' 128p copies run at a few hundred kbit/s
+            )
+        )
+
+
+def task_config(task: str, data: Path, run: Path, workers: int) -> TrainConfig:
     config = demo_config(data, run, ["audio", "video"], 4, epochs=1000, workers=workers)
-    config.max_steps, config.eval_every_epoch, config.checkpoint_every = steps + 5, False, 10**9
+    video, audio = config.data.fields["video"], config.data.fields["audio"]
+    if task == "kinetics":
+        video = FieldConfig(
+            "video",
+            ["mp4"],
+            {"num_frames": 16, "fps": 8.0, "size": 112, "crop_fraction": 0.875},
+            {"patch": [2, 16, 16], "num_bands": 6},
+        )
+        audio = FieldConfig(
+            "audio", ["mp4"], {"sample_rate": 16000, "duration": 2.0}, audio.encoder
+        )
+        config.model = EncoderConfig(
+            num_latents=32, latent_dim=64, num_self_attends_per_block=2, self_heads=4
+        )
+    video = replace(video, options={**video.options, "crop": "random"})
+    audio = replace(audio, options={**audio.options, "crop": "random"})
+    config.data.fields = {"video": video, "audio": audio}
+    config.data.train, config.data.val = str(data), ""
+    config.eval_every_epoch, config.checkpoint_every = False, 10**9
+    return config.validate()
+
+
+def disk_bytes(data: Path) -> float:
+    index = ShardIndex.load(data)
+    return index.bytes / max(1, index.samples)
+
+
+def data_path_rate(config: TrainConfig, data: Path, clips: int) -> float:
+    """Clips/s of the stream alone, in this process on one thread (torch and FFmpeg)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    set_decode_threads(1)
+    try:
+        task = make_task(config)
+        stream = dataset_stream(
+            config, "data", str(data), task.fields(), shuffle=True, clips_per_sample=clips
+        )
+        rates = []
+        for epoch in range(3):
+            stream.set_epoch(epoch)
+            started, items = time.perf_counter(), 0
+            for batch in stream:
+                items += batch.size
+            rates.append(items / (time.perf_counter() - started))
+        return statistics.median(rates)
+    finally:
+        torch.set_num_threads(threads)
+        set_decode_threads(0)
+
+
+def trainer_rate(config: TrainConfig, steps: int, clips: int) -> tuple[float, float]:
+    config.data.clips_per_sample = clips
+    config.max_steps = steps + 5
     trainer = Trainer(config, progress=False)
-    run.mkdir(parents=True)
+    Path(config.run_dir).mkdir(parents=True)
     trainer.total_steps = 5
     trainer._loop()  # warm-up: worker start, caches
     trainer.total_steps = steps + 5
@@ -33,9 +147,8 @@ def trainer_rate(data: Path, run: Path, workers: int, steps: int) -> tuple[float
     return summary["samples_per_s"], summary["data_wait"]
 
 
-def ceiling(data: Path, run: Path, steps: int) -> float:
+def ceiling(config: TrainConfig, steps: int) -> float:
     """The same model and optimiser on in-memory batches: no data loading at all."""
-    config = demo_config(data, run, ["audio", "video"], 4, epochs=1, workers=0)
     trainer = Trainer(config, progress=False)
     batches = [b for _, b in zip(range(8), trainer.train_loader, strict=False)]
     model, optimizer = trainer.model.train(), trainer.optimizer
@@ -51,33 +164,64 @@ def ceiling(data: Path, run: Path, steps: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None:
+    clips = root / "clips"
+    (make_clips if task == "demo" else kinetics_clips)(clips, samples, 4)
+    quiet = {"progress": False, "print_": lambda _: None}
+    build(clips, root / "mp4", shuffle=True, shard_samples=64, **quiet)  # type: ignore[arg-type]
+    base = task_config(task, root / "mp4", root / "run", 0)
+    spec = root / "config.json"
+    spec.write_text(base.to_json())
+    preprocess.run(
+        root / "mp4", root / "materialised", [f"materialize:config={spec}"], progress=False
+    )
+    data = {"mp4": root / "mp4", "materialised": root / "materialised"}
+    mp4_rate = 0.0
+    print(
+        f"\n{task} task (audio + video, batch {base.data.batch_size}), {steps} steps, "
+        f"{torch.get_num_threads()} torch threads, medians of {repeats} runs"
+    )
+    print(
+        f"  {'form':>15s} {'bytes/sample':>12s} {'clips/s/core':>12s} {'× mp4':>6s}   "
+        + "  ".join(f"{f'{w} workers: samples/s wait × ceiling':>34s}" for w in (0, 1, 2))
+    )
+    ceilings = []
+    for form in FORMS:
+        rate = data_path_rate(base, data[form.data], form.clips)
+        mp4_rate = mp4_rate or rate
+        cells = []
+        for workers in (0, 1, 2):
+            runs = []
+            for repeat in range(repeats):
+                name = f"{form.name}-{workers}-{repeat}".replace(" ", "").replace(",", "")
+                top = ceiling(task_config(task, data["mp4"], root / f"ceiling-{name}", 0), steps)
+                config = task_config(task, data[form.data], root / name, workers)
+                speed, wait = trainer_rate(config, steps, form.clips)
+                runs.append((speed, wait, speed / top))
+                ceilings.append(top)
+            speed, wait, ratio = (statistics.median(r[i] for r in runs) for i in range(3))
+            cells.append(f"{speed:16.1f} {wait:5.0%} {ratio:10.2f}×")
+        print(
+            f"  {form.name:>15s} {disk_bytes(data[form.data]):12,.0f} {rate:12.1f} "
+            f"{rate / mp4_rate:5.1f}×   " + "  ".join(cells),
+            flush=True,
+        )
+    print(
+        f"  in-memory ceiling: median {statistics.median(ceilings):.1f} samples/s "
+        f"(from {min(ceilings):.1f} to {max(ceilings):.1f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=320)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--tasks", nargs="+", default=["demo", "kinetics"])
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        make_clips(root / "clips", args.samples, 4)
-        build(
-            root / "clips",
-            root / "data",
-            split="val=0.2",
-            shuffle=True,
-            shard_samples=64,
-            progress=False,
-            print_=lambda _: None,
-        )
-        top = ceiling(root / "data", root / "ceiling", args.steps)
-        print(
-            f"demo task (audio+video, batch 16), {args.steps} steps, {torch.get_num_threads()} "
-            "torch threads"
-        )
-        print(f"  {'workers':>7s} {'samples/s':>10s} {'data wait':>10s} {'× ceiling':>10s}")
-        for workers in (0, 1, 2):
-            rate, wait = trainer_rate(root / "data", root / f"w{workers}", workers, args.steps)
-            print(f"  {workers:7d} {rate:10.1f} {wait:9.0%} {rate / top:9.2f}×")
-        print(f"  in-memory ceiling: {top:.1f} samples/s")
+    for task in args.tasks:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench(task, Path(tmp), args.samples, args.steps, args.repeats)
 
 
 if __name__ == "__main__":

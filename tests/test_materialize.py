@@ -17,6 +17,7 @@ import torch
 import zstandard
 
 from polymodal.adapters import get
+from polymodal.codecs.containers import decode_threads
 from polymodal.codecs.decoded import MAGIC, decode_decoded, encode_decoded
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_media
@@ -284,9 +285,12 @@ def test_hostile_members_are_reported_skips(tmp_path):
 
 
 def test_the_format_round_trips_and_is_checked_before_allocating():
-    array = np.arange(2 * 3 * 5 * 3, dtype=np.uint8).reshape(2, 3, 5, 3)
-    for level in (0, 3):
-        back, meta = decode_decoded(encode_decoded(array, {"fps": 8, "first": 0.125}, level))
+    smooth = np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None], (4, 40, 40, 3)).copy()
+    noise = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3)).astype(np.uint8)
+    for array, level, stored in ((smooth, 0, "none"), (smooth, 3, "zstd"), (noise, 3, "none")):
+        member = encode_decoded(array, {"fps": 8, "first": 0.125}, level)
+        assert f'"compression":"{stored}"'.encode() in member[:200]  # zstd only where it pays
+        back, meta = decode_decoded(member)
         assert np.array_equal(back, array) and meta == {"fps": 8.0, "first": 0.125}
     with pytest.raises(ValueError, match="takes 1,010 bytes, over 1,000"):
         decode_decoded(encode_decoded(np.zeros((10, 101), np.uint8), {}), max_bytes=1000)
@@ -296,11 +300,13 @@ def test_the_format_round_trips_and_is_checked_before_allocating():
 
 
 class _ThreadCount(type(get("label")())):
-    """A label adapter that reports the torch threads of the process decoding it."""
+    """A label adapter that reports the FFmpeg and torch threads of the process decoding it."""
 
     def decode_bytes(self, data, ext, rng):
         field = super().decode_bytes(data, ext, rng)
-        field.values = torch.full_like(field.values, torch.get_num_threads())
+        field.values = torch.full_like(
+            field.values, 100 * decode_threads() + torch.get_num_threads()
+        )
         return field
 
 
@@ -310,8 +316,8 @@ def test_workers_share_the_cores(data):
         stream = Stream(mp4, {"label": _ThreadCount()}, batch_size=4)
         loader = stream.loader(2, threads=threads)
         seen = {int(v) for batch in loader for v in batch["label"].values.flatten()}
-        assert seen == {expected}
-        assert f"2 DataLoader workers × {expected} thread(s)" in loader.split()
+        assert seen == {100 * expected + 1}
+        assert f"2 DataLoader workers × {expected} FFmpeg thread(s)" in loader.split()
 
 
 # --- the commands a user runs ---

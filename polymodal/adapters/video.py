@@ -245,7 +245,7 @@ class VideoAdapter(Adapter):
         if self.size is not None and self.scale is None:
             x0, y0 = crop_origin(w, h, self.size, self.crop, rng)
             frames = frames[:, y0 : y0 + self.size[0], x0 : x0 + self.size[1]]
-        clip = torch.from_numpy(np.ascontiguousarray(frames))  # the copy: only the crop
+        clip = torch.from_numpy(np.array(frames))  # the copy: only the crop
         if self.size is not None and self.scale is not None:
             plan = resized_crop_plan(w, h, self.size, self.scale, self.ratio, rng)
             clip = resize_crop(clip, plan, self.size)

@@ -53,6 +53,11 @@ def set_decode_threads(threads: int) -> None:
     _DECODE_THREADS[0] = max(0, int(threads))
 
 
+def decode_threads() -> int:
+    """FFmpeg threads per video decoder in this process (0: FFmpeg's choice)."""
+    return _DECODE_THREADS[0]
+
+
 def threaded(stream: av.VideoStream) -> av.VideoStream:
     """`stream` decoding with frame and slice threads, as many as `set_decode_threads` said."""
     stream.thread_type = "AUTO"

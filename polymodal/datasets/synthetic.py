@@ -68,12 +68,14 @@ def encode_media(
     rotation: int = 0,
     times: Sequence[float] | None = None,
     keyframe_interval: int | None = None,
+    bit_rate: int = 4_000_000,
 ) -> bytes:
     """Encode video frames `[T, H, W, 3]` uint8 and/or audio `[n, channels]` float32.
 
     `rotation` writes display-matrix rotation metadata (degrees), as phones do; `times` gives
     each frame its own timestamp (seconds) for a variable-frame-rate video;
-    `keyframe_interval` sets the GOP length in frames (the codec's default otherwise).
+    `keyframe_interval` sets the GOP length in frames (the codec's default otherwise);
+    `bit_rate` is high by default, so that test signals survive coding.
     """
     muxer, audio_codec, video_codec = CONTAINERS[ext]
     buf = io.BytesIO()
@@ -87,7 +89,7 @@ def encode_media(
             vstream = add_video_stream(out, video_codec, rate)
             vstream.height, vstream.width = frames.shape[1], frames.shape[2]
             vstream.pix_fmt = "yuv420p"
-            vstream.bit_rate = 4_000_000  # test signals must survive coding: a high rate
+            vstream.bit_rate = bit_rate
             if keyframe_interval:
                 vstream.codec_context.gop_size = keyframe_interval
             if rotation:

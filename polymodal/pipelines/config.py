@@ -53,7 +53,7 @@ class DataConfig:
     num_classes: int = 2
     batch_size: int = 32
     workers: int = 0
-    threads: int = 0  # torch and FFmpeg threads per DataLoader worker (0: cores // workers)
+    threads: int = 0  # FFmpeg threads per DataLoader worker (0: cores // workers)
     clips_per_sample: int = 1  # training items cut from one decode of a sample (divides batch_size)
     buffer_size: int = 500
     seed: int | None = None  # orders the data; None: the run's `seed`

@@ -67,8 +67,9 @@ def cores() -> int:
 
 
 def _limit_threads(threads: int, worker_id: int) -> None:
-    """A DataLoader worker's start: torch's and FFmpeg's threads, its share of the cores."""
-    torch.set_num_threads(threads)
+    """A DataLoader worker's start: FFmpeg's threads, its share of the cores. Torch keeps the
+    one thread the DataLoader gives a worker: more in a forked worker, once the parent has used
+    its OpenMP pool, hangs at the first parallel op (seen here: libgomp is not fork-safe)."""
     set_decode_threads(threads)
 
 
@@ -127,9 +128,9 @@ class StreamLoader:
     (keys and tensors). `report()` lists the samples skipped this epoch, with keys and reasons.
     `dataset`, `batch_size`, `num_workers` and `len()` are what a DataLoader has.
 
-    Each worker runs torch and FFmpeg on `threads` threads: by default its share of the cores
+    Each worker decodes video on `threads` FFmpeg threads: by default its share of the cores
     (cores // workers, at least one), so that workers × threads never oversubscribe them, as
-    FFmpeg's and torch's defaults (one thread per core each, in every worker) would.
+    FFmpeg's default (one thread per core, in every worker) would; torch runs one per worker.
     """
 
     def __init__(
@@ -175,8 +176,8 @@ class StreamLoader:
         if not self.num_workers:
             return f"decoding in the main process ({torch.get_num_threads()} torch threads)"
         return (
-            f"{self.num_workers} DataLoader workers × {self.threads} thread(s) (torch and "
-            f"FFmpeg each) on {cores()} cores"
+            f"{self.num_workers} DataLoader workers × {self.threads} FFmpeg thread(s) (and one "
+            f"torch thread) on {cores()} cores"
         )
 
     def _data_loader(self) -> DataLoader:
