@@ -332,7 +332,11 @@ def _add_dataset_commands(commands: Any) -> None:
     build.add_argument("--format", choices=["tar", "parquet"], default="tar")
     build.add_argument("--shard-size", type=_size, default="256MB", help="bytes per shard")
     build.add_argument("--shard-samples", type=at_least(1), help="samples per shard")
-    build.add_argument("--workers", type=at_least(1), default=1, help="local worker processes")
+    build.add_argument(
+        "--workers", type=at_least(1), default=1, help="processes (local) or CPUs (local Ray)"
+    )
+    build.add_argument("--engine", choices=["local", "ray"], default="local")
+    build.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001)")
     build.add_argument("--shuffle", action="store_true", help="shuffle samples across shards")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--split", help="e.g. val=0.1 (by key hash; the rest is train)")
@@ -418,6 +422,8 @@ def _build(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             fields=args.field,
             allow_paths=args.allow_paths,
+            engine=args.engine,
+            address=args.address,
             progress=not _quiet(args),
             print_=lambda line: None if args.quiet else print(line, file=sys.stderr),
         )

@@ -112,3 +112,25 @@ def test_a_killed_runs_temporaries_at_the_top_of_the_output_go(tmp_path):
     (out / "rejects.jsonl.4242.tmp").write_bytes(b"")
     build(src, out, split="val=0.5", progress=False, print_=lambda _: None)
     assert not list(out.rglob("*.tmp")) and (out / "rejects.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_ray_build_is_the_local_build_and_resumes_after_its_driver_is_killed(source, tmp_path):
+    """`--engine ray` on a real local Ray: the same bytes as the local pool; its driver killed
+    (with the Ray it started) after a few shards, the rerun finishes only the rest."""
+    pytest.importorskip("ray", reason="the ray engine needs `pip install polymodal[ray]`")
+    reference = tmp_path / "reference"
+    subprocess.run(_command(source, reference), check=True, capture_output=True)
+    out = tmp_path / "ray"
+    command = [*_command(source, out), "--engine", "ray"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    _wait_for_shards(out, 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = len(list(out.rglob("*.tar")))
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _tree(out) == _tree(reference)
+    assert left >= 3

@@ -192,6 +192,35 @@ def test_resume_refuses_another_configuration(dataset):
         other.load_state_dict(state)
 
 
+def test_resume_refuses_another_rank_world_or_dataset_naming_the_values(
+    dataset, monkeypatch, tmp_path
+):
+    _rank_env(monkeypatch, 1, 4)
+    loader = Stream(dataset, _fields(), batch_size=2).loader(0)
+    next(iter(loader))
+    state = json.loads(json.dumps(loader.state_dict()))
+    _rank_env(monkeypatch, 0, 4)
+    with pytest.raises(ValueError, match=r"this state is rank 1's, this is rank 0 of 4"):
+        Stream(dataset, _fields(), batch_size=2).loader(0).load_state_dict(state)
+    _rank_env(monkeypatch, 1, 2)
+    with pytest.raises(ValueError, match=r"world \(saved 4, now 2\)"):
+        Stream(dataset, _fields(), batch_size=2).loader(0).load_state_dict(state)
+    _rank_env(monkeypatch, 1, 4)
+    other = tmp_path / "other"  # the same shape of data, other samples
+    _write(other, prefix="o")
+    state["config"]["sources"] = [str(other)]
+    with pytest.raises(ValueError, match=r"datasets \(saved \['[0-9a-f]{64}'\], now"):
+        Stream(other, _fields(), batch_size=2).loader(0).load_state_dict(state)
+
+
+def test_a_rank_outside_the_world_is_an_error(dataset):
+    stream = Stream(dataset, _fields(), batch_size=2)
+    with pytest.raises(ValueError, match="rank 4 of world size 4"):
+        next(stream.worker_batches(0, 4, 4))
+    with pytest.raises(ValueError, match="worker 2 of 2"):
+        stream.slice(0, 1, 2, 2)
+
+
 def test_bad_samples_mid_shard_are_skipped_and_reported(tmp_path, caplog):
     data = tmp_path / "bad"
     total = _write(data, sizes=[10, 10], bad={3, 14})

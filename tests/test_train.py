@@ -342,3 +342,36 @@ def test_masked_byte_language_modelling_learns(tmp_path):
     )
     summary = Trainer(config, progress=False).run()
     assert summary["val_masked_accuracy"] > 0.5  # chance is 1/262
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, after):
+    """Checkpoints hold every rank's loader state; `train --resume` under another
+    `--nproc-per-node` goes on with the rest of the epoch (`elastic`) to the planned end."""
+    config = tmp_path / "c.toml"
+    config.write_text(_toml(data, tmp_path / "run", max_steps=3, epochs=1, checkpoint_every=3))
+
+    def train(processes: int, *extra: str) -> subprocess.CompletedProcess:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command = [*launch, "--nproc-per-node", str(processes), "-m", "polymodal", "train"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(
+            [*command, str(config), "--set", "max_steps=5", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+
+    first = train(before, "--set", "max_steps=3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1]
+    streams = torch.load(checkpoint, weights_only=True)["streams"]
+    assert [s["rank"] for s in streams] == list(range(before))
+    resumed = train(after, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 5
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [s for s in steps if s > 3][:2] == [4, 5]  # it went on from the checkpoint

@@ -28,7 +28,7 @@ def decoded_member(field: str) -> str:
 
 class MaterializedField(Adapter):
     """`inner` reading its field's materialised member first, its media members otherwise
-    (a mix of materialised and media datasets)."""
+    (a mix of materialised and media datasets); the device half (`encoder`) is the inner's."""
 
     def __init__(self, inner: Adapter, field: str) -> None:
         self.inner, self.member = inner, decoded_member(field)
@@ -61,11 +61,6 @@ class MaterializedField(Adapter):
             return self.inner.clips_from_bytes(data, ext, rngs)
         array, meta = decode_decoded(data)
         return [self.inner.from_materialized(array, meta, rng) for rng in rngs]
-
-    def __getattr__(self, name: str) -> Any:  # the inner adapter's options and hooks
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 def record_mismatch(adapter: Adapter, record: Mapping[str, Any]) -> str | None:

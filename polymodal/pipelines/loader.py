@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("polymodal.stream")
 BATCH_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch before it is hung
+ELASTIC = {"world", "workers"}  # what a resumed run may change (`elastic`)
 
 
 class _EpochDataset(IterableDataset):
@@ -42,20 +43,28 @@ class _EpochDataset(IterableDataset):
         super().__init__()
         self.stream, self.rank, self.world = stream, rank, world
         self.epoch = multiprocessing.Value("q", 0)
-        self.resume: tuple[int, dict[int, Any]] | None = None
+        # (epoch, worker states, the rest of the epoch that is left after an elastic resume)
+        self.resume: tuple[int, dict[int, Any], dict[str, Any] | None] | None = None
 
     def __iter__(self) -> Iterator[tuple[int, Batch | None, dict[str, Any], list[dict[str, str]]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = self.epoch.value
-        state = None
+        state, rest = None, None
         if self.resume is not None and self.resume[0] == epoch:
             state = self.resume[1].get(worker)
+            rest = self.stream.remainder(epoch, self.resume[2])
         self.resume = None  # this copy resumes once; later epochs start from the beginning
         for batch, new_state, skips in self.stream.worker_batches(
-            epoch, self.rank, self.world, worker, workers, state
+            epoch, self.rank, self.world, worker, workers, state, rest
         ):
             yield worker, batch, new_state, [s.as_dict() for s in skips]
+
+
+def _short(value: Any) -> str:
+    """A value for an error message, cut to a line."""
+    text = repr(value)
+    return text if len(text) <= 90 else text[:87] + "..."
 
 
 def cores() -> int:
@@ -155,6 +164,7 @@ class StreamLoader:
         self.epoch, self.batches = 0, 0
         self._fresh = True  # `epoch` / `batches` say where the next iteration starts
         self.worker_states: dict[int, Any] = {}
+        self.rest: dict[str, Any] | None = None  # this epoch is the rest of a resized run's
         self.skipped: list[dict[str, Any]] = []
         self._logged: set[str] = set()
         self.report_epoch = 0
@@ -169,7 +179,13 @@ class StreamLoader:
         return self.stream.batch_size
 
     def __len__(self) -> int:
-        return self.stream.batches_per_epoch(self.world)
+        """Batches of this epoch (of its rest, after an elastic resume)."""
+        return self.stream.batches_per_epoch(self.world, self._length())
+
+    def _length(self) -> int | None:
+        """Positions of this epoch's rest after an elastic resume; None: a whole epoch."""
+        rest = self.stream.remainder(self.epoch, self.rest)
+        return None if rest is None else rest.length
 
     def split(self) -> str:
         """Where decoding runs and on how many threads, in words (what the trainer reports)."""
@@ -201,15 +217,17 @@ class StreamLoader:
         again at worker 0, still continues the uninterrupted order."""
         if not self._fresh:  # the previous iterator was not run out: its epoch is over
             self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
-            self._epochs.resume = None
+            self._epochs.resume, self.rest = None, None
         self._fresh = False
         self._epochs.epoch.value = self.epoch
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
             self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
             self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
         workers = max(1, self.num_workers)
+        length = self._length()
         counts = [
-            self.stream.slice(self.rank, self.world, w, workers).batches for w in range(workers)
+            self.stream.slice(self.rank, self.world, w, workers, length).batches
+            for w in range(workers)
         ]
         total = sum(counts)
         waiting: dict[int, deque] = {w: deque() for w in range(workers)}
@@ -249,32 +267,73 @@ class StreamLoader:
             raise StreamError(f"epoch {self.epoch}: {self.batches} of {total} batches arrived")
         self._summarise()
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
-        self._fresh = True
+        self.rest, self._fresh = None, True
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch `epoch`, from its first batch."""
         self.epoch, self.batches, self.worker_states = epoch, 0, {}
-        self._epochs.resume = None
+        self._epochs.resume, self.rest = None, None
         self._fresh = True
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "batches": self.batches,
+            "rank": self.rank,
             "workers": dict(self.worker_states),
+            "rest": self.rest,
             "skipped": list(self.skipped),
             "config": self.stream.config(self.world, self.num_workers),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue where `state` was taken. A state saved at another world size or worker
+        count resumes elastically: the rest of its epoch (every sample no rank had delivered,
+        see `elastic`) is cut over this run's ranks and workers, then epochs go on as usual.
+        A state of another rank, of other data (the indexes' checksums) or of another
+        configuration is a `ValueError` naming the values."""
         expected = self.stream.config(self.world, self.num_workers)
-        if state["config"] != expected:
-            changed = sorted(k for k in expected if state["config"].get(k) != expected[k])
-            raise ValueError(f"cannot resume: the stream's {changed} differ from the saved state")
+        saved = dict(state["config"])
+        saved.setdefault("datasets", expected["datasets"])  # states from before checksums
+        changed = [k for k in expected if saved.get(k) != expected[k]]
+        if set(changed) - ELASTIC:
+            raise ValueError(
+                "cannot resume: the saved state differs in "
+                + "; ".join(
+                    f"{k} (saved {_short(saved.get(k))}, now {_short(expected[k])})"
+                    for k in changed
+                )
+            )
+        saved_rank = state.get("rank", self.rank)  # states from before ranks were recorded
+        if not changed and saved_rank != self.rank:
+            raise ValueError(
+                f"cannot resume: this state is rank {saved_rank}'s, this is rank {self.rank} "
+                f"of {self.world} (each rank resumes from its own state)"
+            )
         self.epoch, self.batches = state["epoch"], state["batches"]
         self.worker_states = {int(w): s for w, s in state["workers"].items()}
+        self.rest = state.get("rest")
+        if changed:  # resized: every rank had delivered as many batches; the rest is re-cut
+            if self.batches or self.rest is not None:
+                self.rest = {
+                    "world": saved["world"],
+                    "workers": saved["workers"],
+                    "batches": self.batches,
+                    "parent": self.rest,
+                }
+            self.batches, self.worker_states = 0, {}
+            log.info(
+                "elastic resume: epoch %d from %d ranks × %d workers to %d × %d, %d batches "
+                "left on this rank",
+                self.epoch,
+                saved["world"],
+                saved["workers"],
+                self.world,
+                self.num_workers,
+                len(self),
+            )
         self.skipped, self.report_epoch = list(state["skipped"]), self.epoch
-        self._epochs.resume = (self.epoch, dict(self.worker_states))
+        self._epochs.resume = (self.epoch, dict(self.worker_states), self.rest)
         self._loader = None  # workers copy the dataset when they start: start fresh ones
         self._fresh = True
 

@@ -154,18 +154,30 @@ def references(
     (more than once for a dataset smaller than the world). Within a source, positions past its
     length cycle through it again (a source weighted above its size).
     """
-    total = mixture.total
     for lo in range(start, stop, chunk):
         positions = np.arange(lo, min(stop, lo + chunk), dtype=np.int64)
-        wrapped = positions % max(total, 1)
-        runs = np.split(np.arange(len(wrapped)), np.flatnonzero(np.diff(wrapped) != 1) + 1)
-        pieces = [mixture.split(int(wrapped[r[0]]), int(wrapped[r[-1]]) + 1) for r in runs]
-        src = np.concatenate([p[0] for p in pieces])
-        within = np.concatenate([p[1] for p in pieces])
-        shard, index = np.empty_like(src), np.empty_like(src)
-        for s in np.unique(src):
-            mask = src == s
-            shard[mask], index[mask] = sources[s].locate(within[mask])
-        columns = (src.tolist(), shard.tolist(), index.tolist(), (positions >= total).tolist())
-        for s, shard_id, i, r in zip(*columns, strict=True):
-            yield Reference(s, shard_id, i, r)
+        yield from references_at(sources, mixture, positions, positions >= mixture.total)
+
+
+def references_at(
+    sources: Sequence[SourceOrder],
+    mixture: Mixture,
+    positions: np.ndarray,
+    repeated: np.ndarray,
+) -> Iterator[Reference]:
+    """The references of any epoch positions (runs of consecutive ones are mapped at once),
+    flagged `repeated` where given: an ordinary epoch's padding, or a rest of one's."""
+    if not len(positions):
+        return
+    wrapped = positions % max(mixture.total, 1)
+    runs = np.split(np.arange(len(wrapped)), np.flatnonzero(np.diff(wrapped) != 1) + 1)
+    pieces = [mixture.split(int(wrapped[r[0]]), int(wrapped[r[-1]]) + 1) for r in runs]
+    src = np.concatenate([p[0] for p in pieces])
+    within = np.concatenate([p[1] for p in pieces])
+    shard, index = np.empty_like(src), np.empty_like(src)
+    for s in np.unique(src):
+        mask = src == s
+        shard[mask], index[mask] = sources[s].locate(within[mask])
+    columns = (src.tolist(), shard.tolist(), index.tolist(), np.asarray(repeated).tolist())
+    for s, shard_id, i, r in zip(*columns, strict=True):
+        yield Reference(s, shard_id, i, bool(r))

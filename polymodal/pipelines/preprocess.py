@@ -35,6 +35,7 @@ from polymodal.datasets.index import REJECTS_NAME
 from polymodal.datasets.output import dataset_files, prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
+from polymodal.datasets.engines import Engine, make_engine
 from polymodal.datasets.files import check_separate, remove_temporaries, write_atomic
 from polymodal.datasets.index import INDEX_NAME, ShardIndex, ShardInfo, merge_labels
 from polymodal.datasets.layout import Problem
@@ -42,7 +43,6 @@ from polymodal.datasets.reader import read_shard
 from polymodal.datasets.shard import TarShard, shard_name
 from polymodal.datasets.writer import schema
 
-from .engines import Engine, make_engine
 from .ops import Filtered, Op, Sample, make_op
 from .ops.materialize import Materialize
 from .ops.select import Split

@@ -30,6 +30,8 @@ skip.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from polymodal.adapters import Adapter, Batch, get
@@ -49,8 +52,9 @@ from polymodal.datasets.files import (
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
 
+from .elastic import Remainder, reader_range
 from .loader import BATCH_TIMEOUT, StreamLoader
-from .partition import Mixture, Reference, SourceOrder, rank_range, references, worker_range
+from .partition import Mixture, Reference, SourceOrder, rank_range, references, references_at
 from .ranks import rank_world
 from .stages import Batcher, Decode, Reader, Shuffle, Skip, Stage, StreamError, usable_batch
 
@@ -148,6 +152,8 @@ class Stream(IterableDataset):
         for skip in (skip for skips in self.excluded for skip in skips.values()):
             log.warning("left out %s: %s", skip.url, skip.reason)
         self._fillers: dict[int, list[dict[str, Any]] | None] = {}
+        self._checksums: list[str] | None = None
+        self._remainders: dict[tuple[int, str], Remainder] = {}
         self.epoch = 0
         self._mixture = self.mixture()
         self.total = self._mixture.total  # samples in an epoch, over all ranks
@@ -174,23 +180,65 @@ class Stream(IterableDataset):
             for i in range(len(self.indexes))
         ]
 
-    def slice(self, rank: int, world: int, worker: int, workers: int) -> WorkerSlice:
-        """One (rank, worker)'s positions of every epoch: a pure function of the epoch's length."""
-        first, last = rank_range(self.total, world, rank)
-        per_batch = self.samples_per_batch
-        start, stop = worker_range(last - first, per_batch, workers, worker)
-        return WorkerSlice(first + start, first + stop, math.ceil((stop - start) / per_batch))
+    def slice(
+        self, rank: int, world: int, worker: int, workers: int, length: int | None = None
+    ) -> WorkerSlice:
+        """One (rank, worker)'s positions of every epoch (or of a rest of one, `length`
+        positions long): a pure function of the length."""
+        if not (0 <= rank < world and 0 <= worker < max(1, workers)):
+            raise ValueError(
+                f"rank {rank} of world size {world}, worker {worker} of {workers}: need "
+                "0 <= rank < world and 0 <= worker < workers (another rank would read nothing "
+                "but repeats)"
+            )
+        length = self.total if length is None else length
+        return WorkerSlice(
+            *reader_range(length, world, rank, max(1, workers), worker, self.samples_per_batch)
+        )
 
-    def batches_per_epoch(self, world: int | None = None) -> int:
-        """Batches every rank yields per epoch (the same for every rank)."""
+    def batches_per_epoch(self, world: int | None = None, length: int | None = None) -> int:
+        """Batches every rank yields per epoch, or per rest of one (the same for every rank)."""
         world = world or rank_world()[1]
-        first, last = rank_range(self.total, world, 0)
+        first, last = rank_range(self.total if length is None else length, world, 0)
         return math.ceil((last - first) / self.samples_per_batch)
+
+    def remainder(self, epoch: int, saved: Mapping[str, Any] | None) -> Remainder | None:
+        """The rest of `epoch` after a state saved at another world size or worker count
+        (`saved`: its world, workers and batches, and the rest it was itself in, `parent`);
+        see `elastic`. Cached: every worker of a resumed epoch asks."""
+        if saved is None:
+            return None
+        key = (epoch, json.dumps(saved, sort_keys=True))
+        if key not in self._remainders:
+            self._remainders = {
+                key: Remainder.after(
+                    self.total,
+                    saved,
+                    self.samples_per_batch,
+                    self.buffer_size if self.shuffle else 1,
+                    (self.seed, epoch),
+                    self.remainder(epoch, saved.get("parent")),
+                )
+            }
+        return self._remainders[key]
+
+    def checksums(self) -> list[str]:
+        """Per source, a sha256 over its shards' names and checksums: which data the order is
+        of (the same folder rebuilt from other files is another dataset). Computed once."""
+        if self._checksums is None:
+            self._checksums = []
+            for index in self.indexes:
+                digest = hashlib.sha256()
+                for shard in index.shards:
+                    digest.update(f"{shard.name}\0{shard.sha256}\n".encode())
+                self._checksums.append(digest.hexdigest())
+        return self._checksums
 
     def config(self, world: int, workers: int) -> dict[str, Any]:
         """What the order depends on: a resumed run must match it."""
         return {
             "sources": [str(s) for s in self.sources],
+            "datasets": self.checksums(),
             "weights": self.weights,
             "samples": [sum(self.counts(i)) for i in range(len(self.indexes))],
             "batch_size": self.batch_size,
@@ -213,11 +261,13 @@ class Stream(IterableDataset):
         worker: int = 0,
         workers: int = 1,
         state: Mapping[str, Any] | None = None,
+        rest: Remainder | None = None,
     ) -> Iterator[tuple[Batch | None, dict[str, Any], list[Skip]]]:
-        """(batch, chain state after it, skips in it) for one (rank, worker) and epoch; the
-        batch is None when not one sample of the dataset can be read to fill it."""
+        """(batch, chain state after it, skips in it) for one (rank, worker) and epoch, or for
+        the `rest` of an epoch left by a run of another world size (`remainder`); the batch is
+        None when not one sample of the dataset can be read to fill it."""
         orders, mixture = self.orders(epoch), self._mixture
-        part = self.slice(rank, world, worker, workers)
+        part = self.slice(rank, world, worker, workers, None if rest is None else rest.length)
         reader = Reader(self.indexes, self.errors["read"], self.remote, self.max_member_bytes)
         shuffle = Shuffle(
             part.stop - part.start, self.buffer_size, (self.seed, epoch, rank, worker), self.shuffle
@@ -239,6 +289,11 @@ class Stream(IterableDataset):
             if not positions:
                 return iter(())
             first, last = positions[0], positions[-1] + 1
+            if rest is not None:  # the rest of an epoch: its indices, padded, to positions
+                indices = part.start + np.asarray(positions, dtype=np.int64)
+                padding = indices >= rest.length
+                at = rest.positions(indices % max(rest.length, 1))
+                return reader.read(references_at(orders, mixture, at, padding))
             refs = references(orders, mixture, part.start + first, part.start + last)
             if not isinstance(positions, range):
                 wanted = set(positions)

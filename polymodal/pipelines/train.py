@@ -229,6 +229,10 @@ class Trainer:
         """Write a checkpoint atomically (rank 0), then drop all but the last K (`best.pt`,
         written when validation improves, is kept apart)."""
         path = self._checkpoint_dir() / (name or f"step-{self.step:08d}.pt")
+        streams: list[Any] = [self.train_loader.state_dict()]  # every rank's, rank by rank
+        if self.distributed:
+            streams = [None] * self.world
+            dist.all_gather_object(streams, self.train_loader.state_dict())
         if self.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             state = {
@@ -238,7 +242,8 @@ class Trainer:
                 "step": self.step,
                 "best": self.best,
                 "rng": _rng_state(),
-                "stream": self.train_loader.state_dict(),
+                "stream": streams[0],
+                "streams": streams,
             }
             if self.ema is not None:
                 state["ema"] = {
@@ -277,11 +282,30 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best = state["step"], state["best"]
         _set_rng_state(state["rng"])
-        self.train_loader.load_state_dict(state["stream"])
+        self.train_loader.load_state_dict(self._own_stream_state(state))
         if self.ema is not None and "ema" in state:
             load_model(self.ema.module, state["ema"]["weights"], "resume (ema)")
             self.ema.n_averaged.fill_(state["ema"]["updates"])
         return True
+
+    def _own_stream_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's loader state of a checkpoint (which holds every rank's); after a change
+        of world size, rank 0's says how far every rank was (they deliver alike)."""
+        streams = state.get("streams")
+        if streams is None:  # saved before checkpoints held every rank's: rank 0's for all
+            return {**state["stream"], "rank": self.rank}
+        return streams[self.rank] if len(streams) == self.world else streams[0]
+
+    def _replan(self) -> None:
+        """After an elastic resume, the steps of an epochs-long run: the rest of this epoch,
+        then whole epochs at this world size; the learning-rate schedule follows."""
+        per_step = self.config.optim.accumulate
+        left = self.config.epochs - self.train_loader.epoch - 1
+        self.total_steps = (
+            self.step + math.ceil(len(self.train_loader) / per_step) + self.steps_per_epoch * left
+        )
+        self.scheduler.lr_lambdas = [_schedule(self.config, self.total_steps)]
+        log.info("elastic resume: %d steps in all, %d done", self.total_steps, self.step)
 
     # --- the loop ---
 
@@ -313,6 +337,8 @@ class Trainer:
                 write_atomic(self.run_dir / "init.json", self.init_report.to_json())
         if not (self.resume and self.load_latest()) and self.rank == 0:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if self.train_loader.rest is not None and not config.max_steps:
+            self._replan()
         previous = {
             s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)
         }
@@ -353,10 +379,12 @@ class Trainer:
         self.model.train()
         while self.step < self.total_steps and not self._stopping():
             self.optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
+            step_loss, epoch_ended = 0.0, None
             for micro in range(config.optim.accumulate):
                 batch, waited = next(batches)
                 wait_total += waited
+                if self.train_loader.batches == len(self.train_loader):  # its epoch's last
+                    epoch_ended = self.train_loader.epoch
                 batch = batch.to(self.device, non_blocking=True)
                 seed = self._micro_seed(micro)
                 torch.manual_seed(seed)  # dropout, SpecAugment, masks: a function of the step
@@ -386,7 +414,7 @@ class Trainer:
                     "data_wait": wait_total / elapsed,
                 }
             )
-            if self.step % self.steps_per_epoch == 0:
+            if epoch_ended is not None:
                 metrics = {}
                 if config.eval_every_epoch and self.val_stream:
                     best = self.best
@@ -396,9 +424,8 @@ class Trainer:
                         self.save("best.pt")
                     self.model.train()
                 epoch_losses = losses[-self.steps_per_epoch :]
-                self._say(
-                    bar, epoch_line(self.step, self.steps_per_epoch, epoch_losses, metrics, rate)
-                )
+                line = epoch_line(epoch_ended + 1, self.step, epoch_losses, metrics, rate)
+                self._say(bar, line)
             if self.step % config.checkpoint_every == 0:
                 self.save()
         bar.close()
@@ -512,7 +539,7 @@ def _tensorboard(run_dir: Path) -> Any:
 
 
 def epoch_line(
-    step: int, steps_per_epoch: int, losses: list[float], metrics: dict[str, Any], rate: float
+    epoch: int, step: int, losses: list[float], metrics: dict[str, Any], rate: float
 ) -> str:
     """`epoch 3 (step 150): train loss 0.4120 · val_accuracy 0.9530 · 212.5 samples/s`."""
     parts = [f"train loss {sum(losses) / max(len(losses), 1):.4f}"]
@@ -522,7 +549,7 @@ def epoch_line(
         if k not in ("val_samples",) and not (k == "val_skipped" and not v)
     ]
     parts.append(f"{rate:.1f} samples/s")
-    return f"epoch {step // steps_per_epoch} (step {step}): " + " · ".join(parts)
+    return f"epoch {epoch} (step {step}): " + " · ".join(parts)
 
 
 def plot_metrics(metrics: Path, out: Path) -> None:
