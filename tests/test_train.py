@@ -369,9 +369,16 @@ def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, a
     checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1]
     streams = torch.load(checkpoint, weights_only=True)["streams"]
     assert [s["rank"] for s in streams] == list(range(before))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with metrics.open("a") as f:  # a fresh start would remove the file, a resume keeps it
+        f.write(json.dumps({"step": 3, "marker": True}) + "\n")
     resumed = train(after, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 5
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert [s for s in steps if s > 3][:2] == [4, 5]  # it went on from the checkpoint
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 5
+    records = [json.loads(line) for line in metrics.open()]
+    assert any(r.get("marker") for r in records)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    final = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1]
+    assert [s["rank"] for s in torch.load(final, weights_only=True)["streams"]] == list(
+        range(after)
+    )
