@@ -14,6 +14,7 @@ from polymodal.adapters import get
 from polymodal.datasets.files import Remote
 from polymodal.datasets.synthetic import encode_image
 from polymodal.datasets.writer import ShardWriter
+from polymodal.pipelines.stages.shuffle import BufferOrder
 from polymodal.pipelines.stream import Stream
 
 SHARD_SIZES = [7, 0, 13, 1, 9, 20, 4]  # uneven, one empty
@@ -181,6 +182,29 @@ def test_resume_reads_at_most_the_buffer_and_decodes_nothing_skipped(dataset, mo
     rest = list(stream.worker_batches(0, 0, 1, state=full[6][1]))
     assert [b.keys for b, _, _ in rest] == [b.keys for b, _, _ in full[7:]]
     assert len(decoded) == sum(len(b.keys) for b, _, _ in rest)  # only what is delivered
+
+
+def test_resume_restores_the_buffer_without_replaying_the_epoch(dataset, monkeypatch):
+    """The state holds the buffer's order itself: resuming late in an epoch steps the order
+    only for the batch it makes, not once per sample already emitted."""
+    _rank_env(monkeypatch, 0, 1)
+    loader = Stream(dataset, _fields(), batch_size=2, buffer_size=4).loader(0)
+    batches = iter(loader)
+    for _ in range(12):
+        next(batches)
+    expected = _digest(next(batches))
+    loader = Stream(dataset, _fields(), batch_size=2, buffer_size=4).loader(0)
+    batches = iter(loader)
+    for _ in range(12):
+        next(batches)
+    state = json.loads(json.dumps(loader.state_dict()))
+    steps = []
+    step = BufferOrder.step
+    monkeypatch.setattr(BufferOrder, "step", lambda self: steps.append(1) or step(self))
+    resumed = Stream(dataset, _fields(), batch_size=2, buffer_size=4).loader(0)
+    resumed.load_state_dict(state)
+    assert _digest(next(iter(resumed))) == expected
+    assert len(steps) <= 3  # two samples' steps (and the one past them), not 24 + 2
 
 
 def test_resume_refuses_another_configuration(dataset):
