@@ -370,3 +370,27 @@ def test_one_training_config_runs_on_both_forms_and_a_changed_one_is_refused(dat
     )
     assert refused.returncode == 2  # an invalid config
     assert "field 'video': options.size is [48, 48]" in refused.stderr
+
+
+def test_an_optional_field_a_sample_lacks_is_left_out(tmp_path):
+    with ShardWriter(tmp_path / "src", max_samples=4) as writer:
+        writer.write({"__key__": "with", "mp4": _clip(0, 1.0), "cls": b"0"})
+        writer.write({"__key__": "without", "cls": b"1"})
+    config = tmp_path / "train.toml"
+    config.write_text(
+        '[data]\ntrain = "x"\n[data.fields.video]\nadapter = "video"\nextensions = ["mp4"]\n'
+        "optional = true\noptions = {num_frames = 4, fps = 8.0, size = 32}\n"
+    )
+    report = preprocess.run(
+        tmp_path / "src", tmp_path / "mat", [f"materialize:config={config}"], progress=False
+    )
+    assert (report.samples_out, report.rejected) == (2, 0)
+    stream = Stream(
+        tmp_path / "mat",
+        {"video": get("video")(num_frames=4, fps=8.0, size=32), "label": get("label")()},
+        batch_size=2,
+        shuffle=False,
+        optional=["video"],
+    )
+    (batch,) = list(stream)
+    assert batch.keys == ["with", "without"] and batch.has("video").tolist() == [True, False]

@@ -39,7 +39,12 @@ class Materialize(Op):
             raise ValueError(f"level must be a zstd level from 0 to 19, got {level}")
         fields = load_config(config).data.fields
         self.fields: dict[str, dict[str, Any]] = {
-            name: {"adapter": spec.adapter, "extensions": spec.extensions, "options": spec.options}
+            name: {
+                "adapter": spec.adapter,
+                "extensions": spec.extensions,
+                "options": spec.options,
+                "optional": spec.optional,
+            }
             for name, spec in fields.items()
         }
         self.level, self.keep_source = level, keep_source
@@ -69,6 +74,8 @@ class Materialize(Op):
         used: set[str] = set()
         for name, adapter in self.adapters().items():
             ext = next((e for e in adapter.extensions if e in sample), None)
+            if ext is None and self.fields[name]["optional"]:
+                continue  # an optional field this sample does not have: it stays without
             if ext is None:
                 raise ValueError(f"field {name!r}: no member {list(adapter.extensions)}")
             array, meta = adapter.materialize(bytes(sample[ext]), ext)
