@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import av
 import numpy as np
 import torch
 
@@ -189,17 +190,28 @@ class AudioAdapter(Adapter):
             if self.duration is not None:
                 start = clip_start(total, self.duration, self.crop, rng)
                 seek_to(container, stream, start)
-            samples, _ = decode_audio(
-                container,
-                stream,
-                rate=self.sample_rate,
-                channels=self.channels,
-                dtype="int16" if self.dtype == "int16" else "float32",
-                start=start,
-                take=self._take,
-                max_seconds=self.max_seconds if self.duration is None else None,
-            )
+            samples, _ = self._decode(container, stream, start, self._take)
         return self._clip(samples, rng)
+
+    def _decode(
+        self,
+        container: av.container.InputContainer,
+        stream: av.AudioStream,
+        start: float | None,
+        take: int | None,
+    ) -> tuple[np.ndarray, float]:
+        """`decode_audio` at this adapter's rate, channels and sample type (float32 for
+        float16, cast after augmentation); a whole track is bounded by `max_seconds`."""
+        return decode_audio(
+            container,
+            stream,
+            rate=self.sample_rate,
+            channels=self.channels,
+            dtype="int16" if self.dtype == "int16" else "float32",
+            start=start,
+            take=take,
+            max_seconds=self.max_seconds if take is None else None,
+        )
 
     @property
     def _take(self) -> int | None:
@@ -233,14 +245,7 @@ class AudioAdapter(Adapter):
         container, stream = open_stream(data, "audio")
         with container:
             total = stream_seconds(container, stream)
-            samples, first = decode_audio(
-                container,
-                stream,
-                rate=self.sample_rate,
-                channels=self.channels,
-                dtype="int16" if self.dtype == "int16" else "float32",
-                max_seconds=self.max_seconds,
-            )
+            samples, first = self._decode(container, stream, None, None)
         if len(samples) == 0:
             raise ValueError("no audio samples")
         return samples.astype(np.dtype(self.dtype), copy=False), {"total": total, "first": first}

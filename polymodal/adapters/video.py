@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import av
@@ -140,12 +141,7 @@ class VideoAdapter(Adapter):
 
     @plain_errors()  # FFmpeg's reason, not its errno
     def decode_bytes(self, data: bytes, ext: str, rng: np.random.Generator | None) -> Field:
-        container, stream = open_stream(data, "video")
-        with container:
-            check_pixels(stream.codec_context.width, stream.codec_context.height, self.max_pixels)
-            threaded(stream)
-            fps = self.fps or float(frame_rate(stream))
-            total = stream_seconds(container, stream)
+        with self._opened(data) as (container, stream, fps, total):
             start = clip_start(total, self.num_frames / fps, self.crop, rng)
             seek_to(container, stream, start)
             targets = start + np.arange(self.num_frames) / fps
@@ -153,6 +149,23 @@ class VideoAdapter(Adapter):
         if not pixels:
             raise ValueError("no video frames")
         return self._clip(torch.from_numpy(np.stack(pixels)))
+
+    @contextmanager
+    def _opened(
+        self, data: bytes
+    ) -> Iterator[tuple[av.container.InputContainer, av.VideoStream, float, float]]:
+        """The video stream of `data`, checked against `max_pixels` and threaded, with the
+        clip's frame rate and the header's duration: what a clip and a materialisation open."""
+        container, stream = open_stream(data, "video")
+        with container:
+            check_pixels(stream.codec_context.width, stream.codec_context.height, self.max_pixels)
+            threaded(stream)
+            yield (
+                container,
+                stream,
+                self.fps or float(frame_rate(stream)),
+                stream_seconds(container, stream),
+            )
 
     def _clip(self, frames: torch.Tensor) -> Field:
         """`[t, h, w, 3]` frames as the field: zeros after a short source's `t` real frames,
@@ -198,12 +211,7 @@ class VideoAdapter(Adapter):
         """Every frame on screen at `fps` from the start to the end, at `resized_size`; frame
         `k` is the one on screen at `first + k / fps`, `first` chosen so that the centre clip
         starts on a kept frame. More than `max_bytes` of frames is refused as it is reached."""
-        container, stream = open_stream(data, "video")
-        with container:
-            check_pixels(stream.codec_context.width, stream.codec_context.height, self.max_pixels)
-            threaded(stream)
-            fps = self.fps or float(frame_rate(stream))
-            total = stream_seconds(container, stream)
+        with self._opened(data) as (container, stream, fps, total):
             centre = clip_start(total, self.num_frames / fps, "center", None)
             k0 = math.floor(centre * fps + 1e-9)
             # the centre clip's targets exactly as `decode_bytes` computes them: start + i / fps

@@ -18,6 +18,7 @@ run per contiguous tail.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,17 +71,22 @@ class Remainder:
 
     @property
     def length(self) -> int:
-        return int(self.lengths.sum())
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    @functools.cached_property
+    def ends(self) -> np.ndarray:
+        """One past each run's last remainder index (computed once: every read asks)."""
+        return np.cumsum(self.lengths)
 
     def positions(self, indices: np.ndarray) -> np.ndarray:
         """The epoch positions of remainder indices (each in [0, length))."""
-        ends = np.cumsum(self.lengths)
+        ends = self.ends
         run = np.searchsorted(ends, indices, side="right")
         return self.starts[run] + (indices - (ends[run] - self.lengths[run]))
 
     def runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """Remainder indices [lo, hi) as runs of epoch positions."""
-        ends = np.cumsum(self.lengths)
+        ends = self.ends
         out = []
         k = int(np.searchsorted(ends, lo, side="right"))
         while lo < hi and k < len(ends):

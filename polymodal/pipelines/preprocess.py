@@ -398,15 +398,15 @@ def _write_outputs(
     write_atomic(dst / REJECTS_NAME, "".join(json.dumps(x) + "\n" for x in rejects).encode())
     write_atomic(dst / FILTERED_NAME, "".join(json.dumps(x) + "\n" for x in filtered).encode())
     write_atomic(dst / SUMMARY_NAME, (json.dumps(asdict(report), indent=1) + "\n").encode())
+    materialized = dict(index.materialized or {})
+    for op in chain:
+        if isinstance(op, Materialize):
+            materialized.update(op.records())
+    rules = {ext: m for ext, m in index.fields.items() if m}  # the source's rules carry on
+    rules |= {decoded_member(name): r["adapter"] for name, r in materialized.items()}
     for split, directory in outputs.items():
         remove_temporaries(directory)  # from a worker killed mid-task, since rerun
         infos = [ShardInfo(**r.outputs[split]) for r in records if split in r.outputs]
-        rules = {ext: m for ext, m in index.fields.items() if m}  # the source's rules carry on
-        materialized = dict(index.materialized or {})
-        for op in chain:
-            if isinstance(op, Materialize):
-                materialized.update(op.records())
-        rules |= {decoded_member(name): r["adapter"] for name, r in materialized.items()}
         out = ShardIndex("tar", schema(infos, rules), infos, merge_labels(infos), index.classes)
         out.build = {"fingerprint": fp, "source": src, "ops": report.ops}
         out.materialized = materialized or None
