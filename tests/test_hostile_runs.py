@@ -364,3 +364,16 @@ def test_a_run_directory_inside_a_dataset_is_refused(tmp_path, capsys):
     assert main(["train", str(config), "--set", f"run_dir='{train / 'run'}'"]) == 2
     assert "run_dir: the output" in capsys.readouterr().err
     assert sorted(p.name for p in train.iterdir()) == before
+
+
+def test_training_on_data_with_nothing_left_to_read_is_an_error_not_a_wait(tmp_path, capsys):
+    """Every shard cut short since it was indexed: all are left out, and `train` says so at
+    once (it used to wait forever for a first batch of an empty epoch)."""
+    train = _images(tmp_path / "train", shards=1)
+    for shard in train.glob("*.tar"):
+        shard.write_bytes(shard.read_bytes()[:2048])
+    config = image_train_toml(tmp_path / "c.toml", train, "", tmp_path / "run", max_steps=2)
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "data.train: the dataset" in err and "has no sample to read; left out: " in err
+    assert "the shard is 2,048 bytes, the index says" in err

@@ -340,6 +340,10 @@ def dataset_stream(
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if stream.total == 0:  # a run over it would wait forever for its first batch
+        left_out = [skip for skips in stream.excluded for skip in skips.values()]
+        why = f"; left out: {left_out[0].key}: {left_out[0].reason}" if left_out else ""
+        raise ConfigError(f"{where}: the dataset {source} has no sample to read{why}")
     present = {ext for index in stream.indexes for ext in index.fields}
     for name, adapter in stream.fields.items():
         if not present & set(adapter.extensions):
