@@ -365,6 +365,12 @@ def _add_dataset_commands(commands: Any) -> None:
     )
     index.add_argument("--workers", type=at_least(1), default=1)
     index.add_argument("--strict", action="store_true", help="exit non-zero on rejected input")
+    index.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="rewrite a dataset's version-1 index.json (every shard listed in it) as the "
+        "columnar layout (a header and index.arrow); the shards are not read",
+    )
     _add_field_rules(index)
     index.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect = commands.add_parser("inspect", help="describe a dataset")
@@ -477,6 +483,8 @@ def _index(args: argparse.Namespace) -> int:
     from polymodal.datasets import build
     from polymodal.datasets.files import Remote
 
+    if args.upgrade:
+        return _upgrade_index(args.directory)
     try:
         report = build.index_shards(
             args.directory,
@@ -490,6 +498,29 @@ def _index(args: argparse.Namespace) -> int:
         print(f"polymodal index: {exc}", file=sys.stderr)
         return 2
     return _report(report, args.out or Path(args.directory), args.strict, args)
+
+
+def _upgrade_index(directory: str) -> int:
+    """`polymodal index --upgrade`: the same index, in the columnar layout (the table first,
+    the header last, so a killed upgrade leaves the old index readable)."""
+    from polymodal.datasets.files import local_path
+    from polymodal.datasets.index import FORMAT_VERSION, ShardIndex
+
+    folder = local_path(directory)
+    if folder is None:
+        print(f"polymodal index: {directory}: --upgrade rewrites a local folder", file=sys.stderr)
+        return 2
+    index = ShardIndex.load(folder)
+    if index.version == FORMAT_VERSION:
+        print(f"{directory}: already index version {FORMAT_VERSION}; nothing to do")
+        return 0
+    old = index.version
+    index.save(folder, card=False)
+    print(
+        f"{directory}: index version {old} → {FORMAT_VERSION}: {len(index.shards):,} shards in "
+        f"{folder / 'index.arrow'}"
+    )
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -10,8 +10,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from testmedia import gnu_sparse_member, peak_memory_growth_mb
+from testmedia import gnu_sparse_member, index_doc, peak_memory_growth_mb, write_index_doc
 
 from polymodal.adapters import DecodeError, get
 from polymodal.cli import main
@@ -44,10 +46,11 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def _edit_index(directory: Path, edit) -> None:
-    doc = json.loads((directory / "index.json").read_text())
+def _edit_index(directory: Path, edit, version: int = 2) -> None:
+    """Edit the index as a version-1 document, and write it back in layout `version`."""
+    doc = index_doc(directory)
     edit(doc)
-    (directory / "index.json").write_text(json.dumps(doc))
+    write_index_doc(directory, doc, version)
 
 
 # --- 1. jobs never destroy or swallow their inputs --------------------------------------------
@@ -243,18 +246,18 @@ def test_a_huge_text_member_is_decoded_only_as_far_as_the_field_reaches():
 
 def test_an_index_claiming_10_to_the_15_samples_costs_nothing_to_refuse(tmp_path):
     data = _dataset(tmp_path / "data", shards=2)
+    honest = index_doc(data)
 
-    def claim(samples: int, size: int | None = None):
-        def edit(doc):
-            doc.pop("samples", None)  # no total to disagree with: only the shard claims
-            doc["shards"][0].update(samples=samples, bytes=size or doc["shards"][0]["bytes"])
+    def claim(samples: int, size: int | None = None) -> None:
+        doc = json.loads(json.dumps(honest))
+        doc.pop("samples", None)  # no total to disagree with: only the shard claims
+        doc["shards"][0].update(samples=samples, bytes=size or doc["shards"][0]["bytes"])
+        write_index_doc(data, doc, 2)
 
-        return edit
-
-    _edit_index(data, claim(10**15))
+    claim(10**15)
     with pytest.raises(InvalidIndex, match="cannot fit in"):
         ShardIndex.load(data)
-    _edit_index(data, claim(10**15, 10**18))  # a lie that fits: the bytes are claimed too
+    claim(10**15, 10**18)  # a lie that fits: the bytes are claimed too
     loader = Stream(data, _fields(), batch_size=4, shuffle=False).loader(2)
     assert _keys(loader) == [f"k{n:04d}" for n in range(4, 8)]  # the honest shard
     report = loader.report()
@@ -266,25 +269,61 @@ def test_an_index_claiming_10_to_the_15_samples_costs_nothing_to_refuse(tmp_path
 # --- 3. the index and the shards are checked, not trusted ---------------------------------------
 
 
+_MALFORMED = [
+    (lambda d: d["shards"][0].update(samples=-3), "non-negative integer"),
+    (lambda d: d["shards"][0].update(name="../outside.tar"), "climbs out"),
+    (lambda d: d["shards"][0].update(name="/etc/passwd"), "not a path inside"),
+    (lambda d: d["shards"][0].update(name="http://elsewhere/x.tar"), "not a path inside"),
+    (lambda d: d["shards"][0].update(name="a\\b.tar"), "not a path inside"),
+    (lambda d: d["shards"][1].update(name=d["shards"][0]["name"]), "listed twice"),
+    (lambda d: d["shards"].reverse() or d["shards"][0].update(name="shard-000000.tar"), "twice"),
+    (lambda d: d.update(samples=d["samples"] + 1), "add up to"),
+    (lambda d: d["shards"][0]["fields"].update(png=99), "field counts"),
+]
+
+
 @pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda d: d["shards"][0].update(samples=-3), "non-negative integer"),
-        (lambda d: d["shards"][0].update(name="../outside.tar"), "climbs out"),
-        (lambda d: d["shards"][0].update(name="/etc/passwd"), "not a path inside"),
-        (lambda d: d["shards"][0].update(name="http://elsewhere/x.tar"), "not a path inside"),
-        (lambda d: d["shards"][1].update(name=d["shards"][0]["name"]), "listed twice"),
-        (lambda d: d["shards"][0].update(sha256="abc"), "not a sha256"),
-        (lambda d: d.update(samples=d["samples"] + 1), "add up to"),
-        (lambda d: d["shards"][0]["fields"].update(png=99), "field counts"),
-    ],
+    ("edit", "message", "version"),
+    [(*case, version) for case in _MALFORMED for version in (1, 2)]
+    # a shard table holds 32 raw bytes: no other sha256 can be written in one
+    + [(lambda d: d["shards"][0].update(sha256="abc"), "not a sha256", 1)],
 )
-def test_a_malformed_index_is_refused_naming_the_shard(tmp_path, edit, message):
+def test_a_malformed_index_is_refused_naming_the_shard(tmp_path, edit, message, version):
+    """Both layouts, the listed one (version 1) and the shard table (2), refuse the same lies."""
     data = _dataset(tmp_path / "data", shards=2)
-    _edit_index(data, edit)
+    _edit_index(data, edit, version)
     with pytest.raises(InvalidIndex, match=message):
         ShardIndex.load(data)
     assert main(["validate", str(data)]) == 2
+
+
+def test_a_shard_table_that_is_not_the_headers_is_refused(tmp_path):
+    """A table written by another job (a rebuild killed between the table and the header), a
+    damaged one, a foreign Arrow file and a missing one: each refused, naming the file."""
+    data = _dataset(tmp_path / "data", shards=2)
+    other = _dataset(tmp_path / "other", shards=3)
+    table, good = data / "index.arrow", (data / "index.arrow").read_bytes()
+    table.write_bytes((other / "index.arrow").read_bytes())
+    with pytest.raises(InvalidIndex, match=r"not the shard table index\.json was written with"):
+        ShardIndex.load(data)
+    table.write_bytes(good[: len(good) // 2])
+    with pytest.raises(InvalidIndex, match="not an Arrow shard table"):
+        ShardIndex.load(data)
+    pq.write_table(pa.table({"name": ["x"]}), table)  # Parquet, not Arrow IPC
+    with pytest.raises(InvalidIndex, match="not an Arrow shard table"):
+        ShardIndex.load(data)
+    with (
+        pa.OSFile(str(table), "wb") as sink,
+        pa.ipc.new_file(sink, pa.schema([("x", pa.int8())])) as w,
+    ):
+        w.write_table(pa.table({"x": pa.array([1], pa.int8())}))
+    with pytest.raises(InvalidIndex, match="no 'name' column"):
+        ShardIndex.load(data)
+    table.unlink()
+    with pytest.raises(InvalidIndex, match=r"index\.arrow is missing"):
+        ShardIndex.load(data)
+    table.write_bytes(good)
+    assert ShardIndex.load(data).samples == 8
 
 
 def test_a_lowered_count_is_reported_not_silently_dropped(tmp_path):
@@ -443,3 +482,40 @@ def test_out_of_range_arguments_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_lost_shards_are_skipped_once_and_a_resume_skips_the_same(tmp_path):
+    """Shards deleted after indexing: every sample of each is reported once, a resumed run
+    goes on with the same batches and skips, and the state stays the same size however many
+    shards were lost (it was once a list of all of them, taken after every batch)."""
+    data = _dataset(tmp_path / "data", shards=8, per_shard=3)
+    for n in (1, 2, 4, 5):
+        (data / f"shard-{n:06d}.tar").unlink()
+
+    def run(loader, state=None):
+        if state is not None:
+            loader.load_state_dict(state)
+        out = []
+        for batch in loader:
+            out.append((batch.keys, batch.repeated.tolist(), loader.state_dict()))
+        return out, loader.report()
+
+    def loader():
+        return Stream(data, _fields(), batch_size=2, buffer_size=4, seed=5).loader(0)
+
+    whole, report = run(loader())
+    lost = {s["key"] for s in report["samples"]}
+    assert (
+        report["skipped"] == 12
+        and len(lost) == 12
+        and all("missing" in s["reason"] for s in report["samples"])
+    )
+    assert {k for keys, rep, _ in whole for k, r in zip(keys, rep, strict=True) if not r} == {
+        f"k{n:04d}" for n in range(24) if n // 3 not in (1, 2, 4, 5)
+    }
+    assert max(len(state["workers"][0]["reader"]["failed"]) for *_, state in whole) == 1
+    for at in range(1, len(whole) - 1):
+        state = json.loads(json.dumps(whole[at - 1][2]))
+        rest, resumed = run(loader(), state)
+        assert [keys for keys, *_ in rest] == [keys for keys, *_ in whole[at:]]
+        assert resumed["skipped"] == 12

@@ -121,3 +121,39 @@ def image_train_toml(
         """)
     )
     return path
+
+
+def index_doc(directory: Path) -> dict:
+    """A dataset's index as one version-1 document (the shards listed in it), to edit."""
+    from polymodal.datasets.index import ShardIndex
+
+    index = ShardIndex.load(directory)
+    doc = json.loads(index.header(""))
+    del doc["table"]
+    doc["version"] = 1
+    doc["shards"] = [
+        {
+            "name": s.name,
+            "samples": s.samples,
+            "bytes": s.bytes,
+            "sha256": s.sha256,
+            "fields": s.fields,
+        }
+        for s in index.shards
+    ]
+    return doc
+
+
+def write_index_doc(directory: Path, doc: dict, version: int) -> None:
+    """Write `doc` (as `index_doc` gives it) unchecked: version 1 as it is, version 2 as a
+    shard table and a header naming it — how an index another tool wrote might look."""
+    from polymodal.datasets.shard_table import TABLE_NAME, ShardTable
+
+    doc = dict(doc)
+    if version == 2:
+        table = ShardTable.from_entries(doc.pop("shards"), "test")
+        digest = table.write(directory / TABLE_NAME)
+        doc.update(version=2, table={"name": TABLE_NAME, "shards": len(table), "digest": digest})
+    else:
+        (directory / "index.arrow").unlink(missing_ok=True)
+    (directory / "index.json").write_text(json.dumps(doc))

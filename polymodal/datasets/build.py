@@ -170,13 +170,13 @@ def build(
             print_(f"{directory}: already built from these sources with these options")
             index = ShardIndex.load(directory)
         else:
-            index, written = _write_split(
+            index, infos, written = _write_split(
                 directory, shards, shard_format, runner, progress, fields, plan.classes
             )
             report.written_shards += written
             index.classes, index.build = plan.classes, {"fingerprint": fp, **options}
             index.save(directory)
-        rejects += [p for info in index.shards for p in info.problems]
+            rejects += [p for info in infos for p in info.problems]
         report.samples += index.samples
         report.shards += len(index.shards)
         report.bytes += index.bytes
@@ -197,9 +197,9 @@ def _write_split(
     progress: bool,
     fields: Mapping[str, str],
     classes: list[str] | None = None,
-) -> tuple[ShardIndex, int]:
-    """Write the shards of one split that are not finished yet; the index and how many shards
-    were written now."""
+) -> tuple[ShardIndex, list[ShardInfo], int]:
+    """Write the shards of one split that are not finished yet; the index, its shards' facts
+    (with the inputs each dropped) and how many shards were written now."""
     extensions = sorted({ext for shard in shards for s in shard for ext, _ in s.members})
     infos: dict[str, ShardInfo] = {}
     tasks = []
@@ -231,7 +231,7 @@ def _write_split(
     index = ShardIndex(
         shard_format, schema(ordered, fields), ordered, merge_labels(ordered), base=str(directory)
     )
-    return index, len(tasks)
+    return index, ordered, len(tasks)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
-"""`index.json` and the per-shard sidecars: what a dataset holds, without reading its shards.
+"""`index.json`, its shard table and the per-shard sidecars: what a dataset holds, without
+reading its shards.
 
-A dataset is a folder (or URL prefix) of shards plus `index.json`: format version, shard
-format, the field schema (extension → modality), the label histogram, and per shard its name,
-sample count, byte size, sha256 and field counts. Loading it costs O(shards).
+A dataset is a folder (or URL prefix) of shards plus its index. `index.json` is the small
+header: format version, shard format, the field schema (extension → modality), the label
+histogram, totals, and the name and digest of the shard table. The table (`index.arrow`, see
+`shard_table`) holds per shard its name, sample count, byte size, sha256 and field counts, as
+memory-mapped columns: opening a million-shard index reads the header and maps the file.
+Version-1 indexes, whose `index.json` lists the shards itself, still read (into the same
+columns); `polymodal index --upgrade` rewrites one in the columnar layout.
 
 Per-sample byte offsets would make the index O(samples) — a billion entries at internet scale —
 so each shard has a small sidecar, `NAME.idx`, read only by a reader that seeks in that shard:
@@ -10,91 +15,46 @@ one JSON line with the shard's facts (so a resumed build can reuse a finished sh
 hashing it again), then one little-endian uint64 per sample, the byte offset of the sample's
 first tar member header (Parquet shards need none: their footer lists the row groups).
 
-Writers write shards and sidecars first and `index.json` last: a dataset with an index is
-complete.
+Writers write shards and sidecars first, then the shard table, and `index.json` last: a dataset
+with an index is complete, and the header names the digest of its table.
 
-An index is read as untrusted input: `from_json` refuses (`InvalidIndex`, naming the shard)
-entries whose name leaves the dataset folder, whose counts are not non-negative integers, whose
-sample count cannot fit in its bytes (a tar sample takes at least one 512-byte header), whose
-checksum is not a sha256, and duplicate names. So the cost of refusing a lying index is
-O(shards), whatever it claims.
+An index is read as untrusted input: it refuses (`InvalidIndex`, naming the shard) entries
+whose name leaves the dataset folder, whose counts are negative, whose sample count cannot fit
+in its bytes (a tar sample takes at least one 512-byte header), whose checksum is not a sha256,
+and duplicate names; the checks run over whole columns, so refusing a lying index costs what
+reading a good one does.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from polymodal.errors import UserError
-
 from .card import write_card
-from .files import DEFAULT_REMOTE, Remote, join, read_bytes, write_atomic
+from .files import DEFAULT_REMOTE, Remote, join, local_path, read_bytes, write_atomic
+from .shard_info import MIN_TAR_SAMPLE_BYTES as MIN_TAR_SAMPLE_BYTES
+from .shard_info import InvalidIndex as InvalidIndex
+from .shard_info import ShardInfo as ShardInfo
+from .shard_info import ShardStats as ShardStats
+from .shard_info import shard_name_problem as shard_name_problem
+from .shard_table import TABLE_NAME as TABLE_NAME
+from .shard_table import ShardTable
 
 INDEX_NAME = "index.json"
 PLAN_NAME = ".polymodal-build.json"  # the fingerprint of the job that owns a dataset folder
 REJECTS_NAME = "rejects.jsonl"  # the inputs a job could not use, with their reasons
 FORMAT_NAME = "polymodal-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: the shards listed in index.json; 2: in the shard table
 SIDECAR_SUFFIX = ".idx"
-MAX_INDEX_BYTES = 2**30  # ~5 million shards of ~200 bytes each
+MAX_INDEX_BYTES = 2**30  # a version-1 index: ~5 million shards of ~200 bytes each
+MAX_TABLE_BYTES = 2**34  # a shard table read whole from a remote dataset (~100 million shards)
 SIDECAR_HEAD_BYTES = 2**20  # a sidecar's JSON line, its problems list included
-MIN_TAR_SAMPLE_BYTES = 512  # one member header: no tar sample is smaller
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class InvalidIndex(UserError, ValueError):
-    """`index.json` (or a sidecar) is malformed or claims what cannot be true."""
-
-
-@dataclass
-class ShardInfo:
-    """One shard's facts, as the index and its sidecar hold them."""
-
-    name: str
-    samples: int
-    bytes: int
-    sha256: str
-    fields: dict[str, int] = field(default_factory=dict)  # extension → samples that have it
-    labels: dict[str, int] = field(default_factory=dict)  # `cls` value → count (sidecar only)
-    problems: list[dict[str, str]] = field(default_factory=list)  # dropped inputs (sidecar only)
-
-    def index_entry(self) -> dict[str, Any]:
-        entry = asdict(self)
-        del entry["labels"], entry["problems"]  # the index stays O(shards): see the docstring
-        return entry
-
-
-@dataclass
-class ShardStats:
-    """What is counted while a shard is written or scanned, to become its `ShardInfo`."""
-
-    samples: int = 0
-    offsets: list[int] = field(default_factory=list)
-    fields: dict[str, int] = field(default_factory=dict)
-    labels: dict[str, int] = field(default_factory=dict)
-
-    def add(self, sample: Mapping[str, Any], offset: int | None = None) -> None:
-        """Count one sample (its extensions, its `cls` label) and note its byte offset."""
-        self.samples += 1
-        if offset is not None:
-            self.offsets.append(offset)
-        for ext in sample:
-            if not ext.startswith("__"):
-                self.fields[ext] = self.fields.get(ext, 0) + 1
-        if "cls" in sample:
-            label = bytes(sample["cls"]).decode("utf-8", errors="replace").strip()
-            self.labels[label] = self.labels.get(label, 0) + 1
-
-    def info(self, name: str, size: int, sha256: str, problems: list[dict[str, str]]) -> ShardInfo:
-        fields, labels = dict(sorted(self.fields.items())), dict(sorted(self.labels.items()))
-        return ShardInfo(name, self.samples, size, sha256, fields, labels, problems)
 
 
 def sidecar_name(shard_name: str) -> str:
@@ -133,13 +93,16 @@ def write_sidecar(directory: Path, info: ShardInfo, offsets: np.ndarray | list[i
 
 @dataclass
 class ShardIndex:
-    """A dataset's `index.json`; `base` is where it was loaded from (a folder or URL prefix),
-    where the sidecars are too. `shards_at` names where the shards are when that is somewhere
-    else (an index made of read-only shards on HTTP or S3); empty, they are beside it."""
+    """A dataset's index; `base` is where it was loaded from (a folder or URL prefix), where
+    the sidecars are too. `shards_at` names where the shards are when that is somewhere else
+    (an index made of read-only shards on HTTP or S3); empty, they are beside it.
+
+    `shards` may be given as a list of `ShardInfo`; it is kept as a `ShardTable` (a sequence
+    of `ShardInfo` whose columns the plan reads without building one)."""
 
     format: str
     fields: dict[str, str]
-    shards: list[ShardInfo]
+    shards: Sequence[ShardInfo]
     labels: dict[str, int] = field(default_factory=dict)
     classes: list[str] | None = None
     build: dict[str, Any] | None = None
@@ -147,21 +110,27 @@ class ShardIndex:
     shards_at: str = ""
     # field → {"adapter", "options"}: the fields kept decoded (`adapters.materialized`)
     materialized: dict[str, Any] | None = None
+    version: int = FORMAT_VERSION  # the layout it was read from
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, ShardTable):
+            self.shards = ShardTable.from_infos(self.shards)
+
+    @property
+    def table(self) -> ShardTable:
+        assert isinstance(self.shards, ShardTable)
+        return self.shards
 
     @property
     def samples(self) -> int:
-        return sum(s.samples for s in self.shards)
+        return int(self.table.samples.sum())
 
     @property
     def bytes(self) -> int:
-        return sum(s.bytes for s in self.shards)
+        return int(self.table.bytes.sum())
 
     def field_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for shard in self.shards:
-            for ext, n in shard.fields.items():
-                counts[ext] = counts.get(ext, 0) + n
-        return dict(sorted(counts.items()))
+        return {ext: int(counts.sum()) for ext, counts in sorted(self.table.fields.items())}
 
     @property
     def location(self) -> str:
@@ -180,33 +149,39 @@ class ShardIndex:
             raise InvalidIndex(f"{shard.name}: {problem}")
         return offsets
 
-    def to_json(self) -> builtins.bytes:
+    def header(self, digest: str) -> builtins.bytes:
+        """`index.json` for a shard table of digest `digest`."""
         doc = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "shard_format": self.format,
             "samples": self.samples,
             "bytes": self.bytes,
+            "table": {"name": TABLE_NAME, "shards": len(self.shards), "digest": digest},
             "fields": self.fields,
             "labels": dict(sorted(self.labels.items())),
             "classes": self.classes,
             "build": self.build,
             **({"shards_at": self.shards_at} if self.shards_at else {}),
             **({"materialized": self.materialized} if self.materialized else {}),
-            "shards": [s.index_entry() for s in self.shards],
         }
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
 
-    def save(self, directory: Path) -> None:
-        """Write the dataset card, then `index.json`, atomically; call it after every shard
-        and sidecar is in place."""
+    def save(self, directory: Path, card: bool = True) -> None:
+        """Write the dataset card (with `card`), the shard table, then `index.json`, each
+        atomically; call it after every shard and sidecar is in place."""
         summary = f"{self.samples:,} samples in {len(self.shards):,} {self.format} shards."
-        if not self.shards_at:  # a card names shards beside it
+        if card and not self.shards_at:  # a card names shards beside it
             write_card(directory, {"train": f"*.{self.format}"}, summary)
-        write_atomic(Path(directory) / INDEX_NAME, self.to_json())
+        digest = self.table.write(Path(directory) / TABLE_NAME)
+        write_atomic(Path(directory) / INDEX_NAME, self.header(digest))
+        self.version = FORMAT_VERSION
 
     @classmethod
-    def from_json(cls, data: builtins.bytes, base: str = "") -> ShardIndex:
+    def from_json(
+        cls, data: builtins.bytes, base: str = "", remote: Remote = DEFAULT_REMOTE
+    ) -> ShardIndex:
+        """The index whose `index.json` is `data`, its shard table read from `base`."""
         where = join(base, INDEX_NAME) if base else INDEX_NAME
         try:
             doc = json.loads(data)
@@ -214,34 +189,36 @@ class ShardIndex:
             raise InvalidIndex(f"{where}: not JSON ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise InvalidIndex(f"{where}: not a polymodal index")
-        if doc.get("version", 0) > FORMAT_VERSION:
-            raise InvalidIndex(
-                f"{where}: index version {doc['version']} is newer than this polymodal"
-            )
+        version = doc.get("version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise InvalidIndex(f"{where}: index version {version!r} is newer than this polymodal")
         shard_format = doc.get("shard_format")
         if shard_format not in ("tar", "parquet"):
             raise InvalidIndex(
                 f"{where}: shard_format must be tar or parquet, got {shard_format!r}"
             )
-        if not isinstance(doc.get("shards"), list) or not isinstance(doc.get("fields"), dict):
-            raise InvalidIndex(f"{where}: needs a 'shards' list and a 'fields' table")
-        shards, names = [], set()
-        for number, entry in enumerate(doc["shards"]):
-            shard = _checked_entry(entry, shard_format, f"{where}: shard {number}")
-            if shard.name in names:
-                raise InvalidIndex(f"{where}: shard {shard.name!r} is listed twice")
-            names.add(shard.name)
-            shards.append(shard)
+        if not isinstance(doc.get("fields"), dict):
+            raise InvalidIndex(f"{where}: needs a 'fields' table")
+        if version >= 2:
+            table = _open_table(doc.get("table"), base, where, remote)
+        elif isinstance(doc.get("shards"), list):
+            table = ShardTable.from_entries(doc["shards"], where)
+        else:
+            raise InvalidIndex(f"{where}: needs a 'shards' list")
+        problem = table.problem(shard_format)
+        if problem is not None:
+            raise InvalidIndex(f"{where}: {problem}")
         index = cls(
             format=shard_format,
             fields=doc["fields"],
-            shards=shards,
+            shards=table,
             labels=doc.get("labels") or {},
             classes=doc.get("classes"),
             build=doc.get("build"),
             base=base,
             shards_at=_checked_location(doc.get("shards_at", ""), where),
             materialized=_checked_materialized(doc.get("materialized"), where),
+            version=version,
         )
         if "samples" in doc and doc["samples"] != index.samples:
             raise InvalidIndex(
@@ -262,7 +239,34 @@ class ShardIndex:
                 f"{base}: no dataset here (no {INDEX_NAME}; `polymodal build` makes one from "
                 "media files, `polymodal index` from existing tar shards)"
             ) from None
-        return cls.from_json(data, base)
+        return cls.from_json(data, base, remote)
+
+
+def _open_table(spec: Any, base: str, where: str, remote: Remote) -> ShardTable:
+    """The shard table a version-2 header names, checked to be the one written with it."""
+    if not (
+        isinstance(spec, dict)
+        and shard_name_problem(spec.get("name")) is None
+        and isinstance(spec.get("shards"), int)
+        and isinstance(spec.get("digest"), str)
+    ):
+        raise InvalidIndex(f"{where}: 'table' must name the shard table, its shards and digest")
+    url = join(base, spec["name"]) if base else spec["name"]
+    path = local_path(url)
+    try:
+        source = path if path is not None else read_bytes(url, remote, MAX_TABLE_BYTES)
+        if path is not None and path.stat().st_size > MAX_TABLE_BYTES:
+            raise InvalidIndex(f"{url}: larger than {MAX_TABLE_BYTES:,} bytes")
+    except FileNotFoundError:
+        raise InvalidIndex(f"{where}: its shard table {url} is missing") from None
+    table = ShardTable.open(source, url)
+    if table.stored_digest != spec["digest"] or len(table) != spec["shards"]:
+        raise InvalidIndex(
+            f"{url}: not the shard table {INDEX_NAME} was written with ({len(table):,} shards, "
+            f"digest {table.stored_digest[:12]!r}; the header names {spec['shards']:,}, "
+            f"{spec['digest'][:12]!r}): another job wrote one of them; index the dataset again"
+        )
+    return table
 
 
 def read_sidecar(base: str, shard: ShardInfo) -> bytes:
@@ -294,47 +298,6 @@ def _checked_materialized(value: Any, where: str) -> dict[str, Any] | None:
     ):
         raise InvalidIndex(f"{where}: materialized must map fields to {{adapter, options}}")
     return value
-
-
-def shard_name_problem(name: Any) -> str | None:
-    """Why a shard name from an index must not be opened: it must be a plain relative path
-    inside the dataset (no scheme, no leading '/', no '..', no backslash)."""
-    if not isinstance(name, str) or not name:
-        return f"name {name!r} is not a file name"
-    if "://" in name or name.startswith(("/", "~")) or "\\" in name or "\x00" in name:
-        return f"name {name!r} is not a path inside the dataset folder"
-    if ".." in name.split("/") or "." in name.split("/"):
-        return f"name {name!r} climbs out of the dataset folder"
-    return None
-
-
-def _checked_entry(entry: Any, shard_format: str, where: str) -> ShardInfo:
-    if not isinstance(entry, dict):
-        raise InvalidIndex(f"{where}: not a table")
-    problem = shard_name_problem(entry.get("name"))
-    if problem is not None:
-        raise InvalidIndex(f"{where}: {problem}")
-    where = f"{where} ({entry['name']})"
-    for count in ("samples", "bytes"):
-        value = entry.get(count)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidIndex(f"{where}: {count} must be a non-negative integer, got {value!r}")
-    if shard_format == "tar" and entry["samples"] * MIN_TAR_SAMPLE_BYTES > entry["bytes"]:
-        raise InvalidIndex(
-            f"{where}: {entry['samples']:,} samples cannot fit in {entry['bytes']:,} bytes "
-            f"(a tar sample takes at least {MIN_TAR_SAMPLE_BYTES})"
-        )
-    if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
-        raise InvalidIndex(f"{where}: sha256 {entry.get('sha256')!r} is not a sha256 digest")
-    fields = entry.get("fields", {})
-    if not isinstance(fields, dict) or not all(
-        isinstance(v, int) and 0 <= v <= entry["samples"] for v in fields.values()
-    ):
-        raise InvalidIndex(f"{where}: field counts must be integers from 0 to its sample count")
-    try:
-        return ShardInfo(**entry)
-    except TypeError as exc:
-        raise InvalidIndex(f"{where}: {exc}") from None
 
 
 def sidecar_disagreement(

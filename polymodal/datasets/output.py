@@ -11,7 +11,7 @@ from typing import Any
 
 from .card import is_our_card
 from .files import remove_temporaries, write_atomic
-from .index import INDEX_NAME, PLAN_NAME, ShardInfo, decode_sidecar, sidecar_name
+from .index import INDEX_NAME, PLAN_NAME, TABLE_NAME, ShardInfo, decode_sidecar, sidecar_name
 from .sources import PlannedSample
 
 
@@ -46,10 +46,11 @@ def _previous_fingerprint(directory: Path) -> str | None:
 
 def dataset_files(directory: Path, plan: bool = False) -> list[Path]:
     """What a job wrote into `directory` as a dataset: shards and their (hidden or older)
-    sidecars, the index, our dataset card, and with `plan` the job's fingerprint."""
+    sidecars, the index and its shard table, our dataset card, and with `plan` the job's
+    fingerprint."""
     if not directory.is_dir():
         return []
-    names = {INDEX_NAME, *([PLAN_NAME] if plan else [])}
+    names = {INDEX_NAME, TABLE_NAME, *([PLAN_NAME] if plan else [])}
     return [
         p
         for p in directory.iterdir()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .index import INDEX_NAME, PLAN_NAME, REJECTS_NAME
+from .index import INDEX_NAME, PLAN_NAME, REJECTS_NAME, TABLE_NAME
 from .layout import Problem, check_key, split_name
 from .shard import tar_sample_size
 
@@ -146,7 +146,7 @@ def plan_folder(root: Path) -> SourcePlan:
         prefix = os.path.relpath(dirpath, top).replace(os.sep, "/") + "/"
         for filename in sorted(filenames):
             rel = filename if prefix == "./" else prefix + filename
-            if rel in (LABELS_CSV, REJECTS_NAME, INDEX_NAME, PLAN_NAME):
+            if rel in (LABELS_CSV, REJECTS_NAME, INDEX_NAME, TABLE_NAME, PLAN_NAME):
                 continue
             parts = split_name(rel)
             if parts is None or not _known(parts[1]):

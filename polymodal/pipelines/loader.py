@@ -27,6 +27,8 @@ from .partition import batch_worker
 from .ranks import rank_world
 from .stages import StreamError, usable_batch
 
+DIGEST_SCHEME = "table-sha256:"  # how a state names its datasets (older states: bare sha256)
+
 if TYPE_CHECKING:
     from .stream import Stream
 
@@ -294,7 +296,8 @@ class StreamLoader:
         configuration is a `ValueError` naming the values."""
         expected = self.stream.config(self.world, self.num_workers)
         saved = dict(state["config"])
-        saved.setdefault("datasets", expected["datasets"])  # states from before checksums
+        if not all(str(d).startswith(DIGEST_SCHEME) for d in saved.get("datasets", [None])):
+            saved["datasets"] = expected["datasets"]  # states from before table digests
         changed = [k for k in expected if saved.get(k) != expected[k]]
         if set(changed) - ELASTIC:
             raise ValueError(

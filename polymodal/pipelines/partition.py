@@ -34,12 +34,17 @@ class SourceOrder:
     starts: np.ndarray  # first position of each ordered shard; starts[-1] = total
 
     @classmethod
-    def build(cls, counts: Sequence[int], seed: int, epoch: int, shuffle: bool, salt: int = 0):
+    def build(
+        cls, counts: Sequence[int] | np.ndarray, seed: int, epoch: int, shuffle: bool, salt: int = 0
+    ):
         sizes = np.asarray(counts, dtype=np.int64)
         order = np.arange(len(sizes))
         if shuffle:
             order = epoch_rng(seed, epoch, salt).permutation(len(sizes))
-        starts = np.concatenate([[0], np.cumsum(sizes[order])])
+        # in place: a million shards' plan is two int64 arrays (16 MB), no temporaries
+        starts = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.take(sizes, order, out=starts[1:])
+        np.cumsum(starts[1:], out=starts[1:])
         return cls(sizes, order, starts)
 
     @property

@@ -30,10 +30,10 @@ skip.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +53,7 @@ from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
 
 from .elastic import Remainder, reader_range
-from .loader import BATCH_TIMEOUT, StreamLoader
+from .loader import BATCH_TIMEOUT, DIGEST_SCHEME, StreamLoader
 from .partition import Mixture, Reference, SourceOrder, rank_range, references, references_at
 from .ranks import rank_world
 from .stages import Batcher, Decode, Reader, Shuffle, Skip, Stage, StreamError, usable_batch
@@ -152,32 +152,36 @@ class Stream(IterableDataset):
         for skip in (skip for skips in self.excluded for skip in skips.values()):
             log.warning("left out %s: %s", skip.url, skip.reason)
         self._fillers: dict[int, list[dict[str, Any]] | None] = {}
-        self._checksums: list[str] | None = None
         self._remainders: dict[tuple[int, str], Remainder] = {}
         self.epoch = 0
+        self._counts = [self.counts(i) for i in range(len(self.indexes))]
+        self.totals = [int(c.sum()) for c in self._counts]  # samples per source in an epoch
         self._mixture = self.mixture()
         self.total = self._mixture.total  # samples in an epoch, over all ranks
 
     # --- the pure plan ---
 
-    def counts(self, source: int) -> list[int]:
-        """Samples per shard of a source, as the plan sees them (left-out shards hold none)."""
-        excluded = self.excluded[source]
-        return [
-            0 if n in excluded else s.samples for n, s in enumerate(self.indexes[source].shards)
-        ]
+    def counts(self, source: int) -> np.ndarray:
+        """Samples per shard of a source, as the plan sees them (left-out shards hold none):
+        the index's column itself, or a copy with the left-out shards zeroed. Read-only, so a
+        forked worker shares its pages."""
+        counts = self.indexes[source].table.samples
+        if self.excluded[source]:
+            counts = counts.copy()
+            counts[list(self.excluded[source])] = 0
+            counts.flags.writeable = False
+        return counts
 
     def mixture(self) -> Mixture:
         """How the sources share an epoch; its length does not depend on the epoch, so it needs
         no permutation."""
-        totals = [sum(self.counts(i)) for i in range(len(self.indexes))]
-        return Mixture.from_weights(totals, self.weights)
+        return Mixture.from_weights(self.totals, self.weights)
 
     def orders(self, epoch: int) -> list[SourceOrder]:
         """Each source's reading order in `epoch`: the plan, built once per worker and epoch."""
         return [
-            SourceOrder.build(self.counts(i), self.seed, epoch, self.shuffle, i)
-            for i in range(len(self.indexes))
+            SourceOrder.build(counts, self.seed, epoch, self.shuffle, i)
+            for i, counts in enumerate(self._counts)
         ]
 
     def slice(
@@ -223,16 +227,10 @@ class Stream(IterableDataset):
         return self._remainders[key]
 
     def checksums(self) -> list[str]:
-        """Per source, a sha256 over its shards' names and checksums: which data the order is
-        of (the same folder rebuilt from other files is another dataset). Computed once."""
-        if self._checksums is None:
-            self._checksums = []
-            for index in self.indexes:
-                digest = hashlib.sha256()
-                for shard in index.shards:
-                    digest.update(f"{shard.name}\0{shard.sha256}\n".encode())
-                self._checksums.append(digest.hexdigest())
-        return self._checksums
+        """Per source, the digest of its shard table (names, checksums and counts of its
+        shards): which data the order is of (the same folder rebuilt from other files is
+        another dataset). Written with a columnar index; computed once for an older one."""
+        return [f"{DIGEST_SCHEME}{index.table.digest()}" for index in self.indexes]
 
     def config(self, world: int, workers: int) -> dict[str, Any]:
         """What the order depends on: a resumed run must match it."""
@@ -240,7 +238,7 @@ class Stream(IterableDataset):
             "sources": [str(s) for s in self.sources],
             "datasets": self.checksums(),
             "weights": self.weights,
-            "samples": [sum(self.counts(i)) for i in range(len(self.indexes))],
+            "samples": self.totals,
             "batch_size": self.batch_size,
             # only when set: states saved before it existed still resume
             **({"clips_per_sample": self.clips_per_sample} if self.clips_per_sample > 1 else {}),
@@ -343,8 +341,9 @@ class Stream(IterableDataset):
         decode = self._decode("skip", epoch)
         try:
             for source in range(len(self.indexes)):
-                for shard, count in enumerate(self.counts(source)):
-                    for i in range(min(count, FILLER_TRIES)):
+                counts = self._counts[source]
+                for shard in np.flatnonzero(counts).tolist():
+                    for i in range(min(int(counts[shard]), FILLER_TRIES)):
                         ref = Reference(source, shard, i, True)
                         item = decode.decode(ref, reader._sample(ref))
                         if not isinstance(item, Skip):
@@ -395,12 +394,15 @@ def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:
     if base is None:
         return {}
     out = {}
-    for n, shard in enumerate(index.shards):
+    sizes = index.table.bytes
+    folder = f"{base}/"
+    for n, name in enumerate(index.table.names.to_pylist()):  # no `ShardInfo`, no `Path`
         try:
-            size = (base / shard.name).stat().st_size
+            size = os.stat(folder + name).st_size
         except OSError:
             continue
-        if size != shard.bytes:
+        if size != sizes[n]:
+            shard = index.shards[n]
             out[n] = Skip(
                 f"{shard.name} (all {shard.samples:,} samples)",
                 "read",
@@ -424,7 +426,7 @@ def _sources(source: SourceSpec) -> tuple[list[str], list[float] | None]:
 
 def _partial_fields(fields: Mapping[str, Adapter], indexes: Sequence[ShardIndex]) -> list[str]:
     """The fields whose members not every sample has (by the indexes' per-extension counts)."""
-    counts = [(index.samples, index.field_counts()) for index in indexes]  # O(shards) each
+    counts = [(index.samples, index.field_counts()) for index in indexes]
     return [
         name
         for name, adapter in fields.items()

@@ -48,8 +48,12 @@ class Reader:
     disagreement becomes a note, delivered with the next batch's skips. A transient error
     (timeout, dropped connection) reopens the shard at the sample it reached, up to
     `remote.tries` times; a shard that still fails is reported with its URL, and every
-    reference into it is skipped under the `skip` policy. Its state is those failed shards, so
-    a resumed run does not retry them.
+    reference into it is skipped under the `skip` policy, without trying it again. Its state is
+    the last failed shard of each source: references come in plan order, in which a shard's
+    samples are one run, so the shard a reader failed in last is the only one a later
+    reference may still be in. (A state listing every failed shard would grow with each, and
+    is taken after every batch: 80,000 lost shards cost minutes.) A resumed run tries again a
+    shard that failed before the last (a padding repeat, or a source cycled past its size).
     """
 
     def __init__(
@@ -63,13 +67,16 @@ class Reader:
         self.max_member_bytes = max_member_bytes
         self._open: dict[int, _OpenShard] = {}
         self._failed: dict[tuple[int, int], str] = {}
+        self._last_failed: dict[int, int] = {}  # source → the shard it failed in last
         self.notes: list[Skip] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"failed": [[s, n, reason] for (s, n), reason in sorted(self._failed.items())]}
+        last = sorted(self._last_failed.items())
+        return {"failed": [[s, n, self._failed[s, n]] for s, n in last]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._failed = {(s, n): reason for s, n, reason in state["failed"]}
+        self._last_failed = {s: n for s, n, _ in state["failed"]}
 
     def read(self, refs: Iterator[Reference]) -> Iterator[tuple[Reference, dict | Skip]]:
         for ref in refs:
@@ -190,6 +197,7 @@ class Reader:
         if self.errors == "raise":
             raise ShardUnavailable(f"{url}: {reason}")
         self._failed[where] = reason
+        self._last_failed[where[0]] = where[1]
         self._close(where[0])
         return Skip(key, "read", reason, url)
 
