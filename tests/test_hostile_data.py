@@ -324,6 +324,16 @@ def test_a_shard_table_that_is_not_the_headers_is_refused(tmp_path):
         ShardIndex.load(data)
     table.write_bytes(good)
     assert ShardIndex.load(data).samples == 8
+    assert validate_dataset(str(data)) == []
+    edited = pa.ipc.open_file(pa.py_buffer(good)).read_all()  # a checksum edited, digest kept
+    sha = edited.column("sha256").to_pylist()
+    sha[0] = bytes(32)
+    edited = edited.set_column(3, "sha256", pa.array(sha, pa.binary(32)))
+    with pa.OSFile(str(table), "wb") as sink, pa.ipc.new_file(sink, edited.schema) as w:
+        w.write_table(edited)
+    assert ShardIndex.load(data).shards[0].sha256 == "0" * 64  # opening trusts the digest
+    problems = validate_dataset(str(data))
+    assert any("changed after it was written" in p["reason"] for p in problems)
 
 
 def test_a_lowered_count_is_reported_not_silently_dropped(tmp_path):

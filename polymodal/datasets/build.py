@@ -7,7 +7,8 @@ A build is a plan, then one task per shard, then the index:
    the seed, assign splits by key hash, cut each split into shards by count and bytes.
 2. **Tasks**: each shard is written by one task (a local process pool with `workers > 1`) under
    a temporary name and renamed when complete, with its sidecar.
-3. **Index**: `rejects.jsonl`, then `index.json` last, in each split's folder.
+3. **Index**: `rejects.jsonl`, the shard table (`index.arrow`), then `index.json` last, in each
+   split's folder.
 
 Because the plan is pure and each shard is atomic, a build killed at any moment and run again
 with the same arguments finds the finished shards, writes only the missing ones, and ends with

@@ -20,7 +20,7 @@ def card_text(splits: Mapping[str, str], summary: str) -> str:
     return (
         f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}---\n\n"
         f"# A polymodal dataset\n\n{summary}\n\n"
-        "`index.json` and the `*.idx` sidecars are polymodal's index of the shards; "
+        "`index.json`, `index.arrow` and the `*.idx` sidecars are polymodal's index of the shards; "
         "`datasets.load_dataset` reads the shards themselves.\n\n"
         f"{MARKER}\n"
     )

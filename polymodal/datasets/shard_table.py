@@ -9,7 +9,7 @@ machine; the plan reads the `samples` column as a numpy view, and a reader build
 
 Columns: `name` (utf8), `samples` and `bytes` (int64), `sha256` (32 raw bytes) and one int64
 column `field:EXT` per extension (the samples of the shard that have it; 0: none). The schema's
-metadata holds the table's `digest` (`table_digest`), which `index.json` names too, so a table
+metadata holds the table's `digest` (`ShardTable.digest`), which `index.json` names too, so a table
 and a header written by different jobs are never read as one dataset.
 
 The file is untrusted input like the rest of the index: its structure is checked on open (types,
@@ -178,7 +178,8 @@ class ShardTable(Sequence[ShardInfo]):
         return (ShardTable, (self._table, self.where))
 
     @functools.cached_property
-    def _digest(self) -> str:
+    def content_digest(self) -> str:
+        """The digest hashed from the columns themselves."""
         digest = hashlib.sha256()
         names = self.names
         width = 8 if names.type == pa.large_string() else 4
@@ -208,7 +209,7 @@ class ShardTable(Sequence[ShardInfo]):
         """A sha256 over the columns' contents: the same for the same shards, whichever layout
         they were read from (so a resumed run knows its data by it). A mapped table's is the
         one its file names (which its header names too), not hashed again."""
-        return self.stored_digest or self._digest
+        return self.stored_digest or self.content_digest
 
     # --- checking ---
 
