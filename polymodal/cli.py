@@ -504,7 +504,7 @@ def _upgrade_index(directory: str) -> int:
     """`polymodal index --upgrade`: the same index, in the columnar layout (the table first,
     the header last, so a killed upgrade leaves the old index readable)."""
     from polymodal.datasets.files import local_path
-    from polymodal.datasets.index import FORMAT_VERSION, ShardIndex
+    from polymodal.datasets.index import FORMAT_VERSION, TABLE_NAME, ShardIndex
 
     folder = local_path(directory)
     if folder is None:
@@ -518,7 +518,7 @@ def _upgrade_index(directory: str) -> int:
     index.save(folder, card=False)
     print(
         f"{directory}: index version {old} → {FORMAT_VERSION}: {len(index.shards):,} shards in "
-        f"{folder / 'index.arrow'}"
+        f"{folder / TABLE_NAME}"
     )
     return 0
 

@@ -154,23 +154,13 @@ class Stream(IterableDataset):
         self._fillers: dict[int, list[dict[str, Any]] | None] = {}
         self._remainders: dict[tuple[int, str], Remainder] = {}
         self.epoch = 0
-        self._counts = [self.counts(i) for i in range(len(self.indexes))]
-        self.totals = [int(c.sum()) for c in self._counts]  # samples per source in an epoch
+        # per source, samples per shard as the plan sees them (left-out shards hold none)
+        self.counts = [_plan_counts(i, e) for i, e in zip(self.indexes, self.excluded, strict=True)]
+        self.totals = [int(c.sum()) for c in self.counts]  # samples per source in an epoch
         self._mixture = self.mixture()
         self.total = self._mixture.total  # samples in an epoch, over all ranks
 
     # --- the pure plan ---
-
-    def counts(self, source: int) -> np.ndarray:
-        """Samples per shard of a source, as the plan sees them (left-out shards hold none):
-        the index's column itself, or a copy with the left-out shards zeroed. Read-only, so a
-        forked worker shares its pages."""
-        counts = self.indexes[source].table.samples
-        if self.excluded[source]:
-            counts = counts.copy()
-            counts[list(self.excluded[source])] = 0
-            counts.flags.writeable = False
-        return counts
 
     def mixture(self) -> Mixture:
         """How the sources share an epoch; its length does not depend on the epoch, so it needs
@@ -181,7 +171,7 @@ class Stream(IterableDataset):
         """Each source's reading order in `epoch`: the plan, built once per worker and epoch."""
         return [
             SourceOrder.build(counts, self.seed, epoch, self.shuffle, i)
-            for i, counts in enumerate(self._counts)
+            for i, counts in enumerate(self.counts)
         ]
 
     def slice(
@@ -341,7 +331,7 @@ class Stream(IterableDataset):
         decode = self._decode("skip", epoch)
         try:
             for source in range(len(self.indexes)):
-                counts = self._counts[source]
+                counts = self.counts[source]
                 for shard in np.flatnonzero(counts).tolist():
                     for i in range(min(int(counts[shard]), FILLER_TRIES)):
                         ref = Reference(source, shard, i, True)
@@ -385,6 +375,17 @@ class Stream(IterableDataset):
         arrived after `batch_timeout` seconds (a decoder that hangs) is a `StreamError`; each
         worker runs on `threads` threads (None: its share of the cores)."""
         return StreamLoader(self, num_workers, pin_memory, prefetch, batch_timeout, threads)
+
+
+def _plan_counts(index: ShardIndex, excluded: Collection[int]) -> np.ndarray:
+    """The index's samples column itself, or a copy with the `excluded` shards zeroed;
+    read-only, so a forked worker shares its pages."""
+    counts = index.table.samples
+    if excluded:
+        counts = counts.copy()
+        counts[list(excluded)] = 0
+        counts.flags.writeable = False
+    return counts
 
 
 def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:
