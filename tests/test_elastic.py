@@ -7,48 +7,22 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plans import epoch_batches, make_plan, rank_batches, real
 from test_stream import _digest, _fields, _rank_env, _write
 
-from polymodal.pipelines.elastic import Remainder, batches_done, reader_range
-from polymodal.pipelines.partition import SourceOrder
-from polymodal.pipelines.stages.shuffle import BufferOrder
 from polymodal.pipelines.stream import Stream
 
 
-def _delivered(
-    length: int, world: int, workers: int, batches: int, per_batch: int, buffer: int, seed
-) -> list[int]:
-    """Sequence indices the readers of a plan emitted in each rank's first `batches` batches,
-    as the stream's Shuffle emits them (padding included)."""
-    out = []
-    for rank in range(world):
-        slices = [reader_range(length, world, rank, workers, w, per_batch) for w in range(workers)]
-        done = batches_done([s[2] for s in slices], batches)
-        for worker, (start, stop, _) in enumerate(slices):
-            order = BufferOrder(stop - start, buffer, [*seed, rank, worker])
-            out += [
-                start + order.step() for _ in range(min(done[worker] * per_batch, stop - start))
-            ]
-    return out
-
-
-def _read(rest: Remainder, world: int, workers: int, per_batch: int) -> tuple[list[int], set[int]]:
-    """Epoch positions the new readers of `rest` deliver (repeats left out), and the batch
-    counts of the new ranks."""
-    positions, counts = [], set()
-    for rank in range(world):
-        ranges = [
-            reader_range(rest.length, world, rank, workers, w, per_batch) for w in range(workers)
-        ]
-        counts.add(sum(r[2] for r in ranges))
-        for start, stop, _ in ranges:
-            indices = np.arange(start, stop)
-            positions += rest.positions(indices[indices < rest.length]).tolist()
-    return positions, counts
+def _first(plan, epoch, world, workers, batches, rest=None):
+    """What every rank of a run delivered in its first `batches` batches."""
+    return [
+        b
+        for rank in range(world)
+        for b in rank_batches(plan, epoch, rank, world, workers, rest)[:batches]
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -64,30 +38,23 @@ def _read(rest: Remainder, world: int, workers: int, per_batch: int) -> tuple[li
 def test_every_sample_exactly_once_across_two_resizes(
     counts, old, new, again, per_batch, buffer, fractions
 ):
-    order = SourceOrder.build(counts, seed=3, epoch=1, shuffle=True)
-    total, seed = order.total, (3, 1)
+    plan = make_plan([counts], [{}], per_batch, buffer, seed=3)
     (w1, k1), (w2, k2), (w3, k3) = old, new, again
-    per_rank = reader_range(total, w1, 0, 1, 0, per_batch)[2]
-    b1 = round(fractions[0] * per_rank)
-    first = [p for p in _delivered(total, w1, k1, b1, per_batch, buffer, seed) if p < total]
-    rest = Remainder.after(
-        total, {"world": w1, "workers": k1, "batches": b1}, per_batch, buffer, seed
-    )
-    _, counts2 = _read(rest, w2, k2, per_batch)
-    assert len(counts2) == 1  # every new rank yields as many batches
-    b2 = round(fractions[1] * counts2.pop())
-    second = [
-        int(rest.positions(np.array([i]))[0])
-        for i in _delivered(rest.length, w2, k2, b2, per_batch, buffer, seed)
-        if i < rest.length
-    ]
-    saved = {"world": w2, "workers": k2, "batches": b2}
-    last = Remainder.after(total, saved, per_batch, buffer, seed, parent=rest)
-    third, counts3 = _read(last, w3, k3, per_batch)
-    assert len(counts3) == 1
-    assert sorted(first + second + third) == list(range(total))
-    shards, within = order.locate(np.asarray(first + second + third, dtype=np.int64))
-    assert len(set(zip(shards.tolist(), within.tolist(), strict=True))) == total
+    b1 = round(fractions[0] * plan.layout(1, w1).batches)
+    first = _first(plan, 1, w1, k1, b1)
+    saved = {"world": w1, "workers": k1, "batches": b1}
+    rest = plan.remainder(1, saved)
+    second_all = epoch_batches(plan, 1, w2, k2, rest)
+    assert len({len(batches) for batches in second_all}) == 1  # as many batches every rank
+    b2 = round(fractions[1] * len(second_all[0]))
+    second = _first(plan, 1, w2, k2, b2, rest)
+    last = plan.remainder(1, {"world": w2, "workers": k2, "batches": b2, "parent": saved})
+    third_all = epoch_batches(plan, 1, w3, k3, last)
+    assert len({len(batches) for batches in third_all}) == 1
+    third = [b for batches in third_all for b in batches]
+    delivered = real(first + second + third)
+    assert len(delivered) == len(set(delivered)) == sum(counts)
+    assert sorted(delivered) == sorted(real(b for r in epoch_batches(plan, 1, 1, 1) for b in r))
 
 
 @pytest.mark.parametrize(("w1", "k1", "w2", "k2"), [(4, 2, 2, 1), (2, 1, 8, 2), (3, 0, 5, 2)])

@@ -10,27 +10,35 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polymodal.pipelines.partition import (
+    FixedComposition,
+    Layout,
     Mixture,
     SourceOrder,
     batch_worker,
-    rank_range,
+    epoch_rng,
+    largest_remainder,
     references,
-    worker_range,
 )
+
+
+def _order(counts, seed=0, epoch=0, shuffle=True):
+    return SourceOrder.build(counts, epoch_rng(seed, epoch) if shuffle else None)
 
 
 def _epoch(counts, world, workers, batch, seed=0, epoch=0, shuffle=True):
     """Every (rank, worker)'s references, and each rank's batch count."""
-    order = SourceOrder.build(counts, seed, epoch, shuffle)
+    order = _order(counts, seed, epoch, shuffle)
     mixture = Mixture((order.total,))
+    layout = Layout.fixed([order.total], world, batch)
     per_rank_batches, seen = [], []
     for rank in range(world):
-        first, last = rank_range(order.total, world, rank)
         batches = 0
         for worker in range(workers):
-            start, stop = worker_range(last - first, batch, workers, worker)
-            refs = list(references([order], mixture, first + start, first + stop, chunk=7))
-            batches += math.ceil(len(refs) / batch)
+            first, stop = layout.worker_batches(worker, workers)
+            ((start, end),) = layout.ranges(rank, first, stop)
+            refs = list(references([order], mixture, start, end, chunk=7))
+            assert math.ceil(len(refs) / batch) == stop - first
+            batches += stop - first
             seen.append(((rank, worker), refs))
         per_rank_batches.append(batches)
     return seen, per_rank_batches
@@ -75,8 +83,8 @@ def test_order_is_a_pure_function_of_seed_and_epoch(counts, epoch):
 
 def test_shard_order_changes_with_the_epoch_and_reads_shards_sequentially():
     counts = [5] * 20
-    first = SourceOrder.build(counts, 0, 0, True).order.tolist()
-    second = SourceOrder.build(counts, 0, 1, True).order.tolist()
+    first = _order(counts, 0, 0).order.tolist()
+    second = _order(counts, 0, 1).order.tolist()
     assert first != second and sorted(first) == list(range(20))
     seen, _ = _epoch(counts, 1, 1, 100)
     refs = seen[0][1]
@@ -95,14 +103,40 @@ def test_mixture_gives_each_source_its_share_and_any_range_agrees(sizes, cut):
     assert part_s.tolist() == sources[cut:].tolist() and part_w.tolist() == within[cut:].tolist()
 
 
-def test_weights_set_the_share_of_each_source():
-    mixture = Mixture.from_weights([1000, 100], [0.5, 0.5])
-    assert mixture.sizes == (550, 550)
+def test_sources_are_interleaved_evenly_and_a_pass_wraps_round():
+    mixture = Mixture((550, 550))
     sources, _ = mixture.split(0, 100)
     assert abs(int((sources == 0).sum()) - 50) <= 1  # evenly interleaved, not in blocks
-    small = SourceOrder.build([40, 60], 0, 0, False)
+    small = _order([40, 60], shuffle=False)
     shards, index = small.locate(np.arange(98, 103))  # past the end: the source cycles
     assert index.tolist() == [58, 59, 0, 1, 2] and shards.tolist() == [1, 1, 0, 0, 0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_rank=st.lists(st.integers(0, 60), min_size=1, max_size=4),
+    per_batch=st.integers(1, 12),
+)
+def test_a_fixed_composition_gives_every_batch_each_lanes_share(per_rank, per_batch):
+    composition = FixedComposition(per_rank, per_batch)
+    total = sum(per_rank)
+    assert composition.batches == math.ceil(total / per_batch)
+    sizes = composition.sizes(0, composition.batches)
+    assert sizes.sum(0).tolist() == per_rank  # every position of every lane, once
+    assert (sizes.sum(1)[: total // per_batch] == per_batch).all()  # full batches but the last
+    full = sizes[: total // per_batch]
+    if len(full):
+        target = largest_remainder(len(full) * per_batch, np.asarray(per_rank))
+        assert (full.min(0) >= target // len(full)).all()
+        assert (full.max(0) <= -(-target // len(full))).all()  # ⌊share⌋ or ⌈share⌉, no more
+    for b in range(composition.batches + 1):  # any batch's counts agree with the whole
+        assert composition.before(b).tolist() == sizes[:b].sum(0).tolist()
+
+
+def test_a_stratified_batch_of_halves_and_quarters_is_exact():
+    composition = FixedComposition([1000, 500, 500], 32)
+    assert {tuple(r) for r in composition.sizes(0, 62).tolist()} == {(16, 8, 8)}
+    assert composition.sizes(62, 63).tolist() == [[8, 4, 4]]  # the last, partial
 
 
 def test_batch_worker_is_dataloader_round_robin():
@@ -116,6 +150,6 @@ def test_batch_worker_is_dataloader_round_robin():
 def test_batch_worker_plans_an_endless_epoch_in_no_time():
     """An index claiming 10^15 samples must not make the loader list its batches."""
     assert batch_worker([10**15, 10**15 - 1], 2 * 10**15 - 2) == 0
-    per_rank, batch = 23, 4
-    counts = [math.ceil(len(range(*worker_range(per_rank, batch, 3, w))) / batch) for w in range(3)]
-    assert sum(counts) == math.ceil(per_rank / batch)
+    layout = Layout.fixed([10**15], 1, 4)
+    counts = [stop - first for first, stop in (layout.worker_batches(w, 3) for w in range(3))]
+    assert sum(counts) == layout.batches == 25 * 10**13

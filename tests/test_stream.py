@@ -14,6 +14,7 @@ from polymodal.adapters import get
 from polymodal.datasets.files import Remote
 from polymodal.datasets.synthetic import encode_image
 from polymodal.datasets.writer import ShardWriter
+from polymodal.pipelines.plan import StreamPlan
 from polymodal.pipelines.stages.shuffle import BufferOrder
 from polymodal.pipelines.stream import Stream
 
@@ -397,16 +398,14 @@ def test_the_epoch_plan_is_built_once_per_worker_and_never_in_the_main_process(
 ):
     """The plan (each source's permuted shard order) costs O(shards): a worker builds it
     once an epoch, and the main process, which only needs the epoch's length, never does."""
-    from polymodal.pipelines import partition
-
     built = []
-    original = partition.SourceOrder.build.__func__
+    original = StreamPlan.orders
 
-    def counted(cls, *args, **kwargs):
-        built.append(args[2])  # the epoch
-        return original(cls, *args, **kwargs)
+    def counted(self, epoch, world):
+        built.append(epoch)
+        return original(self, epoch, world)
 
-    monkeypatch.setattr(partition.SourceOrder, "build", classmethod(counted))
+    monkeypatch.setattr(StreamPlan, "orders", counted)
     stream = Stream(dataset, _fields(), batch_size=5)
     loader = stream.loader(0)
     assert len(loader) > 1 and built == []  # lengths and slices: no plan

@@ -99,6 +99,9 @@ class Batch(MutableMapping[str, Field]):
     # is left out of `fields` and is all False here
     present: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: list[dict[str, Any]] = field(default_factory=list)  # metadata members, per sample
+    # which source of a mixture each sample came from (int64 `[B]`; the order the stream's
+    # sources were given in), so a loss or a count can be kept per source
+    sources: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     def __getitem__(self, name: str) -> Field:
         return self.fields[name]
@@ -130,7 +133,9 @@ class Batch(MutableMapping[str, Field]):
         picked = range(len(self.keys)) if keep is None else keep.nonzero().flatten().tolist()
         meta = [self.meta[i] for i in picked] if self.meta else []
         present = {name: rows(p) for name, p in self.present.items()}
-        return Batch(fields, [self.keys[i] for i in picked], rows(self.repeated), present, meta)
+        keys = [self.keys[i] for i in picked]
+        sources = rows(self.sources) if len(self.sources) else self.sources
+        return Batch(fields, keys, rows(self.repeated), present, meta, sources)
 
     def has(self, name: str) -> torch.Tensor:
         """Which samples have field `name` (bool `[B]`): all, unless the field is optional."""
@@ -400,7 +405,7 @@ def is_known(ext: str) -> bool:
 
 def collate(samples: Sequence[Mapping[str, Any]], optional: Sequence[str] = ()) -> Batch:
     """Stack decoded samples (field name → `Field`, plus `__key__` / `__repeated__` and
-    `__meta__`) into a Batch.
+    `__meta__`, `__source__`) into a Batch.
 
     Fields of different lengths are zero-padded along `M`, and `mask` marks the real elements.
     A field named in `optional` may be missing from some samples: their rows are all padding
@@ -421,7 +426,8 @@ def collate(samples: Sequence[Mapping[str, Any]], optional: Sequence[str] = ()) 
     present = {name: torch.tensor([name in s for s in samples]) for name in optional}
     repeated = torch.tensor([bool(s.get("__repeated__", False)) for s in samples])
     meta = [dict(s.get("__meta__", {})) for s in samples]
-    return Batch(fields, keys, repeated, present, meta if any(meta) else [])
+    sources = torch.tensor([int(s.get("__source__", 0)) for s in samples], dtype=torch.int64)
+    return Batch(fields, keys, repeated, present, meta if any(meta) else [], sources)
 
 
 def _collate_field(given: list[Field | None], name: str) -> Field:

@@ -25,18 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .partition import rank_range, worker_range
+from .partition import Layout, shuffle_seed
 from .stages.shuffle import BufferOrder
-
-
-def reader_range(
-    length: int, world: int, rank: int, workers: int, worker: int, per_batch: int
-) -> tuple[int, int, int]:
-    """(start, stop, batches) of one (rank, worker) over a sequence of `length` positions
-    padded to equal ranks: the partition every epoch and every rest of an epoch uses."""
-    first, last = rank_range(length, world, rank)
-    start, stop = worker_range(last - first, per_batch, workers, worker)
-    return first + start, first + stop, -(-(stop - start) // per_batch)
 
 
 def batches_done(per_worker: Sequence[int], batches: int) -> list[int]:
@@ -84,6 +74,18 @@ class Remainder:
         run = np.searchsorted(ends, indices, side="right")
         return self.starts[run] + (indices - (ends[run] - self.lengths[run]))
 
+    @classmethod
+    def of(cls, runs: Sequence[tuple[int, int]]) -> Remainder:
+        """From (start, length) runs in reading order, touching ones merged."""
+        merged: list[list[int]] = []
+        for start, n in runs:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1][1] += n
+            else:
+                merged.append([start, n])
+        array = np.asarray(merged, dtype=np.int64).reshape(-1, 2)
+        return cls(array[:, 0].copy(), array[:, 1].copy())
+
     def runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """Remainder indices [lo, hi) as runs of epoch positions."""
         ends = self.ends
@@ -97,46 +99,56 @@ class Remainder:
             k += 1
         return out
 
+
+@dataclass(frozen=True)
+class Rest:
+    """The rest of an epoch after a resize: per lane of its layout, the positions still to
+    deliver (`Remainder`s), which the new run cuts like an epoch of lanes of those lengths."""
+
+    lanes: tuple[Remainder, ...]
+    world: int  # the world size the epoch was planned at (under a schedule, its counts)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(lane.length for lane in self.lanes)
+
     @classmethod
     def after(
         cls,
-        total: int,
+        layout: Layout,
         saved: Mapping[str, Any],
-        per_batch: int,
         buffer: int,
         seed: Sequence[int],
-        parent: Remainder | None = None,
-    ) -> Remainder:
-        """What is left of an epoch of `total` positions (or of `parent`, a rest of one) when
-        every rank of `saved["world"]` × `saved["workers"]` had delivered `saved["batches"]`
-        batches of `per_batch` samples through buffers of `buffer` (0 positions past the end:
-        padding is never owed). `seed` + (rank, worker) seeds each old reader's buffer."""
+        parent: Rest | None = None,
+    ) -> Rest:
+        """What is left of an epoch cut as `layout` (or of `parent`, a rest of one, cut so)
+        when every rank of `saved["world"]` × `saved["workers"]` had delivered
+        `saved["batches"]` batches through buffers of `buffer` (positions past a lane's end
+        are padding, never owed). `seed` + (rank, worker, lane) seeds each old reader's
+        buffer, as `shuffle_seed` does for the stream."""
         world, workers, batches = saved["world"], max(1, saved["workers"]), saved["batches"]
-        length = total if parent is None else parent.length
-        runs: list[tuple[int, int]] = []
+        runs: list[list[tuple[int, int]]] = [[] for _ in layout.lengths]
 
-        def keep(lo: int, hi: int) -> None:
-            hi = min(hi, length)  # past the end: padding repeats, delivered or not
+        def keep(lane: int, lo: int, hi: int) -> None:
+            hi = min(hi, layout.lengths[lane])  # past the end: padding, delivered or not
             if lo < hi:
-                runs.extend([(lo, hi - lo)] if parent is None else parent.runs(lo, hi))
+                runs[lane].extend(
+                    [(lo, hi - lo)] if parent is None else parent.lanes[lane].runs(lo, hi)
+                )
 
+        spans = [layout.worker_batches(w, workers) for w in range(workers)]
+        done = batches_done([stop - first for first, stop in spans], batches)
         for rank in range(world):
-            slices = [
-                reader_range(length, world, rank, workers, w, per_batch) for w in range(workers)
-            ]
-            done = batches_done([s[2] for s in slices], batches)
-            for worker, (start, stop, _) in enumerate(slices):
-                order = BufferOrder(stop - start, buffer, [*seed, rank, worker])
-                for _ in range(min(done[worker] * per_batch, stop - start)):
-                    order.step()
-                for held in sorted(order.slots):
-                    keep(start + held, start + held + 1)
-                keep(start + order.read, stop)
-        merged: list[list[int]] = []
-        for start, n in runs:
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1][1] += n
-            else:
-                merged.append([start, n])
-        array = np.asarray(merged, dtype=np.int64).reshape(-1, 2)
-        return cls(array[:, 0].copy(), array[:, 1].copy())
+            for worker, (first, stop) in enumerate(spans):
+                ranges = layout.ranges(rank, first, stop)
+                composition = layout.composition
+                emitted = composition.before(first + done[worker]) - composition.before(first)
+                for lane, (start, end) in enumerate(ranges):
+                    order = BufferOrder(end - start, buffer, shuffle_seed(seed, rank, worker, lane))
+                    for _ in range(int(emitted[lane])):
+                        order.step()
+                    for held in sorted(order.slots):
+                        keep(lane, start + held, start + held + 1)
+                    keep(lane, start + order.read, end)
+        planned = saved["world"] if parent is None else parent.world
+        return cls(tuple(Remainder.of(lane) for lane in runs), planned)

@@ -30,6 +30,7 @@ from .stages import StreamError, usable_batch
 DIGEST_SCHEME = "table-sha256:"  # how a state names its datasets (older states: bare sha256)
 
 if TYPE_CHECKING:
+    from .elastic import Rest
     from .stream import Stream
 
 log = logging.getLogger("polymodal.stream")
@@ -168,6 +169,7 @@ class StreamLoader:
         self.worker_states: dict[int, Any] = {}
         self.rest: dict[str, Any] | None = None  # this epoch is the rest of a resized run's
         self.skipped: list[dict[str, Any]] = []
+        self.delivered = [0] * len(stream.sources)  # this rank's real samples per source
         self._logged: set[str] = set()
         self.report_epoch = 0
         self._loader: DataLoader | None = None
@@ -182,12 +184,11 @@ class StreamLoader:
 
     def __len__(self) -> int:
         """Batches of this epoch (of its rest, after an elastic resume)."""
-        return self.stream.batches_per_epoch(self.world, self._length())
+        return self.stream.batches_per_epoch(self.world, self._rest(), self.epoch)
 
-    def _length(self) -> int | None:
-        """Positions of this epoch's rest after an elastic resume; None: a whole epoch."""
-        rest = self.stream.remainder(self.epoch, self.rest)
-        return None if rest is None else rest.length
+    def _rest(self) -> Rest | None:
+        """What is left of this epoch after an elastic resume; None: a whole epoch."""
+        return self.stream.remainder(self.epoch, self.rest)
 
     def split(self) -> str:
         """Where decoding runs and on how many threads, in words (what the trainer reports)."""
@@ -224,11 +225,12 @@ class StreamLoader:
         self._epochs.epoch.value = self.epoch
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
             self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
+            self.delivered = [0] * len(self.stream.sources)
             self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
         workers = max(1, self.num_workers)
-        length = self._length()
+        rest = self._rest()
         counts = [
-            self.stream.slice(self.rank, self.world, w, workers, length).batches
+            self.stream.slice(self.rank, self.world, w, workers, rest, self.epoch).batches
             for w in range(workers)
         ]
         total = sum(counts)
@@ -243,6 +245,7 @@ class StreamLoader:
                     batch = usable_batch(batch, skips, self.epoch)
                     self.worker_states[due] = state
                     self.batches += 1
+                    self._count(batch)
                     yield batch
             died = None
         except (RuntimeError, EOFError, ConnectionError) as exc:
@@ -285,6 +288,7 @@ class StreamLoader:
             "workers": dict(self.worker_states),
             "rest": self.rest,
             "skipped": list(self.skipped),
+            "delivered": list(self.delivered),
             "config": self.stream.config(self.world, self.num_workers),
         }
 
@@ -336,20 +340,33 @@ class StreamLoader:
                 len(self),
             )
         self.skipped, self.report_epoch = list(state["skipped"]), self.epoch
+        self.delivered = list(state.get("delivered", [0] * len(self.stream.sources)))
         self._epochs.resume = (self.epoch, dict(self.worker_states), self.rest)
         self._loader = None  # workers copy the dataset when they start: start fresh ones
         self._fresh = True
 
     def report(self) -> dict[str, Any]:
         """Samples skipped in the current (or just finished) epoch, with keys and reasons;
-        `skipped` counts samples (a left-out shard counts all of its own), `by_stage` records."""
+        `skipped` counts samples (a left-out shard counts all of its own), `by_stage` records.
+        `sources`, one entry per source: its rule, the samples the epoch takes of it over all
+        ranks (`planned`), those this rank delivered and skipped, and where its cycle stands
+        after the epoch (`pass` of it, `through` samples of its `of`)."""
         by_stage = Counter(s["stage"] for s in self.skipped)
         return {
             "epoch": self.report_epoch,
             "skipped": sum(s.get("samples", 1) for s in self.skipped),
             "by_stage": dict(by_stage),
             "samples": list(self.skipped),
+            "sources": self.stream.source_report(
+                self.report_epoch, self.world, self.delivered, self.skipped
+            ),
         }
+
+    def _count(self, batch: Batch) -> None:
+        """Add a batch's real samples (not padding repeats) to its sources' counts."""
+        real = batch.sources[~batch.repeated] if len(batch.sources) else batch.sources
+        for source, n in Counter(real.tolist()).items():
+            self.delivered[source] += n
 
     def _note_skips(self, skips: list[dict[str, Any]]) -> None:
         """Keep each skip for the report; log each reason once an epoch."""

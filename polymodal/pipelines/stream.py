@@ -30,12 +30,9 @@ skip.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,40 +49,51 @@ from polymodal.datasets.files import (
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
 
-from .elastic import Remainder, reader_range
+from .elastic import Rest
 from .loader import BATCH_TIMEOUT, DIGEST_SCHEME, StreamLoader
-from .partition import Mixture, Reference, SourceOrder, rank_range, references, references_at
+from .mixtures import (
+    RULES,
+    MixSource,
+    MixturePlan,
+    SchedulePoint,
+    WeightSchedule,
+    describe_rule,
+)
+from .partition import Reference
+from .plan import StreamPlan, WorkerSlice
 from .ranks import rank_world
-from .stages import Batcher, Decode, Reader, Shuffle, Skip, Stage, StreamError, usable_batch
+from .stages import Batcher, Decode, Reader, Skip, Stage, StreamError, usable_batch
 
 log = logging.getLogger("polymodal.stream")
 
-SourceSpec = str | Path | Sequence[str | Path] | Sequence[tuple[str | Path, float]]
+SourceSpec = (
+    str
+    | Path
+    | MixSource
+    | Sequence[str | Path | MixSource | Mapping[str, Any] | tuple[str | Path, float]]
+)
 FieldSpec = Adapter | str | tuple[str, Sequence[str]]
 
 FILLER_TRIES = 8  # samples per shard tried when looking for a batch filler
 STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
 
 
-@dataclass
-class WorkerSlice:
-    """One (rank, worker)'s share of an epoch: positions of the padded epoch and batch count."""
-
-    start: int
-    stop: int
-    batches: int
-
-
 class Stream(IterableDataset):
     """Batches of fields from one or more sharded datasets, for one rank.
 
-    `source`: a dataset folder or URL prefix (`http(s)://`, `s3://`, `file://`), a list of them,
-    or a list of `(source, weight)` pairs, mixed by weight into one epoch of the same total
-    length. `fields`: field name → adapter (an instance, a registered name, or `(name,
-    extensions)`); by default one field per modality of the index's schema. `errors`: `"skip"`
-    (count, report, go on) or `"raise"`, for every stage or per stage (`{"read": "raise",
-    "decode": "skip"}`). `remote`: timeouts and tries of remote reads. `max_member_bytes`: no
-    tar member larger than this is read (its sample is skipped and reported).
+    `source`: a dataset folder or URL prefix (`http(s)://`, `s3://`, `file://`), or a list of
+    sources mixed into one epoch. A source in a list is a path (one whole pass an epoch), a
+    `MixSource(path, weight= | repeat= | samples=)` (or a mapping of those keys, or a
+    `(path, weight)` pair): `repeat` passes, an exact number of `samples`, or a `weight`, a
+    share of what the other rules leave of an `epoch_size` (default: the sources' natural sizes
+    under their rules); `mixtures` has the exact rule. `batching="stratified"` gives every batch
+    each source's share; `schedule` (points of `SchedulePoint(step, weights, ramp)`) changes
+    the weights with the step. `fields`: field name → adapter (an instance, a registered name,
+    or `(name, extensions)`); by default one field per modality of the index's schema.
+    `errors`: `"skip"` (count, report, go on) or `"raise"`, for every stage or per stage
+    (`{"read": "raise", "decode": "skip"}`). `remote`: timeouts and tries of remote reads.
+    `max_member_bytes`: no tar member larger than this is read (its sample is skipped and
+    reported).
 
     Local shards whose size is not the index's are left out of the plan at construction
     (reported as skipped each epoch; an error under the `raise` read policy): the index does
@@ -106,6 +114,9 @@ class Stream(IterableDataset):
         optional: Collection[str] | None = None,
         meta: Sequence[str] = (),
         clips_per_sample: int = 1,
+        epoch_size: int | None = None,
+        batching: str = "mixed",
+        schedule: WeightSchedule | Sequence[SchedulePoint] | None = None,
     ) -> None:
         policies = (
             dict.fromkeys(STAGES_WITH_ERRORS, errors)
@@ -127,7 +138,8 @@ class Stream(IterableDataset):
                 f"clips_per_sample must be a positive divisor of batch_size={batch_size} (a "
                 f"batch holds whole samples), got {clips_per_sample}"
             )
-        self.sources, self.weights = _sources(source)
+        self.mix = _sources(source)
+        self.sources = [str(s.path) for s in self.mix]
         self.indexes = [ShardIndex.load(s, remote) for s in self.sources]
         self.fields = materialized_fields(
             _resolve_fields(fields, self.indexes), [i.materialized or {} for i in self.indexes]
@@ -145,76 +157,76 @@ class Stream(IterableDataset):
         self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
         self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
         self.max_member_bytes = max_member_bytes
-        self.excluded = [_size_mismatches(index) for index in self.indexes]
+        self.excluded = [_size_mismatches(index, n) for n, index in enumerate(self.indexes)]
         if policies["read"] == "raise" and any(self.excluded):
             first = next(skip for skips in self.excluded for skip in skips.values())
             raise StreamError(f"{first.url}: {first.reason}")
         for skip in (skip for skips in self.excluded for skip in skips.values()):
             log.warning("left out %s: %s", skip.url, skip.reason)
         self._fillers: dict[int, list[dict[str, Any]] | None] = {}
-        self._remainders: dict[tuple[int, str], Remainder] = {}
         self.epoch = 0
         # per source, samples per shard as the plan sees them (left-out shards hold none)
         self.counts = [_plan_counts(i, e) for i, e in zip(self.indexes, self.excluded, strict=True)]
-        self.totals = [int(c.sum()) for c in self.counts]  # samples per source in an epoch
-        self._mixture = self.mixture()
-        self.total = self._mixture.total  # samples in an epoch, over all ranks
+        self.totals = [int(c.sum()) for c in self.counts]  # samples per source (one pass)
+        if schedule is not None and not isinstance(schedule, WeightSchedule):
+            schedule = WeightSchedule(list(schedule), len(self.mix))
+        self.mixture = MixturePlan(
+            self.mix, self.totals, self.samples_per_batch, epoch_size, batching, schedule
+        )
+        self.plan = StreamPlan(self.counts, self.mixture, seed, shuffle, buffer_size)
+        self.total = self.mixture.epoch_size  # samples in an epoch, over all ranks
+        # whether the sources are mixed by declared rules, not just each read once
+        self.declared = any(getattr(s, rule) is not None for s in self.mix for rule in RULES) or (
+            epoch_size,
+            batching,
+            schedule,
+        ) != (None, "mixed", None)
 
-    # --- the pure plan ---
-
-    def mixture(self) -> Mixture:
-        """How the sources share an epoch; its length does not depend on the epoch, so it needs
-        no permutation."""
-        return Mixture.from_weights(self.totals, self.weights)
-
-    def orders(self, epoch: int) -> list[SourceOrder]:
-        """Each source's reading order in `epoch`: the plan, built once per worker and epoch."""
-        return [
-            SourceOrder.build(counts, self.seed, epoch, self.shuffle, i)
-            for i, counts in enumerate(self.counts)
-        ]
+    # --- the pure plan (`plan.StreamPlan`) ---
 
     def slice(
-        self, rank: int, world: int, worker: int, workers: int, length: int | None = None
+        self,
+        rank: int,
+        world: int,
+        worker: int,
+        workers: int,
+        rest: Rest | None = None,
+        epoch: int = 0,
     ) -> WorkerSlice:
-        """One (rank, worker)'s positions of every epoch (or of a rest of one, `length`
-        positions long): a pure function of the length."""
-        if not (0 <= rank < world and 0 <= worker < max(1, workers)):
-            raise ValueError(
-                f"rank {rank} of world size {world}, worker {worker} of {workers}: need "
-                "0 <= rank < world and 0 <= worker < workers (another rank would read nothing "
-                "but repeats)"
-            )
-        length = self.total if length is None else length
-        return WorkerSlice(
-            *reader_range(length, world, rank, max(1, workers), worker, self.samples_per_batch)
-        )
+        """One (rank, worker)'s batches of `epoch` (or of a `rest` of it) and the positions of
+        each lane they take."""
+        return self.plan.slice(rank, world, worker, workers, rest, epoch)
 
-    def batches_per_epoch(self, world: int | None = None, length: int | None = None) -> int:
+    def batches_per_epoch(
+        self, world: int | None = None, rest: Rest | None = None, epoch: int = 0
+    ) -> int:
         """Batches every rank yields per epoch, or per rest of one (the same for every rank)."""
-        world = world or rank_world()[1]
-        first, last = rank_range(self.total if length is None else length, world, 0)
-        return math.ceil((last - first) / self.samples_per_batch)
+        return self.plan.layout(epoch, world or rank_world()[1], rest).batches
 
-    def remainder(self, epoch: int, saved: Mapping[str, Any] | None) -> Remainder | None:
-        """The rest of `epoch` after a state saved at another world size or worker count
-        (`saved`: its world, workers and batches, and the rest it was itself in, `parent`);
-        see `elastic`. Cached: every worker of a resumed epoch asks."""
-        if saved is None:
-            return None
-        key = (epoch, json.dumps(saved, sort_keys=True))
-        if key not in self._remainders:
-            self._remainders = {
-                key: Remainder.after(
-                    self.total,
-                    saved,
-                    self.samples_per_batch,
-                    self.buffer_size if self.shuffle else 1,
-                    (self.seed, epoch),
-                    self.remainder(epoch, saved.get("parent")),
-                )
-            }
-        return self._remainders[key]
+    def remainder(self, epoch: int, saved: Mapping[str, Any] | None) -> Rest | None:
+        """The rest of `epoch` after a state saved at another world size or worker count; see
+        `elastic`."""
+        return self.plan.remainder(epoch, saved)
+
+    def source_report(
+        self, epoch: int, world: int, delivered: Sequence[int], skipped: Sequence[Mapping]
+    ) -> list[dict[str, Any]]:
+        """Per source, what `StreamLoader.report` says of it (see there)."""
+        planned = self.mixture.counts(epoch, world)
+        out = []
+        for n, source in enumerate(self.mix):
+            lost = sum(s.get("samples", 1) for s in skipped if s.get("source", 0) == n)
+            out.append(
+                {
+                    "source": self.sources[n],
+                    "rule": describe_rule(source),
+                    "planned": planned[n],
+                    "delivered": delivered[n],
+                    "skipped": lost,
+                    "cycle": self.mixture.cycle_progress(n, epoch, world),
+                }
+            )
+        return out
 
     def checksums(self) -> list[str]:
         """Per source, the digest of its shard table (names, checksums and counts of its
@@ -224,10 +236,13 @@ class Stream(IterableDataset):
 
     def config(self, world: int, workers: int) -> dict[str, Any]:
         """What the order depends on: a resumed run must match it."""
+        weights = [s.weight for s in self.mix]
         return {
-            "sources": [str(s) for s in self.sources],
+            "sources": self.sources,
             "datasets": self.checksums(),
-            "weights": self.weights,
+            "weights": weights if None not in weights else None,
+            # only when declared: states saved before mixtures had rules still resume
+            **({"mixture": self.mixture.describe()} if self.declared else {}),
             "samples": self.totals,
             "batch_size": self.batch_size,
             # only when set: states saved before it existed still resume
@@ -249,61 +264,25 @@ class Stream(IterableDataset):
         worker: int = 0,
         workers: int = 1,
         state: Mapping[str, Any] | None = None,
-        rest: Remainder | None = None,
+        rest: Rest | None = None,
     ) -> Iterator[tuple[Batch | None, dict[str, Any], list[Skip]]]:
         """(batch, chain state after it, skips in it) for one (rank, worker) and epoch, or for
         the `rest` of an epoch left by a run of another world size (`remainder`); the batch is
         None when not one sample of the dataset can be read to fill it."""
-        orders, mixture = self.orders(epoch), self._mixture
-        part = self.slice(rank, world, worker, workers, None if rest is None else rest.length)
+        order = self.plan.worker_order(epoch, rank, world, worker, workers, rest)
         reader = Reader(self.indexes, self.errors["read"], self.remote, self.max_member_bytes)
-        shuffle = Shuffle(
-            part.stop - part.start, self.buffer_size, (self.seed, epoch, rank, worker), self.shuffle
-        )
         decode = self._decode(self.errors["decode"], epoch)
         batcher = Batcher(self.batch_size, lambda: self.filler(epoch), self.optional)
-        stages: dict[str, Stage] = {
-            "reader": reader,
-            "shuffle": shuffle,
-            "decode": decode,
-            "batch": batcher,
-        }
+        stages: dict[str, Stage] = {"reader": reader, **order.stages, "decode": decode}
+        stages["batch"] = batcher
         for name, stage in stages.items():
             if state is not None:
                 stage.load_state_dict(state[name])
-
-        def read(positions: Sequence[int]) -> Iterator[tuple[Reference, dict | Skip]]:
-            """Items of increasing worker positions; gaps are read past, not opened anew."""
-            if not positions:
-                return iter(())
-            first, last = positions[0], positions[-1] + 1
-            if rest is not None:  # the rest of an epoch: its indices, padded, to positions
-                indices = part.start + np.asarray(positions, dtype=np.int64)
-                padding = indices >= rest.length
-                at = rest.positions(indices % max(rest.length, 1))
-                return reader.read(references_at(orders, mixture, at, padding))
-            refs = references(orders, mixture, part.start + first, part.start + last)
-            if not isinstance(positions, range):
-                wanted = set(positions)
-                refs = (ref for p, ref in zip(range(first, last), refs, strict=True) if p in wanted)
-            return reader.read(refs)
-
-        def emit(
-            pending: list[list[dict[str, Any]] | Skip],
-        ) -> tuple[Batch | None, dict, list[Skip]]:
-            batch, skips = batcher.batch(pending)
-            skips, reader.notes = skips + reader.notes, []
-            return batch, {n: s.state_dict() for n, s in stages.items()}, skips
-
-        pending: list[list[dict[str, Any]] | Skip] = []
         try:
-            for ref, raw in shuffle.shuffle(read):
-                pending.append(decode.decode(ref, raw))
-                if len(pending) == self.samples_per_batch:
-                    yield emit(pending)
-                    pending = []
-            if pending:
-                yield emit(pending)
+            for items in order.batches(reader.read, batcher.batches):
+                batch, skips = batcher.batch([decode.decode(ref, raw) for ref, raw in items])
+                skips, reader.notes = skips + reader.notes, []
+                yield batch, {n: s.state_dict() for n, s in stages.items()}, skips
         finally:
             reader.close()
 
@@ -388,7 +367,7 @@ def _plan_counts(index: ShardIndex, excluded: Collection[int]) -> np.ndarray:
     return counts
 
 
-def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:
+def _size_mismatches(index: ShardIndex, source: int) -> dict[int, Skip]:
     """Local shards whose size on disk is not the index's, as skips of all their samples (one
     `stat` per shard; a missing shard is left to the reader, which reports it per sample)."""
     base = local_path(index.location)
@@ -411,18 +390,19 @@ def _size_mismatches(index: ShardIndex) -> dict[int, Skip]:
                 "changed since it was indexed (`polymodal validate` checks it; index it again)",
                 index.url(shard),
                 samples=shard.samples,
+                source=source,
             )
     return out
 
 
-def _sources(source: SourceSpec) -> tuple[list[str], list[float] | None]:
-    if isinstance(source, (str, Path)):
-        return [str(source)], None
-    items = list(source)
-    pairs = [i for i in items if isinstance(i, tuple)]
-    if items and len(pairs) == len(items):
-        return [str(s) for s, _ in pairs], [float(w) for _, w in pairs]
-    return [str(s) for s in items], None
+def _sources(source: SourceSpec) -> list[MixSource]:
+    """The sources and their rules, from any form `Stream` takes."""
+    if isinstance(source, (str, Path, MixSource, Mapping)):
+        return [MixSource.of(source)]
+    sources = [MixSource.of(item) for item in source]
+    if not sources:
+        raise ValueError("no source given: pass a dataset folder, a URL or a list of them")
+    return sources
 
 
 def _partial_fields(fields: Mapping[str, Adapter], indexes: Sequence[ShardIndex]) -> list[str]:

@@ -37,6 +37,7 @@ class Skip:
     reason: str
     url: str = ""
     samples: int = 1
+    source: int = 0  # which of the stream's sources
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -44,6 +45,7 @@ class Skip:
             "stage": self.stage,
             "reason": self.reason,
             "url": self.url,
+            "source": self.source,
         }
         if self.samples != 1:
             out["samples"] = self.samples

@@ -1,8 +1,9 @@
 """The decode stage: the field adapters, with a generator per sample seeded from (seed,
-epoch, key), so a resumed run draws the same crops; optional fields a sample lacks are left
-out, and metadata members (`json`, `txt`) ride along decoded, within a bound. With
-`clips_per_sample` K, each sample is decoded once into K items (K clips, each with its own
-generator: distinct starts and crops, audio and video of one clip cutting the same moment)."""
+epoch, key, and which of its draws in the epoch it is), so a resumed run draws the same crops;
+optional fields a sample lacks are left out, and metadata members (`json`, `txt`) ride along
+decoded, within a bound. With `clips_per_sample` K, each sample is decoded once into K items
+(K clips, each with its own generator: distinct starts and crops, audio and video of one clip
+cutting the same moment)."""
 
 from __future__ import annotations
 
@@ -52,11 +53,15 @@ class Decode:
             self.skipped += 1
             return raw
         key = raw["__key__"]
-        seed = stable_seed(key, self.seed * 1_000_003 + self.epoch)
+        # a sample given more than once in an epoch (a source repeated by its rule) draws anew
+        # each time: its draw number is part of the seed after the first
+        seed = stable_seed(
+            key if not ref.draw else f"{key}@{ref.draw}", self.seed * 1_000_003 + self.epoch
+        )
         # clip 0 draws as a one-clip stream does; the others from seeds of their own
         seeds = [seed] + [stable_seed(f"{key}#{j}", seed) for j in range(1, self.clips)]
         items: list[dict[str, Any]] = [
-            {"__key__": key, "__repeated__": ref.repeated} for _ in seeds
+            {"__key__": key, "__repeated__": ref.repeated, "__source__": ref.source} for _ in seeds
         ]
         try:
             for name, adapter in self.fields.items():
@@ -72,7 +77,7 @@ class Decode:
                 raise
             self.skipped += 1
             reason = f"field {exc.field!r}: {exc.reason}"
-            return Skip(key, "decode", reason, raw.get("__url__", ""))
+            return Skip(key, "decode", reason, raw.get("__url__", ""), source=ref.source)
         if metadata:
             for item in items:
                 item["__meta__"] = metadata

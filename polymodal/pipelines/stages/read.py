@@ -93,7 +93,7 @@ class Reader:
         key = f"{shard.name}#{ref.index}"  # the sample's place, when its key cannot be read
         url = index.url(shard)
         if where in self._failed:
-            return Skip(key, "read", self._failed[where], url)
+            return Skip(key, "read", self._failed[where], url, source=ref.source)
 
         def attempt() -> dict[str, Any]:
             try:
@@ -113,7 +113,7 @@ class Reader:
         if ref.index == shard.samples - 1:
             self._check_end(ref.source, shard, url)
         if ERROR_KEY in sample:
-            return Skip(sample["__key__"], "read", sample[ERROR_KEY], url)
+            return Skip(sample["__key__"], "read", sample[ERROR_KEY], url, source=ref.source)
         return sample
 
     def _next(self, index: ShardIndex, ref: Reference) -> dict[str, Any]:
@@ -165,6 +165,7 @@ class Reader:
             extra = next(current.samples, None)
             if extra is not None:
                 self._note(
+                    source,
                     shard,
                     url,
                     f"the shard holds more samples than the {shard.samples:,} the index says "
@@ -175,6 +176,7 @@ class Reader:
                 digest = current.hasher.sha.hexdigest()
                 if digest != shard.sha256:
                     self._note(
+                        source,
                         shard,
                         url,
                         f"the shard's sha256 is {digest[:12]}…, the index says "
@@ -182,11 +184,11 @@ class Reader:
                         "its samples this epoch may not be the indexed ones",
                     )
         except Exception as exc:
-            self._note(shard, url, f"damaged after its last indexed sample: {exc}")
+            self._note(source, shard, url, f"damaged after its last indexed sample: {exc}")
         self._close(source)
 
-    def _note(self, shard: ShardInfo, url: str, reason: str) -> None:
-        self.notes.append(Skip(shard.name, "check", reason, url, samples=0))
+    def _note(self, source: int, shard: ShardInfo, url: str, reason: str) -> None:
+        self.notes.append(Skip(shard.name, "check", reason, url, samples=0, source=source))
 
     def _close(self, source: int) -> None:
         current = self._open.pop(source, None)
@@ -199,7 +201,7 @@ class Reader:
         self._failed[where] = reason
         self._last_failed[where[0]] = where[1]
         self._close(where[0])
-        return Skip(key, "read", reason, url)
+        return Skip(key, "read", reason, url, source=where[0])
 
 
 def _read_failure(exc: BaseException) -> str:

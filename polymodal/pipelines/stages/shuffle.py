@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from ..partition import Reference
-from .base import Skip
 
 
 class Shuffle:
@@ -37,8 +36,8 @@ class Shuffle:
         self.emitted, self._saved = state["emitted"], state.get("order")
 
     def shuffle(
-        self, read: Callable[[Sequence[int]], Iterator[tuple[Reference, dict | Skip]]]
-    ) -> Iterator[tuple[Reference, dict | Skip]]:
+        self, read: Callable[[Sequence[int]], Iterator[tuple[Reference, Any]]]
+    ) -> Iterator[tuple[Reference, Any]]:
         """Emit the items of read positions 0..length-1 in buffer order; `read(positions)`
         gives the items of increasing positions. On resume the order is restored to the saved
         point; the positions the buffer held then are read again (at most `size` of them, read
