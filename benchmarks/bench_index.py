@@ -14,8 +14,12 @@ in a fresh Python (after its imports), medians of `--repeats`:
 - a forked worker: its own growth (private pages: what forking costs the machine; the mapped
   table is shared) and RSS growth after computing one reader's epoch plan at 8 ranks × 8
   workers (the baseline's worker walks its shard list, as the old plan did);
-- one reader's plan (`Stream.orders` + its slice), the `Stream`'s construction (one `stat`
-  per local shard included), and `StreamLoader.state_dict()` after a few batches;
+- one reader's plan (`StreamPlan.orders` + its slice), the `Stream`'s construction (one
+  `stat` per local shard included), and `StreamLoader.state_dict()` after a few batches;
+- a mixture's plan: three sources of that many shards (the same index three times, under
+  `weight`, a fractional `repeat` and `samples`, so each has whole passes and a cycle) at epoch
+  5, mixed and stratified: one reader's orders, slice and first batch of references, in a
+  fork, against three single-source plans;
 - resume: the time from `load_state_dict` to the next batch, for states saved after 4 and
   after 400 batches (O(buffer + shards skipped): the two should match);
 - skips: the main process's CPU time for an epoch in which 80,000 samples of 80 lost shards
@@ -42,6 +46,7 @@ from polymodal.adapters import get
 from polymodal.datasets.index import ShardIndex, ShardInfo
 from polymodal.datasets.shard_table import ShardTable
 from polymodal.datasets.writer import ShardWriter
+from polymodal.pipelines.mixtures import MixSource
 from polymodal.pipelines.stream import Stream
 
 PER_SHARD = 1000  # samples each absent shard claims
@@ -142,11 +147,26 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
         out["stream_s"] = time.perf_counter() - started
 
         def plan() -> None:
-            stream.orders(0)
+            stream.plan.orders(0, WORLD)
             stream.slice(WORLD - 1, WORLD, WORKERS - 1, WORKERS)
 
         worker = in_fork(plan)
         return out | {f"worker_{k}": v for k, v in worker.items()}
+    if kind.startswith("mixture"):
+        samples = ShardIndex.load(folder).samples
+        rules = [
+            MixSource(folder, weight=2.0),
+            MixSource(folder, repeat=1.3),
+            MixSource(folder, samples=samples // 3),
+        ]
+        batching = kind.removeprefix("mixture-")
+        mixed = Stream(rules, fields(), batch_size=64, seed=1, batching=batching)
+
+        def first_batch() -> None:
+            order = mixed.plan.worker_order(5, WORLD - 1, WORLD, WORKERS - 1, WORKERS)
+            next(order.batches(lambda refs: ((r, r) for r in refs)))
+
+        return {"plan_s": in_fork(first_batch)["seconds"]}
     os.environ.update(RANK="0", WORLD_SIZE=str(WORLD))  # a rank of the node
     stream = Stream(folder, fields(), batch_size=64, seed=1, buffer_size=1000)
     if kind == "state":
@@ -231,6 +251,8 @@ def main() -> None:
             write_dataset(folder, shards)
             written = time.perf_counter() - started
             ours = medians("open", folder, args.repeats) | medians("state", folder, args.repeats)
+            for batching in ("mixed", "stratified"):
+                ours[batching] = medians(f"mixture-{batching}", folder, args.repeats)["plan_s"]
             old = medians("baseline", folder, 1)
             size = (folder / "index.arrow").stat().st_size + (folder / "index.json").stat().st_size
             rows.append(
@@ -259,6 +281,17 @@ def main() -> None:
             f"{ours['worker_seconds']:>7.3f} {ours['stream_s']:>8.2f} {ours['state_ms']:>8.3f} "
             f"{ours['state_json_ms']:>8.2f} "
             f"{ours['resume_4_s']:>8.3f} {ours['resume_400_s']:>10.3f}"
+        )
+    print(
+        "\na mixture of three sources of that many shards (weight 2, repeat 1.3, samples N/3) at "
+        "epoch 5: one reader's plan and first batch, s (ratio to 3 single-source plans)\n"
+    )
+    print(f"{'shards':>10} {'mixed s':>8} {'ratio':>6} {'stratified s':>12} {'ratio':>6}")
+    for shards, _, _, _, ours, _ in rows:
+        single = 3 * ours["worker_seconds"]
+        print(
+            f"{shards:>10,} {ours['mixed']:>8.3f} {ours['mixed'] / single:>6.2f} "
+            f"{ours['stratified']:>12.3f} {ours['stratified'] / single:>6.2f}"
         )
     print(
         f"\n80 lost shards of 1,000 samples, 2 workers: {skips['skipped']:,.0f} skips recorded, "

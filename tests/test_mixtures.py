@@ -6,17 +6,24 @@ properties of the plan over sample references, and through the real loader on re
 
 from __future__ import annotations
 
+import json
 import math
+import textwrap
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from plans import epoch_batches, make_plan, real, worker_batches
-from test_stream import _write
+from test_stream import _digest, _fields, _write
 
 from polymodal.adapters import get
+from polymodal.cli import main
+from polymodal.datasets.build import build
+from polymodal.datasets.index import ShardIndex
+from polymodal.pipelines.demo import make_clips
 from polymodal.pipelines.mixtures import (
     MixSource,
     MixtureError,
@@ -273,3 +280,127 @@ def test_an_up_weighted_mixture_drops_nothing_twice(tmp_path):
         assert len(set(b_keys)) == 20
         b_seen.append(set(b_keys))
     assert len(b_seen[0] | b_seen[1]) == 23
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """Real h264/aac clips in two datasets (train, val) to mix."""
+    root = tmp_path_factory.mktemp("mix")
+    make_clips(root / "clips", samples=40, classes=2)
+    build(
+        root / "clips",
+        root / "data",
+        split="val=0.3",
+        shard_samples=8,
+        progress=False,
+        print_=lambda _: None,
+    )
+    return root / "data"
+
+
+def _mixture_toml(data: Path, run: Path, mixture: str) -> str:
+    return (
+        textwrap.dedent(f"""
+        run_dir = "{run}"
+        epochs = 2
+        eval_every_epoch = false
+        {mixture}
+        [data]
+        num_classes = 2
+        batch_size = 8
+        batching = "stratified"
+        [data.fields.audio]
+        adapter = "audio"
+        extensions = ["mp4"]
+        options = {{sample_rate = 8000, duration = 0.25}}
+        encoder = {{samples_per_patch = 200, num_bands = 4}}
+        [model]
+        num_latents = 4
+        latent_dim = 16
+        num_self_attends_per_block = 1
+        self_heads = 2
+    """)
+        .replace("{train}", str(data / "train"))
+        .replace("{val}", str(data / "val"))
+    )
+
+
+@pytest.mark.slow
+def test_a_config_trains_on_a_mixture_and_reports_each_source(tmp_path, clips, capsys):
+    mixture = """
+        [[data.train]]
+        path = "{train}"
+        weight = 3
+        [[data.train]]
+        path = "{val}"
+        samples = 8
+        [[data.schedule]]
+        step = 0
+        weights = [1, 1]
+        [[data.schedule]]
+        step = 3
+        weights = [3, 1]
+        ramp = "linear"
+    """
+    config = tmp_path / "mix.toml"
+    config.write_text(_mixture_toml(clips, tmp_path / "run", mixture))
+    # a schedule sets every source's share: `samples` beside it is refused, in one line
+    assert main(["train", str(config)]) == 2
+    assert "data.train: source" in capsys.readouterr().err
+    config.write_text(_mixture_toml(clips, tmp_path / "run", mixture.replace("samples = 8", "")))
+    assert main(["train", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 2 (step" in err and " · train " in err and " · val " in err
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    counts = [r for r in records if "source/train/delivered" in r]
+    assert len(counts) == 2  # one record an epoch
+    epoch = ShardIndex.load(clips / "train").samples + ShardIndex.load(clips / "val").samples
+    assert all(r["source/train/delivered"] + r["source/val/delivered"] >= epoch for r in counts)
+    assert counts[1]["source/train/delivered"] > counts[0]["source/train/delivered"]  # ramped up
+
+
+def test_bad_mixture_configs_are_one_line_errors(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    cases = {
+        '[[data.train]]\npath = "a"\nweight = 1\nrepeat = 2\n': "data.train: source a: one rule",
+        "[data]\ntrain = 5\n": "data.train: expected str or a list of tables, got 5",
+        '[data]\ntrain = "a"\nbatching = "zigzag"\n': "data.batching: expected mixed or stratified",
+        (
+            '[[data.train]]\npath = "a"\n[[data.train]]\npath = "b"\n'
+            "[[data.schedule]]\nstep = 5\nweights = [1, 1]\n"
+            "[[data.schedule]]\nstep = 2\nweights = [1, 2]\n"
+        ): "data.schedule: schedule point 1 (step 2): the schedule goes backwards",
+    }
+    for text, message in cases.items():
+        config.write_text(text + '[data.fields.audio]\nadapter = "audio"\n')
+        assert main(["train", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_stratified_mixture_resumes_bitwise_through_real_workers(tmp_path):
+    _write(tmp_path / "a", sizes=[20, 12, 10], prefix="a")
+    _write(tmp_path / "b", sizes=[14], prefix="b")
+
+    def loader():
+        sources = [MixSource(tmp_path / "a", weight=3), MixSource(tmp_path / "b", weight=1)]
+        stream = Stream(sources, _fields(), batch_size=8, buffer_size=6, batching="stratified")
+        return stream.loader(num_workers=2)
+
+    first = loader()
+    first.set_epoch(3)
+    batches = list(first)
+    whole = [_digest(b) for b in batches]
+    # 42 and 14 samples at 3 : 1, batches of 8: every batch three quarters a, a quarter b
+    assert [b.sources.tolist().count(0) for b in batches] == [6] * 7
+    for cut in (1, 3):
+        partial = loader()
+        partial.set_epoch(3)
+        batches = iter(partial)
+        for _ in range(cut):
+            next(batches)
+        state = json.loads(json.dumps(partial.state_dict()))
+        del batches
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert [_digest(b) for b in resumed] == whole[cut:]

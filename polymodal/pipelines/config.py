@@ -44,9 +44,35 @@ class FieldConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One source of a training mixture (`[[data.train]]`) and its one rule: `weight` (a
+    share of what the other rules leave of the epoch), `repeat` (passes per epoch) or
+    `samples` (per epoch); none is one pass (`pipelines.mixtures`)."""
+
+    path: str
+    weight: float | None = None
+    repeat: float | None = None
+    samples: int | None = None
+
+
+@dataclass
+class SchedulePointConfig:
+    """`[[data.schedule]]`: the sources' weights (in `data.train`'s order) from optimiser
+    step `step` on (`ramp = "step"`), or reached at `step` linearly from the point before
+    (`ramp = "linear"`)."""
+
+    step: int
+    weights: list[float]
+    ramp: str = "step"
+
+
+@dataclass
 class DataConfig:
-    train: str = ""
+    train: str | list[SourceConfig] = ""  # a dataset, or a mixture: `[[data.train]]` tables
     val: str = ""
+    epoch_size: int = 0  # samples in a training epoch (0: the mixture's natural size)
+    batching: str = "mixed"  # mixed | stratified: every batch holds each source's share
+    schedule: list[SchedulePointConfig] = field(default_factory=list)  # weights by step
     fields: dict[str, FieldConfig] = field(default_factory=dict)
     label: str = "cls"  # the extension holding the target
     meta: list[str] = field(default_factory=list)  # members that ride along (json, txt)
@@ -113,6 +139,29 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_every_epoch: bool = True
 
+    def train_paths(self) -> list[str]:
+        """The training datasets' paths, one for a single dataset."""
+        train = self.data.train
+        return [train] if isinstance(train, str) else [s.path for s in train]
+
+    def mixture(self, per_step: int | None = None) -> dict[str, Any]:
+        """The training Stream's mixture arguments: the sources with their rules, and the
+        epoch size, batching and schedule. Schedule steps are optimiser steps, the stream's
+        are its batches: `per_step` (`optim.accumulate`) of them to a step. A rule that is
+        wrong whatever the data is a `ConfigError` naming its table."""
+        from .mixtures import SchedulePoint
+
+        d = self.data
+        per_step = self.optim.accumulate if per_step is None else per_step
+        sources = d.train if isinstance(d.train, str) else list(map(_mix_source, d.train))
+        schedule = [SchedulePoint(p.step * per_step, tuple(p.weights), p.ramp) for p in d.schedule]
+        return {
+            "source": sources,
+            "epoch_size": d.epoch_size or None,
+            "batching": d.batching,
+            "schedule": schedule or None,
+        }
+
     def resolve_seeds(self) -> TrainConfig:
         """One seed for the run unless `data.seed` / `model_seed` set their own; resolved here
         so the saved config.json says which seeds the run used."""
@@ -136,6 +185,7 @@ class TrainConfig:
             raise ConfigError(f"optim.name: expected adamw or lamb, got {self.optim.name!r}")
         if not self.data.train:
             raise ConfigError("data.train: a training dataset is required")
+        self._check_mixture()
         if not self.data.fields:
             raise ConfigError("data.fields: at least one input field is required")
         for where, value, ok, need in self._ranges():
@@ -150,6 +200,27 @@ class TrainConfig:
             check_field(f"data.fields.{name}", spec)
         self._check_decay_and_augment()
         return self.resolve_seeds()
+
+    def _check_mixture(self) -> None:
+        """Rules and schedule that are wrong whatever the data (the rest, which needs the
+        datasets' sizes, is checked when their streams are built, before the model)."""
+        from .mixtures import MixtureError, WeightSchedule
+
+        if self.data.batching not in ("mixed", "stratified"):
+            raise ConfigError(
+                f"data.batching: expected mixed or stratified, got {self.data.batching!r}"
+            )
+        schedule = self.mixture(per_step=1)["schedule"]  # steps as the config gives them
+        if schedule:
+            try:
+                WeightSchedule(schedule, len(self.train_paths()))
+            except MixtureError as exc:
+                raise ConfigError(f"data.schedule: {exc}") from None
+            if self.data.batching != "stratified":
+                raise ConfigError(
+                    "data.schedule: a weight schedule fixes each batch's composition; set "
+                    'data.batching = "stratified"'
+                )
 
     def _check_decay_and_augment(self) -> None:
         from polymodal.adapters import get
@@ -193,6 +264,7 @@ class TrainConfig:
                 f"a positive divisor of data.batch_size={d.batch_size}",
             ),
             ("data.buffer_size", d.buffer_size, d.buffer_size >= 1, "positive"),
+            ("data.epoch_size", d.epoch_size, d.epoch_size >= 0, "at least 0 (0: natural)"),
             ("data.num_classes", d.num_classes, d.num_classes >= 1, "positive"),
             ("data.label", d.label, _extension_ok(d.label), "a member extension like 'cls'"),
             ("optim.lr", o.lr, positive(o.lr), "a positive number"),
@@ -230,6 +302,19 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+def _mix_source(source: SourceConfig) -> Any:
+    """A `[[data.train]]` table as the stream's `MixSource`, or the `ConfigError` that names
+    its table (two rules, a negative weight)."""
+    from .mixtures import MixSource, MixtureError
+
+    if not source.path:
+        raise ConfigError("data.train: every [[data.train]] table needs a path")
+    try:
+        return MixSource(source.path, source.weight, source.repeat, source.samples)
+    except MixtureError as exc:
+        raise ConfigError(f"data.train: {exc}") from None
 
 
 def _extension_ok(ext: str) -> bool:
@@ -285,13 +370,39 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is Any or origin in (typing.Union, types.UnionType):
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, typing.get_args(hint), where)
+    if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _coerce_union(value: Any, options: tuple[Any, ...], where: str) -> Any:
+    """`value` as the first of a union's types it fits (`None` fits `NoneType`)."""
+    for option in options:
+        if option is type(None):
+            if value is None:
+                return None
+            continue
+        try:
+            return _coerce(value, option, where)
+        except ConfigError:
+            continue
+    names = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"{where}: expected {names}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return f"a list of {_type_name(item)}"
+    if dataclasses.is_dataclass(hint):
+        return "tables"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:

@@ -142,7 +142,12 @@ def evaluate_checkpoint(
     """Metrics of a checkpoint on `split` (`val`, `train` or a dataset), written with a
     confusion-matrix PNG (classification) to `out`. `config` None: the run's own."""
     config, task, model = model_from(checkpoint, config)
-    source = {"val": config.data.val, "train": config.data.train}.get(split, split)
+    train = config.train_paths()  # a mixture's datasets, each once
+    named: dict[str, str | list[str]] = {
+        "val": config.data.val,
+        "train": train[0] if len(train) == 1 else train,
+    }
+    source = named.get(split, split)
     if not source:
         raise CheckpointError(f"--split {split}: the config names no {split} dataset")
     classification = isinstance(task, ClassificationTask)
@@ -168,7 +173,7 @@ def evaluate_checkpoint(
 def class_names(config: TrainConfig) -> list[str] | None:
     """The class names of the training dataset's index, when it has them."""
     try:
-        return ShardIndex.load(config.data.train, config.data.remote).classes
+        return ShardIndex.load(config.train_paths()[0], config.data.remote).classes
     except (OSError, ValueError):
         return None
 

@@ -34,7 +34,7 @@ from polymodal.perceiver.io import patchify
 
 from .augment import mix_batch
 from .config import ConfigError, TrainConfig
-from .stream import Stream
+from .stream import SourceSpec, Stream
 
 TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
 
@@ -315,16 +315,18 @@ def make_task(config: TrainConfig) -> Task:
 def dataset_stream(
     config: TrainConfig,
     where: str,
-    source: str,
+    source: SourceSpec,
     fields: Mapping[str, Any],
     shuffle: bool = False,
     clips_per_sample: int = 1,
+    **mixture: Any,
 ) -> Stream:
-    """The `Stream` of `fields` over one dataset, as the config sets batches, buffer, seed and
-    remote reads (`clips_per_sample`: the training stream's clips per decode). A dataset that
-    is missing or broken, or that lacks a member one of the fields reads, is a `ConfigError`
-    naming `where` (`data.train`, `--split val`, ...), checked on the index the stream loads,
-    before any model is built."""
+    """The `Stream` of `fields` over one dataset or a mixture (`mixture`: the Stream's
+    `epoch_size`, `batching`, `schedule`), as the config sets batches, buffer, seed and remote
+    reads (`clips_per_sample`: the training stream's clips per decode). A dataset that is
+    missing or broken, or that lacks a member one of the fields reads, or a mixture that
+    cannot be planned on them, is a `ConfigError` naming `where` (`data.train`, `--split
+    val`, ...), checked on the indexes the stream loads, before any model is built."""
     try:
         stream = Stream(
             source,
@@ -337,19 +339,21 @@ def dataset_stream(
             optional=[n for n, spec in config.data.fields.items() if spec.optional and n in fields],
             meta=config.data.meta,
             clips_per_sample=clips_per_sample,
+            **mixture,
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    named = ", ".join(stream.sources)
     if stream.total == 0:  # a run over it would wait forever for its first batch
         left_out = [skip for skips in stream.excluded for skip in skips.values()]
         why = f"; left out: {left_out[0].key}: {left_out[0].reason}" if left_out else ""
-        raise ConfigError(f"{where}: the dataset {source} has no sample to read{why}")
+        raise ConfigError(f"{where}: the dataset {named} has no sample to read{why}")
     present = {ext for index in stream.indexes for ext in index.fields}
     for name, adapter in stream.fields.items():
         if not present & set(adapter.extensions):
             label = "data.label" if name == TARGET else f"data.fields.{name}"
             raise ConfigError(
-                f"{label}: the dataset {source} has no {' / '.join(adapter.extensions)} "
+                f"{label}: the dataset {named} has no {' / '.join(adapter.extensions)} "
                 f"member (it has: {', '.join(sorted(present)) or 'none'})"
             )
     return stream

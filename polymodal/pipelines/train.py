@@ -27,7 +27,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -75,7 +75,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
 
 def check_run_dir(config: TrainConfig) -> None:
     """The run directory is not inside, around or one of the datasets it reads."""
-    sources = [source for source in (config.data.train, config.data.val) if source]
+    sources = [source for source in (*config.train_paths(), config.data.val) if source]
     try:
         check_separate(sources, config.run_dir, folders=True)
     except OverlapError as exc:
@@ -168,10 +168,10 @@ class Trainer:
         train = dataset_stream(
             config,
             "data.train",
-            config.data.train,
-            fields,
+            fields=fields,
             shuffle=True,
             clips_per_sample=config.data.clips_per_sample,
+            **config.mixture(),
         )
         self.val_stream = (
             dataset_stream(config, "data.val", config.data.val, fields) if config.data.val else None
@@ -424,7 +424,10 @@ class Trainer:
                         self.save("best.pt")
                     self.model.train()
                 epoch_losses = losses[-self.steps_per_epoch :]
-                line = epoch_line(epoch_ended + 1, self.step, epoch_losses, metrics, rate)
+                sources = self._source_counts()
+                if len(sources) > 1:
+                    self._log({"step": self.step, **_source_metrics(sources)})
+                line = epoch_line(epoch_ended + 1, self.step, epoch_losses, metrics, rate, sources)
                 self._say(bar, line)
             if self.step % config.checkpoint_every == 0:
                 self.save()
@@ -448,6 +451,19 @@ class Trainer:
             write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode())
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png")
         return summary
+
+    def _source_counts(self) -> list[dict[str, Any]]:
+        """The epoch's per-source report (`StreamLoader.report`), delivered and skipped
+        counted over all ranks."""
+        sources = self.train_loader.report()["sources"]
+        if self.distributed:
+            counts = torch.tensor(
+                [[s["delivered"], s["skipped"]] for s in sources], device=self.device
+            )
+            dist.all_reduce(counts)
+            for source, (delivered, skipped) in zip(sources, counts.tolist(), strict=True):
+                source["delivered"], source["skipped"] = delivered, skipped
+        return sources
 
     def _micro_seed(self, micro: int) -> int:
         """The seed of one micro-batch's randomness: per-batch augmentation (a numpy generator)
@@ -538,10 +554,34 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def source_names(sources: Sequence[dict[str, Any]]) -> list[str]:
+    """Short names of a mixture's sources: their folders' names, numbered where two agree."""
+    names = [Path(str(s["source"]).rstrip("/")).name or str(s["source"]) for s in sources]
+    if len(set(names)) < len(names):
+        names = [f"{n}:{name}" for n, name in enumerate(names)]
+    return names
+
+
+def _source_metrics(sources: list[dict[str, Any]]) -> dict[str, int]:
+    """`source/NAME/delivered` and `/skipped` for metrics.jsonl and TensorBoard."""
+    out = {}
+    for name, source in zip(source_names(sources), sources, strict=True):
+        out[f"source/{name}/delivered"] = source["delivered"]
+        out[f"source/{name}/skipped"] = source["skipped"]
+    return out
+
+
 def epoch_line(
-    epoch: int, step: int, losses: list[float], metrics: dict[str, Any], rate: float
+    epoch: int,
+    step: int,
+    losses: list[float],
+    metrics: dict[str, Any],
+    rate: float,
+    sources: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """`epoch 3 (step 150): train loss 0.4120 · val_accuracy 0.9530 · 212.5 samples/s`."""
+    """`epoch 3 (step 150): train loss 0.4120 · val_accuracy 0.9530 · 212.5 samples/s`, and
+    for a mixture `· web 700 (pass 2, 45%) · studio 300`: each source's samples this epoch,
+    its skips, and where a source taken in part stands in its cycle."""
     parts = [f"train loss {sum(losses) / max(len(losses), 1):.4f}"]
     parts += [
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
@@ -549,6 +589,15 @@ def epoch_line(
         if k not in ("val_samples",) and not (k == "val_skipped" and not v)
     ]
     parts.append(f"{rate:.1f} samples/s")
+    if len(sources) > 1:
+        for name, source in zip(source_names(sources), sources, strict=True):
+            text = f"{name} {source['delivered']}"
+            cycle = source["cycle"]
+            if cycle["pass"] or cycle["through"]:
+                text += f" (pass {cycle['pass'] + 1}, {cycle['through'] / cycle['of']:.0%})"
+            if source["skipped"]:
+                text += f", {source['skipped']} skipped"
+            parts.append(text)
     return f"epoch {epoch} (step {step}): " + " · ".join(parts)
 
 
