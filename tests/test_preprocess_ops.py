@@ -4,6 +4,8 @@ it wrote: rates, sizes, frame contents, tones, keys."""
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
 import av
 import numpy as np
@@ -168,6 +170,21 @@ def test_media_ops_are_deterministic(clip):
     first = op({"__key__": "v", "mp4": clip})
     second = make_op("cut_clips:seconds=1,size=64,fps=12")({"__key__": "v", "mp4": clip})
     assert [s["mp4"] for s in first] == [s["mp4"] for s in second]
+
+
+def test_every_frame_is_scaled_on_one_swscale_thread():
+    """Threaded swscale made reruns differ under load (1 pair in 40); frames are scaled only
+    through `codecs.video.scaled`, which runs it on one thread."""
+    package = Path(__file__).resolve().parent.parent / "polymodal"
+    scaling = re.compile(r"\.reformat\(|\.to_ndarray\([^)]*(width|height|format)=")
+    found = [
+        f"{path.relative_to(package)}:{n}"
+        for path in package.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if scaling.search(line) and path != package / "codecs" / "video.py"
+    ]
+    assert found == []
+    assert "threads=SCALE_THREADS" in (package / "codecs" / "video.py").read_text()
 
 
 def test_media_bounds_refuse_before_decoding(clip):

@@ -12,6 +12,25 @@ import numpy as np
 from .containers import check_complete, frame_rate
 
 T = TypeVar("T")
+# swscale runs on one thread. With its slice threads (PyAV's default: one per core), scaling
+# raced: under load, reruns of one op gave different pixels (4 of 150 pairs of identical
+# cut_clips runs, 0 of 150 on one thread) and ran 3× slower beside busy cores. Parallelism
+# comes from workers, never from inside one frame.
+SCALE_THREADS = 1
+
+
+def scaled(
+    frame: av.VideoFrame, width: int, height: int, format: str, interpolation: str | None = None
+) -> av.VideoFrame:
+    """`frame` scaled by swscale to `width`×`height` in pixel `format`, the same bytes on
+    every run and machine (one thread)."""
+    return frame.reformat(
+        width=width,
+        height=height,
+        format=format,
+        interpolation=interpolation,
+        threads=SCALE_THREADS,
+    )
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -37,7 +56,7 @@ def upright_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     size): swscale scales the stored frame, numpy turns it."""
     turns = quarter_turns(frame)
     stored_w, stored_h = (height, width) if turns % 2 else (width, height)
-    pixels = frame.to_ndarray(width=stored_w, height=stored_h, format="rgb24")
+    pixels = scaled(frame, stored_w, stored_h, "rgb24").to_ndarray()
     return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
 
 

@@ -29,7 +29,14 @@ from polymodal.codecs.containers import (
     stream_seconds,
 )
 from polymodal.codecs.encoders import add_audio_stream, add_video_stream
-from polymodal.codecs.video import check_pixels, convert_once, frames_at, quarter_turns, upright_rgb
+from polymodal.codecs.video import (
+    check_pixels,
+    convert_once,
+    frames_at,
+    quarter_turns,
+    scaled,
+    upright_rgb,
+)
 
 from .base import Filtered, Op, Result, Sample, media_members, register_op, replace_member, retype
 
@@ -252,12 +259,10 @@ class _Scaler:
         if self.turns is None:
             self.turns = quarter_turns(frame)
         if not self.turns:
-            return frame.reformat(
-                width=self.width, height=self.height, format="yuv420p", interpolation="AREA"
-            )
+            return scaled(frame, self.width, self.height, "yuv420p", "AREA")
         w, h = (self.height, self.width) if self.turns % 2 else (self.width, self.height)
         out = av.VideoFrame.from_ndarray(upright_rgb(frame, w, h), format="rgb24")
-        return out.reformat(format="yuv420p")
+        return scaled(out, w, h, "yuv420p")
 
 
 class _Output:
