@@ -36,6 +36,7 @@ from .files import (
     HashingReader,
     Remote,
     check_separate,
+    describe_failure,
     is_remote,
     join,
     local_path,
@@ -261,8 +262,8 @@ def scan_tar(task: ScanTask) -> ShardInfo | Problem:
         stats, reader, problems = task.remote.call(lambda: _scan(task))
     except (tarfile.ReadError, ValueError) as exc:
         return Problem(task.name, str(exc))
-    except OSError as exc:
-        return Problem(task.name, f"unreachable: {exc}")
+    except Exception as exc:  # the network or the disk, after the tries: reported, never raised
+        return Problem(task.name, describe_failure(exc, task.remote))
     if reader.size % TAR_BLOCK or reader.tail != bytes(2 * TAR_BLOCK):
         return Problem(task.name, "truncated tar: no end-of-archive blocks")
     info = stats.info(task.name, reader.size, reader.sha.hexdigest(), problems)

@@ -2,44 +2,51 @@
 the rules that keep jobs from eating their own inputs.
 
 Every file a dataset consists of is written under a temporary name and renamed when complete,
-so a killed job leaves nothing that looks complete. Remote reads have connect and read timeouts
-and a bounded number of tries with exponential backoff (`Remote`), so a frozen server is
-reported, never waited on forever.
+so a killed job leaves nothing that looks complete. Remote reads have a connect timeout, must
+keep making progress (`min_rate` bytes a second over every `read_timeout` window, so a server
+that trickles is as stalled as one that froze), and get a bounded number of tries with
+exponential backoff for every transient failure (`Remote`); `failure` names what went wrong in
+one word, so a server that is down is never reported as a missing file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import fsspec
 
 from polymodal.errors import UserError
 
 TMP_SUFFIX = ".tmp"
+BLOCK_BYTES = 5 * 2**20  # fsspec's HTTP block: what one random-access request fetches
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Remote:
-    """How remote reads (HTTP, S3) behave: seconds to connect, seconds a read may stall, and
-    tries with exponential backoff (`backoff`, then twice that, ...).
+    """How remote reads (HTTP, S3) behave: seconds to connect, the window in which a read must
+    make progress (`read_timeout`: no byte for that long, or fewer than `min_rate` bytes a
+    second over it, is a stall), and tries with exponential backoff (`backoff`, then twice
+    that, ...) for every transient failure (`failure`).
 
-    The defaults report a stalled source within a minute: each try waits at most the larger
-    timeout, so 3 stalled tries of 15 s plus 0.5 + 1 s of backoff take 46.5 s
-    (`worst_case_seconds`).
+    The defaults report a stalled source within a minute: a try that stalls ends within two
+    windows (the window, then at most one more wait for a byte), so 3 tries of 2 × 8 s plus
+    0.5 + 1 s of backoff take 49.5 s (`worst_case_seconds`).
     """
 
     connect_timeout: float = 10.0
-    read_timeout: float = 15.0
+    read_timeout: float = 8.0
     tries: int = 3
     backoff: float = 0.5
+    min_rate: float = 16 * 1024  # bytes a second, over each read_timeout window
     # fsspec storage options for every remote read (S3 `key` / `secret`,
     # `client_kwargs.endpoint_url`, HTTP `headers`, ...), merged over the timeouts
     fs_options: dict[str, Any] = field(default_factory=dict)
@@ -47,23 +54,32 @@ class Remote:
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.backoff < 0:
             raise ValueError(f"timeouts must be positive and backoff non-negative: {self}")
+        if self.min_rate < 0:
+            raise ValueError(f"min_rate must be at least 0 bytes a second, got {self.min_rate}")
         if self.tries < 1:
             raise ValueError(f"tries must be at least 1, got {self.tries}")
 
     @property
     def worst_case_seconds(self) -> float:
-        """How long a source that accepts connections and then stalls takes to be reported."""
+        """How long a source that stalls (accepts connections, then sends nothing, or too
+        little) or cannot be reached takes to be reported."""
         backoffs = sum(self.backoff * 2**i for i in range(self.tries - 1))
-        return self.tries * max(self.connect_timeout, self.read_timeout) + backoffs
+        per_try = max(self.connect_timeout, 2 * self.read_timeout)
+        return self.tries * per_try + backoffs
 
-    def storage_options(self, url: str) -> dict[str, Any]:
-        """fsspec options that put these timeouts on the filesystem `url` belongs to."""
+    def storage_options(self, url: str, stream: bool = True) -> dict[str, Any]:
+        """fsspec options that put these timeouts on the filesystem `url` belongs to. A
+        request for a block (`stream=False`: Parquet's random access) must end by a deadline:
+        the block at `min_rate`, plus the windows; a stream is watched by `Progress`."""
         ours: dict[str, Any] = {}
         if url.startswith(("http://", "https://")):
             import aiohttp
 
+            total = None
+            if not stream and self.min_rate:
+                total = self.connect_timeout + 2 * self.read_timeout + BLOCK_BYTES / self.min_rate
             timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+                total=total, sock_connect=self.connect_timeout, sock_read=self.read_timeout
             )
             ours = {"client_kwargs": {"timeout": timeout}}
         elif url.startswith(("s3://", "s3a://")):
@@ -204,17 +220,60 @@ def join(base: str, name: str) -> str:
 
 def open_read(url: str, stream: bool = True, remote: Remote = DEFAULT_REMOTE) -> IO[bytes]:
     """Open a local path or any fsspec URL (`http(s)://`, `s3://`, `file://`) for reading, with
-    `remote`'s timeouts on remote ones (one try: callers retry through `Remote.call`).
+    `remote`'s timeouts on remote ones (one try: callers retry through `Remote.call`), each
+    read watched for progress (`Progress`).
 
     With `stream`, HTTP is streamed (`block_size=0`): many servers (`python -m http.server`,
     some CDNs) ignore Range requests, and tar shards are read front to back anyway;
     `seek_forward` covers the rare reader that starts mid-shard. Parquet needs random access:
     `stream=False` (and a server that honours Range).
     """
-    options = remote.storage_options(url)
+    options = remote.storage_options(url, stream)
     if stream and url.startswith(("http://", "https://")):
-        return fsspec.open(url, "rb", block_size=0, **options).open()
-    return fsspec.open(url, "rb", **options).open()
+        f = fsspec.open(url, "rb", block_size=0, **options).open()
+    else:
+        f = fsspec.open(url, "rb", **options).open()
+    return cast(IO[bytes], Progress(f, url, remote)) if is_remote(url) else f
+
+
+class StalledRead(TimeoutError):
+    """A remote read that made less progress than its `Remote` asks for."""
+
+
+class Progress:
+    """A remote file whose reads must keep up `remote.min_rate` bytes a second over every
+    `remote.read_timeout` seconds spent waiting in them: the transport's own timeout only
+    bounds the gap between two bytes, so a server that trickles a byte a second would
+    otherwise hold a reader for days. Only time inside `read` counts (a reader that pauses
+    between samples is not the server's fault), and a streamed read returns as soon as some
+    bytes came or the gap timed out, so the check runs at least once a window."""
+
+    def __init__(self, f: IO[bytes], url: str, remote: Remote) -> None:
+        self.f, self.url, self.remote = f, url, remote
+        self.waited, self.got = 0.0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        started = time.monotonic()
+        data = self.f.read(n)
+        self.waited += time.monotonic() - started
+        self.got += len(data)
+        if self.waited >= self.remote.read_timeout:
+            if self.got < self.remote.min_rate * self.waited:
+                raise StalledRead(
+                    f"stalled: {self.got:,} bytes in {self.waited:.1f} s of waiting, under "
+                    f"the {self.remote.min_rate:,.0f} bytes/s a read must keep up"
+                )
+            self.waited, self.got = 0.0, 0
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
 
 
 def file_size(f: IO[bytes]) -> int | None:
@@ -249,8 +308,14 @@ def read_bytes(url: str, remote: Remote = DEFAULT_REMOTE, limit: int | None = No
     `limit` bytes is refused after reading one byte past it, whatever its size."""
 
     def read() -> bytes:
-        with open_read(url, remote=remote) as f:
-            data = f.read() if limit is None else f.read(limit + 1)
+        chunks, size = [], 0
+        with open_read(url, remote=remote) as f:  # in chunks: `Progress` checks each
+            while chunk := f.read(2**20 if limit is None else min(2**20, limit + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    break
+        data = b"".join(chunks)
         if limit is not None and len(data) > limit:
             raise TooLarge(f"{url}: larger than the {limit:,} bytes such a file may have")
         return data
@@ -264,15 +329,85 @@ class TooLarge(UserError, ValueError):
     """A file is larger than what it describes can need."""
 
 
+TRANSIENT = ("unreachable", "stalled", "short read", "server error", "I/O error")
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether an error is worth another try: timeouts, dropped connections, server errors and
-    I/O errors, but not a file that is missing or forbidden."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
-    if isinstance(exc, (OSError, EOFError)):
-        return True
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiohttp is a dependency
-        return False
-    return isinstance(exc, aiohttp.ClientError)
+    """Whether an error is worth another try: every failure but a missing, forbidden or
+    damaged file (`failure`)."""
+    return failure(exc) in TRANSIENT
+
+
+def describe_failure(exc: BaseException, remote: Remote) -> str:
+    """Why a file cannot be read, in words that start with what failed (`failure`):
+    `missing` only for a file that is not there, never for a server that is down."""
+    kind = failure(exc)
+    detail = str(exc)
+    if kind == "stalled" and not detail:  # a transport's timeout says nothing of itself
+        detail = f"no byte for {remote.read_timeout:g} s"
+    detail = detail or type(exc).__name__
+    if kind == "missing":
+        return "missing: the shard is not there"
+    if kind in TRANSIENT:
+        return f"{kind} after {remote.tries} tries: {detail}"
+    return f"{'damaged shard' if kind == 'damaged' else kind}: {detail}"
+
+
+def failure(exc: BaseException) -> str:
+    """What a read failed of, in the words reports use: `missing` (404, no such file),
+    `forbidden` (401/403, no permission), `unreachable` (refused, reset or timed-out
+    connection, unknown host), `stalled` (no byte, or too few, for too long), `short read`
+    (the body ended before its length), `server error` (5xx), `I/O error` (another OS
+    error), or `damaged` (anything else: the bytes themselves). The error's whole chain
+    counts: fsspec reports a server that is down as a missing file *caused by* a refused
+    connection."""
+    chain: list[BaseException] = []
+    at: BaseException | None = exc
+    while at is not None and at not in chain and len(chain) < 8:
+        chain.append(at)
+        at = at.__cause__ or (None if at.__suppress_context__ else at.__context__)
+    kinds = [_kind(e) for e in chain]
+    for kind in ("unreachable", "stalled", "short read", "server error"):
+        if kind in kinds:  # a network cause outranks what it was reported as
+            return kind
+    return next((k for k in kinds if k != "damaged"), "damaged")
+
+
+def _kind(exc: BaseException) -> str:
+    import asyncio
+
+    import aiohttp
+
+    status = getattr(exc, "status", None)
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(status, int):
+        if status == 404:
+            return "missing"
+        if status in (401, 403):
+            return "forbidden"
+        return "server error" if status >= 500 else "damaged"
+    if isinstance(exc, (StalledRead, asyncio.TimeoutError, TimeoutError)):
+        if isinstance(exc, aiohttp.ServerTimeoutError) and "onnect" in str(exc):
+            return "unreachable"  # the connection itself timed out
+        return "stalled"
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, EOFError)):
+        return "short read"
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionError, socket.gaierror)):
+        return "unreachable"
+    if isinstance(exc, aiohttp.ClientError):
+        return "unreachable"
+    name = type(exc).__name__  # botocore's, without importing it
+    if name in ("ReadTimeoutError", "ConnectTimeoutError"):
+        return "stalled" if name == "ReadTimeoutError" else "unreachable"
+    if name in ("EndpointConnectionError", "ConnectionClosedError"):
+        return "unreachable"
+    if name == "IncompleteReadError":
+        return "short read"
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if isinstance(exc, PermissionError):
+        return "forbidden"
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+        return "missing"
+    if isinstance(exc, OSError):
+        return "I/O error"
+    return "damaged"

@@ -11,8 +11,8 @@ from polymodal.datasets.files import (
     DEFAULT_REMOTE,
     HashingReader,
     Remote,
+    describe_failure,
     file_size,
-    is_transient,
     open_read,
 )
 from polymodal.datasets.index import ShardIndex, ShardInfo
@@ -107,9 +107,7 @@ class Reader:
         except StopIteration:
             return self._fail(where, key, url, "fewer samples than the index says")
         except Exception as exc:
-            tries = self.remote.tries
-            reason = f"cannot read after {tries} tries: {exc}" if is_transient(exc) else None
-            return self._fail(where, key, url, reason or _read_failure(exc))
+            return self._fail(where, key, url, read_failure(exc, self.remote))
         if ref.index == shard.samples - 1:
             self._check_end(ref.source, shard, url)
         if ERROR_KEY in sample:
@@ -204,13 +202,9 @@ class Reader:
         return Skip(key, "read", reason, url, source=where[0])
 
 
-def _read_failure(exc: BaseException) -> str:
-    """Why a shard cannot be read, in words."""
-    if isinstance(exc, ShardChanged):
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return "the shard is missing"
-    return f"damaged shard: {exc}"
+def read_failure(exc: BaseException, remote: Remote) -> str:
+    """Why a shard cannot be read, in words (`files.describe_failure`)."""
+    return str(exc) if isinstance(exc, ShardChanged) else describe_failure(exc, remote)
 
 
 def _ignore_member(problem: Problem) -> None:
