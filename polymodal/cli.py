@@ -89,10 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--config", type=Path, help="default: the run's config.json")
     predict.add_argument("--top-k", type=at_least(1), default=5)
     predict.add_argument("--out", type=Path, help="where autoencoding writes reconstructions")
+    predict.add_argument(
+        "--overwrite", action="store_true", help="write into a folder of other files"
+    )
     export = commands.add_parser("export", help="write a model's weights as safetensors or hf")
     export.add_argument("source", help="a run, a checkpoint, hf:NAME or a save_pretrained folder")
     export.add_argument("out", type=Path)
     export.add_argument("--format", choices=["safetensors", "hf"], default="safetensors")
+    export.add_argument(
+        "--overwrite", action="store_true", help="write over another export or other files"
+    )
     demo = commands.add_parser("demo", help="train an audio+video classifier on made-up clips")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--modalities", default="audio,video", help="audio, video or both")
@@ -660,7 +666,7 @@ def _use_weights(args: argparse.Namespace) -> int:
     from polymodal.pipelines.config import load_config
 
     if args.command == "export":
-        print(weights.export(args.source, args.out, args.format))
+        print(weights.export(args.source, args.out, args.format, args.overwrite))
         return 0
     config = load_config(args.config) if args.config else None
     if args.command == "evaluate":
@@ -669,7 +675,10 @@ def _use_weights(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=1))
         return 0 if metrics.get("samples") else 1
     records = 0
-    for record in evaluate.predict(args.checkpoint, args.inputs, config, args.top_k, args.out):
+    records_of = evaluate.predict(
+        args.checkpoint, args.inputs, config, args.top_k, args.out, args.overwrite
+    )
+    for record in records_of:
         print(json.dumps(record), flush=True)
         records += "error" not in record
     return 0 if records else 1

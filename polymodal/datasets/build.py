@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -34,6 +35,7 @@ from .engines import Engine, make_engine
 from .files import (
     DEFAULT_REMOTE,
     HashingReader,
+    OwnerLock,
     Remote,
     check_separate,
     describe_failure,
@@ -49,7 +51,7 @@ from .layout import ERROR_KEY, Problem, read_tar_samples
 from .output import fingerprint, finished_shard, prepare_output
 from .pool import run_tasks
 from .shard import TAR_BLOCK, shard_name
-from .sources import PlannedSample, plan_source
+from .sources import PlannedSample, SourcePlan, plan_source
 from .splits import assign_splits, cut_shards, parse_splits
 from .writer import open_shard, schema
 
@@ -151,21 +153,48 @@ def build(
         "split": split,
         **({"fields": fields} if fields else {}),  # absent when unset: old fingerprints hold
     }
+    with OwnerLock(out, "build"):  # a second build into `out` is refused, naming the first
+        report = _build_into(
+            out,
+            plan,
+            samples,
+            options,
+            overwrite,
+            progress,
+            fields,
+            print_,
+            make_engine(engine, workers, address),
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _build_into(
+    out: Path,
+    plan: SourcePlan,
+    samples: list[PlannedSample],
+    options: dict[str, Any],
+    overwrite: bool,
+    progress: bool,
+    fields: Mapping[str, str],
+    print_: Callable[[str], None],
+    runner: Engine,
+) -> BuildReport:
+    """The shards, indexes, card and rejects of a build whose output `out` this process
+    owns."""
     rejects = [p.as_dict() for p in plan.problems]
     report = BuildReport({}, 0, 0, 0, 0, 0, 0.0)
-    out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, [REJECTS_NAME])  # a killed run's, beside the split folders
-    runner = make_engine(engine, workers, address)
     if plan.split_of is not None:
         groups = {
             name: [s for s in samples if plan.split_of[s.key] == name]
             for name in sorted(set(plan.split_of.values()))
         }
     else:
-        groups = assign_splits(samples, parse_splits(split))
+        groups = assign_splits(samples, parse_splits(options["split"]))
     for name, members in groups.items():
         directory = out / name if name else out
-        shards = cut_shards(members, shard_samples, shard_bytes)
+        shards = cut_shards(members, options["shard_samples"], options["shard_bytes"])
         fp = fingerprint({**options, "split_name": name}, shards)
         report.datasets[name] = directory
         if not prepare_output(directory, fp, overwrite):
@@ -173,7 +202,7 @@ def build(
             index = ShardIndex.load(directory)
         else:
             index, infos, written = _write_split(
-                directory, shards, shard_format, runner, progress, fields, plan.classes
+                directory, shards, options["format"], runner, progress, fields, plan.classes
             )
             report.written_shards += written
             index.classes, index.build = plan.classes, {"fingerprint": fp, **options}
@@ -183,11 +212,10 @@ def build(
         report.shards += len(index.shards)
         report.bytes += index.bytes
     if any(report.datasets):  # splits: a card at the root names each split's shards
-        globs = {name: f"{name}/*.{shard_format}" for name in report.datasets}
+        globs = {name: f"{name}/*.{options['format']}" for name in report.datasets}
         write_card(out, globs, f"{report.samples:,} samples in splits {', '.join(globs)}.")
     report.rejects = len(rejects)
     write_atomic(out / REJECTS_NAME, "".join(json.dumps(r) + "\n" for r in rejects).encode())
-    report.seconds = time.perf_counter() - started
     return report
 
 
@@ -328,7 +356,23 @@ def index_shards(
     if out is not None:
         local = local_path(source)
         check_separate([] if local is None else [local], target, folders=True)
-        target.mkdir(parents=True, exist_ok=True)
+    with OwnerLock(target, "index"):
+        return _index_into(source, target, names, workers, progress, fields, out, remote, started)
+
+
+def _index_into(
+    source: str,
+    target: Path,
+    names: list[str],
+    workers: int,
+    progress: bool,
+    fields: Mapping[str, str],
+    out: str | Path | None,
+    remote: Remote,
+    started: float,
+) -> BuildReport:
+    """Scan the shards `names` of `source` into sidecars and an index in `target`, which
+    this process owns."""
     tasks = [ScanTask(join(source, name), name, target, remote) for name in names]
     results: dict[str, ShardInfo | Problem] = {}
     bar = tqdm(total=len(tasks), unit="shard", disable=not progress, desc="index")

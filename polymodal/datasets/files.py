@@ -11,15 +11,18 @@ one word, so a server that is down is never reported as a missing file.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
+import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, ClassVar, TypeVar, cast
 
 import fsspec
 
@@ -411,3 +414,121 @@ def _kind(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return "I/O error"
     return "damaged"
+
+
+LOCK_NAME = ".polymodal.lock"
+OUTPUT_MARK = ".polymodal-output.json"  # what wrote a folder of results (export, predict)
+log = logging.getLogger("polymodal.files")
+
+
+class FolderInUse(UserError, RuntimeError):
+    """Another live process owns the folder a job would write (`OwnerLock`)."""
+
+
+class OwnerLock:
+    """A folder that one process writes: a run directory, a build's or a job's output.
+
+    The lock is a POSIX record lock on `.polymodal.lock` in the folder, holding the owner's
+    pid, host, job and start. The kernel drops it when the owner exits, however it exits, so
+    a lock file left by a killed job is stale by construction: the next job takes it over and
+    says whose it was. A POSIX lock belongs to one process (forked workers do not hold it)
+    and works on NFS. A second owner in the same process is refused too.
+    """
+
+    _held: ClassVar[set[Path]] = set()
+
+    def __init__(self, folder: str | Path, job: str) -> None:
+        self.folder, self.job = Path(folder).resolve(), job
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> OwnerLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.folder in OwnerLock._held:
+            raise FolderInUse(f"{self.folder} is already being written by this process")
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = _owner(os.pread(fd, 4096, 0))
+                os.close(fd)
+                raise FolderInUse(
+                    f"{self.folder} is in use by {owner}: wait for it to finish, or write "
+                    "somewhere else"
+                ) from None
+            try:  # the file may have been removed by an owner that just finished
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = os.pread(fd, 4096, 0)
+        if previous.strip():
+            log.warning(
+                "%s: taking over the lock of %s, which is gone", self.folder, _owner(previous)
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "job": self.job,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self._fd = fd
+        OwnerLock._held.add(self.folder)
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file, then let it go (a later owner finds no stale record)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)  # closing drops the record lock
+        self._fd = None
+        OwnerLock._held.discard(self.folder)
+
+    def __enter__(self) -> OwnerLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _owner(record: bytes) -> str:
+    """`build (pid 4242 on node-3, since 2026-12-03T10:00:00)` from a lock file's record."""
+    try:
+        doc = json.loads(record)
+        return f"{doc['job']} (pid {doc['pid']} on {doc['host']}, since {doc['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def claim_output(out: str | Path, job: Mapping[str, str], overwrite: bool) -> Path:
+    """Make `out` the folder of this `job`'s results (`{"command": ..., "source": ...}`):
+    absent, empty, or holding results of the same job before. A folder of anything else
+    (another run's export, someone's files) is refused unless `overwrite`; a dataset never,
+    since results written into it would be read back as data."""
+    out = Path(out)
+    if (out / "index.json").exists() or any(out.glob("*.tar")):
+        raise OverlapError(f"{out} is a dataset: write the results somewhere else")
+    mark = out / OUTPUT_MARK
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        try:
+            previous = json.loads(mark.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != dict(job):
+            what = (
+                f"results of `{previous.get('command')} {previous.get('source')}`"
+                if isinstance(previous, dict)
+                else "files polymodal did not write"
+            )
+            raise OverlapError(
+                f"{out} holds {what}: pass --overwrite to write over them, or choose another folder"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(mark, json.dumps(dict(job), sort_keys=True).encode())
+    return out

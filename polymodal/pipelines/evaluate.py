@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from polymodal.adapters import Batch, DecodeError, collate
-from polymodal.datasets.files import atomic_open, is_remote, write_atomic
+from polymodal.datasets.files import atomic_open, claim_output, is_remote, write_atomic
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
 
@@ -214,13 +214,18 @@ def predict(
     config: TrainConfig | None = None,
     top_k: int = 5,
     out: Path | None = None,
+    overwrite: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """One record per sample of `inputs` (files, grouped by key, or one dataset)."""
+    """One record per sample of `inputs` (files, grouped by key, or one dataset);
+    reconstructions go to `out`, which must be empty or an earlier `predict` of the same
+    checkpoint's (`overwrite` writes into a folder of other files)."""
     config, task, model = model_from(run_or_checkpoint, config)
     if not isinstance(task, ClassificationTask | AutoencodeTask):
         raise CheckpointError(f"predict serves classification and autoencoding, not {config.task}")
     if isinstance(task, AutoencodeTask) and out is None:
         raise CheckpointError("autoencoding writes reconstructions: pass --out DIR")
+    if out is not None:
+        claim_output(out, {"command": "predict", "source": str(run_or_checkpoint)}, overwrite)
     names = class_names(config)
     for batch, errors in _batches(config, task, inputs):
         yield from errors

@@ -36,7 +36,7 @@ from polymodal.datasets.output import dataset_files, prepare_output
 
 __all__ = ["REJECTS_NAME", "JobReport", "run", "summary"]
 from polymodal.datasets.engines import Engine, make_engine
-from polymodal.datasets.files import check_separate, remove_temporaries, write_atomic
+from polymodal.datasets.files import OwnerLock, check_separate, remove_temporaries, write_atomic
 from polymodal.datasets.index import INDEX_NAME, ShardIndex, ShardInfo, merge_labels
 from polymodal.datasets.layout import Problem
 from polymodal.datasets.reader import read_shard
@@ -249,6 +249,37 @@ def run(
         raise ValueError("a job can split once")
     dst = Path(dst)
     check_separate([index.base], dst, folders=True)  # before anything is claimed or cleared
+    with OwnerLock(dst, "preprocess"):  # a second job into `dst` is refused, naming the first
+        return _run_into(
+            index,
+            chain,
+            dst,
+            engine,
+            workers,
+            address,
+            overwrite,
+            errors,
+            progress,
+            started,
+            str(src),
+        )
+
+
+def _run_into(
+    index: ShardIndex,
+    chain: list[Op],
+    dst: Path,
+    engine: str | Engine,
+    workers: int | None,
+    address: str | None,
+    overwrite: bool,
+    errors: str,
+    progress: bool,
+    started: float,
+    src: str,
+) -> JobReport:
+    """The job's shards, records, indexes and summary in `dst`, which this process owns."""
+    splits = [op for op in chain if isinstance(op, Split)]
     specs = [op.spec() for op in chain]
     fp = _fingerprint(index, specs)
     outputs = {name: dst / name for name in splits[0].names} if splits else {"": dst}
@@ -270,7 +301,7 @@ def run(
     records = [TaskRecord(**json.loads(t.record.read_bytes())) for t in tasks]
     report = _report(records, outputs, len(pending), specs, repr(runner))
     report.seconds = time.perf_counter() - started
-    _write_outputs(dst, index, chain, outputs, records, report, fp, str(src))
+    _write_outputs(dst, index, chain, outputs, records, report, fp, src)
     return report
 
 

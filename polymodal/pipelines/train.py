@@ -41,6 +41,7 @@ from tqdm import tqdm
 from polymodal.adapters import Batch
 from polymodal.datasets.files import (
     OverlapError,
+    OwnerLock,
     atomic_open,
     check_separate,
     remove_temporaries,
@@ -327,9 +328,18 @@ class Trainer:
                         self.tensorboard.add_scalar(key, value, record["step"])
 
     def run(self) -> dict[str, Any]:
+        """Train to the end (or to a stop signal); the run directory is this process's while
+        it runs (a second trainer on it is refused, naming this one)."""
+        lock = OwnerLock(self.run_dir, "train").acquire() if self.rank == 0 else None
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict[str, Any]:
         config = self.config
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_temporaries(self._checkpoint_dir())  # from killed checkpoint writes
             write_atomic(self.run_dir / CONFIG_NAME, config.to_json().encode())
             if self.init_report is not None:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from polymodal.datasets.files import write_atomic
+from polymodal.datasets.files import claim_output, write_atomic
 from polymodal.errors import UserError
 
 from .config import TrainConfig, load_config
@@ -206,26 +206,29 @@ def apply_init(model: nn.Module, spec: str, mismatch: str = "error") -> InitRepo
     return report
 
 
-def export(source: str, out: str | Path, fmt: str = "safetensors") -> Path:
+def export(source: str, out: str | Path, fmt: str = "safetensors", overwrite: bool = False) -> Path:
     """Write a run's or checkpoint's model (or a Hugging Face Perceiver, `hf:NAME` or a
     folder) as `out/model.safetensors` with the run's config beside it, or as a transformers
-    folder (`fmt="hf"`, for models that have a transformers class)."""
+    folder (`fmt="hf"`, for models that have a transformers class). `out` must be empty or an
+    earlier export of the same source (`overwrite`: another's, or other files); never a
+    dataset."""
     out = Path(out)
+    if fmt not in ("safetensors", "hf"):
+        raise CheckpointError(f"--format must be safetensors or hf, got {fmt!r}")
+    if fmt == "hf" and not is_hugging_face(source):
+        raise CheckpointError(
+            f"{source}: a polymodal run's model has no transformers class to become; "
+            "use --format safetensors (transformers folders come from Hugging Face models)"
+        )
+    weights = source_weights(source) if fmt == "safetensors" else {}
+    claim_output(out, {"command": "export", "source": str(source), "format": fmt}, overwrite)
     if fmt == "hf":
-        if not is_hugging_face(source):
-            raise CheckpointError(
-                f"{source}: a polymodal run's model has no transformers class to become; "
-                "use --format safetensors (transformers folders come from Hugging Face models)"
-            )
         from polymodal.perceiver.pretrained import from_pretrained, save_pretrained
 
         return save_pretrained(from_pretrained(source.removeprefix("hf:")), out)
-    if fmt != "safetensors":
-        raise CheckpointError(f"--format must be safetensors or hf, got {fmt!r}")
     from safetensors.torch import save
 
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.contiguous() for k, v in source_weights(source).items()}
+    weights = {k: v.contiguous() for k, v in weights.items()}
     if not is_hugging_face(source):
         config = run_config(checkpoint_path(source))
         write_atomic(out / CONFIG_NAME, config.to_json().encode())
