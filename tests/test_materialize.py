@@ -5,6 +5,7 @@ ones, K clips per decode exactly once, exact resume, the config guard, hostile m
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 import zstandard
 
 from polymodal.adapters import get
+from polymodal.cli import main
 from polymodal.codecs.containers import decode_threads
 from polymodal.codecs.decoded import MAGIC, decode_decoded, encode_decoded
 from polymodal.datasets.index import ShardIndex
@@ -129,6 +131,14 @@ def test_the_index_records_what_was_materialised_and_the_media_is_gone(data):
     counts = index.field_counts()
     assert counts == {"audio.decoded": SAMPLES, "cls": SAMPLES, "video.decoded": SAMPLES}
     assert index.fields["video.decoded"] == "video"
+
+
+def test_indexing_a_materialised_dataset_again_keeps_its_record(data, tmp_path):
+    _, mat = data
+    again = tmp_path / "again"
+    shutil.copytree(mat, again)
+    assert main(["index", str(again), "--quiet"]) == 0
+    assert ShardIndex.load(again).materialized == ShardIndex.load(mat).materialized
 
 
 def test_centre_crops_give_identical_batches(data):
@@ -263,6 +273,10 @@ HOSTILE = {
     "too small for the crop": (
         encode_decoded(np.zeros((4, 8, 8, 3), np.uint8), {"fps": 8, "total": 1}),
         "smaller than the 32×32 crop",
+    ),
+    "larger than was kept": (  # a crop of it would be another field of view
+        encode_decoded(np.zeros((4, 72, 80, 3), np.uint8), {"fps": 8, "total": 1}),
+        "materialised frames are 80×72: this field keeps",
     ),
 }
 

@@ -250,6 +250,14 @@ class VideoAdapter(Adapter):
         k = min(max(round((start - first) * fps), 0), max(0, len(array) - self.num_frames))
         frames = array[k : k + self.num_frames]
         h, w = frames.shape[1:3]
+        if self.size is not None:  # kept at `resized_size`, which maps to itself (± rounding)
+            kw, kh = resized_size(w, h, self.size, self.crop_fraction)
+            if w > kw + 1 or h > kh + 1:  # (smaller than the crop: `crop_origin` says so)
+                raise ValueError(
+                    f"materialised frames are {w}×{h}: this field keeps {kw}×{kh} frames for "
+                    "its crop (the member was made with other options, or edited), so a crop "
+                    "of these would be another field of view"
+                )
         if self.size is not None and self.scale is None:
             x0, y0 = crop_origin(w, h, self.size, self.crop, rng)
             frames = frames[:, y0 : y0 + self.size[0], x0 : x0 + self.size[1]]

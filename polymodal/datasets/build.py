@@ -19,6 +19,7 @@ run with other arguments or changed sources never mixes its shards with an earli
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +55,8 @@ from .shard import TAR_BLOCK, shard_name
 from .sources import PlannedSample, SourcePlan, plan_source
 from .splits import assign_splits, cut_shards, parse_splits
 from .writer import open_shard, schema
+
+log = logging.getLogger("polymodal.build")
 
 
 @dataclass
@@ -389,7 +392,15 @@ def _index_into(
     index = ShardIndex("tar", schema(infos, fields), infos, merge_labels(infos), base=str(target))
     if out is not None:
         index.shards_at = source if is_remote(source) else str(Path(source).resolve())
-    index.classes = _previous_classes(target)
+    previous = _previous_index(target)
+    if previous is not None:  # what the shards cannot say: keep it
+        index.classes, index.materialized = previous.classes, previous.materialized
+        if previous.materialized:
+            log.info(
+                "%s: kept the record of materialised fields %s",
+                target,
+                ", ".join(sorted(previous.materialized)),
+            )
     index.save(target)
     return BuildReport(
         {"": target},
@@ -412,11 +423,12 @@ def _tar_names(source: str, remote: Remote) -> list[str]:
     return sorted(str(path).rsplit("/", 1)[-1] for path in found)
 
 
-def _previous_classes(directory: Path) -> list[str] | None:
-    """The class names of the index being replaced, if any: indexing again (after adding or
-    repairing shards) must not lose what the labels mean."""
+def _previous_index(directory: Path) -> ShardIndex | None:
+    """The index being replaced, if any: indexing again (after adding or repairing shards)
+    must not lose what the shards cannot say, the class names and which fields are kept
+    decoded (`materialized`)."""
     try:
-        return ShardIndex.load(directory).classes
+        return ShardIndex.load(directory)
     except (OSError, ValueError):
         return None
 
