@@ -47,7 +47,15 @@ from .files import (
     remove_temporaries,
     write_atomic,
 )
-from .index import REJECTS_NAME, ShardIndex, ShardInfo, ShardStats, merge_labels, write_sidecar
+from .index import (
+    REJECTS_NAME,
+    ShardIndex,
+    ShardInfo,
+    ShardStats,
+    find_duplicates,
+    merge_labels,
+    write_sidecar,
+)
 from .layout import ERROR_KEY, Problem, read_tar_samples
 from .output import fingerprint, finished_shard, prepare_output
 from .pool import run_tasks
@@ -298,7 +306,7 @@ def scan_tar(task: ScanTask) -> ShardInfo | Problem:
     if reader.size % TAR_BLOCK or reader.tail != bytes(2 * TAR_BLOCK):
         return Problem(task.name, "truncated tar: no end-of-archive blocks")
     info = stats.info(task.name, reader.size, reader.sha.hexdigest(), problems)
-    write_sidecar(task.sidecars, info, stats.offsets)
+    write_sidecar(task.sidecars, info, stats.offsets, stats.keys)
     return info
 
 
@@ -308,7 +316,7 @@ def _scan(task: ScanTask) -> tuple[ShardStats, HashingReader, list[dict[str, str
     with open_read(task.url, stream=True, remote=task.remote) as f:
         reader = HashingReader(f, 2 * TAR_BLOCK)
         for offset, sample in read_tar_samples(reader, task.name, 0, problems_to(problems)):
-            stats.add(sample, offset)
+            stats.add(sample, offset, sample["__key__"])
             if ERROR_KEY in sample:
                 problems.append(Problem(task.name, sample[ERROR_KEY], sample["__key__"]).as_dict())
         reader.drain()
@@ -392,6 +400,15 @@ def _index_into(
     index = ShardIndex("tar", schema(infos, fields), infos, merge_labels(infos), base=str(target))
     if out is not None:
         index.shards_at = source if is_remote(source) else str(Path(source).resolve())
+    index.duplicates = find_duplicates(index)
+    if index.duplicates:
+        log.warning(
+            "%s: %d samples repeat the key of an earlier sample (the first: %s#%d, its key is "
+            "in %s too); readers skip them, reported",
+            target,
+            len(index.duplicates),
+            *index.duplicates[0],
+        )
     previous = _previous_index(target)
     if previous is not None:  # what the shards cannot say: keep it
         index.classes, index.materialized = previous.classes, previous.materialized

@@ -10,10 +10,15 @@ Version-1 indexes, whose `index.json` lists the shards itself, still read (into 
 columns); `polymodal index --upgrade` rewrites one in the columnar layout.
 
 Per-sample byte offsets would make the index O(samples) — a billion entries at internet scale —
-so each shard has a small sidecar, `NAME.idx`, read only by a reader that seeks in that shard:
-one JSON line with the shard's facts (so a resumed build can reuse a finished shard without
+so each shard has a small sidecar, `NAME.idx`, read by a reader when it opens that shard: one
+JSON line with the shard's facts (so a resumed build can reuse a finished shard without
 hashing it again), then one little-endian uint64 per sample, the byte offset of the sample's
-first tar member header (Parquet shards need none: their footer lists the row groups).
+first tar member header (Parquet shards need none: their footer lists the row groups), and
+(`"keys": "blake2b-8"` in the line) one uint64 per sample, a hash of its key. Every sample a
+reader takes from a shard must start at its offset and carry its key: a shard replaced or
+edited since it was indexed is caught at the first sample that differs, whoever reads it.
+Keys that two shards share are found when foreign shards are indexed and listed in the
+header (`duplicates`): a reader skips the later ones, reported, so a key comes once.
 
 Writers write shards and sidecars first, then the shard table, and `index.json` last: a dataset
 with an index is complete, and the header names the digest of its table.
@@ -38,10 +43,12 @@ import numpy as np
 
 from .card import write_card
 from .files import DEFAULT_REMOTE, Remote, join, local_path, read_bytes, write_atomic
+from .shard_info import KEY_HASH as KEY_HASH
 from .shard_info import MIN_TAR_SAMPLE_BYTES as MIN_TAR_SAMPLE_BYTES
 from .shard_info import InvalidIndex as InvalidIndex
 from .shard_info import ShardInfo as ShardInfo
 from .shard_info import ShardStats as ShardStats
+from .shard_info import key_hash as key_hash
 from .shard_info import shard_name_problem as shard_name_problem
 from .shard_table import TABLE_NAME as TABLE_NAME
 from .shard_table import ShardTable
@@ -68,27 +75,57 @@ def legacy_sidecar_name(shard_name: str) -> str:
     return shard_name + SIDECAR_SUFFIX
 
 
-def encode_sidecar(info: ShardInfo, offsets: np.ndarray | list[int]) -> bytes:
-    head = json.dumps(asdict(info), sort_keys=True, separators=(",", ":")).encode()
-    return head + b"\n" + np.asarray(offsets, dtype="<u8").tobytes()
+@dataclass(frozen=True)
+class Sidecar:
+    """A shard's sidecar: its facts, each sample's byte offset and, in sidecars written
+    since keys were kept, each sample's key hash (`key_hash`)."""
+
+    info: ShardInfo
+    offsets: np.ndarray
+    keys: np.ndarray | None = None
 
 
-def decode_sidecar(data: bytes) -> tuple[ShardInfo, np.ndarray]:
-    """A sidecar's facts and offsets; `InvalidIndex` for anything that is not one."""
+def encode_sidecar(
+    info: ShardInfo, offsets: np.ndarray | list[int], keys: np.ndarray | list[int] | None = None
+) -> bytes:
+    record = {**asdict(info), **({"keys": KEY_HASH} if keys is not None else {})}
+    head = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    body = np.asarray(offsets, dtype="<u8").tobytes()
+    if keys is not None:
+        body += np.asarray(keys, dtype="<u8").tobytes()
+    return head + b"\n" + body
+
+
+def decode_sidecar(data: bytes) -> Sidecar:
+    """A sidecar's facts, offsets and key hashes; `InvalidIndex` for anything that is not
+    one."""
     head, sep, body = data.partition(b"\n")
     if not sep:
         raise InvalidIndex("sidecar has no header line")
     try:
-        info = ShardInfo(**json.loads(head))
+        record = json.loads(head)
+        hashed = record.pop("keys", None) if isinstance(record, dict) else None
+        info = ShardInfo(**record)
     except (ValueError, TypeError) as exc:
         raise InvalidIndex(f"sidecar header is not a shard record: {exc}") from None
-    if len(body) % 8:
+    if hashed not in (None, KEY_HASH):
+        raise InvalidIndex(f"sidecar keys are hashed as {hashed!r}, not {KEY_HASH}")
+    words = np.frombuffer(body, dtype="<u8") if not len(body) % 8 else None
+    if words is None or (hashed and len(words) % 2):
         raise InvalidIndex(f"sidecar body of {len(body)} bytes is not a list of uint64 offsets")
-    return info, np.frombuffer(body, dtype="<u8")
+    if hashed:
+        half = len(words) // 2
+        return Sidecar(info, words[:half], words[half:])
+    return Sidecar(info, words)
 
 
-def write_sidecar(directory: Path, info: ShardInfo, offsets: np.ndarray | list[int]) -> None:
-    write_atomic(directory / sidecar_name(info.name), encode_sidecar(info, offsets))
+def write_sidecar(
+    directory: Path,
+    info: ShardInfo,
+    offsets: np.ndarray | list[int],
+    keys: np.ndarray | list[int] | None = None,
+) -> None:
+    write_atomic(directory / sidecar_name(info.name), encode_sidecar(info, offsets, keys))
 
 
 @dataclass
@@ -110,6 +147,8 @@ class ShardIndex:
     shards_at: str = ""
     # field → {"adapter", "options"}: the fields kept decoded (`adapters.materialized`)
     materialized: dict[str, Any] | None = None
+    # keys two shards share: [shard, sample, the shard that has the key first], skipped
+    duplicates: list[list[Any]] = field(default_factory=list)
     version: int = FORMAT_VERSION  # the layout it was read from
 
     def __post_init__(self) -> None:
@@ -140,14 +179,23 @@ class ShardIndex:
     def url(self, shard: ShardInfo) -> str:
         return join(self.location, shard.name)
 
-    def offsets(self, shard: ShardInfo) -> np.ndarray:
-        """The shard's per-sample offsets, read from its sidecar and checked against the
-        index: same checksum, one offset per sample, increasing, inside the shard."""
-        info, offsets = decode_sidecar(read_sidecar(self.base, shard))
-        problem = sidecar_disagreement(shard, info, offsets, self.format)
+    def sidecar(self, shard: ShardInfo) -> Sidecar:
+        """The shard's sidecar, checked against the index: same checksum, one offset (and
+        key hash) per sample, offsets increasing inside the shard."""
+        sidecar = decode_sidecar(read_sidecar(self.base, shard))
+        problem = sidecar_disagreement(shard, sidecar, self.format)
         if problem is not None:
             raise InvalidIndex(f"{shard.name}: {problem}")
-        return offsets
+        return sidecar
+
+    def offsets(self, shard: ShardInfo) -> np.ndarray:
+        """The shard's per-sample byte offsets (`sidecar`)."""
+        return self.sidecar(shard).offsets
+
+    def skipped(self) -> dict[tuple[int, int], str]:
+        """(shard, sample) → the shard that holds the key first, for every duplicate."""
+        names = {name: n for n, name in enumerate(self.table.names.to_pylist())}
+        return {(names[shard], int(i)): first for shard, i, first in self.duplicates}
 
     def header(self, digest: str) -> builtins.bytes:
         """`index.json` for a shard table of digest `digest`."""
@@ -164,6 +212,7 @@ class ShardIndex:
             "build": self.build,
             **({"shards_at": self.shards_at} if self.shards_at else {}),
             **({"materialized": self.materialized} if self.materialized else {}),
+            **({"duplicates": self.duplicates} if self.duplicates else {}),
         }
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
 
@@ -220,6 +269,7 @@ class ShardIndex:
             materialized=_checked_materialized(doc.get("materialized"), where),
             version=version,
         )
+        index.duplicates = _checked_duplicates(doc.get("duplicates", []), index, where)
         if "samples" in doc and doc["samples"] != index.samples:
             raise InvalidIndex(
                 f"{where}: says {doc['samples']} samples, its shards add up to {index.samples}"
@@ -270,9 +320,9 @@ def _open_table(spec: Any, base: str, where: str, remote: Remote) -> ShardTable:
 
 
 def read_sidecar(base: str, shard: ShardInfo) -> bytes:
-    """A shard's sidecar, refused when larger than its header and one offset per sample can
-    be (so a garbage sidecar costs no more than a good one)."""
-    limit = SIDECAR_HEAD_BYTES + 8 * shard.samples
+    """A shard's sidecar, refused when larger than its header and one offset and key hash per
+    sample can be (so a garbage sidecar costs no more than a good one)."""
+    limit = SIDECAR_HEAD_BYTES + 16 * shard.samples
     try:
         return read_bytes(join(base, sidecar_name(shard.name)), limit=limit)
     except FileNotFoundError:  # a dataset written before sidecars were hidden
@@ -283,6 +333,23 @@ def _checked_location(value: Any, where: str) -> str:
     """`shards_at`: a URL or an absolute path (a relative one would depend on the reader)."""
     if not isinstance(value, str) or (value and "://" not in value and not value.startswith("/")):
         raise InvalidIndex(f"{where}: shards_at must be a URL or an absolute path, got {value!r}")
+    return value
+
+
+MAX_DUPLICATES = 100_000  # keys shared by shards an index lists (more: not a dataset of samples)
+
+
+def _checked_duplicates(value: Any, index: ShardIndex, where: str) -> list[list[Any]]:
+    """`duplicates`: [shard, sample, first shard] entries naming samples of the table."""
+    if not isinstance(value, list) or len(value) > MAX_DUPLICATES:
+        raise InvalidIndex(f"{where}: duplicates must be a list of at most {MAX_DUPLICATES:,}")
+    if not value:
+        return []
+    counts = dict(zip(index.table.names.to_pylist(), index.table.samples.tolist(), strict=True))
+    for entry in value:
+        ok = isinstance(entry, list) and len(entry) == 3 and {entry[0], entry[2]} <= set(counts)
+        if not (ok and isinstance(entry[1], int) and 0 <= entry[1] < counts[entry[0]]):
+            raise InvalidIndex(f"{where}: duplicates entry {entry!r} names no sample")
     return value
 
 
@@ -301,9 +368,12 @@ def _checked_materialized(value: Any, where: str) -> dict[str, Any] | None:
 
 
 def sidecar_disagreement(
-    shard: ShardInfo, info: ShardInfo, offsets: np.ndarray, shard_format: str = "tar"
+    shard: ShardInfo, sidecar: Sidecar, shard_format: str = "tar"
 ) -> str | None:
     """How a shard's sidecar disagrees with its index entry, in words, or None."""
+    info, offsets = sidecar.info, sidecar.offsets
+    if sidecar.keys is not None and len(sidecar.keys) != len(offsets):
+        return f"the sidecar has {len(sidecar.keys):,} keys for {len(offsets):,} offsets"
     if info.name != shard.name:
         return f"the sidecar is for {info.name!r}"
     if (info.sha256, info.bytes, info.samples) != (shard.sha256, shard.bytes, shard.samples):
@@ -320,6 +390,39 @@ def sidecar_disagreement(
         ):
             return "the sidecar's offsets are not increasing positions inside the shard"
     return None
+
+
+def find_duplicates(index: ShardIndex) -> list[list[Any]]:
+    """Samples whose key an earlier sample has (in shard order), by the sidecars' key hashes:
+    `[shard, sample, the shard with the key first]` each. Holds 8 bytes a sample; more than
+    `MAX_DUPLICATES` is a `ValueError` (such a folder is not a dataset of distinct samples)."""
+    hashes, shards, samples = [], [], []
+    for n, shard in enumerate(index.shards):
+        keys = index.sidecar(shard).keys
+        if keys is not None and len(keys):
+            hashes.append(keys)
+            shards.append(np.full(len(keys), n, dtype=np.int64))
+            samples.append(np.arange(len(keys), dtype=np.int64))
+    if not hashes:
+        return []
+    every = np.concatenate(hashes)
+    order = np.argsort(every, kind="stable")  # equal keys: the earliest sample first
+    ranked = every[order]
+    repeats = np.flatnonzero(ranked[1:] == ranked[:-1]) + 1
+    if len(repeats) > MAX_DUPLICATES:
+        raise ValueError(
+            f"{len(repeats):,} samples repeat the key of another sample (more than "
+            f"{MAX_DUPLICATES:,}): give the samples distinct keys"
+        )
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    first = order[starts[np.searchsorted(starts, repeats, side="right") - 1]]
+    shard_of, sample_of = np.concatenate(shards), np.concatenate(samples)
+    names = index.table.names.to_pylist()
+    found = [
+        [names[shard_of[i]], int(sample_of[i]), names[shard_of[f]]]
+        for i, f in zip(order[repeats].tolist(), first.tolist(), strict=True)
+    ]
+    return sorted(found, key=lambda entry: (entry[0], entry[1]))
 
 
 def merge_labels(infos: list[ShardInfo]) -> dict[str, int]:

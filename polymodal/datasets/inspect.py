@@ -20,6 +20,7 @@ from .index import (
     ShardIndex,
     ShardInfo,
     decode_sidecar,
+    key_hash,
     read_sidecar,
     sidecar_disagreement,
     sidecar_name,
@@ -188,17 +189,19 @@ def validate_shard(args: tuple[ShardIndex, ShardInfo]) -> tuple[list[dict[str, s
             f"the shard's sha256 ({reader.sha.hexdigest()[:12]}…) is not the index's "
             f"({shard.sha256[:12]}…): its content changed after it was indexed",
         )
-    sidecar = _sidecar_problem(index, shard, offsets)
+    sidecar = _sidecar_problem(index, shard, offsets, keys)
     if sidecar is not None:
         bad("", "", sidecar)
     return problems, keys
 
 
-def _sidecar_problem(index: ShardIndex, shard: ShardInfo, offsets: list[int]) -> str | None:
+def _sidecar_problem(
+    index: ShardIndex, shard: ShardInfo, offsets: list[int], keys: list[str]
+) -> str | None:
     """What is wrong with a shard's sidecar, in a sentence, or None."""
     name = sidecar_name(shard.name)
     try:
-        info, stored = decode_sidecar(read_sidecar(index.base, shard))
+        sidecar = decode_sidecar(read_sidecar(index.base, shard))
     except FileNotFoundError:
         return (
             f"its sidecar {name} is missing: readers cannot seek in the shard "
@@ -206,9 +209,12 @@ def _sidecar_problem(index: ShardIndex, shard: ShardInfo, offsets: list[int]) ->
         )
     except (InvalidIndex, TooLarge) as exc:
         return f"its sidecar {name} is not a sidecar ({exc})"
-    disagreement = sidecar_disagreement(shard, info, stored, index.format)
+    disagreement = sidecar_disagreement(shard, sidecar, index.format)
     if disagreement is not None:
         return f"its sidecar {name} disagrees with the index: {disagreement}"
+    stored = sidecar.offsets
+    if sidecar.keys is not None and sidecar.keys.tolist() != [key_hash(k) for k in keys]:
+        return f"its sidecar {name} names other keys than the shard holds: it changed"
     if index.format == "tar" and stored.tolist() != offsets:
         first = next(
             (i for i, (a, b) in enumerate(zip(stored.tolist(), offsets, strict=False)) if a != b),

@@ -30,7 +30,7 @@ def finished_shard(directory: Path, name: str) -> ShardInfo | None:
     sidecar = directory / sidecar_name(name)
     if not (directory / name).exists() or not sidecar.exists():
         return None
-    return decode_sidecar(sidecar.read_bytes())[0]
+    return decode_sidecar(sidecar.read_bytes()).info
 
 
 def _previous_fingerprint(directory: Path) -> str | None:

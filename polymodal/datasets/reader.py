@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+import numpy as np
+
 from .files import DEFAULT_REMOTE, Remote, open_read, seek_forward
 from .index import ShardIndex, ShardInfo
 from .layout import MAX_MEMBER_BYTES, Problem, read_tar_samples
@@ -21,7 +23,8 @@ def read_shard(
     """The samples of `shard` from its `start`-th on (local paths and fsspec URLs)."""
     url = index.url(shard)
     with open_read(url, stream=index.format == "tar", remote=remote) as f:
-        yield from shard_samples(f, index, shard, start, on_problem)
+        for _, sample in shard_samples(f, index, shard, start, on_problem):
+            yield sample
 
 
 def shard_samples(
@@ -31,8 +34,11 @@ def shard_samples(
     start: int = 0,
     on_problem: Callable[[Problem], None] | None = None,
     max_member_bytes: int = MAX_MEMBER_BYTES,
-) -> Iterator[dict[str, Any]]:
-    """The samples of `shard`, opened as `f`, from its `start`-th on.
+    offsets: np.ndarray | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`(place, sample)` of the samples of `shard`, opened as `f`, from its `start`-th on;
+    the place is a tar sample's byte offset, a Parquet sample's row. `offsets`: the shard's
+    sidecar offsets, when the caller has them.
 
     A tar shard is moved to the byte offset of sample `start` (from the sidecar), so what comes
     before is not read where the file can seek (local, s3) and not parsed where it cannot
@@ -40,15 +46,13 @@ def shard_samples(
     """
     url = index.url(shard)
     if index.format == "parquet":
-        for _, sample in read_parquet_samples(f, url, start):
-            yield sample
+        yield from read_parquet_samples(f, url, start)
         return
     offset = 0
     if start:
-        offsets = index.offsets(shard)
+        offsets = index.offsets(shard) if offsets is None else offsets
         if start >= len(offsets):
             return
         offset = int(offsets[start])
         seek_forward(f, offset)
-    for _, sample in read_tar_samples(f, url, offset, on_problem, max_member_bytes):
-        yield sample
+    yield from read_tar_samples(f, url, offset, on_problem, max_member_bytes)

@@ -95,7 +95,7 @@ class Shard:
         os.fsync(self._file.fileno())
         self._file.close()
         info = self.stats.info(self.name, self.out.size, self.out.sha.hexdigest(), problems or [])
-        write_sidecar(self.directory, info, self.stats.offsets)
+        write_sidecar(self.directory, info, self.stats.offsets, self.stats.keys)
         os.replace(tmp_path(self.path), self.path)
         return info
 
@@ -131,7 +131,7 @@ class TarShard(Shard):
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mode, info.mtime = len(body[ext]), 0o444, 0
             self.tar.addfile(info, io.BytesIO(body[ext]))
-        self.stats.add(body, offset)
+        self.stats.add(body, offset, key)
 
     def _close_body(self) -> None:
         self.tar.close()

@@ -3,11 +3,20 @@ entry of an untrusted index must keep: what both the index and its shard table c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from polymodal.errors import UserError
+
+KEY_HASH = "blake2b-8"  # how a sidecar hashes sample keys
+
+
+def key_hash(key: str) -> int:
+    """The 64-bit hash of a sample key a sidecar keeps (blake2b, 8 bytes, little-endian)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
 
 MIN_TAR_SAMPLE_BYTES = 512  # one member header: no tar sample is smaller
 
@@ -35,14 +44,19 @@ class ShardStats:
 
     samples: int = 0
     offsets: list[int] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)  # the samples' key hashes (`key_hash`)
     fields: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
 
-    def add(self, sample: Mapping[str, Any], offset: int | None = None) -> None:
-        """Count one sample (its extensions, its `cls` label) and note its byte offset."""
+    def add(
+        self, sample: Mapping[str, Any], offset: int | None = None, key: str | None = None
+    ) -> None:
+        """Count one sample (its extensions, its `cls` label) and note, in a tar shard, its
+        byte offset and the hash of its `key`."""
         self.samples += 1
         if offset is not None:
             self.offsets.append(offset)
+            self.keys.append(key_hash(str(key)))
         for ext in sample:
             if not ext.startswith("__"):
                 self.fields[ext] = self.fields.get(ext, 0) + 1

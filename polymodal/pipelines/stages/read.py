@@ -15,7 +15,7 @@ from polymodal.datasets.files import (
     file_size,
     open_read,
 )
-from polymodal.datasets.index import ShardIndex, ShardInfo
+from polymodal.datasets.index import ShardIndex, ShardInfo, Sidecar, key_hash
 from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem, read_tar_samples
 from polymodal.datasets.reader import shard_samples
 
@@ -27,14 +27,16 @@ SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at a
 
 @dataclass
 class _OpenShard:
-    """A shard a reader is in: its samples from `next` on, and, when it was opened at byte 0,
-    a hasher that checks its sha256 once the last sample has been read."""
+    """A shard a reader is in: `(place, sample)` from sample `next` on, its sidecar (each
+    sample's offset and key hash, to check what is read against), and, when it was opened at
+    byte 0, a hasher that checks its sha256 once the last sample has been read."""
 
     shard: int
     next: int
-    samples: Iterator[dict[str, Any]]
+    samples: Iterator[tuple[int, dict[str, Any]]]
     file: IO[bytes]
     hasher: HashingReader | None
+    sidecar: Sidecar | None
 
 
 class Reader:
@@ -42,10 +44,15 @@ class Reader:
 
     Keeps one open shard per source and reads on while the next reference is at most
     `SKIP_AHEAD` samples further in it; otherwise it opens the shard at the reference's sample
-    (a seek to its byte offset from the sidecar). What it checks costs no extra read: the file
-    size when the shard is opened, and, after the shard's last indexed sample, that no sample
-    follows and (for a shard read from its first byte) that the sha256 is the index's; each
-    disagreement becomes a note, delivered with the next batch's skips. A transient error
+    (a seek to its byte offset from the sidecar). What it checks: the file size when the shard
+    is opened; that every sample it delivers starts at the offset and carries the key hash the
+    sidecar recorded (one small sidecar read per shard opened, one blake2b of the key per
+    sample), so a shard replaced since it was indexed fails at its first foreign sample,
+    whoever reads it, the rest of it reported as skipped; and, after the shard's last indexed
+    sample, that no sample follows and (for a shard read from its first byte) that the sha256
+    is the index's, each disagreement a note delivered with the next batch's skips. A sample
+    whose key an earlier sample has (`ShardIndex.duplicates`) is skipped, reported, so a key
+    comes once an epoch. A transient error
     (timeout, dropped connection) reopens the shard at the sample it reached, up to
     `remote.tries` times; a shard that still fails is reported with its URL, and every
     reference into it is skipped under the `skip` policy, without trying it again. Its state is
@@ -66,6 +73,7 @@ class Reader:
         self.indexes, self.errors, self.remote = indexes, errors, remote
         self.max_member_bytes = max_member_bytes
         self._open: dict[int, _OpenShard] = {}
+        self._duplicates = [index.skipped() for index in indexes]
         self._failed: dict[tuple[int, int], str] = {}
         self._last_failed: dict[int, int] = {}  # source → the shard it failed in last
         self.notes: list[Skip] = []
@@ -94,6 +102,10 @@ class Reader:
         url = index.url(shard)
         if where in self._failed:
             return Skip(key, "read", self._failed[where], url, source=ref.source)
+        first = self._duplicates[ref.source].get((ref.shard, ref.index))
+        if first is not None:
+            reason = f"duplicate key: {first} holds a sample with this key first"
+            return Skip(key, "read", reason, url, source=ref.source)
 
         def attempt() -> dict[str, Any]:
             try:
@@ -124,8 +136,10 @@ class Reader:
             gap = 0
         for _ in range(gap):  # close ahead in the open shard: read on (not decode)
             next(current.samples)
-        sample = next(current.samples)
+        place, sample = next(current.samples)
         current.next = ref.index + 1
+        if current.sidecar is not None and index.format == "tar":
+            _check_sample(current.sidecar, ref.index, place, sample)
         return sample
 
     def _open_at(self, index: ShardIndex, ref: Reference) -> _OpenShard:
@@ -138,20 +152,21 @@ class Reader:
                     f"the shard is {size:,} bytes, the index says {shard.bytes:,}: it changed "
                     "since it was indexed (`polymodal validate` checks it; index it again)"
                 )
+            sidecar = _sidecar(index, shard, needed=bool(ref.index))
             hasher = None
             if ref.index == 0 and index.format == "tar":  # read whole: its sha256 is checked
                 hasher = HashingReader(f)
                 url, limit = index.url(shard), self.max_member_bytes
-                tar = read_tar_samples(hasher, url, 0, _ignore_member, limit)
-                samples: Iterator[dict[str, Any]] = (sample for _, sample in tar)
+                samples = read_tar_samples(hasher, url, 0, _ignore_member, limit)
             else:
+                offsets = None if sidecar is None else sidecar.offsets
                 samples = shard_samples(
-                    f, index, shard, ref.index, _ignore_member, self.max_member_bytes
+                    f, index, shard, ref.index, _ignore_member, self.max_member_bytes, offsets
                 )
         except BaseException:
             f.close()
             raise
-        return _OpenShard(ref.shard, ref.index, samples, f, hasher)
+        return _OpenShard(ref.shard, ref.index, samples, f, hasher, sidecar)
 
     def _check_end(self, source: int, shard: ShardInfo, url: str) -> None:
         """After a shard's last indexed sample: nothing may follow, and a shard read whole
@@ -167,7 +182,8 @@ class Reader:
                     shard,
                     url,
                     f"the shard holds more samples than the {shard.samples:,} the index says "
-                    f"(the next is {extra['__key__']!r}): they were not delivered; index it again",
+                    f"(the next is {extra[1]['__key__']!r}): they were not delivered; index it "
+                    "again",
                 )
             elif current.hasher is not None:
                 current.hasher.drain()
@@ -200,6 +216,36 @@ class Reader:
         self._last_failed[where[0]] = where[1]
         self._close(where[0])
         return Skip(key, "read", reason, url, source=where[0])
+
+
+def _sidecar(index: ShardIndex, shard: ShardInfo, needed: bool) -> Sidecar | None:
+    """The shard's sidecar, to check samples against; a reader that starts at byte 0 can do
+    without one (an index written without sidecars), and the sha256 still checks it."""
+    if index.format != "tar":
+        return None
+    try:
+        return index.sidecar(shard)
+    except (OSError, ValueError):
+        if needed:
+            raise
+        return None
+
+
+def _check_sample(sidecar: Sidecar, n: int, place: int, sample: Mapping[str, Any]) -> None:
+    """Sample `n` must start where the sidecar says and carry the key it recorded."""
+    if n >= len(sidecar.offsets):
+        return  # past the index's samples: `_check_end` reports what follows
+    expected = int(sidecar.offsets[n])
+    if place != expected:
+        raise ShardChanged(
+            f"sample {n} starts at byte {place:,}, the index says {expected:,}: the shard "
+            "changed since it was indexed (index it again)"
+        )
+    if sidecar.keys is not None and key_hash(str(sample["__key__"])) != int(sidecar.keys[n]):
+        raise ShardChanged(
+            f"sample {n} is {sample['__key__']!r}, not the key the index recorded there: the "
+            "shard was replaced since it was indexed (index it again)"
+        )
 
 
 def read_failure(exc: BaseException, remote: Remote) -> str:
