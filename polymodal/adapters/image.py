@@ -182,7 +182,17 @@ class ImageAdapter(Adapter):
         self, pixels: torch.Tensor, size: tuple[int, int], rng: np.random.Generator | None
     ) -> torch.Tensor:
         h, w = pixels.shape[:2]
-        plan = crop_plan(w, h, size, self.crop_fraction, self.crop, rng, self.scale, self.ratio)
+        plan = crop_plan(
+            w,
+            h,
+            size,
+            self.crop_fraction,
+            self.crop,
+            rng,
+            self.scale,
+            self.ratio,
+            max_pixels=self.max_pixels,
+        )
         return resize_crop(pixels, plan, size)
 
 
@@ -225,6 +235,8 @@ def crop_plan(
     rng: np.random.Generator | None,
     scale: tuple[float, float] | None = None,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    *,
+    max_pixels: int,
 ) -> tuple[int, int, int, int]:
     """Resized `(width, height)` of a `w`×`h` frame, and the crop's `(x0, y0)` in it.
 
@@ -236,17 +248,27 @@ def crop_plan(
     """
     if scale is not None:
         return resized_crop_plan(w, h, size, scale, ratio, rng)
-    rw, rh = resized_size(w, h, size, crop_fraction)
+    rw, rh = resized_size(w, h, size, crop_fraction, max_pixels=max_pixels)
     return (rw, rh, *crop_origin(rw, rh, size, crop, rng))
 
 
-def resized_size(w: int, h: int, size: tuple[int, int], crop_fraction: float) -> tuple[int, int]:
+def resized_size(
+    w: int, h: int, size: tuple[int, int], crop_fraction: float, *, max_pixels: int
+) -> tuple[int, int]:
     """`(width, height)` a `w`×`h` frame is resized to before a `size` crop is cut from it:
     the crop covers `crop_fraction` of its tighter axis. A materialised video keeps its frames
-    at this size, so that the crop cut at read time is the one the media would give."""
+    at this size, so that the crop cut at read time is the one the media would give. A frame
+    of an extreme aspect (2×8192) would grow to hundreds of megapixels on the way to a small
+    crop: over `max_pixels` it is refused before anything is scaled."""
     out_h, out_w = size
     factor = resize_scale(w, h, size, crop_fraction)
-    return max(out_w, round(w * factor)), max(out_h, round(h * factor))
+    rw, rh = max(out_w, round(w * factor)), max(out_h, round(h * factor))
+    if rw * rh > max_pixels:
+        raise ValueError(
+            f"a {w}×{h} frame scaled for a {out_w}×{out_h} crop would be {rw:,}×{rh:,} pixels, "
+            f"over max_pixels={max_pixels:,} (its aspect is too extreme for the crop)"
+        )
+    return rw, rh
 
 
 def crop_origin(

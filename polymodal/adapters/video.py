@@ -193,7 +193,15 @@ class VideoAdapter(Adapter):
                     plan = (w, h, 0, 0, w, h)
                 else:
                     rw, rh, x0, y0 = crop_plan(
-                        w, h, self.size, self.crop_fraction, self.crop, rng, self.scale, self.ratio
+                        w,
+                        h,
+                        self.size,
+                        self.crop_fraction,
+                        self.crop,
+                        rng,
+                        self.scale,
+                        self.ratio,
+                        max_pixels=self.max_pixels,
                     )
                     plan = (rw, rh, x0, y0, self.size[1], self.size[0])
             rw, rh, x0, y0, out_w, out_h = plan
@@ -225,7 +233,9 @@ class VideoAdapter(Adapter):
                     size = (
                         (w, h)
                         if self.size is None
-                        else resized_size(w, h, self.size, self.crop_fraction)
+                        else resized_size(
+                            w, h, self.size, self.crop_fraction, max_pixels=self.max_pixels
+                        )
                     )
                 return upright_rgb(frame, *size)
 
@@ -251,7 +261,7 @@ class VideoAdapter(Adapter):
         frames = array[k : k + self.num_frames]
         h, w = frames.shape[1:3]
         if self.size is not None:  # kept at `resized_size`, which maps to itself (± rounding)
-            kw, kh = resized_size(w, h, self.size, self.crop_fraction)
+            kw, kh = resized_size(w, h, self.size, self.crop_fraction, max_pixels=self.max_pixels)
             if w > kw + 1 or h > kh + 1:  # (smaller than the crop: `crop_origin` says so)
                 raise ValueError(
                     f"materialised frames are {w}×{h}: this field keeps {kw}×{kh} frames for "

@@ -67,18 +67,51 @@ def threaded(stream: av.VideoStream) -> av.VideoStream:
 
 def open_container(data: bytes) -> av.container.InputContainer:
     """Open in-memory media (all its streams); the caller closes it."""
-    _check_riff_size(data)
+    _check_riff_sizes(data)
+    _check_flac_samples(data)
     return av.open(io.BytesIO(data), mode="r")
 
 
-def _check_riff_size(data: bytes) -> None:
-    """A RIFF file (wav, avi) states its size; FFmpeg trims durations to the bytes present, so
-    without this a truncated wav would decode as a shorter, valid one."""
+UNKNOWN_SIZE = 0xFFFFFFFF  # what a streamed RIFF writes where it does not know a size yet
+FLAC_SAMPLES_PER_BYTE = 8192  # a FLAC frame holds at most 65,535 samples in at least 8 bytes
+
+
+def _check_riff_sizes(data: bytes) -> None:
+    """A RIFF file (wav, avi) states its size and each chunk's; FFmpeg trims what it reads to
+    the bytes present, so without this a truncated wav, or one whose data chunk claims 2 GB,
+    would decode as a shorter, valid one. Costs one pass over the chunk headers."""
     if data[:4] != b"RIFF":
         return
     stated = int.from_bytes(data[4:8], "little")
-    if stated != 0xFFFFFFFF and stated + 8 > len(data):  # all ones: size unknown (streamed)
+    if stated != UNKNOWN_SIZE and stated + 8 > len(data):
         raise ValueError(f"RIFF header says {stated + 8} bytes, file has {len(data)}: truncated")
+    at = 12  # after RIFF, the size and the form type (WAVE, AVI )
+    while at + 8 <= len(data):
+        name, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        left = len(data) - at - 8
+        if size == UNKNOWN_SIZE and name == b"data":
+            return  # a stream's data runs to the end
+        if size > left:
+            what = name.decode("latin-1").strip()
+            raise ValueError(
+                f"the RIFF {what!r} chunk says {size:,} bytes, {left:,} follow it: truncated "
+                "or damaged"
+            )
+        at += 8 + size + (size & 1)  # chunks are padded to even sizes
+
+
+def _check_flac_samples(data: bytes) -> None:
+    """A FLAC file states its sample count (STREAMINFO); more than its bytes can hold is a
+    damaged or forged header, refused before anything is decoded or allocated for it."""
+    if data[:4] != b"fLaC" or len(data) < 26 or data[4] & 0x7F != 0:
+        return
+    info = data[8:42]
+    total = int.from_bytes(info[13:18], "big") & ((1 << 36) - 1)
+    if total > len(data) * FLAC_SAMPLES_PER_BYTE:
+        raise ValueError(
+            f"the FLAC header says {total:,} samples, more than its {len(data):,} bytes can "
+            "hold: damaged"
+        )
 
 
 def stream_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import stat as stat_module
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -129,6 +130,24 @@ def dotted_stem_reason(name: str, key: str, ext: str) -> str | None:
     )
 
 
+_SPECIAL = {
+    stat_module.S_IFIFO: "a FIFO",
+    stat_module.S_IFCHR: "a character device",
+    stat_module.S_IFBLK: "a block device",
+    stat_module.S_IFSOCK: "a socket",
+    stat_module.S_IFDIR: "a folder",
+}
+
+
+def _not_regular(mode: int, link: bool) -> str | None:
+    """Why a source entry is not read, when it is not a regular file (checked from its
+    `stat`, never by opening it)."""
+    if stat_module.S_ISREG(mode):
+        return None
+    kind = _SPECIAL.get(stat_module.S_IFMT(mode), "not a regular file")
+    return f"{'a link to ' if link else ''}{kind}: only regular files are read"
+
+
 def plan_folder(root: Path) -> SourcePlan:
     """Files sharing a key (path up to the first dot of the name) form a sample, when the rest
     of the name is a chain of known extensions (`clip.mp4`, `clip.cls`); other dotted names are
@@ -158,11 +177,15 @@ def plan_folder(root: Path) -> SourcePlan:
                 continue
             path = os.path.join(dirpath, filename)
             try:
-                stat = os.stat(path)
+                stat = os.stat(path)  # through a link: what it points to
                 if not os.access(path, os.R_OK):
                     raise PermissionError(13, "permission denied")
             except OSError as exc:
                 problems.append(Problem(rel, f"unreadable: {exc.strerror or exc}"))
+                continue
+            special = _not_regular(stat.st_mode, os.path.islink(path))
+            if special is not None:  # a FIFO would hang the build, /dev/zero never end
+                problems.append(Problem(rel, special))
                 continue
             key, ext = parts
             sample = groups.setdefault(key, {})

@@ -61,11 +61,13 @@ def evaluation_pass(
     rank: int = 0,
     world: int = 1,
     device: torch.device | str = "cpu",
-    collect: bool = False,
+    collect: str | None = None,
     progress: bool = False,
 ) -> Evaluation:
     """Every sample of `stream` for this rank exactly once (padding repeats dropped), under a
-    progress bar over its batches when `progress`."""
+    progress bar over its batches when `progress`. `collect` keeps, per sample, the class
+    `"scores"` (for mAP) or only the `"predictions"` (the top class, for a confusion matrix:
+    O(samples) memory, whatever the number of classes), with the targets."""
     model.eval()
     out = Evaluation()
     batches = stream.worker_batches(0, rank, world)
@@ -87,9 +89,10 @@ def evaluation_pass(
             continue
         for key, value in task.sums(model, batch).items():
             out.sums[key] = out.sums.get(key, 0.0) + value
-        if collect:
+        if collect is not None:
             scores, truths = task.scores(model, batch)
-            out.scores.append(scores.cpu())
+            kept = scores if collect == "scores" else scores.argmax(-1)
+            out.scores.append(kept.cpu())
             out.truths.append(truths.cpu())
     return out
 
@@ -133,6 +136,9 @@ def model_from(
     return config, task, model.eval()
 
 
+MAX_CONFUSION_CLASSES = 100  # above it no matrix (10^6 classes would be a 7 TiB one): top-k only
+
+
 def evaluate_checkpoint(
     config: TrainConfig | None,
     checkpoint: str | Path,
@@ -151,20 +157,29 @@ def evaluate_checkpoint(
     if not source:
         raise CheckpointError(f"--split {split}: the config names no {split} dataset")
     classification = isinstance(task, ClassificationTask)
+    multi_label = isinstance(task, ClassificationTask) and task.multi_label
+    classes = config.data.num_classes
+    matrix = classification and not multi_label and classes <= MAX_CONFUSION_CLASSES
+    collect = "scores" if multi_label else "predictions" if matrix else None
     stream = dataset_stream(config, f"--split {split}", source, task.fields())
-    result = evaluation_pass(task, model, stream, collect=classification)
-    collected = bool(classification and result.scores)
+    result = evaluation_pass(task, model, stream, collect=collect)
+    collected = bool(collect and result.scores)
     scores = torch.cat(result.scores) if collected else None
     truths = torch.cat(result.truths) if collected else None
-    multi_label = collected and isinstance(task, ClassificationTask) and task.multi_label
     skipped = sum(s.samples for s in result.skipped)
     found = metrics_of(task, result.sums, skipped, *((scores, truths) if multi_label else ()))
     metrics = {k.removeprefix("val_"): v for k, v in found.items()}
     metrics["dataset"] = source
+    if classification and not multi_label and not matrix:
+        metrics["confusion_matrix"] = (
+            f"not made: {classes:,} classes, over the {MAX_CONFUSION_CLASSES} a matrix serves "
+            "(accuracy and top-5 above)"
+        )
     if out is not None:
-        if scores is not None and truths is not None and not multi_label:
+        if matrix and scores is not None and truths is not None:
             names = class_names(config)
-            metrics["confusion_matrix"] = str(confusion_png(scores, truths, names, out))
+            path = confusion_png(scores, truths, classes, names, out)
+            metrics["confusion_matrix"] = str(path)
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     return metrics
@@ -179,32 +194,41 @@ def class_names(config: TrainConfig) -> list[str] | None:
 
 
 def confusion_png(
-    scores: torch.Tensor, truths: torch.Tensor, names: Sequence[str] | None, out: Path
+    predictions: torch.Tensor,
+    truths: torch.Tensor,
+    classes: int,
+    names: Sequence[str] | None,
+    out: Path,
 ) -> Path:
-    """The confusion matrix (rows: true class, columns: predicted) as a PNG with counts."""
-    from PIL import Image, ImageDraw
+    """The confusion matrix (rows: true class, columns: predicted; scikit-learn's) drawn by
+    matplotlib with real axes, its counts written in when they fit. At most
+    `MAX_CONFUSION_CLASSES` classes: the caller says so above it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: draw into the file
+    from matplotlib import pyplot as plt
     from sklearn.metrics import confusion_matrix
 
-    classes = scores.shape[1]
-    matrix = confusion_matrix(truths.numpy(), scores.argmax(1).numpy(), labels=range(classes))
-    labels = [(names[i] if names and i < len(names) else str(i))[:12] for i in range(classes)]
-    cell, margin = 36, 90
-    size = margin + cell * classes + 10
-    image = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    top = max(int(matrix.max()), 1)
-    for row in range(classes):
-        draw.text((4, margin + row * cell + cell // 3), labels[row], fill=(0, 0, 0))
-        draw.text((margin + row * cell + 2, margin - 16), labels[row][:5], fill=(0, 0, 0))
-        for col in range(classes):
-            shade = int(255 - 200 * matrix[row, col] / top)
-            box = [margin + col * cell, margin + row * cell, margin + (col + 1) * cell - 1]
-            draw.rectangle([*box[:2], box[2], box[1] + cell - 1], fill=(shade, shade, 255))
-            draw.text((box[0] + 4, box[1] + cell // 3), str(matrix[row, col]), fill=(0, 0, 0))
-    draw.text((4, 4), "true class (rows) vs predicted (columns)", fill=(0, 0, 0))
+    if classes > MAX_CONFUSION_CLASSES:
+        raise ValueError(f"{classes:,} classes: over the {MAX_CONFUSION_CLASSES} a matrix shows")
+    matrix = confusion_matrix(truths.numpy(), predictions.numpy(), labels=list(range(classes)))
+    labels = [(names[i] if names and i < len(names) else str(i))[:16] for i in range(classes)]
+    side = max(4.5, 0.32 * classes + 2.5)
+    figure, axes = plt.subplots(figsize=(side, side), layout="constrained")
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="samples")
+    axes.set_xticks(range(classes), labels, rotation=90 if classes > 6 else 0)
+    axes.set_yticks(range(classes), labels)
+    axes.set(xlabel="predicted class", ylabel="true class", title="confusion matrix")
+    if classes <= 30:
+        top = max(int(matrix.max()), 1)
+        for (row, col), count in np.ndenumerate(matrix):
+            colour = "white" if count > top / 2 else "black"
+            axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / "confusion.png") as f:
-        image.save(f, "PNG")
+        figure.savefig(f, format="png", dpi=100)
+    plt.close(figure)
     return out / "confusion.png"
 
 

@@ -535,7 +535,7 @@ class Trainer:
             self.rank,
             self.world,
             self.device,
-            multi_label,
+            "scores" if multi_label else None,
             progress=self.progress and not self.rank,
         )
         sums = result.sums
