@@ -8,6 +8,7 @@ a contact sheet to look at, and a full validation.
 from __future__ import annotations
 
 import statistics
+import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -32,9 +33,12 @@ from .reader import read_shard
 PROBE_SHARDS = 8  # how many shards the bounded sample is spread over
 
 
-def bounded_sample(index: ShardIndex, limit: int) -> Iterator[dict[str, Any]]:
+def bounded_sample(
+    index: ShardIndex, limit: int, problems: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Up to `limit` samples, taken from the starts of up to `PROBE_SHARDS` evenly spread
-    shards, so statistics see more than the first shard without reading the dataset."""
+    shards, so statistics see more than the first shard without reading the dataset. A shard
+    that cannot be read (empty, damaged, missing) is passed over, said in `problems`."""
     shards = [s for s in index.shards if s.samples]
     if not shards or limit <= 0:
         return
@@ -44,11 +48,19 @@ def bounded_sample(index: ShardIndex, limit: int) -> Iterator[dict[str, Any]]:
     per_shard = -(-limit // len(picks))
     taken = 0
     for pick in picks:
-        for n, sample in enumerate(read_shard(index, shards[pick], on_problem=lambda p: None)):
-            if n >= per_shard or taken >= limit:
-                break
-            taken += 1
-            yield sample
+        try:
+            for n, sample in enumerate(read_shard(index, shards[pick], on_problem=lambda p: None)):
+                if n >= per_shard or taken >= limit:
+                    break
+                taken += 1
+                yield sample
+        except (
+            OSError,
+            ValueError,
+            tarfile.ReadError,
+        ) as exc:  # inspect describes, validate judges
+            if problems is not None:
+                problems.append(f"{shards[pick].name}: not read ({exc})")
 
 
 def probe(modality: str, ext: str, data: bytes) -> dict[str, float]:
@@ -69,7 +81,7 @@ def inspect_dataset(source: str, sample_limit: int = 64) -> dict[str, Any]:
     probes: dict[str, dict[str, list[float]]] = {}
     problems: list[str] = []
     probed = 0
-    for sample in bounded_sample(index, sample_limit):
+    for sample in bounded_sample(index, sample_limit, problems):
         probed += 1
         for ext, modality in index.fields.items():
             if ext not in sample:

@@ -103,6 +103,34 @@ def member_refusal(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
     return None
 
 
+COMPRESSORS = {"gzip": "gzip", "zstd": "zstd", "bzip2": "bzip2", "xz": "xz", "lz4": "lz4"}
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x04\x22\x4d\x18": "lz4",
+}
+
+
+def compression(head: bytes) -> str | None:
+    """The compressor whose magic number `head` (a file's first bytes) starts with, or None."""
+    return next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+
+
+class _Head:
+    """A read-through file that keeps its first bytes, to name a compressed shard."""
+
+    def __init__(self, f: Readable) -> None:
+        self.f, self.first = f, b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        if len(self.first) < 8:
+            self.first = (self.first + data)[:8]
+        return data
+
+
 def read_tar_samples(
     fileobj: Readable,
     url: str,
@@ -128,8 +156,9 @@ def read_tar_samples(
     current: dict[str, Any] | None = None
     finished: set[str] = set()  # keys already yielded: O(samples of one shard) strings
     offset = start
+    head = _Head(fileobj)
     try:
-        with tarfile.open(fileobj=cast(IO[bytes], fileobj), mode="r|") as tar:
+        with tarfile.open(fileobj=cast(IO[bytes], head), mode="r|") as tar:
             for info in tar:
                 where = f"{url}:{info.name}"
                 reason = unsafe_reason(info.name)
@@ -172,6 +201,12 @@ def read_tar_samples(
                     raise tarfile.ReadError("unexpected end of data")
                 current[ext] = data
     except tarfile.ReadError as exc:
+        packed = compression(head.first) if offset == 0 else None
+        if packed is not None:
+            raise tarfile.ReadError(
+                f"{url}: the shard is {packed}-compressed; polymodal reads plain tar shards "
+                f"(decompress it first, e.g. `{COMPRESSORS[packed]} -d`)"
+            ) from exc
         raise tarfile.ReadError(
             f"{url}: damaged or truncated tar after byte {offset}: {exc}"
         ) from exc

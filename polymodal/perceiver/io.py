@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import FactoredInputs
-from .position import FourierPositions, LearnedPositions, fourier_features
+from .position import FourierPositions, LearnedPositions, check_sizes, fourier_features
 
 # Input tokens `[B, M, C]`, or their content and positions kept apart (`FactoredInputs`) until
 # the encoder's first projection, which then never materialises the concatenation.
@@ -93,6 +93,10 @@ class GridInput(nn.Module):
         position_channels: int = 0,
     ) -> None:
         super().__init__()
+        if not patch or any(int(p) < 1 for p in patch):
+            raise ValueError(f"patch sizes must be positive, got {tuple(patch)}")
+        if num_bands < 0:
+            raise ValueError(f"num_bands must be at least 0, got {num_bands}")
         self.patch, self.scale, self.offset = tuple(patch), scale, offset
         d = len(self.patch)
         if learned_positions:
@@ -176,10 +180,10 @@ class LogMelInput(nn.Module):
         super().__init__()
         import torchaudio  # only runs that ask for spectrograms pay for the import
 
-        if len(patch) != 2 or n_mels % patch[1]:
-            raise ValueError(f"patch must be (frames, mel bins) dividing n_mels={n_mels}: {patch}")
         if min(n_mels, hop, n_fft, time_width, freq_width, *patch) < 1:
             raise ValueError("n_mels, hop, n_fft, the patch and the mask widths must be positive")
+        if len(patch) != 2 or n_mels % patch[1]:
+            raise ValueError(f"patch must be (frames, mel bins) dividing n_mels={n_mels}: {patch}")
         if min(time_masks, freq_masks) < 0:
             raise ValueError("time_masks and freq_masks must be at least 0")
         with torch.device("cpu"):  # its filter bank checks itself, which a meta tensor cannot
@@ -282,6 +286,7 @@ class ImageStemInput(nn.Module):
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 (images) or 3 (video frames), got {dims}")
+        check_sizes(stem_channels=(out_channels, 1), position_channels=(position_channels, 1))
         self.kind, self.scale, self.offset, self.dims = kind, scale, offset, dims
         if kind == "conv":
             self.conv = nn.Conv2d(in_channels, out_channels, 7, stride=2, padding=3, bias=False)
@@ -331,6 +336,9 @@ class PointCloudInput(nn.Module):
 
     def __init__(self, *, features: int = 0, num_bands: int = 64, max_resolution: int = 64) -> None:
         super().__init__()
+        check_sizes(
+            features=(features, 0), num_bands=(num_bands, 0), max_resolution=(max_resolution, 1)
+        )
         self.num_bands, self.max_resolution = num_bands, max_resolution
         self.channels = 3 + features + 3 * 2 * num_bands + 3
 
@@ -346,6 +354,7 @@ class TextInput(nn.Module):
 
     def __init__(self, *, vocab_size: int = 262, dim: int = 768, max_length: int = 2048) -> None:
         super().__init__()
+        check_sizes(vocab_size=(vocab_size, 1), dim=(dim, 1), max_length=(max_length, 1))
         self.embeddings = nn.Embedding(vocab_size, dim)
         self.positions = LearnedPositions(length=max_length, channels=dim)
         self.channels = dim

@@ -67,6 +67,15 @@ def fourier_channels(
     return d * num_bands * (1 if sine_only else 2) + (d if concat_pos else 0)
 
 
+def check_sizes(**sizes: tuple[int, int]) -> None:
+    """Each `name=(value, least)`: a size below its least is a `ValueError` naming it, before
+    a layer is built from it (a zero patch divides by zero, a negative width is a tensor
+    torch cannot make)."""
+    for name, (value, least) in sizes.items():
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+
+
 class FourierPositions(nn.Module):
     """Fourier features of a grid, built on the device and cached per (shape, device, dtype).
 
@@ -82,6 +91,7 @@ class FourierPositions(nn.Module):
         sine_only: bool = False,
     ) -> None:
         super().__init__()
+        check_sizes(num_bands=(num_bands, 0))
         self.num_bands, self.concat_pos, self.sine_only = num_bands, concat_pos, sine_only
         self.max_resolution = tuple(max_resolution) if max_resolution else None
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -115,6 +125,7 @@ class LearnedPositions(nn.Module):
 
     def __init__(self, *, length: int, channels: int, init_scale: float = 0.02) -> None:
         super().__init__()
+        check_sizes(length=(length, 1), channels=(channels, 1))
         self.table = nn.Parameter(torch.randn(length, channels) * init_scale)
 
     def forward(self, length: int) -> torch.Tensor:

@@ -51,14 +51,22 @@ def from_pretrained(name_or_path: str | Path) -> nn.Module:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise PretrainedError(f"{folder}: no config.json (not a save_pretrained folder)")
-    doc = json.loads(config_file.read_text())
+    try:
+        doc = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PretrainedError(f"{config_file}: not a JSON config ({exc})") from None
+    if not isinstance(doc, dict):
+        raise PretrainedError(f"{config_file}: not a config (a JSON table)")
     kind = next(iter(doc.get("architectures") or []), None)
     if kind not in SUPPORTED:
         raise PretrainedError(
             f"{folder}: a {kind or 'model of no stated class'}, not one of {SUPPORTED}"
         )
     transformers = _hf_extra("transformers")
-    config = transformers.PerceiverConfig.from_pretrained(str(folder))
+    try:
+        config = transformers.PerceiverConfig.from_pretrained(str(folder))
+    except (ValueError, TypeError, OSError) as exc:
+        raise PretrainedError(f"{config_file}: not a Perceiver config ({exc})") from None
     return from_hf(load_weights(folder), config, kind)
 
 
@@ -66,11 +74,15 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The state dict of a `save_pretrained` folder: safetensors first, else a `.bin` loaded
     with `weights_only=True` (a pickle is never run)."""
     safetensors_file = folder / "model.safetensors"
-    if safetensors_file.is_file():
-        return _hf_extra("safetensors.torch").load_file(str(safetensors_file))
     bin_file = folder / "pytorch_model.bin"
-    if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    try:
+        if safetensors_file.is_file():
+            return _hf_extra("safetensors.torch").load_file(str(safetensors_file))
+        if bin_file.is_file():
+            return torch.load(bin_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # SafetensorError, an unpickling error, a short file: its name
+        path = safetensors_file if safetensors_file.is_file() else bin_file
+        raise PretrainedError(f"{path}: does not load ({type(exc).__name__}: {exc})") from None
     raise PretrainedError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 

@@ -138,6 +138,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     eval_every_epoch: bool = True
+    memory_budget_gb: float = 0.0  # a model that needs more is refused (0: this machine's)
 
     def train_paths(self) -> list[str]:
         """The training datasets' paths, one for a single dataset."""
@@ -279,6 +280,12 @@ class TrainConfig:
             ("mask_probability", self.mask_probability, 0 < self.mask_probability < 1, "in (0, 1)"),
             ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "positive"),
             ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, "positive"),
+            (
+                "memory_budget_gb",
+                self.memory_budget_gb,
+                non_negative(self.memory_budget_gb),
+                "at least 0 (0: this machine's memory)",
+            ),
             ("run_dir", self.run_dir, bool(self.run_dir.strip()), "a folder"),
             ("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
             ("optim.ema", o.ema, 0 <= o.ema < 1, "in [0, 1) (0: off)"),
@@ -349,7 +356,7 @@ def check_field(where: str, spec: FieldConfig) -> None:
     if spec.encoder:
         try:  # built once here (cheap), so that a bad value fails at load
             adapter.encoder(**spec.encoder)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
             raise ConfigError(f"{where}.encoder: {exc}") from None
 
 

@@ -26,6 +26,7 @@ from polymodal.codecs.containers import set_decode_threads
 from .partition import batch_worker
 from .ranks import rank_world
 from .stages import StreamError, usable_batch
+from .state import check_state
 
 DIGEST_SCHEME = "table-sha256:"  # how a state names its datasets (older states: bare sha256)
 
@@ -297,7 +298,9 @@ class StreamLoader:
         count resumes elastically: the rest of its epoch (every sample no rank had delivered,
         see `elastic`) is cut over this run's ranks and workers, then epochs go on as usual.
         A state of another rank, of other data (the indexes' checksums) or of another
-        configuration is a `ValueError` naming the values."""
+        configuration is a `ValueError` naming the values, and a state that is not one a loader
+        wrote, or whose counts the plan cannot have given, a `StateError` naming the field."""
+        check_state(state, self.stream, self.world, self.num_workers)
         expected = self.stream.config(self.world, self.num_workers)
         saved = dict(state["config"])
         if not all(str(d).startswith(DIGEST_SCHEME) for d in saved.get("datasets", [None])):

@@ -152,7 +152,10 @@ def source_weights(spec: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: no such file")
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError on a cut or forged file: named, one line
+            raise CheckpointError(f"{path}: does not load ({type(exc).__name__}: {exc})") from None
     return model_state(path)
 
 
