@@ -7,7 +7,10 @@ of batches of 64 with 0, 1 and 2 DataLoader workers: our Stream (image adapter, 
 crop 224, shuffle buffer 1000), and `WebDataset(...).shuffle(1000).decode("pil")` +
 torchvision `Resize(256), CenterCrop(224), PILToTensor` + `.batched(64)`. Also: a bare loop
 reading the tar and decoding with the same adapter (no stages) against our Stream in-process,
-and the time to the first batch after resuming at step k against re-decoding k steps.
+the time to the first batch after resuming at step k against re-decoding k steps, and what the
+reader's checks against the index cost (each sample's offset and key hash against its
+sidecar, one sidecar read a shard): a label-only epoch (no media decode, so the checks are
+all there is to see) with them, against the same epoch with them switched off.
 """
 
 from __future__ import annotations
@@ -110,6 +113,31 @@ def resume_cost(data: Path, k: int) -> tuple[float, float]:
     return first - one_batch, decode_k
 
 
+def index_check_cost(data: Path, repeats: int) -> tuple[float, float]:
+    """(samples/s with the reader's index checks, without): label-only epochs, in-process,
+    taken in turns (with, without, with, ...) so that warm-up and drift fall on both."""
+    from polymodal.pipelines.stages import read
+
+    def epoch() -> int:
+        loader = Stream(data, {"label": get("label")()}, batch_size=BATCH).loader(0)
+        return sum(len(b.keys) for b in loader)
+
+    saved = read._check_sample, read._sidecar
+    off = (lambda *a: None), (lambda *a, **k: None)
+    epoch()  # warm-up
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(max(3, repeats)):
+            for checked in (True, False):
+                read._check_sample, read._sidecar = saved if checked else off
+                start = time.perf_counter()
+                n = epoch()
+                rates[checked].append(n / (time.perf_counter() - start))
+    finally:
+        read._check_sample, read._sidecar = saved
+    return statistics.median(rates[True]), statistics.median(rates[False])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=2000)
@@ -138,6 +166,11 @@ def main() -> None:
         print(
             f"resume at step {k}: {extra:.3f} s beyond one batch, vs {decode_k:.2f} s to "
             f"re-decode {k} steps ({100 * extra / decode_k:.1f}%)"
+        )
+        checked, unchecked = index_check_cost(data, args.repeats)
+        print(
+            f"index checks (offset + key hash a sample, a sidecar a shard), label-only epoch: "
+            f"{checked:.0f}/s with, {unchecked:.0f}/s without ({checked / unchecked:.2f}×)"
         )
 
 
