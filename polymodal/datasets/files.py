@@ -348,6 +348,8 @@ def describe_failure(exc: BaseException, remote: Remote) -> str:
     detail = str(exc)
     if kind == "stalled" and not detail:  # a transport's timeout says nothing of itself
         detail = f"no byte for {remote.read_timeout:g} s"
+    if type(exc).__name__ == "TooManyRedirects":
+        detail = "too many redirects"
     detail = detail or type(exc).__name__
     if kind == "missing":
         return "missing: the shard is not there"
@@ -382,6 +384,8 @@ def _kind(exc: BaseException) -> str:
     import aiohttp
 
     status = getattr(exc, "status", None)
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "unreachable"
     if isinstance(exc, aiohttp.ClientResponseError) and isinstance(status, int):
         if status == 404:
             return "missing"

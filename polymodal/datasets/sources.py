@@ -148,6 +148,15 @@ def _not_regular(mode: int, link: bool) -> str | None:
     return f"{'a link to ' if link else ''}{kind}: only regular files are read"
 
 
+def _missing_or_special(path: Path) -> str:
+    """Why a listed path is not read: it is not there, or not a regular file (never opened)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "file not found"
+    return _not_regular(mode, path.is_symlink()) or "file not found"
+
+
 def plan_folder(root: Path) -> SourcePlan:
     """Files sharing a key (path up to the first dot of the name) form a sample, when the rest
     of the name is a chain of known extensions (`clip.mp4`, `clip.cls`); other dotted names are
@@ -255,7 +264,7 @@ def plan_manifest(manifest: Path) -> SourcePlan:
                 path = Path(value) if Path(value).is_absolute() else manifest.parent / value
                 parts = split_name(path.name)
                 if not path.is_file():
-                    bad = Problem(str(value), "file not found", key)
+                    bad = Problem(str(value), _missing_or_special(path), key)
                     break
                 if parts is None or not _known(parts[1]):
                     bad = Problem(str(value), "unsupported file type", key)
@@ -369,7 +378,7 @@ def _path_ref(cell: Any, folder: Path, root: Path) -> Ref | str:
     if not full.is_relative_to(root.resolve()):
         return f"path {cell!r} is outside {root} (--allow-paths ROOT lets a build read there)"
     if not full.is_file():
-        return f"path {cell!r}: no such file"
+        return f"path {cell!r}: {_missing_or_special(full)}"
     stat = full.stat()
     return Ref(stat.st_size, str(full), stat.st_mtime_ns)
 

@@ -12,10 +12,11 @@ from polymodal.datasets.files import (
     HashingReader,
     Remote,
     describe_failure,
+    failure,
     file_size,
     open_read,
 )
-from polymodal.datasets.index import ShardIndex, ShardInfo, Sidecar, key_hash
+from polymodal.datasets.index import ShardIndex, ShardInfo, Sidecar, key_hash, sidecar_name
 from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem, read_tar_samples
 from polymodal.datasets.reader import shard_samples
 
@@ -225,9 +226,12 @@ def _sidecar(index: ShardIndex, shard: ShardInfo, needed: bool) -> Sidecar | Non
         return None
     try:
         return index.sidecar(shard)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:  # its remote reads were tried again already
         if needed:
-            raise
+            raise ShardChanged(
+                f"its sidecar {sidecar_name(shard.name)} cannot be read ({failure(exc)}: "
+                f"{exc}): a reader cannot seek in the shard (`polymodal index` writes it again)"
+            ) from None
         return None
 
 
