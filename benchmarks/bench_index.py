@@ -46,8 +46,9 @@ from polymodal.adapters import get
 from polymodal.datasets.index import ShardIndex, ShardInfo
 from polymodal.datasets.shard_table import ShardTable
 from polymodal.datasets.writer import ShardWriter
-from polymodal.pipelines.mixtures import MixSource
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.mixtures import MixSource
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.stream import Stream
 
 PER_SHARD = 1000  # samples each absent shard claims
 WORLD, WORKERS = 8, 8  # the node a worker's plan is computed for
@@ -148,7 +149,7 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
 
         def plan() -> None:
             stream.plan.orders(0, WORLD)
-            stream.slice(WORLD - 1, WORLD, WORKERS - 1, WORKERS)
+            stream.slice(Place(WORLD - 1, WORLD, WORKERS - 1, WORKERS))
 
         worker = in_fork(plan)
         return out | {f"worker_{k}": v for k, v in worker.items()}
@@ -163,7 +164,7 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
         mixed = Stream(rules, fields(), batch_size=64, seed=1, batching=batching)
 
         def first_batch() -> None:
-            order = mixed.plan.worker_order(5, WORLD - 1, WORLD, WORKERS - 1, WORKERS)
+            order = mixed.plan.worker_order(5, Place(WORLD - 1, WORLD, WORKERS - 1, WORKERS))
             next(order.batches(lambda refs: ((r, r) for r in refs)))
 
         return {"plan_s": in_fork(first_batch)["seconds"]}

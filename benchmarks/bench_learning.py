@@ -30,9 +30,9 @@ from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.spoken import make_spoken_digits
-from polymodal.pipelines.config import load_config
-from polymodal.pipelines.evaluate import evaluate_checkpoint
-from polymodal.pipelines.train import Trainer
+from polymodal.pipelines.train.config import load_config
+from polymodal.pipelines.train.evaluate import evaluate_checkpoint
+from polymodal.pipelines.train.trainer import Trainer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

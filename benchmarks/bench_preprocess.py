@@ -23,7 +23,7 @@ from polymodal.datasets.shard import TarShard, shard_name
 from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
 from polymodal.datasets.writer import ShardWriter
 from polymodal.pipelines import preprocess
-from polymodal.pipelines.ops import make_op
+from polymodal.pipelines.preprocess.ops import make_op
 
 
 def make_audio(root: Path, count: int) -> Path:

@@ -31,7 +31,7 @@ from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.synthetic import encode_image, photo
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.stream import Stream
 
 BATCH = 64
 
@@ -116,7 +116,7 @@ def resume_cost(data: Path, k: int) -> tuple[float, float]:
 def index_check_cost(data: Path, repeats: int) -> tuple[float, float]:
     """(samples/s with the reader's index checks, without): label-only epochs, in-process,
     taken in turns (with, without, with, ...) so that warm-up and drift fall on both."""
-    from polymodal.pipelines.stages import read
+    from polymodal.pipelines.stream.stages import read
 
     def epoch() -> int:
         loader = Stream(data, {"label": get("label")()}, batch_size=BATCH).loader(0)

@@ -35,10 +35,10 @@ from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_media
 from polymodal.perceiver import EncoderConfig
 from polymodal.pipelines import preprocess
-from polymodal.pipelines.config import FieldConfig, TrainConfig
-from polymodal.pipelines.demo import demo_config, make_clips
-from polymodal.pipelines.tasks import dataset_stream, make_task
-from polymodal.pipelines.train import Trainer
+from polymodal.pipelines.train.config import FieldConfig, TrainConfig
+from polymodal.pipelines.train.demo import demo_config, make_clips
+from polymodal.pipelines.train.tasks import dataset_stream, make_task
+from polymodal.pipelines.train.trainer import Trainer
 
 K = 4  # clips per decode in the K form
 

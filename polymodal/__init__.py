@@ -17,13 +17,13 @@ __version__ = "0.1.0"
 
 # name → (module, attribute; None: the module itself)
 _FRONT_DOOR: dict[str, tuple[str, str | None]] = {
-    "Stream": ("polymodal.pipelines.stream", "Stream"),
-    "StreamLoader": ("polymodal.pipelines.loader", "StreamLoader"),
+    "Stream": ("polymodal.pipelines.stream.stream", "Stream"),
+    "StreamLoader": ("polymodal.pipelines.stream.loader", "StreamLoader"),
     "build": ("polymodal.datasets.build", "build"),
     "index_shards": ("polymodal.datasets.build", "index_shards"),
     "ShardIndex": ("polymodal.datasets.index", "ShardIndex"),
-    "load_config": ("polymodal.pipelines.config", "load_config"),
-    "Trainer": ("polymodal.pipelines.train", "Trainer"),
+    "load_config": ("polymodal.pipelines.train.config", "load_config"),
+    "Trainer": ("polymodal.pipelines.train.trainer", "Trainer"),
     "adapters": ("polymodal.adapters", None),
     "perceiver": ("polymodal.perceiver", None),
 }

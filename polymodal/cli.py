@@ -121,7 +121,7 @@ def _dead_worker(exc: BaseException) -> bool:
     is the stream (and torch, already loaded by whatever ran) imported."""
     if not isinstance(exc, RuntimeError):
         return False
-    from polymodal.pipelines.loader import is_dead_worker
+    from polymodal.pipelines.stream.loader import is_dead_worker
 
     return is_dead_worker(exc)
 
@@ -569,8 +569,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     import tomllib
 
+    from polymodal.datasets.index import REJECTS_NAME
     from polymodal.pipelines import preprocess
-    from polymodal.pipelines.ops.base import OpOptionError
+    from polymodal.pipelines.preprocess.ops.base import OpOptionError
 
     recipe: dict[str, Any] = {}
     if args.recipe:
@@ -610,7 +611,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     else:
         print(preprocess.summary(report))
     if (report.rejected or report.unreadable) and not _quiet(args):
-        print(f"rejected samples are listed in {args.dst / preprocess.REJECTS_NAME}")
+        print(f"rejected samples are listed in {args.dst / REJECTS_NAME}")
     if not report.samples_out:
         print("no sample was written: every one was rejected or filtered", file=sys.stderr)
         return 1
@@ -618,7 +619,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _list_ops(args: argparse.Namespace) -> int:
-    from polymodal.pipelines.ops import available_ops, get_op
+    from polymodal.pipelines.preprocess.ops import available_ops, get_op
 
     for name in available_ops():
         doc = (get_op(name).__doc__ or "").strip().split("\n")[0]
@@ -643,8 +644,8 @@ DATASET_COMMANDS = {
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from polymodal.pipelines.config import ConfigError, load_config
-    from polymodal.pipelines.train import Trainer
+    from polymodal.pipelines.train.config import ConfigError, load_config
+    from polymodal.pipelines.train.trainer import Trainer
 
     try:
         seed = [] if args.seed is None else [f"seed={args.seed}"]
@@ -662,8 +663,8 @@ def _use_weights(args: argparse.Namespace) -> int:
     """`evaluate`, `predict` and `export`: what a trained model is for."""
     import json
 
-    from polymodal.pipelines import evaluate, weights
-    from polymodal.pipelines.config import load_config
+    from polymodal.pipelines.train import evaluate, weights
+    from polymodal.pipelines.train.config import load_config
 
     if args.command == "export":
         print(weights.export(args.source, args.out, args.format, args.overwrite))
@@ -685,7 +686,7 @@ def _use_weights(args: argparse.Namespace) -> int:
 
 
 def _train_demo(args: argparse.Namespace) -> int:
-    from polymodal.pipelines.demo import run_demo
+    from polymodal.pipelines.train.demo import run_demo
 
     modalities = tuple(sorted(m.strip() for m in args.modalities.split(",") if m.strip()))
     if not modalities or set(modalities) - {"audio", "video"}:

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from polymodal.pipelines.mixtures import MixSource, MixturePlan, WeightSchedule
-from polymodal.pipelines.partition import Reference, batch_worker
-from polymodal.pipelines.plan import StreamPlan
+from polymodal.pipelines.stream.mixtures import MixSource, MixturePlan, WeightSchedule
+from polymodal.pipelines.stream.partition import Reference, batch_worker
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.plan import StreamPlan
 
 
 def make_plan(
@@ -50,7 +51,7 @@ def worker_batches(
     done: int = 0,
 ) -> list[list[Reference]]:
     """One reader's batches (after its first `done`, from `state`), as references."""
-    order = plan.worker_order(epoch, rank, world, worker, workers, rest)
+    order = plan.worker_order(epoch, Place(rank, world, worker, workers), rest)
     if state is not None:
         for name, stage in order.stages.items():
             stage.load_state_dict(state[name])

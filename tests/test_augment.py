@@ -16,10 +16,10 @@ from torch import nn
 from polymodal.adapters import Batch, Field, collate, get
 from polymodal.datasets.synthetic import encode_audio, encode_image, encode_media, photo, tone
 from polymodal.perceiver.io import LogMelInput, spec_augment
-from polymodal.pipelines.augment import mix_batch
-from polymodal.pipelines.config import AugmentConfig, ConfigError, load_config
-from polymodal.pipelines.optim import DECAY_KINDS, decay_groups, decay_kind
-from polymodal.pipelines.tasks import make_task
+from polymodal.pipelines.train.augment import mix_batch
+from polymodal.pipelines.train.config import AugmentConfig, ConfigError, load_config
+from polymodal.pipelines.train.optim import DECAY_KINDS, decay_groups, decay_kind
+from polymodal.pipelines.train.tasks import make_task
 
 JPEG = encode_image(photo(3, 96)[:, :80], quality=95)  # not square: crops are not symmetric
 
@@ -159,7 +159,7 @@ def test_log_mel_input_is_torchaudios_on_a_real_tone():
 
 
 def test_weight_decay_leaves_exactly_the_named_kinds_alone(tmp_path):
-    from polymodal.pipelines.demo import demo_config
+    from polymodal.pipelines.train.demo import demo_config
 
     config = demo_config(tmp_path, tmp_path / "run", ["audio", "video"], 4, 1, 0)
     model = make_task(config).model()

@@ -24,8 +24,8 @@ from polymodal.cli import main
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.shard_table import ShardTable
 from polymodal.datasets.synthetic import encode_audio, encode_image, encode_media, tone
-from polymodal.pipelines.state import StateError
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.state import StateError
+from polymodal.pipelines.stream.stream import Stream
 
 
 def _grown_kb(code: str) -> tuple[str, int]:

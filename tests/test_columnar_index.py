@@ -14,7 +14,7 @@ from polymodal.cli import main
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_image
 from polymodal.datasets.writer import ShardWriter
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.stream import Stream
 
 
 def _dataset(directory: Path, shards: int = 3, per_shard: int = 4) -> Path:

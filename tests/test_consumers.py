@@ -14,7 +14,7 @@ import pytest
 from test_stream import _fields, _write
 from torch.utils.data import DataLoader
 
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.stream import Stream
 
 TOTAL = 54  # samples _write puts in the dataset
 
@@ -96,7 +96,7 @@ import json, sys
 import lightning as L
 import torch
 from polymodal.adapters import get
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.stream import Stream
 
 train_dir, val_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from plans import epoch_batches, make_plan, rank_batches, real
 from test_stream import _digest, _fields, _rank_env, _write
 
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.stream import Stream
 
 
 def _first(plan, epoch, world, workers, batches, rest=None):

@@ -15,10 +15,10 @@ from testmedia import image_train_toml
 from polymodal.cli import main
 from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_image
-from polymodal.pipelines.config import ConfigError, load_config
-from polymodal.pipelines.evaluate import mean_average_precision
-from polymodal.pipelines.train import Trainer
-from polymodal.pipelines.weights import CheckpointError
+from polymodal.pipelines.train.config import ConfigError, load_config
+from polymodal.pipelines.train.evaluate import mean_average_precision
+from polymodal.pipelines.train.trainer import Trainer
+from polymodal.pipelines.train.weights import CheckpointError
 
 LEVELS = {"dark": 30, "mid": 128, "light": 225}
 
@@ -249,7 +249,7 @@ def test_predict_writes_reconstructions_of_an_autoencoder(runs, tmp_path, capsys
 
 
 def test_top5_is_reported_only_past_five_classes():
-    from polymodal.pipelines.tasks import make_task
+    from polymodal.pipelines.train.tasks import make_task
 
     sums = {"correct": 3, "top5": 4, "total": 4}
     for classes, has_top5 in ((5, False), (6, True)):

@@ -14,7 +14,7 @@ from polymodal.cli import main
 from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_image, photo
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.stream import Stream
 
 
 def _datasets():

@@ -22,7 +22,7 @@ from polymodal.datasets.index import InvalidIndex, ShardIndex
 from polymodal.datasets.inspect import validate_dataset
 from polymodal.datasets.synthetic import encode_image
 from polymodal.datasets.writer import ShardWriter
-from polymodal.pipelines.stream import Stream, StreamError
+from polymodal.pipelines.stream.stream import Stream, StreamError
 
 
 def _dataset(directory: Path, shards: int = 3, per_shard: int = 4, prefix: str = "k") -> Path:
@@ -130,7 +130,7 @@ def test_a_gnu_sparse_member_is_refused_without_expanding_it(tmp_path):
         f"""
         from polymodal.datasets.build import index_shards
         from polymodal.datasets.inspect import validate_dataset
-        from polymodal.pipelines.stream import Stream
+        from polymodal.pipelines.stream.stream import Stream
         from polymodal.adapters import get
         folder = {str(shard.parent)!r}
         """,

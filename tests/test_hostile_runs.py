@@ -27,7 +27,7 @@ from polymodal.datasets.files import Remote
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_image, photo
 from polymodal.datasets.writer import ShardWriter
-from polymodal.pipelines.stream import Stream, StreamError
+from polymodal.pipelines.stream.stream import Stream, StreamError
 
 
 def _images(directory: Path, shards: int = 3, per_shard: int = 4, start: int = 0) -> Path:
@@ -98,7 +98,7 @@ def test_a_dead_worker_is_one_clear_error(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from polymodal.adapters import get
-        from polymodal.pipelines.stream import Stream, StreamError
+        from polymodal.pipelines.stream.stream import Stream, StreamError
 
         class KillerImage(type(get("image")())):
             def decode_clips(self, sample, rngs):

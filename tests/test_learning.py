@@ -11,8 +11,8 @@ import pytest
 
 from polymodal.datasets.build import build
 from polymodal.datasets.spoken import SpokenDigits, make_spoken_digits, speak
-from polymodal.pipelines.config import load_config
-from polymodal.pipelines.train import Trainer
+from polymodal.pipelines.train.config import load_config
+from polymodal.pipelines.train.trainer import Trainer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 CLASSES = 4

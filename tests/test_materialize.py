@@ -25,8 +25,9 @@ from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_media
 from polymodal.datasets.writer import ShardWriter
 from polymodal.pipelines import preprocess
-from polymodal.pipelines.loader import cores
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.loader import cores
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.stream import Stream
 
 SAMPLES = 12
 VIDEO = {"num_frames": 4, "fps": 8.0, "size": 32, "crop_fraction": 0.875}
@@ -291,7 +292,7 @@ def test_hostile_members_are_reported_skips(tmp_path):
     index.materialized = {"video": get("video")(**VIDEO).materialized_record()}
     index.save(tmp_path)
     stream = Stream(tmp_path, {"video": get("video")(**VIDEO)}, batch_size=4, shuffle=False)
-    skips = [s for _, _, batch_skips in stream.worker_batches(0, 0, 1) for s in batch_skips]
+    skips = [s for _, _, batch_skips in stream.worker_batches(0, Place()) for s in batch_skips]
     reasons = {s.key: s.reason for s in skips}
     assert set(reasons) == {key.replace(" ", "_") for key in HOSTILE}
     for key, (_, said) in HOSTILE.items():

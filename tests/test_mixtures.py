@@ -23,15 +23,16 @@ from polymodal.adapters import get
 from polymodal.cli import main
 from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
-from polymodal.pipelines.demo import make_clips
-from polymodal.pipelines.mixtures import (
+from polymodal.pipelines.stream.mixtures import (
     MixSource,
     MixtureError,
     SchedulePoint,
     WeightSchedule,
 )
-from polymodal.pipelines.partition import largest_remainder
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.partition import largest_remainder
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.stream import Stream
+from polymodal.pipelines.train.demo import make_clips
 
 RULE = st.one_of(
     st.just({}),
@@ -159,7 +160,7 @@ def test_resume_at_any_batch_same_world_and_resized(
     worker = data.draw(st.integers(0, workers - 1))
     whole = worker_batches(plan, epoch, 0, world, worker, workers)
     done = round(fraction * len(whole))
-    order = plan.worker_order(epoch, 0, world, worker, workers)
+    order = plan.worker_order(epoch, Place(0, world, worker, workers))
     batches = order.batches(lambda refs: ((r, r) for r in refs))
     for _ in range(done):
         next(batches)

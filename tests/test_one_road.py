@@ -10,9 +10,9 @@ from testmedia import image_train_toml
 
 from polymodal.cli import build_parser
 from polymodal.literals import parse_literal, parse_pairs
-from polymodal.pipelines.config import ConfigError, load_config
-from polymodal.pipelines.ops import make_op
-from polymodal.pipelines.ops.base import parse_op
+from polymodal.pipelines.preprocess.ops import make_op
+from polymodal.pipelines.preprocess.ops.base import parse_op
+from polymodal.pipelines.train.config import ConfigError, load_config
 from polymodal.seeds import stable_fraction, stable_seed
 
 

@@ -12,9 +12,9 @@ from testmedia import image_train_toml
 
 from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_audio, encode_image, photo, tone
-from polymodal.pipelines.config import load_config
-from polymodal.pipelines.stream import Stream
-from polymodal.pipelines.train import Trainer
+from polymodal.pipelines.stream.stream import Stream
+from polymodal.pipelines.train.config import load_config
+from polymodal.pipelines.train.trainer import Trainer
 
 SAMPLES = 24
 

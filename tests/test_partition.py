@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polymodal.pipelines.partition import (
+from polymodal.pipelines.stream.partition import (
     FixedComposition,
     Layout,
     Mixture,

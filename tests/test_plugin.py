@@ -123,7 +123,7 @@ def test_a_plugin_modality_goes_through_every_command(plugin, tmp_path):
         [
             sys.executable,
             "-c",
-            "from polymodal.pipelines.stream import Stream; "
+            "from polymodal.pipelines.stream.stream import Stream; "
             f"b = next(iter(Stream({str(ds / 'train')!r}, {{'depth': 'depth'}}, batch_size=4)));"
             "print(b['depth'].values.dtype, tuple(b['depth'].values.shape))",
         ],

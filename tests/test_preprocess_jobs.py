@@ -25,8 +25,8 @@ from polymodal.datasets.synthetic import (
 )
 from polymodal.datasets.writer import ShardWriter
 from polymodal.pipelines import preprocess
-from polymodal.pipelines.ops import parse_op
-from polymodal.pipelines.preprocess import JOB_DIR, SUMMARY_NAME
+from polymodal.pipelines.preprocess.jobs import JOB_DIR, SUMMARY_NAME
+from polymodal.pipelines.preprocess.ops import parse_op
 
 OPS = [
     "dedupe",
@@ -338,7 +338,7 @@ def test_cli_recipe_equals_op_flags(source, reference, tmp_path):
 def test_example_recipes_name_real_ops_and_options(recipe):
     import tomllib
 
-    from polymodal.pipelines.ops import make_op
+    from polymodal.pipelines.preprocess.ops import make_op
 
     doc = tomllib.loads(recipe.read_text())
     assert set(doc) <= {"ops", "engine", "workers", "address"}

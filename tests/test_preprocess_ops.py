@@ -24,7 +24,7 @@ from polymodal.datasets.synthetic import (
     photo,
     tone,
 )
-from polymodal.pipelines.ops import (
+from polymodal.pipelines.preprocess.ops import (
     Filtered,
     Op,
     available_ops,

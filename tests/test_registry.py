@@ -52,7 +52,7 @@ PLUGIN = '''
 import numpy as np
 import torch
 from polymodal.adapters import Adapter, Field
-from polymodal.pipelines.ops import Op
+from polymodal.pipelines.preprocess.ops import Op
 
 
 class WaveAdapter(Adapter):
@@ -112,7 +112,7 @@ def test_third_party_package_registers_through_entry_point(tmp_path: Path):
             cls = adapters.get("wave")
             field = cls().decode({"__key__": "k", "pcm": bytes([1, 0, 2, 0, 255, 255])})
             print(cls.__module__, cls.name, field.values[:, 0].tolist(), field.grid)
-            from polymodal.pipelines.ops import available_ops, make_op
+            from polymodal.pipelines.preprocess.ops import available_ops, make_op
             assert "reverse_pcm" in available_ops(), available_ops()
             print(make_op("reverse_pcm")({"__key__": "k", "pcm": bytes([1, 0, 2, 0])})["pcm"])
             """

@@ -19,8 +19,8 @@ from test_stream import _fields, _write
 from polymodal.cli import main
 from polymodal.datasets.files import Remote
 from polymodal.datasets.index import ShardIndex
-from polymodal.pipelines.stages import StreamError
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.stages import StreamError
+from polymodal.pipelines.stream.stream import Stream
 
 TOTAL = 54
 

@@ -14,9 +14,10 @@ from polymodal.adapters import get
 from polymodal.datasets.files import Remote
 from polymodal.datasets.synthetic import encode_image
 from polymodal.datasets.writer import ShardWriter
-from polymodal.pipelines.plan import StreamPlan
-from polymodal.pipelines.stages.shuffle import BufferOrder
-from polymodal.pipelines.stream import Stream
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.plan import StreamPlan
+from polymodal.pipelines.stream.stages.shuffle import BufferOrder
+from polymodal.pipelines.stream.stream import Stream
 
 SHARD_SIZES = [7, 0, 13, 1, 9, 20, 4]  # uneven, one empty
 
@@ -107,7 +108,7 @@ RESUME_CHILD = textwrap.dedent(
     import hashlib, json, os, sys
     sys.path.insert(0, {tests!r})
     from test_stream import _digest, _fields
-    from polymodal.pipelines.stream import Stream
+    from polymodal.pipelines.stream.stream import Stream
 
     jobs = json.loads(open(sys.argv[1]).read())
     out = []
@@ -170,7 +171,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(dataset, monkeypatch, tmp_path
 def test_resume_reads_at_most_the_buffer_and_decodes_nothing_skipped(dataset, monkeypatch):
     _rank_env(monkeypatch, 0, 1)
     stream = Stream(dataset, _fields(), batch_size=4, buffer_size=6)
-    full = list(stream.worker_batches(0, 0, 1))
+    full = list(stream.worker_batches(0, Place()))
     decoded = []
     adapter = stream.fields["image"]
     original = adapter.decode_bytes
@@ -180,7 +181,7 @@ def test_resume_reads_at_most_the_buffer_and_decodes_nothing_skipped(dataset, mo
         return original(data, ext, rng)
 
     adapter.decode_bytes = counting
-    rest = list(stream.worker_batches(0, 0, 1, state=full[6][1]))
+    rest = list(stream.worker_batches(0, Place(), state=full[6][1]))
     assert [b.keys for b, _, _ in rest] == [b.keys for b, _, _ in full[7:]]
     assert len(decoded) == sum(len(b.keys) for b, _, _ in rest)  # only what is delivered
 
@@ -242,9 +243,9 @@ def test_resume_refuses_another_rank_batch_size_or_dataset_naming_the_values(
 def test_a_rank_outside_the_world_is_an_error(dataset):
     stream = Stream(dataset, _fields(), batch_size=2)
     with pytest.raises(ValueError, match="rank 4 of world size 4"):
-        next(stream.worker_batches(0, 4, 4))
+        next(stream.worker_batches(0, Place(4, 4)))
     with pytest.raises(ValueError, match="worker 2 of 2"):
-        stream.slice(0, 1, 2, 2)
+        stream.slice(Place(0, 1, 2, 2))
 
 
 def test_bad_samples_mid_shard_are_skipped_and_reported(tmp_path, caplog):

@@ -14,7 +14,7 @@ CHILD = textwrap.dedent(
     import json, sys
     import torch.distributed as dist
     from polymodal.adapters import get
-    from polymodal.pipelines.stream import Stream
+    from polymodal.pipelines.stream.stream import Stream
 
     dist.init_process_group("gloo")
     fields = {"image": get("image")(size=None, extensions=["png"]), "label": get("label")()}

@@ -16,9 +16,9 @@ import torch
 from polymodal.cli import main
 from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
-from polymodal.pipelines.config import ConfigError, load_config
-from polymodal.pipelines.demo import make_clips
-from polymodal.pipelines.train import Trainer
+from polymodal.pipelines.train.config import ConfigError, load_config
+from polymodal.pipelines.train.demo import make_clips
+from polymodal.pipelines.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,7 @@ def test_multilabel_training_reports_map(tmp_path, data):
 
 
 def test_mean_average_precision_by_hand():
-    from polymodal.pipelines.evaluate import mean_average_precision
+    from polymodal.pipelines.train.evaluate import mean_average_precision
 
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.2, 0.6]])
     truths = torch.tensor([[1, 0], [0, 1], [1, 0]])
@@ -272,7 +272,7 @@ def test_mean_average_precision_by_hand():
 
 
 def test_lamb_minimises():
-    from polymodal.pipelines.optim import Lamb
+    from polymodal.pipelines.train.optim import Lamb
 
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(8))
@@ -290,7 +290,7 @@ def test_lamb_minimises():
 
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).parent.parent.glob("examples/*.toml")))
 def test_recipes_are_valid_configs(recipe):
-    from polymodal.pipelines.train import build_model
+    from polymodal.pipelines.train.trainer import build_model
 
     config = load_config(recipe)
     assert config.data.fields and config.run_dir.startswith("runs/")

@@ -5,8 +5,8 @@ Built-ins: `resample_audio`, `transcode_video`, `cut_clips`, `extract_audio`, `r
 add ops through the entry-point group `polymodal.ops`.
 """
 
-from . import materialize, media, select, visual
-from .base import (
+from polymodal.pipelines.preprocess.ops import materialize, media, select, visual
+from polymodal.pipelines.preprocess.ops.base import (
     ENTRY_POINT_GROUP,
     Filtered,
     Op,
@@ -18,10 +18,15 @@ from .base import (
     parse_op,
     register_op,
 )
-from .materialize import Materialize
-from .media import CutClips, ExtractAudio, ResampleAudio, TranscodeVideo
-from .select import Call, Dedupe, Filter, Split
-from .visual import ResizeImage, SubsamplePoints
+from polymodal.pipelines.preprocess.ops.materialize import Materialize
+from polymodal.pipelines.preprocess.ops.media import (
+    CutClips,
+    ExtractAudio,
+    ResampleAudio,
+    TranscodeVideo,
+)
+from polymodal.pipelines.preprocess.ops.select import Call, Dedupe, Filter, Split
+from polymodal.pipelines.preprocess.ops.visual import ResizeImage, SubsamplePoints
 
 __all__ = [
     "ENTRY_POINT_GROUP",

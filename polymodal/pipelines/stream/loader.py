@@ -22,17 +22,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from polymodal.adapters import Batch
 from polymodal.codecs.containers import set_decode_threads
-
-from .partition import batch_worker
-from .ranks import rank_world
-from .stages import StreamError, usable_batch
-from .state import check_state
+from polymodal.pipelines.stream.partition import batch_worker
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.stages import StreamError, usable_batch
+from polymodal.pipelines.stream.state import check_state
 
 DIGEST_SCHEME = "table-sha256:"  # how a state names its datasets (older states: bare sha256)
 
 if TYPE_CHECKING:
-    from .elastic import Rest
-    from .stream import Stream
+    from polymodal.pipelines.stream.elastic import Rest
+    from polymodal.pipelines.stream.stream import Stream
 
 log = logging.getLogger("polymodal.stream")
 BATCH_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch before it is hung
@@ -43,9 +42,9 @@ class _EpochDataset(IterableDataset):
     """What DataLoader workers run: the epoch comes from shared memory (workers persist
     across epochs), resume states from the loader, once."""
 
-    def __init__(self, stream: Stream, rank: int, world: int) -> None:
+    def __init__(self, stream: Stream, place: Place) -> None:
         super().__init__()
-        self.stream, self.rank, self.world = stream, rank, world
+        self.stream, self.place = stream, place
         self.epoch = multiprocessing.Value("q", 0)
         # (epoch, worker states, the rest of the epoch that is left after an elastic resume)
         self.resume: tuple[int, dict[int, Any], dict[str, Any] | None] | None = None
@@ -53,15 +52,14 @@ class _EpochDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, Batch | None, dict[str, Any], list[dict[str, str]]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        place = self.place.reader(worker, workers)
         epoch = self.epoch.value
         state, rest = None, None
         if self.resume is not None and self.resume[0] == epoch:
             state = self.resume[1].get(worker)
             rest = self.stream.remainder(epoch, self.resume[2])
         self.resume = None  # this copy resumes once; later epochs start from the beginning
-        for batch, new_state, skips in self.stream.worker_batches(
-            epoch, self.rank, self.world, worker, workers, state, rest
-        ):
+        for batch, new_state, skips in self.stream.worker_batches(epoch, place, state, rest):
             yield worker, batch, new_state, [s.as_dict() for s in skips]
 
 
@@ -162,9 +160,10 @@ class StreamLoader:
         self.threads = threads or max(1, cores() // max(1, num_workers))
         self.batch_timeout = batch_timeout
         self.stream = stream
-        self.rank, self.world = rank_world()
+        self.place = Place.detect()  # this rank; each worker is a `reader` of it
+        self.rank, self.world = self.place.rank, self.place.world
         self.num_workers, self.pin_memory, self.prefetch = num_workers, pin_memory, prefetch
-        self._epochs = _EpochDataset(stream, self.rank, self.world)
+        self._epochs = _EpochDataset(stream, self.place)
         self.epoch, self.batches = 0, 0
         self._fresh = True  # `epoch` / `batches` say where the next iteration starts
         self.worker_states: dict[int, Any] = {}
@@ -231,7 +230,7 @@ class StreamLoader:
         workers = max(1, self.num_workers)
         rest = self._rest()
         counts = [
-            self.stream.slice(self.rank, self.world, w, workers, rest, self.epoch).batches
+            self.stream.slice(self.place.reader(w, workers), rest, self.epoch).batches
             for w in range(workers)
         ]
         total = sum(counts)

@@ -14,10 +14,9 @@ import numpy as np
 
 from polymodal.adapters import Adapter, DecodeError
 from polymodal.adapters.base import load_json
+from polymodal.pipelines.stream.partition import Reference
+from polymodal.pipelines.stream.stages.base import Skip
 from polymodal.seeds import stable_seed
-
-from ..partition import Reference
-from .base import Skip
 
 MAX_META_BYTES = 2**16  # a metadata member larger than this skips its sample, reported
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .partition import Layout, shuffle_seed
-from .stages.shuffle import BufferOrder
+from polymodal.pipelines.stream.partition import Layout, shuffle_seed
+from polymodal.pipelines.stream.stages.shuffle import BufferOrder
 
 
 def batches_done(per_worker: Sequence[int], batches: int) -> list[int]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from polymodal.adapters import Adapter, Batch, get
 from polymodal.adapters.materialized import materialized_fields
@@ -48,10 +48,9 @@ from polymodal.datasets.files import (
 )
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
-
-from .elastic import Rest
-from .loader import BATCH_TIMEOUT, DIGEST_SCHEME, StreamLoader
-from .mixtures import (
+from polymodal.pipelines.stream.elastic import Rest
+from polymodal.pipelines.stream.loader import BATCH_TIMEOUT, DIGEST_SCHEME, StreamLoader
+from polymodal.pipelines.stream.mixtures import (
     RULES,
     MixSource,
     MixturePlan,
@@ -59,10 +58,18 @@ from .mixtures import (
     WeightSchedule,
     describe_rule,
 )
-from .partition import Reference
-from .plan import StreamPlan, WorkerSlice
-from .ranks import rank_world
-from .stages import Batcher, Decode, Reader, Skip, Stage, StreamError, usable_batch
+from polymodal.pipelines.stream.partition import Reference
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.plan import StreamPlan, WorkerSlice
+from polymodal.pipelines.stream.stages import (
+    Batcher,
+    Decode,
+    Reader,
+    Skip,
+    Stage,
+    StreamError,
+    usable_batch,
+)
 
 log = logging.getLogger("polymodal.stream")
 
@@ -184,24 +191,16 @@ class Stream(IterableDataset):
 
     # --- the pure plan (`plan.StreamPlan`) ---
 
-    def slice(
-        self,
-        rank: int,
-        world: int,
-        worker: int,
-        workers: int,
-        rest: Rest | None = None,
-        epoch: int = 0,
-    ) -> WorkerSlice:
-        """One (rank, worker)'s batches of `epoch` (or of a `rest` of it) and the positions of
-        each lane they take."""
-        return self.plan.slice(rank, world, worker, workers, rest, epoch)
+    def slice(self, place: Place, rest: Rest | None = None, epoch: int = 0) -> WorkerSlice:
+        """One reader's batches of `epoch` (or of a `rest` of it) and the positions of each
+        lane they take."""
+        return self.plan.slice(place, rest, epoch)
 
     def batches_per_epoch(
         self, world: int | None = None, rest: Rest | None = None, epoch: int = 0
     ) -> int:
         """Batches every rank yields per epoch, or per rest of one (the same for every rank)."""
-        return self.plan.layout(epoch, world or rank_world()[1], rest).batches
+        return self.plan.layout(epoch, world or Place.detect().world, rest).batches
 
     def remainder(self, epoch: int, saved: Mapping[str, Any] | None) -> Rest | None:
         """The rest of `epoch` after a state saved at another world size or worker count; see
@@ -259,17 +258,14 @@ class Stream(IterableDataset):
     def worker_batches(
         self,
         epoch: int,
-        rank: int,
-        world: int,
-        worker: int = 0,
-        workers: int = 1,
+        place: Place,
         state: Mapping[str, Any] | None = None,
         rest: Rest | None = None,
     ) -> Iterator[tuple[Batch | None, dict[str, Any], list[Skip]]]:
-        """(batch, chain state after it, skips in it) for one (rank, worker) and epoch, or for
-        the `rest` of an epoch left by a run of another world size (`remainder`); the batch is
+        """(batch, chain state after it, skips in it) for one reader and epoch, or for the
+        `rest` of an epoch left by a run of another world size (`remainder`); the batch is
         None when not one sample of the dataset can be read to fill it."""
-        order = self.plan.worker_order(epoch, rank, world, worker, workers, rest)
+        order = self.plan.worker_order(epoch, place, rest)
         reader = Reader(self.indexes, self.errors["read"], self.remote, self.max_member_bytes)
         decode = self._decode(self.errors["decode"], epoch)
         batcher = Batcher(self.batch_size, lambda: self.filler(epoch), self.optional)
@@ -336,10 +332,7 @@ class Stream(IterableDataset):
         (`DataLoader(stream, batch_size=None, num_workers=N)`) only that worker's share, so the
         workers together deliver every sample of the rank exactly once. `loader()` adds exact
         resume and epochs that advance by themselves."""
-        rank, world = rank_world()
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for batch, _, skips in self.worker_batches(self.epoch, rank, world, worker, workers):
+        for batch, _, skips in self.worker_batches(self.epoch, Place.detect()):
             yield usable_batch(batch, skips, self.epoch)
 
     def loader(

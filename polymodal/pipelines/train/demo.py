@@ -17,9 +17,8 @@ import numpy as np
 from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_media
 from polymodal.perceiver import EncoderConfig
-
-from .config import DataConfig, FieldConfig, OptimConfig, TrainConfig
-from .train import Trainer
+from polymodal.pipelines.train.config import DataConfig, FieldConfig, OptimConfig, TrainConfig
+from polymodal.pipelines.train.trainer import Trainer
 
 PALETTE = np.array(
     [

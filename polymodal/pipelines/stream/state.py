@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from polymodal.errors import UserError
+from polymodal.pipelines.stream.place import Place
 
 if TYPE_CHECKING:
-    from .stream import Stream
+    from polymodal.pipelines.stream.stream import Stream
 
 
 class StateError(UserError, ValueError):
@@ -118,7 +119,10 @@ def _check_worker(
     if not 0 <= worker < workers:
         raise StateError(f"{where}: there are {workers} worker(s)")
     _need(state, Mapping, where)
-    part = stream.slice(loader_state.get("rank", 0), world, worker, workers, rest, epoch)
+    rank = loader_state.get("rank", 0)
+    if not isinstance(rank, int) or not 0 <= rank < world:
+        raise StateError(f"loader state.rank: not a rank of {world}: {_short(rank)}")
+    part = stream.slice(Place(rank, world, worker, workers), rest, epoch)
     done = _field(_field(state, "batch", Mapping, where), "batches", int, f"{where}.batch", 0)
     if done > part.batches:
         raise StateError(

@@ -47,15 +47,13 @@ from polymodal.datasets.files import (
     remove_temporaries,
     write_atomic,
 )
-from polymodal.seeds import stable_seed
-
-from .config import ConfigError, TrainConfig
-from .evaluate import evaluation_pass, metrics_of
-from .loader import StreamLoader
-from .optim import Lamb, decay_groups
-from .ranks import rank_world
-from .tasks import dataset_stream, make_task
-from .weights import (
+from polymodal.pipelines.stream.loader import StreamLoader
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.train.config import ConfigError, TrainConfig
+from polymodal.pipelines.train.evaluate import evaluation_pass, metrics_of
+from polymodal.pipelines.train.optim import Lamb, decay_groups
+from polymodal.pipelines.train.tasks import dataset_stream, make_task
+from polymodal.pipelines.train.weights import (
     CHECKPOINTS,
     CONFIG_NAME,
     CheckpointError,
@@ -64,6 +62,7 @@ from .weights import (
     load_checkpoint,
     load_model,
 )
+from polymodal.seeds import stable_seed
 
 log = logging.getLogger("polymodal.train")
 
@@ -183,7 +182,7 @@ class Trainer:
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank, self.world = rank_world()
+        self.rank, self.world = (place := Place.detect()).rank, place.world
         self.device = torch.device(
             f"cuda:{self.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
         )

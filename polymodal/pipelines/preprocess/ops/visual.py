@@ -9,9 +9,15 @@ from PIL import Image, ImageOps
 
 from polymodal.codecs.images import open_image
 from polymodal.codecs.points import encode_ply, read_points
+from polymodal.pipelines.preprocess.ops.base import (
+    Op,
+    Result,
+    Sample,
+    media_members,
+    register_op,
+    replace_member,
+)
 from polymodal.seeds import stable_seed
-
-from .base import Op, Result, Sample, media_members, register_op, replace_member
 
 # file type → Pillow format; anything else is written as PNG (lossless, keeps alpha)
 IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}

@@ -28,11 +28,11 @@ from polymodal.adapters import Batch, DecodeError, collate
 from polymodal.datasets.files import atomic_open, claim_output, is_remote, write_atomic
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
-
-from .config import TrainConfig
-from .stages import Skip
-from .stream import Stream, StreamError
-from .tasks import (
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.stages import Skip
+from polymodal.pipelines.stream.stream import Stream, StreamError
+from polymodal.pipelines.train.config import TrainConfig
+from polymodal.pipelines.train.tasks import (
     AutoencodeTask,
     ClassificationTask,
     Task,
@@ -40,7 +40,13 @@ from .tasks import (
     make_task,
     model_inputs,
 )
-from .weights import CheckpointError, checkpoint_path, load_model, model_state, run_config
+from polymodal.pipelines.train.weights import (
+    CheckpointError,
+    checkpoint_path,
+    load_model,
+    model_state,
+    run_config,
+)
 
 
 @dataclass
@@ -70,7 +76,7 @@ def evaluation_pass(
     O(samples) memory, whatever the number of classes), with the targets."""
     model.eval()
     out = Evaluation()
-    batches = stream.worker_batches(0, rank, world)
+    batches = stream.worker_batches(0, Place(rank, world))
     bar = tqdm(
         batches,
         total=stream.batches_per_epoch(world),
@@ -270,7 +276,7 @@ def _batches(
     record per sample that does not decode."""
     if len(inputs) == 1 and (Path(inputs[0]).is_dir() or is_remote(inputs[0])):
         stream = dataset_stream(config, "the dataset to predict on", inputs[0], task.adapters)
-        for batch, _, skips in stream.worker_batches(0, 0, 1):
+        for batch, _, skips in stream.worker_batches(0, Place()):
             errors = [{"key": s.key, "error": s.reason} for s in skips if s.samples]
             yield (None if batch is None else batch.select(~batch.repeated)), errors
         return

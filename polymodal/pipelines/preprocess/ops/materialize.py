@@ -19,8 +19,7 @@ from typing import Any
 from polymodal.adapters import Adapter, get
 from polymodal.adapters.materialized import decoded_member
 from polymodal.codecs.decoded import encode_decoded
-
-from .base import Op, Result, Sample, register_op
+from polymodal.pipelines.preprocess.ops.base import Op, Result, Sample, register_op
 
 _FIELD_NAME = re.compile(r"^[a-z0-9_]+$")  # a member name's first part: no dots, no case
 
@@ -31,7 +30,7 @@ class Materialize(Op):
     decoded; `level` is zstd's (0: raw, larger and faster to read)."""
 
     def __init__(self, config: str = "", level: int = 3, keep_source: bool = False) -> None:
-        from polymodal.pipelines.config import load_config
+        from polymodal.pipelines.train.config import load_config
 
         if not config:
             raise ValueError("materialize needs config=PATH (a training config's [data.fields])")

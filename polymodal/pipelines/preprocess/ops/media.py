@@ -37,8 +37,16 @@ from polymodal.codecs.video import (
     scaled,
     upright_rgb,
 )
-
-from .base import Filtered, Op, Result, Sample, media_members, register_op, replace_member, retype
+from polymodal.pipelines.preprocess.ops.base import (
+    Filtered,
+    Op,
+    Result,
+    Sample,
+    media_members,
+    register_op,
+    replace_member,
+    retype,
+)
 
 # codec name → (container extension, FFmpeg muxer, video encoder, audio encoder)
 VIDEO_CODECS = {

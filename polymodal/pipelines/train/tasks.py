@@ -31,10 +31,9 @@ from polymodal.perceiver import (
     Perceiver,
 )
 from polymodal.perceiver.io import patchify
-
-from .augment import mix_batch
-from .config import ConfigError, TrainConfig
-from .stream import SourceSpec, Stream
+from polymodal.pipelines.stream.stream import SourceSpec, Stream
+from polymodal.pipelines.train.augment import mix_batch
+from polymodal.pipelines.train.config import ConfigError, TrainConfig
 
 TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
 

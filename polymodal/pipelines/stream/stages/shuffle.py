@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..partition import Reference
+from polymodal.pipelines.stream.partition import Reference
 
 
 class Shuffle:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .partition import Layout, SourceOrder, epoch_rng, largest_remainder
+from polymodal.pipelines.stream.partition import Layout, SourceOrder, epoch_rng, largest_remainder
 
 ROTATION = 0x726F74  # salt of a source's cycle order and rotations
 BATCHINGS = ("mixed", "stratified")

@@ -19,9 +19,8 @@ from polymodal.datasets.files import (
 from polymodal.datasets.index import ShardIndex, ShardInfo, Sidecar, key_hash, sidecar_name
 from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem, read_tar_samples
 from polymodal.datasets.reader import shard_samples
-
-from ..partition import Reference
-from .base import ShardChanged, ShardUnavailable, Skip
+from polymodal.pipelines.stream.partition import Reference
+from polymodal.pipelines.stream.stages.base import ShardChanged, ShardUnavailable, Skip
 
 SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at an offset
 

@@ -18,10 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from .elastic import Rest
-from .mixtures import MixturePlan, SourceEpoch
-from .partition import Layout, Mixture, Reference, references_at, shuffle_seed
-from .stages.shuffle import Shuffle
+from polymodal.pipelines.stream.elastic import Rest
+from polymodal.pipelines.stream.mixtures import MixturePlan, SourceEpoch
+from polymodal.pipelines.stream.partition import (
+    Layout,
+    Mixture,
+    Reference,
+    references_at,
+    shuffle_seed,
+)
+from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.stages.shuffle import Shuffle
 
 CHUNK = 4096  # references mapped at once, and batch compositions computed at once
 
@@ -80,26 +87,12 @@ class StreamPlan:
             return [Mixture(counts)]
         return [Mixture((n,), (i,)) for i, n in enumerate(counts)]
 
-    def slice(
-        self,
-        rank: int,
-        world: int,
-        worker: int,
-        workers: int,
-        rest: Rest | None = None,
-        epoch: int = 0,
-    ) -> WorkerSlice:
-        """One (rank, worker)'s batches of `epoch` (or of a `rest` of it) and the positions of
-        each lane they take."""
-        if not (0 <= rank < world and 0 <= worker < max(1, workers)):
-            raise ValueError(
-                f"rank {rank} of world size {world}, worker {worker} of {workers}: need "
-                "0 <= rank < world and 0 <= worker < workers (another rank would read nothing "
-                "but repeats)"
-            )
-        layout = self.layout(epoch, world, rest, max(1, workers))
-        first, stop = layout.worker_batches(worker, max(1, workers))
-        return WorkerSlice(first, stop, layout.ranges(rank, first, stop))
+    def slice(self, place: Place, rest: Rest | None = None, epoch: int = 0) -> WorkerSlice:
+        """One reader's batches of `epoch` (or of a `rest` of it) and the positions of each
+        lane they take."""
+        layout = self.layout(epoch, place.world, rest, place.workers)
+        first, stop = layout.worker_batches(place.worker, place.workers)
+        return WorkerSlice(first, stop, layout.ranges(place.rank, first, stop))
 
     def remainder(self, epoch: int, saved: Mapping[str, Any] | None) -> Rest | None:
         """The rest of `epoch` after a state saved at another world size or worker count
@@ -121,40 +114,23 @@ class StreamPlan:
             }
         return self._rests[key]
 
-    def worker_order(
-        self,
-        epoch: int,
-        rank: int,
-        world: int,
-        worker: int = 0,
-        workers: int = 1,
-        rest: Rest | None = None,
-    ) -> WorkerOrder:
-        return WorkerOrder(self, epoch, rank, world, worker, workers, rest)
+    def worker_order(self, epoch: int, place: Place, rest: Rest | None = None) -> WorkerOrder:
+        return WorkerOrder(self, epoch, place, rest)
 
 
 class WorkerOrder:
     """One reader's batches of references (module docstring); `stages` are its shuffle
     buffers, one per lane, to save and restore with the rest of the reader's chain."""
 
-    def __init__(
-        self,
-        plan: StreamPlan,
-        epoch: int,
-        rank: int,
-        world: int,
-        worker: int,
-        workers: int,
-        rest: Rest | None,
-    ) -> None:
-        self.plan, self.epoch, self.world, self.rest = plan, epoch, world, rest
-        self.layout = plan.layout(epoch, world, rest, max(1, workers))
-        self.part = plan.slice(rank, world, worker, workers, rest, epoch)
+    def __init__(self, plan: StreamPlan, epoch: int, place: Place, rest: Rest | None) -> None:
+        self.plan, self.epoch, self.world, self.rest = plan, epoch, place.world, rest
+        self.layout = plan.layout(epoch, place.world, rest, place.workers)
+        self.part = plan.slice(place, rest, epoch)
         self.shuffles = [
             Shuffle(
                 stop - start,
                 plan.buffer_size,
-                shuffle_seed((plan.seed, epoch), rank, worker, lane),
+                shuffle_seed((plan.seed, epoch), place.rank, place.worker, lane),
                 plan.shuffle,
             )
             for lane, (start, stop) in enumerate(self.part.ranges)

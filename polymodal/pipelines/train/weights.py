@@ -28,8 +28,7 @@ from torch import nn
 
 from polymodal.datasets.files import claim_output, write_atomic
 from polymodal.errors import UserError
-
-from .config import TrainConfig, load_config
+from polymodal.pipelines.train.config import TrainConfig, load_config
 
 CHECKPOINTS = "checkpoints"
 CONFIG_NAME = "config.json"

@@ -12,8 +12,7 @@ from typing import Any
 from polymodal.adapters import modality_of
 from polymodal.codecs.containers import open_container, plain_errors, stream_seconds
 from polymodal.datasets.splits import check_splits, split_of
-
-from .base import Filtered, Op, Result, Sample, register_op
+from polymodal.pipelines.preprocess.ops.base import Filtered, Op, Result, Sample, register_op
 
 NOT_MEDIA = (None, "label", "text")  # every other modality, a plugin's too, is media
 

@@ -8,8 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from polymodal.adapters import Batch, collate
-
-from .base import Skip
+from polymodal.pipelines.stream.stages.base import Skip
 
 
 class Batcher:

@@ -42,10 +42,9 @@ from polymodal.datasets.layout import Problem
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.shard import TarShard, shard_name
 from polymodal.datasets.writer import schema
-
-from .ops import Filtered, Op, Sample, make_op
-from .ops.materialize import Materialize
-from .ops.select import Split
+from polymodal.pipelines.preprocess.ops import Filtered, Op, Sample, make_op
+from polymodal.pipelines.preprocess.ops.materialize import Materialize
+from polymodal.pipelines.preprocess.ops.select import Split
 
 JOB_DIR = ".polymodal-job"  # task records, per job fingerprint
 FILTERED_NAME = "filtered.jsonl"
@@ -232,7 +231,7 @@ def run(
     """Run the ops over dataset `src` (a folder or URL with `index.json`) into folder `dst`.
 
     `ops`: op instances, `"name:key=value,..."` strings, `{"op": name, ...}` tables or plain
-    functions (see `polymodal.pipelines.ops`). `engine`: `"local"` (a process pool of
+    functions (see `polymodal.pipelines.preprocess.ops`). `engine`: `"local"` (a process pool of
     `workers`), `"ray"` (a local Ray of `workers` CPUs, or the cluster at `address`), or an
     engine instance. `errors="raise"` stops at the first sample an op cannot process instead of
     rejecting it. Returns the job's report, also written to `dst/summary.json`.

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from polymodal.adapters import Batch, Field
-
-from .config import AugmentConfig
+from polymodal.pipelines.train.config import AugmentConfig
 
 
 def mix_batch(

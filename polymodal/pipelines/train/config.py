@@ -150,7 +150,7 @@ class TrainConfig:
         epoch size, batching and schedule. Schedule steps are optimiser steps, the stream's
         are its batches: `per_step` (`optim.accumulate`) of them to a step. A rule that is
         wrong whatever the data is a `ConfigError` naming its table."""
-        from .mixtures import SchedulePoint
+        from polymodal.pipelines.stream.mixtures import SchedulePoint
 
         d = self.data
         per_step = self.optim.accumulate if per_step is None else per_step
@@ -205,7 +205,7 @@ class TrainConfig:
     def _check_mixture(self) -> None:
         """Rules and schedule that are wrong whatever the data (the rest, which needs the
         datasets' sizes, is checked when their streams are built, before the model)."""
-        from .mixtures import MixtureError, WeightSchedule
+        from polymodal.pipelines.stream.mixtures import MixtureError, WeightSchedule
 
         if self.data.batching not in ("mixed", "stratified"):
             raise ConfigError(
@@ -225,8 +225,7 @@ class TrainConfig:
 
     def _check_decay_and_augment(self) -> None:
         from polymodal.adapters import get
-
-        from .optim import DECAY_KINDS
+        from polymodal.pipelines.train.optim import DECAY_KINDS
 
         unknown = [kind for kind in self.optim.no_decay if kind not in DECAY_KINDS]
         if unknown:
@@ -314,7 +313,7 @@ class TrainConfig:
 def _mix_source(source: SourceConfig) -> Any:
     """A `[[data.train]]` table as the stream's `MixSource`, or the `ConfigError` that names
     its table (two rules, a negative weight)."""
-    from .mixtures import MixSource, MixtureError
+    from polymodal.pipelines.stream.mixtures import MixSource, MixtureError
 
     if not source.path:
         raise ConfigError("data.train: every [[data.train]] table needs a path")
