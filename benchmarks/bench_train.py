@@ -35,7 +35,8 @@ from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_media
 from polymodal.perceiver import EncoderConfig
 from polymodal.pipelines import preprocess
-from polymodal.pipelines.train.config import FieldConfig, TrainConfig
+from polymodal.pipelines.stream.fields import FieldSpec
+from polymodal.pipelines.train.config import TrainConfig
 from polymodal.pipelines.train.demo import demo_config, make_clips
 from polymodal.pipelines.train.tasks import dataset_stream, make_task
 from polymodal.pipelines.train.trainer import Trainer
@@ -87,15 +88,13 @@ def task_config(task: str, data: Path, run: Path, workers: int) -> TrainConfig:
     config = demo_config(data, run, ["audio", "video"], 4, epochs=1000, workers=workers)
     video, audio = config.data.fields["video"], config.data.fields["audio"]
     if task == "kinetics":
-        video = FieldConfig(
+        video = FieldSpec(
             "video",
             ["mp4"],
             {"num_frames": 16, "fps": 8.0, "size": 112, "crop_fraction": 0.875},
             {"patch": [2, 16, 16], "num_bands": 6},
         )
-        audio = FieldConfig(
-            "audio", ["mp4"], {"sample_rate": 16000, "duration": 2.0}, audio.encoder
-        )
+        audio = FieldSpec("audio", ["mp4"], {"sample_rate": 16000, "duration": 2.0}, audio.encoder)
         config.model = EncoderConfig(
             num_latents=32, latent_dim=64, num_self_attends_per_block=2, self_heads=4
         )

@@ -644,7 +644,8 @@ DATASET_COMMANDS = {
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from polymodal.pipelines.train.config import ConfigError, load_config
+    from polymodal.errors import ConfigError
+    from polymodal.pipelines.train.config import load_config
     from polymodal.pipelines.train.trainer import Trainer
 
     try:

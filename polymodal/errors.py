@@ -11,3 +11,8 @@ from __future__ import annotations
 class UserError(Exception):
     """A mistake in what was asked (a config, a path, a dataset) rather than in polymodal; the
     message names what to change."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range; the
+    message names the field (`model.num_latents: expected int, got 'many'`)."""

@@ -15,9 +15,10 @@ from torch import nn
 
 from polymodal.adapters import Batch, Field, collate, get
 from polymodal.datasets.synthetic import encode_audio, encode_image, encode_media, photo, tone
+from polymodal.errors import ConfigError
 from polymodal.perceiver.io import LogMelInput, spec_augment
 from polymodal.pipelines.train.augment import mix_batch
-from polymodal.pipelines.train.config import AugmentConfig, ConfigError, load_config
+from polymodal.pipelines.train.config import AugmentConfig, load_config
 from polymodal.pipelines.train.optim import DECAY_KINDS, decay_groups, decay_kind
 from polymodal.pipelines.train.tasks import make_task
 

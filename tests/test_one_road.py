@@ -9,10 +9,11 @@ import pytest
 from testmedia import image_train_toml
 
 from polymodal.cli import build_parser
+from polymodal.errors import ConfigError
 from polymodal.literals import parse_literal, parse_pairs
 from polymodal.pipelines.preprocess.ops import make_op
 from polymodal.pipelines.preprocess.ops.base import parse_op
-from polymodal.pipelines.train.config import ConfigError, load_config
+from polymodal.pipelines.train.config import load_config
 from polymodal.seeds import stable_fraction, stable_seed
 
 

@@ -16,7 +16,8 @@ import torch
 from polymodal.cli import main
 from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
-from polymodal.pipelines.train.config import ConfigError, load_config
+from polymodal.errors import ConfigError
+from polymodal.pipelines.train.config import load_config
 from polymodal.pipelines.train.demo import make_clips
 from polymodal.pipelines.train.trainer import Trainer
 

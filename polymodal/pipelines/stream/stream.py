@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from polymodal.adapters import Adapter, Batch, get
+from polymodal.adapters import Adapter, Batch
 from polymodal.adapters.materialized import materialized_fields
 from polymodal.datasets.files import (
     DEFAULT_REMOTE,
@@ -49,6 +49,7 @@ from polymodal.datasets.files import (
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
 from polymodal.pipelines.stream.elastic import Rest
+from polymodal.pipelines.stream.fields import FieldSpec, FieldSpecLike, build_adapter
 from polymodal.pipelines.stream.loader import BATCH_TIMEOUT, DIGEST_SCHEME, StreamLoader
 from polymodal.pipelines.stream.mixtures import (
     RULES,
@@ -79,7 +80,6 @@ SourceSpec = (
     | MixSource
     | Sequence[str | Path | MixSource | Mapping[str, Any] | tuple[str | Path, float]]
 )
-FieldSpec = Adapter | str | tuple[str, Sequence[str]]
 
 FILLER_TRIES = 8  # samples per shard tried when looking for a batch filler
 STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
@@ -110,7 +110,7 @@ class Stream(IterableDataset):
     def __init__(
         self,
         source: SourceSpec,
-        fields: Mapping[str, FieldSpec] | None = None,
+        fields: Mapping[str, FieldSpec | FieldSpecLike] | None = None,
         batch_size: int = 32,
         shuffle: bool = True,
         seed: int = 0,
@@ -409,10 +409,10 @@ def _partial_fields(fields: Mapping[str, Adapter], indexes: Sequence[ShardIndex]
 
 
 def _resolve_fields(
-    fields: Mapping[str, FieldSpec] | None, indexes: Sequence[ShardIndex]
+    fields: Mapping[str, FieldSpec | FieldSpecLike] | None, indexes: Sequence[ShardIndex]
 ) -> dict[str, Adapter]:
-    """Field name → adapter instance. By default, one field per modality in the schema,
-    reading that modality's extensions."""
+    """Field name → adapter instance (`fields.build_adapter`). By default, one field per
+    modality in the schema, reading that modality's extensions."""
     if fields is None:
         by_modality: dict[str, list[str]] = {}
         for index in indexes:
@@ -421,14 +421,5 @@ def _resolve_fields(
                     by_modality[modality].append(ext)
         if not by_modality:
             raise ValueError("the index names no modalities: pass fields=")
-        return {m: get(m)(extensions=exts) for m, exts in sorted(by_modality.items())}
-    out = {}
-    for name, spec in fields.items():
-        if isinstance(spec, Adapter):
-            out[name] = spec
-        elif isinstance(spec, str):
-            out[name] = get(spec)()
-        else:
-            adapter_name, extensions = spec
-            out[name] = get(adapter_name)(extensions=list(extensions))
-    return out
+        fields = {m: FieldSpec(m, exts) for m, exts in sorted(by_modality.items())}
+    return {name: build_adapter(spec, f"field {name!r}") for name, spec in fields.items()}

@@ -11,7 +11,6 @@ run.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import tomllib
@@ -22,25 +21,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from polymodal.datasets.files import Remote
-from polymodal.errors import UserError
+from polymodal.errors import ConfigError
 from polymodal.literals import parse_pairs, set_path
 from polymodal.perceiver.encoder import EncoderConfig
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value is missing, unknown or of the wrong type; names the field."""
-
-
-@dataclass
-class FieldConfig:
-    """One input field: the adapter, the extensions it reads, and its options. An `optional`
-    field may be missing from some samples (masked out; `batch.present` says which)."""
-
-    adapter: str
-    extensions: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
-    encoder: dict[str, Any] = field(default_factory=dict)
-    optional: bool = False
+from polymodal.pipelines.stream.fields import FieldSpec, build_adapter
 
 
 @dataclass
@@ -73,7 +57,7 @@ class DataConfig:
     epoch_size: int = 0  # samples in a training epoch (0: the mixture's natural size)
     batching: str = "mixed"  # mixed | stratified: every batch holds each source's share
     schedule: list[SchedulePointConfig] = field(default_factory=list)  # weights by step
-    fields: dict[str, FieldConfig] = field(default_factory=dict)
+    fields: dict[str, FieldSpec] = field(default_factory=dict)
     label: str = "cls"  # the extension holding the target
     meta: list[str] = field(default_factory=list)  # members that ride along (json, txt)
     num_classes: int = 2
@@ -198,7 +182,7 @@ class TrainConfig:
                 f"{self.model.self_qk_channels or self.model.latent_dim} query/key channels"
             )
         for name, spec in self.data.fields.items():
-            check_field(f"data.fields.{name}", spec)
+            build_adapter(spec, f"data.fields.{name}")
         self._check_decay_and_augment()
         return self.resolve_seeds()
 
@@ -325,38 +309,6 @@ def _mix_source(source: SourceConfig) -> Any:
 
 def _extension_ok(ext: str) -> bool:
     return bool(ext) and ext == ext.strip() and "/" not in ext and not ext.startswith(".")
-
-
-def check_field(where: str, spec: FieldConfig) -> None:
-    """Build the field's adapter from its options, and check its encoder options against the
-    encoder's signature, so a typo or a bad value fails at load, naming the option."""
-    from polymodal.adapters import get
-
-    try:
-        cls = get(spec.adapter)
-    except KeyError as exc:
-        raise ConfigError(f"{where}.adapter: {exc.args[0]}") from None
-    for options, fn, label in (
-        (spec.options, cls.__init__, "options"),
-        (spec.encoder, cls.encoder, "encoder"),
-    ):
-        known = [
-            n for n in inspect.signature(fn).parameters if n not in ("self", "extensions", "field")
-        ]
-        for name in options:
-            if name not in known:
-                raise ConfigError(
-                    f"{where}.{label}.{name}: unknown option (known: {', '.join(known) or 'none'})"
-                )
-    try:
-        adapter = cls(**spec.options, extensions=spec.extensions or None)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}.options: {exc}") from None
-    if spec.encoder:
-        try:  # built once here (cheap), so that a bad value fails at load
-            adapter.encoder(**spec.encoder)
-        except (TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
-            raise ConfigError(f"{where}.encoder: {exc}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -17,7 +17,8 @@ import numpy as np
 from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_media
 from polymodal.perceiver import EncoderConfig
-from polymodal.pipelines.train.config import DataConfig, FieldConfig, OptimConfig, TrainConfig
+from polymodal.pipelines.stream.fields import FieldSpec
+from polymodal.pipelines.train.config import DataConfig, OptimConfig, TrainConfig
 from polymodal.pipelines.train.trainer import Trainer
 
 PALETTE = np.array(
@@ -63,13 +64,13 @@ def demo_config(
     data: Path, run_dir: Path, modalities: list[str], classes: int, epochs: int, workers: int
 ) -> TrainConfig:
     fields = {
-        "video": FieldConfig(
+        "video": FieldSpec(
             "video",
             ["mp4"],
             {"num_frames": 8, "fps": 8.0, "size": 32},
             {"patch": [1, 8, 8], "num_bands": 6},
         ),
-        "audio": FieldConfig(
+        "audio": FieldSpec(
             "audio",
             ["mp4"],
             {"sample_rate": 16000, "duration": 1.0},

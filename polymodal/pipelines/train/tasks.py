@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.adapters import Adapter, Batch, LabelAdapter, get
+from polymodal.adapters import Adapter, Batch, LabelAdapter
 from polymodal.adapters.text import MASK, NUM_SPECIAL, VOCAB_SIZE, TextAdapter
+from polymodal.errors import ConfigError
 from polymodal.perceiver import (
     FourierQueries,
     MaskedLanguageModel,
@@ -31,9 +32,10 @@ from polymodal.perceiver import (
     Perceiver,
 )
 from polymodal.perceiver.io import patchify
+from polymodal.pipelines.stream.fields import build_adapter
 from polymodal.pipelines.stream.stream import SourceSpec, Stream
 from polymodal.pipelines.train.augment import mix_batch
-from polymodal.pipelines.train.config import ConfigError, TrainConfig
+from polymodal.pipelines.train.config import TrainConfig
 
 TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
 
@@ -307,7 +309,7 @@ TASKS = {
 def make_task(config: TrainConfig) -> Task:
     adapters = {}
     for name, spec in config.data.fields.items():
-        adapters[name] = get(spec.adapter)(**spec.options, extensions=spec.extensions or None)
+        adapters[name] = build_adapter(spec, f"data.fields.{name}")
     return TASKS[config.task](config, adapters)
 
 

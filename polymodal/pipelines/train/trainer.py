@@ -47,9 +47,10 @@ from polymodal.datasets.files import (
     remove_temporaries,
     write_atomic,
 )
+from polymodal.errors import ConfigError
 from polymodal.pipelines.stream.loader import StreamLoader
 from polymodal.pipelines.stream.place import Place
-from polymodal.pipelines.train.config import ConfigError, TrainConfig
+from polymodal.pipelines.train.config import TrainConfig
 from polymodal.pipelines.train.evaluate import evaluation_pass, metrics_of
 from polymodal.pipelines.train.optim import Lamb, decay_groups
 from polymodal.pipelines.train.tasks import dataset_stream, make_task

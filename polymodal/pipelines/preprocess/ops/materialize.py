@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from polymodal.adapters import Adapter, get
+from polymodal.adapters import Adapter
 from polymodal.adapters.materialized import decoded_member
 from polymodal.codecs.decoded import encode_decoded
 from polymodal.pipelines.preprocess.ops.base import Op, Result, Sample, register_op
+from polymodal.pipelines.stream.fields import build_adapter, field_specs
 
 _FIELD_NAME = re.compile(r"^[a-z0-9_]+$")  # a member name's first part: no dots, no case
 
@@ -30,22 +31,11 @@ class Materialize(Op):
     decoded; `level` is zstd's (0: raw, larger and faster to read)."""
 
     def __init__(self, config: str = "", level: int = 3, keep_source: bool = False) -> None:
-        from polymodal.pipelines.train.config import load_config
-
         if not config:
             raise ValueError("materialize needs config=PATH (a training config's [data.fields])")
         if not 0 <= level <= 19:
             raise ValueError(f"level must be a zstd level from 0 to 19, got {level}")
-        fields = load_config(config).data.fields
-        self.fields: dict[str, dict[str, Any]] = {
-            name: {
-                "adapter": spec.adapter,
-                "extensions": spec.extensions,
-                "options": spec.options,
-                "optional": spec.optional,
-            }
-            for name, spec in fields.items()
-        }
+        self.fields = field_specs(config)  # the stream's specs, not the training config
         self.level, self.keep_source = level, keep_source
         self._adapters: dict[str, Adapter] | None = None
         self.adapters()  # a config with nothing to keep, or bad names, fails before the job
@@ -54,8 +44,8 @@ class Materialize(Op):
         """The config's fields whose adapters materialise, built once per worker."""
         if self._adapters is None:
             built = {
-                name: get(f["adapter"])(**f["options"], extensions=f["extensions"] or None)
-                for name, f in self.fields.items()
+                name: build_adapter(spec, f"data.fields.{name}")
+                for name, spec in self.fields.items()
             }
             self._adapters = {n: a for n, a in built.items() if a.materialized_options}
             bad = [n for n in self._adapters if not _FIELD_NAME.match(n)]
@@ -73,7 +63,7 @@ class Materialize(Op):
         used: set[str] = set()
         for name, adapter in self.adapters().items():
             ext = next((e for e in adapter.extensions if e in sample), None)
-            if ext is None and self.fields[name]["optional"]:
+            if ext is None and self.fields[name].optional:
                 continue  # an optional field this sample does not have: it stays without
             if ext is None:
                 raise ValueError(f"field {name!r}: no member {list(adapter.extensions)}")
