@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
@@ -57,3 +58,13 @@ class Place:
     def reader(self, worker: int, workers: int) -> Place:
         """This rank's DataLoader worker `worker` of `workers` (0 workers: the process)."""
         return replace(self, worker=worker, workers=max(1, workers))
+
+
+def gathered(value: Any, place: Place) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (this rank's alone in a world of
+    one). Every rank must call it."""
+    if place.world == 1:
+        return [value]
+    everything: list[Any] = [None] * place.world
+    dist.all_gather_object(everything, value)
+    return everything

@@ -14,6 +14,7 @@ reconstructions it wrote (`.npy`, in the field's own dtype and grid).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -28,7 +30,7 @@ from polymodal.adapters import Batch, DecodeError, collate
 from polymodal.datasets.files import atomic_open, claim_output, is_remote, write_atomic
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
-from polymodal.pipelines.stream.place import Place
+from polymodal.pipelines.stream.place import Place, gathered
 from polymodal.pipelines.stream.stages import Skip
 from polymodal.pipelines.stream.stream import Stream, StreamError
 from polymodal.pipelines.train.config import TrainConfig
@@ -47,6 +49,8 @@ from polymodal.pipelines.train.weights import (
     model_state,
     run_config,
 )
+
+log = logging.getLogger("polymodal.train")
 
 
 @dataclass
@@ -101,6 +105,55 @@ def evaluation_pass(
             out.scores.append(kept.cpu())
             out.truths.append(truths.cpu())
     return out
+
+
+def evaluate_ranks(
+    task: Task,
+    model: nn.Module,
+    stream: Stream,
+    place: Place,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The `val_` metrics over every sample of `stream` exactly once across the ranks: each
+    rank's `evaluation_pass`, then its sums, skipped samples and (where the task collects
+    them) scores combined on every rank. Every rank must call it (it holds collectives)."""
+    collect = "scores" if task.collects_scores else None
+    result = evaluation_pass(
+        task, model, stream, place.rank, place.world, device, collect, progress
+    )
+    sums, skipped = _over_ranks(result.sums, place), _skipped_over_ranks(result, place, device)
+    scored: tuple[torch.Tensor, ...] = ()
+    if collect is not None:
+        mine = (torch.cat(result.scores), torch.cat(result.truths))
+        parts = gathered(mine, place)
+        scored = (torch.cat([s for s, _ in parts]), torch.cat([t for _, t in parts]))
+    return metrics_of(task, sums, skipped, *scored)
+
+
+def _over_ranks(sums: dict[str, float], place: Place) -> dict[str, float]:
+    parts = gathered(sums, place)
+    keys = sorted({k for part in parts for k in part})
+    return {k: sum(part.get(k, 0.0) for part in parts) for k in keys}
+
+
+def _skipped_over_ranks(result: Evaluation, place: Place, device: torch.device | str) -> int:
+    """Log this rank's skipped validation samples (each reason once, with a key); their count
+    over all ranks."""
+    count = sum(s.samples for s in result.skipped)
+    if result.skipped:
+        reasons = {s.reason: s.key for s in result.skipped}
+        log.warning(
+            "validation skipped %d samples on rank %d: %s",
+            count,
+            place.rank,
+            "; ".join(f"{key}: {reason}" for reason, key in list(reasons.items())[:5]),
+        )
+    if place.world > 1:
+        total = torch.tensor([count], device=device)
+        dist.all_reduce(total)
+        count = int(total.item())
+    return count
 
 
 def mean_average_precision(scores: torch.Tensor, truths: torch.Tensor) -> float:

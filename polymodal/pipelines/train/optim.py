@@ -1,14 +1,20 @@
-"""Optimisers the trainer offers beyond torch's, LAMB (You et al. 2019), the large-batch
-optimiser the Perceiver papers trained with, and which parameters weight decay leaves alone."""
+"""What the optimiser sees: LAMB (You et al. 2019, the large-batch optimiser the Perceiver
+papers trained with) beside torch's AdamW, which parameters weight decay leaves alone, which
+are frozen, the learning-rate groups of a fine-tune, and the schedule (warm-up, then cosine)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
+from polymodal.errors import ConfigError
 from polymodal.perceiver.position import LearnedPositions
+from polymodal.pipelines.train.config import TrainConfig
+from polymodal.pipelines.train.weights import InitReport
 
 # What weight decay should not pull towards zero: scales and shifts of normalisation layers,
 # biases, the latent array, and learned position / query / modality embeddings (a lookup table
@@ -102,3 +108,51 @@ class Lamb(torch.optim.Optimizer):
                 trust = (w_norm / u_norm) if w_norm > 0 and u_norm > 0 else torch.ones(())
                 p.add_(update, alpha=-group["lr"] * float(trust))
         return loss
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Parameter]]:
+    """Stop training the parameters whose names start with one of `prefixes` (each must name
+    some); the (name, parameter) pairs still trained."""
+    for prefix in prefixes:
+        named = [p for name, p in model.named_parameters() if name.startswith(prefix)]
+        if not named:
+            parts = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+            raise ConfigError(
+                f"freeze: no parameter starts with {prefix!r} (the model has {parts})"
+            )
+        for parameter in named:
+            parameter.requires_grad_(False)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError(f"freeze: {prefixes} freezes every parameter: nothing would train")
+    return trainable
+
+
+def parameter_groups(
+    trainable: list[tuple[str, nn.Parameter]],
+    init: InitReport | None,
+    lr: float,
+    head_lr: float,
+) -> list[dict[str, Any]]:
+    """One group at `lr`; with an init and a `head_lr`, the tensors it did not load (new
+    heads) in a group of their own at `head_lr`."""
+    if init is None or not head_lr:
+        return [{"params": [p for _, p in trainable]}]
+    loaded = set(init.loaded)
+    trunk = [p for name, p in trainable if name in loaded]
+    heads = [p for name, p in trainable if name not in loaded]
+    return [g for g in ({"params": trunk}, {"params": heads, "lr": head_lr}) if g["params"]]
+
+
+def lr_schedule(config: TrainConfig, total_steps: int) -> Any:
+    """The learning rate's factor at each step: linear warm-up over `optim.warmup_steps`, then
+    a cosine to zero at `total_steps`."""
+    warmup = max(1, config.optim.warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

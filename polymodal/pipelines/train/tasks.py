@@ -47,7 +47,13 @@ def model_inputs(batch: Batch, names: list[str]) -> dict[str, tuple]:
 
 
 class Task:
-    """The model, the extra fields it reads (targets), a batch's loss, validation sums."""
+    """The model, the extra fields it reads (targets), a batch's loss, validation sums, and
+    what "best" means: `score_name`, the validation metric whose rise makes a checkpoint the
+    best (None: no best), and whether validation needs every sample's scores
+    (`collects_scores`: multi-label mAP), gathered from every rank."""
+
+    score_name: str | None = None
+    collects_scores: bool = False
 
     def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
         self.config, self.adapters = config, dict(adapters)
@@ -93,6 +99,8 @@ class ClassificationTask(Task):
         if TARGET in adapters:
             raise ValueError(f"data.fields.{TARGET}: the name is taken by the training target")
         self.multi_label = config.task == "multilabel"
+        self.score_name = "val_accuracy"
+        self.collects_scores = self.multi_label
 
     def fields(self) -> dict[str, Adapter]:
         target = LabelAdapter(
@@ -246,6 +254,8 @@ class AutoencodeTask(Task):
 
 
 class MaskedLMTask(Task):
+    score_name = "val_masked_accuracy"
+
     def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
         super().__init__(config, adapters)
         texts = {n: a for n, a in adapters.items() if isinstance(a, TextAdapter)}

@@ -27,7 +27,8 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,27 +43,34 @@ from polymodal.adapters import Batch
 from polymodal.datasets.files import (
     OverlapError,
     OwnerLock,
-    atomic_open,
     check_separate,
     remove_temporaries,
     write_atomic,
 )
 from polymodal.errors import ConfigError
 from polymodal.pipelines.stream.loader import StreamLoader
-from polymodal.pipelines.stream.place import Place
-from polymodal.pipelines.train.config import TrainConfig
-from polymodal.pipelines.train.evaluate import evaluation_pass, metrics_of
-from polymodal.pipelines.train.optim import Lamb, decay_groups
-from polymodal.pipelines.train.tasks import dataset_stream, make_task
-from polymodal.pipelines.train.weights import (
-    CHECKPOINTS,
-    CONFIG_NAME,
-    CheckpointError,
-    InitReport,
-    apply_init,
-    load_checkpoint,
-    load_model,
+from polymodal.pipelines.stream.place import Place, gathered
+from polymodal.pipelines.stream.stream import Stream
+from polymodal.pipelines.train.checkpoints import (
+    latest_checkpoint,
+    own_stream_state,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
 )
+from polymodal.pipelines.train.config import TrainConfig
+from polymodal.pipelines.train.evaluate import evaluate_ranks
+from polymodal.pipelines.train.memory import check_memory
+from polymodal.pipelines.train.optim import (
+    Lamb,
+    decay_groups,
+    freeze,
+    lr_schedule,
+    parameter_groups,
+)
+from polymodal.pipelines.train.report import RunLog, epoch_line, plot_metrics, source_metrics
+from polymodal.pipelines.train.tasks import dataset_stream, make_task
+from polymodal.pipelines.train.weights import CHECKPOINTS, CONFIG_NAME, apply_init, load_model
 from polymodal.seeds import stable_seed
 
 log = logging.getLogger("polymodal.train")
@@ -74,36 +82,6 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     return task.model(), task.adapters
 
 
-def machine_memory() -> int:
-    """Bytes a model can train in here: the GPU's memory, else this machine's."""
-    if torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(0).total_memory)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_memory(task: Any, config: TrainConfig) -> int:
-    """Refuse a model that cannot train within `memory_budget_gb` (0: `machine_memory`),
-    from an estimate made before any weight exists: the model built on the meta device gives
-    its exact parameter count, at 16 bytes each (weights, gradients, AdamW's two moments), plus
-    the latent activations a step keeps for the backward pass (about eight latent-sized
-    tensors a layer). A lower bound: inputs and attention add to it. Returns the estimate."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in task.model().parameters())
-    e = config.model
-    layers = e.num_blocks * e.num_self_attends_per_block + e.num_blocks * e.num_cross_attends
-    latents = config.data.batch_size * e.num_latents * e.latent_dim * layers * 8 * 4
-    need = 16 * params + latents
-    budget = int(config.memory_budget_gb * 2**30) or machine_memory()
-    if need > budget:
-        raise ConfigError(
-            f"model: training it needs at least {need / 2**30:,.1f} GiB ({params:,} parameters "
-            f"at 16 bytes with gradients and AdamW's moments, and {latents / 2**30:,.1f} GiB of "
-            f"latent activations for batches of {config.data.batch_size}), over the "
-            f"{budget / 2**30:,.1f} GiB budget (memory_budget_gb; 0: this machine's)"
-        )
-    return need
-
-
 def check_run_dir(config: TrainConfig) -> None:
     """The run directory is not inside, around or one of the datasets it reads."""
     sources = [source for source in (*config.train_paths(), config.data.val) if source]
@@ -113,90 +91,48 @@ def check_run_dir(config: TrainConfig) -> None:
         raise ConfigError(f"run_dir: {exc}") from None
 
 
-def freeze(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Parameter]]:
-    """Stop training the parameters whose names start with one of `prefixes` (each must name
-    some); the (name, parameter) pairs still trained."""
-    for prefix in prefixes:
-        named = [p for name, p in model.named_parameters() if name.startswith(prefix)]
-        if not named:
-            parts = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
-            raise ConfigError(
-                f"freeze: no parameter starts with {prefix!r} (the model has {parts})"
-            )
-        for parameter in named:
-            parameter.requires_grad_(False)
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError(f"freeze: {prefixes} freezes every parameter: nothing would train")
-    return trainable
-
-
-def parameter_groups(
-    trainable: list[tuple[str, nn.Parameter]],
-    init: InitReport | None,
-    lr: float,
-    head_lr: float,
-) -> list[dict[str, Any]]:
-    """One group at `lr`; with an init and a `head_lr`, the tensors it did not load (new
-    heads) in a group of their own at `head_lr`."""
-    if init is None or not head_lr:
-        return [{"params": [p for _, p in trainable]}]
-    loaded = set(init.loaded)
-    trunk = [p for name, p in trainable if name in loaded]
-    heads = [p for name, p in trainable if name not in loaded]
-    return [g for g in ({"params": trunk}, {"params": heads, "lr": head_lr}) if g["params"]]
-
-
-def _schedule(config: TrainConfig, total_steps: int) -> Any:
-    warmup = max(1, config.optim.warmup_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, *rest = cast(tuple[Any, ...], np.random.get_state(legacy=True))
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.copy()), *rest],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-
-
 class Trainer:
     """Runs a `TrainConfig`; `run()` returns the summary it also writes to `summary.json`."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
         self.config, self.resume, self.progress = config.resolve_seeds(), resume, progress
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank, self.world = (place := Place.detect()).rank, place.world
+        self.place = join_world()
+        self.rank, self.world = self.place.rank, self.place.world
+        self.distributed = self.world > 1
         self.device = torch.device(
             f"cuda:{self.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
         )
         self.run_dir = Path(config.run_dir)
-        torch.manual_seed(config.model_seed)
-        random.seed(config.model_seed)
-        np.random.seed(config.model_seed)
+        seed_everything(self.config.model_seed or 0)
         self.task = make_task(config)
         check_run_dir(config)
-        # the datasets are checked against the fields (in the indexes the streams load) before
-        # any model is built
-        fields = self.task.fields()
-        train = dataset_stream(
+        train = self._streams()  # the datasets checked against the fields before any model
+        check_memory(self.task, config)  # before anything of that size is allocated
+        trainable = self._model()
+        self.train_loader: StreamLoader = train.loader(
+            config.data.workers,
+            pin_memory=torch.cuda.is_available(),
+            threads=config.data.threads or None,
+        )
+        if self.rank == 0:
+            log.info("data: %s", self.train_loader.split())
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / config.optim.accumulate)
+        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
+        self._optimiser(trainable)
+        self.step, self.best = 0, None
+        self.stop_requested = False
+        self.log = RunLog(self.run_dir, self.rank == 0)
+
+    # --- set-up, in named steps ---
+
+    def _streams(self) -> Stream:
+        """The training stream (a dataset or a mixture) and the validation one, each checked
+        against the fields and the label (`ConfigError` naming the dataset)."""
+        config, fields = self.config, self.task.fields()
+        self.val_stream = (
+            dataset_stream(config, "data.val", config.data.val, fields) if config.data.val else None
+        )
+        return dataset_stream(
             config,
             "data.train",
             fields=fields,
@@ -204,10 +140,11 @@ class Trainer:
             clips_per_sample=config.data.clips_per_sample,
             **config.mixture(),
         )
-        self.val_stream = (
-            dataset_stream(config, "data.val", config.data.val, fields) if config.data.val else None
-        )
-        check_memory(self.task, config)  # before anything of that size is allocated
+
+    def _model(self) -> list[tuple[str, nn.Parameter]]:
+        """The model (initialised from `init`, frozen where asked, on the device, in DDP and
+        under torch.compile when asked) and its moving average; the parameters it trains."""
+        config = self.config
         self.model = self.task.model()
         self.init_report = (
             apply_init(self.model, config.init, config.init_mismatch) if config.init else None
@@ -227,30 +164,20 @@ class Trainer:
             if config.optim.ema
             else None
         )
-        self.train_loader: StreamLoader = train.loader(
-            config.data.workers,
-            pin_memory=torch.cuda.is_available(),
-            threads=config.data.threads or None,
-        )
-        if self.rank == 0:
-            log.info("data: %s", self.train_loader.split())
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / config.optim.accumulate)
-        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
-        optimizer = {"adamw": torch.optim.AdamW, "lamb": Lamb}[config.optim.name]
-        groups = parameter_groups(
-            trainable, self.init_report, config.optim.lr, config.optim.head_lr
-        )
+        return trainable
+
+    def _optimiser(self, trainable: list[tuple[str, nn.Parameter]]) -> None:
+        o = self.config.optim
+        optimizer = {"adamw": torch.optim.AdamW, "lamb": Lamb}[o.name]
+        groups = parameter_groups(trainable, self.init_report, o.lr, o.head_lr)
         self.optimizer = optimizer(
-            decay_groups(self.model, groups, config.optim.weight_decay, config.optim.no_decay),
-            lr=config.optim.lr,
-            weight_decay=config.optim.weight_decay,
+            decay_groups(self.model, groups, o.weight_decay, o.no_decay),
+            lr=o.lr,
+            weight_decay=o.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _schedule(config, self.total_steps)
+            self.optimizer, lr_schedule(self.config, self.total_steps)
         )
-        self.step, self.best = 0, None
-        self.stop_requested = False
-        self.tensorboard = _tensorboard(self.run_dir) if self.rank == 0 else None
 
     # --- checkpoints ---
 
@@ -258,22 +185,18 @@ class Trainer:
         return self.run_dir / CHECKPOINTS
 
     def save(self, name: str | None = None) -> Path:
-        """Write a checkpoint atomically (rank 0), then drop all but the last K (`best.pt`,
-        written when validation improves, is kept apart)."""
+        """Write a checkpoint (rank 0, atomically; the last K `step-*.pt` kept, `best.pt`
+        apart) holding every rank's loader state."""
         path = self._checkpoint_dir() / (name or f"step-{self.step:08d}.pt")
-        streams: list[Any] = [self.train_loader.state_dict()]  # every rank's, rank by rank
-        if self.distributed:
-            streams = [None] * self.world
-            dist.all_gather_object(streams, self.train_loader.state_dict())
+        streams = gathered(self.train_loader.state_dict(), self.place)  # rank by rank
         if self.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
             state = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
                 "best": self.best,
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "stream": streams[0],
                 "streams": streams,
             }
@@ -282,54 +205,31 @@ class Trainer:
                     "weights": self.ema.module.state_dict(),
                     "updates": int(self.ema.n_averaged),
                 }
-            with atomic_open(path) as f:
-                torch.save(state, f)
-            for old in sorted(path.parent.glob("step-*.pt"))[: -self.config.keep_checkpoints]:
-                old.unlink()
+            write_checkpoint(path, state, self.config.keep_checkpoints)
         if self.distributed:
             dist.barrier()
         return path
 
     def load_latest(self) -> bool:
-        """Restore the newest checkpoint that loads; those that do not are named and passed
-        over. False when there is none to resume from."""
-        state = None
-        for path in sorted(self._checkpoint_dir().glob("step-*.pt"), reverse=True):
-            try:
-                state = load_checkpoint(path)
-                missing = {"model", "optimizer", "scheduler", "step", "best", "rng", "stream"}
-                missing -= set(state)
-                if missing:
-                    raise CheckpointError(
-                        f"not a checkpoint of this trainer (no {sorted(missing)})"
-                    )
-                break
-            except CheckpointError as exc:  # cut short, damaged, a pickle with code in it
-                log.warning("skipping checkpoint %s: it does not load (%s)", path, exc)
-                state = None
-        if state is None:
+        """Restore the newest checkpoint that loads (`checkpoints.latest_checkpoint`); False
+        when there is none to resume from."""
+        found = latest_checkpoint(self._checkpoint_dir())
+        if found is None:
             return False
+        path, state = found
         load_model(self.model, state["model"], "resume")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best = state["step"], state["best"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         try:
-            self.train_loader.load_state_dict(self._own_stream_state(state))
+            self.train_loader.load_state_dict(own_stream_state(state, self.place))
         except ValueError as exc:  # another configuration, or a damaged state: one line
             raise ConfigError(f"--resume from {path}: {exc}") from None
         if self.ema is not None and "ema" in state:
             load_model(self.ema.module, state["ema"]["weights"], "resume (ema)")
             self.ema.n_averaged.fill_(state["ema"]["updates"])
         return True
-
-    def _own_stream_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """This rank's loader state of a checkpoint (which holds every rank's); after a change
-        of world size, rank 0's says how far every rank was (they deliver alike)."""
-        streams = state.get("streams")
-        if streams is None:  # saved before checkpoints held every rank's: rank 0's for all
-            return {**state["stream"], "rank": self.rank}
-        return streams[self.rank] if len(streams) == self.world else streams[0]
 
     def _replan(self) -> None:
         """After an elastic resume, the steps of an epochs-long run: the rest of this epoch,
@@ -339,27 +239,10 @@ class Trainer:
         self.total_steps = (
             self.step + math.ceil(len(self.train_loader) / per_step) + self.steps_per_epoch * left
         )
-        self.scheduler.lr_lambdas = [_schedule(self.config, self.total_steps)]
+        self.scheduler.lr_lambdas = [lr_schedule(self.config, self.total_steps)]
         log.info("elastic resume: %d steps in all, %d done", self.total_steps, self.step)
 
-    # --- the loop ---
-
-    def _batches(self) -> Iterator[tuple[Batch, float]]:
-        """Training batches forever (epoch after epoch), with the seconds spent waiting."""
-        while True:
-            waited = time.perf_counter()
-            for batch in self.train_loader:
-                yield batch, time.perf_counter() - waited
-                waited = time.perf_counter()
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.rank == 0:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.tensorboard is not None:
-                for key, value in record.items():
-                    if key != "step":
-                        self.tensorboard.add_scalar(key, value, record["step"])
+    # --- the run ---
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or to a stop signal); the run directory is this process's while
@@ -379,19 +262,17 @@ class Trainer:
             if self.init_report is not None:
                 log.warning("%s", self.init_report.summary())
                 write_atomic(self.run_dir / "init.json", self.init_report.to_json())
-        if not (self.resume and self.load_latest()) and self.rank == 0:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        self.log.start(resumed=self.resume and self.load_latest())
         if self.train_loader.rest is not None and not config.max_steps:
             self._replan()
         previous = {
             s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            summary = self._loop()
+            return self._loop()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return summary
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -407,10 +288,8 @@ class Trainer:
         return self.stop_requested
 
     def _loop(self) -> dict[str, Any]:
-        config = self.config
-        autocast = torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
-        )
+        """Steps until the planned last (or a stop): each a step of the optimiser, its record,
+        at an epoch's end the evaluation and the epoch's line, every so often a checkpoint."""
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -418,75 +297,95 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        batches = self._batches()
-        started, wait_total, samples, losses = time.perf_counter(), 0.0, 0, []
+        clock, batches = Clock(), self._batches()
         self.model.train()
         while self.step < self.total_steps and not self._stopping():
-            self.optimizer.zero_grad(set_to_none=True)
-            step_loss, epoch_ended = 0.0, None
-            for micro in range(config.optim.accumulate):
-                batch, waited = next(batches)
-                wait_total += waited
-                if self.train_loader.batches == len(self.train_loader):  # its epoch's last
-                    epoch_ended = self.train_loader.epoch
-                batch = batch.to(self.device, non_blocking=True)
-                seed = self._micro_seed(micro)
-                torch.manual_seed(seed)  # dropout, SpecAugment, masks: a function of the step
-                with autocast:
-                    loss = self.task.loss(self.net, batch, np.random.default_rng(seed))
-                (loss / config.optim.accumulate).backward()
-                step_loss += loss.item() / config.optim.accumulate
-                samples += batch.size * self.world
-            if config.optim.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.step += 1
-            losses.append(step_loss)
-            elapsed = time.perf_counter() - started
-            rate = samples / elapsed
-            bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{rate:.1f}")
-            bar.update(1)
-            self._log(
-                {
-                    "step": self.step,
-                    "loss": step_loss,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "samples_per_s": rate,
-                    "data_wait": wait_total / elapsed,
-                }
-            )
+            loss, epoch_ended = self._train_step(batches, clock)
+            self._record_step(bar, loss, clock)
             if epoch_ended is not None:
-                metrics = {}
-                if config.eval_every_epoch and self.val_stream:
-                    best = self.best
-                    metrics = self.evaluate()
-                    self._log({"step": self.step, **metrics})
-                    if self.best != best:
-                        self.save("best.pt")
-                    self.model.train()
-                epoch_losses = losses[-self.steps_per_epoch :]
-                sources = self._source_counts()
-                if len(sources) > 1:
-                    self._log({"step": self.step, **_source_metrics(sources)})
-                line = epoch_line(epoch_ended + 1, self.step, epoch_losses, metrics, rate, sources)
-                self._say(bar, line)
-            if self.step % config.checkpoint_every == 0:
+                self._end_epoch(bar, epoch_ended, clock)
+            if self.step % self.config.checkpoint_every == 0:
                 self.save()
         bar.close()
         if self.stop_requested:
             self.save()
             return {"stopped_at": self.step}
+        return self._finish(clock)
+
+    def _batches(self) -> Iterator[tuple[Batch, float]]:
+        """Training batches forever (epoch after epoch), with the seconds spent waiting."""
+        while True:
+            waited = time.perf_counter()
+            for batch in self.train_loader:
+                yield batch, time.perf_counter() - waited
+                waited = time.perf_counter()
+
+    def _train_step(
+        self, batches: Iterator[tuple[Batch, float]], clock: Clock
+    ) -> tuple[float, int | None]:
+        """One optimiser step over `optim.accumulate` micro-batches: its loss, and the epoch
+        that its last batch ended (None when it ended none)."""
+        config = self.config
+        autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss, epoch_ended = 0.0, None
+        for micro in range(config.optim.accumulate):
+            batch, waited = next(batches)
+            clock.waited += waited
+            if self.train_loader.batches == len(self.train_loader):  # its epoch's last
+                epoch_ended = self.train_loader.epoch
+            batch = batch.to(self.device, non_blocking=True)
+            seed = self._micro_seed(micro)
+            torch.manual_seed(seed)  # dropout, SpecAugment, masks: a function of the step
+            with autocast:
+                loss = self.task.loss(self.net, batch, np.random.default_rng(seed))
+            (loss / config.optim.accumulate).backward()
+            step_loss += loss.item() / config.optim.accumulate
+            clock.samples += batch.size * self.world
+        if config.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        clock.losses.append(step_loss)
+        return step_loss, epoch_ended
+
+    def _record_step(self, bar: tqdm, loss: float, clock: Clock) -> None:
+        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{clock.rate:.1f}")
+        bar.update(1)
+        record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+        self.log.write({**record, "samples_per_s": clock.rate, "data_wait": clock.wait_share})
+
+    def _end_epoch(self, bar: tqdm, epoch: int, clock: Clock) -> None:
+        """Evaluate (a new best is saved as `best.pt`), record each source's counts, and say
+        the epoch's line."""
+        metrics: dict[str, Any] = {}
+        if self.config.eval_every_epoch and self.val_stream:
+            best = self.best
+            metrics = self.evaluate()
+            self.log.write({"step": self.step, **metrics})
+            if self.best != best:
+                self.save("best.pt")
+            self.model.train()
+        sources = self._source_counts()
+        if len(sources) > 1:
+            self.log.write({"step": self.step, **source_metrics(sources)})
+        losses = clock.losses[-self.steps_per_epoch :]
+        self._say(bar, epoch_line(epoch + 1, self.step, losses, metrics, clock.rate, sources))
+
+    def _finish(self, clock: Clock) -> dict[str, Any]:
+        """The final evaluation, checkpoint, `summary.json` and `metrics.png`."""
         metrics = self.evaluate() if self.val_stream else {}
-        elapsed = time.perf_counter() - started
         summary = {
             "steps": self.step,
-            "seconds": elapsed,
-            "samples_per_s": samples / elapsed,
-            "data_wait": wait_total / elapsed,
-            "final_loss": losses[-1] if losses else None,
+            "seconds": clock.elapsed,
+            "samples_per_s": clock.rate,
+            "data_wait": clock.wait_share,
+            "final_loss": clock.losses[-1] if clock.losses else None,
             **metrics,
             "run_dir": str(self.run_dir),
         }
@@ -526,157 +425,54 @@ class Trainer:
         else:
             log.info("%s", line)
 
-    def _report_skips(self, skipped: list[Any]) -> int:
-        """Log this rank's skipped validation samples (each reason once, with a key); their
-        count over all ranks."""
-        count = sum(s.samples for s in skipped)
-        if skipped:
-            reasons = {s.reason: s.key for s in skipped}
-            log.warning(
-                "validation skipped %d samples on rank %d: %s",
-                count,
-                self.rank,
-                "; ".join(f"{key}: {reason}" for reason, key in list(reasons.items())[:5]),
-            )
-        if self.distributed:
-            total = torch.tensor([count], device=self.device)
-            dist.all_reduce(total)
-            count = int(total.item())
-        return count
-
-    def _gather(
-        self, scores: list[torch.Tensor], truths: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every rank's validation scores and targets, on every rank."""
-        mine = (torch.cat(scores), torch.cat(truths))
-        if not self.distributed:
-            return mine
-        everything: list[Any] = [None] * self.world
-        dist.all_gather_object(everything, mine)
-        return torch.cat([s for s, _ in everything]), torch.cat([t for _, t in everything])
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Metrics over every validation sample exactly once across ranks (repeats dropped)."""
-        multi_label = self.config.task == "multilabel"
+        """Metrics over every validation sample exactly once across ranks (repeats dropped);
+        a rise of the task's `score_name` makes a new best."""
         if self.val_stream is None:
             raise ValueError("evaluate needs data.val")
         model = self.ema.module if self.ema is not None else self.model
-        result = evaluation_pass(
-            self.task,
-            model,
-            self.val_stream,
-            self.rank,
-            self.world,
-            self.device,
-            "scores" if multi_label else None,
-            progress=self.progress and not self.rank,
-        )
-        sums = result.sums
-        if self.distributed:
-            everything: list[Any] = [None] * self.world
-            dist.all_gather_object(everything, sums)
-            sums = {
-                k: sum(part.get(k, 0.0) for part in everything)
-                for k in sorted({k for part in everything for k in part})
-            }
-        skipped = self._report_skips(result.skipped)  # collectives: every rank, in this order
-        scored = self._gather(result.scores, result.truths) if multi_label else ()
-        out = metrics_of(self.task, sums, skipped, *scored)
-        score = out.get("val_accuracy", out.get("val_masked_accuracy"))
+        progress = self.progress and not self.rank
+        out = evaluate_ranks(self.task, model, self.val_stream, self.place, self.device, progress)
+        score = out.get(self.task.score_name) if self.task.score_name else None
         if score is not None and (self.best is None or score > self.best):
             self.best = score
         return out
 
 
-def _tensorboard(run_dir: Path) -> Any:
-    """A TensorBoard writer when tensorboard is installed, else None (JSONL is always kept)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+@dataclass
+class Clock:
+    """What a run counts as it goes: when it started, the seconds it waited for data, the
+    samples it trained on (over all ranks), and each step's loss."""
+
+    started: float = field(default_factory=time.perf_counter)
+    waited: float = 0.0
+    samples: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.samples / self.elapsed
+
+    @property
+    def wait_share(self) -> float:
+        return self.waited / self.elapsed
 
 
-def source_names(sources: Sequence[dict[str, Any]]) -> list[str]:
-    """Short names of a mixture's sources: their folders' names, numbered where two agree."""
-    names = [Path(str(s["source"]).rstrip("/")).name or str(s["source"]) for s in sources]
-    if len(set(names)) < len(names):
-        names = [f"{n}:{name}" for n, name in enumerate(names)]
-    return names
+def join_world() -> Place:
+    """This process's place, detected once; under torchrun (`WORLD_SIZE` > 1) the process
+    group is joined first (nccl on GPU, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Place.detect()
 
 
-def _source_metrics(sources: list[dict[str, Any]]) -> dict[str, int]:
-    """`source/NAME/delivered` and `/skipped` for metrics.jsonl and TensorBoard."""
-    out = {}
-    for name, source in zip(source_names(sources), sources, strict=True):
-        out[f"source/{name}/delivered"] = source["delivered"]
-        out[f"source/{name}/skipped"] = source["skipped"]
-    return out
-
-
-def epoch_line(
-    epoch: int,
-    step: int,
-    losses: list[float],
-    metrics: dict[str, Any],
-    rate: float,
-    sources: Sequence[dict[str, Any]] = (),
-) -> str:
-    """`epoch 3 (step 150): train loss 0.4120 · val_accuracy 0.9530 · 212.5 samples/s`, and
-    for a mixture `· web 700 (pass 2, 45%) · studio 300`: each source's samples this epoch,
-    its skips, and where a source taken in part stands in its cycle."""
-    parts = [f"train loss {sum(losses) / max(len(losses), 1):.4f}"]
-    parts += [
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-        for k, v in metrics.items()
-        if k not in ("val_samples",) and not (k == "val_skipped" and not v)
-    ]
-    parts.append(f"{rate:.1f} samples/s")
-    if len(sources) > 1:
-        for name, source in zip(source_names(sources), sources, strict=True):
-            text = f"{name} {source['delivered']}"
-            cycle = source["cycle"]
-            if cycle["pass"] or cycle["through"]:
-                text += f" (pass {cycle['pass'] + 1}, {cycle['through'] / cycle['of']:.0%})"
-            if source["skipped"]:
-                text += f", {source['skipped']} skipped"
-            parts.append(text)
-    return f"epoch {epoch} (step {step}): " + " · ".join(parts)
-
-
-def plot_metrics(metrics: Path, out: Path) -> None:
-    """The training loss (per step, and its mean per epoch when there are many steps) and the
-    validation metrics against the step, as a PNG with real axes (matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: draw into the file
-    from matplotlib import pyplot as plt
-
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    names = sorted(
-        {
-            k
-            for r in records
-            for k, v in r.items()
-            if k.startswith("val_")
-            and k not in ("val_samples", "val_skipped")
-            and isinstance(v, float)
-            and math.isfinite(v)
-        }
-    )
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    if train:
-        left.plot(*zip(*train, strict=True), linewidth=1, label="train loss")
-    left.set(xlabel="step", ylabel="loss", title="training loss")
-    left.grid(alpha=0.3)
-    for name in names:
-        points = [(r["step"], r[name]) for r in records if name in r]
-        right.plot(*zip(*points, strict=True), marker="o", label=name)
-    right.set(xlabel="step", ylabel="value", title="validation")
-    right.grid(alpha=0.3)
-    if names:
-        right.legend()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+def seed_everything(seed: int) -> None:
+    """The model's initialisation: torch's, Python's and numpy's generators from `seed`."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
