@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from polymodal.adapters import modality_of
+from polymodal.errors import UserError
 from polymodal.literals import check_arguments, parse_pairs
 from polymodal.registry import Registry
 
@@ -73,9 +74,11 @@ get_op = _OPS.get
 available_ops = _OPS.available
 
 
-class OpOptionError(ValueError):
+class OpOptionError(UserError, ValueError):
     """An op's option is one it does not take, or of a type it cannot be: found before the
     job starts (`polymodal preprocess` exits 1, as for a job that would output nothing)."""
+
+    exit_code = 1
 
 
 def make_op(spec: Op | str | Mapping[str, Any] | Callable[[Sample], Result]) -> Op:
