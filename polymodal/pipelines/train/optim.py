@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from polymodal.errors import ConfigError
 from polymodal.perceiver.position import LearnedPositions
-from polymodal.pipelines.train.config import TrainConfig
-from polymodal.pipelines.train.weights import InitReport
+
+if TYPE_CHECKING:
+    from polymodal.pipelines.train.weights import InitReport
 
 # What weight decay should not pull towards zero: scales and shifts of normalisation layers,
 # biases, the latent array, and learned position / query / modality embeddings (a lookup table
@@ -144,10 +145,10 @@ def parameter_groups(
     return [g for g in ({"params": trunk}, {"params": heads, "lr": head_lr}) if g["params"]]
 
 
-def lr_schedule(config: TrainConfig, total_steps: int) -> Any:
-    """The learning rate's factor at each step: linear warm-up over `optim.warmup_steps`, then
-    a cosine to zero at `total_steps`."""
-    warmup = max(1, config.optim.warmup_steps)
+def lr_schedule(warmup_steps: int, total_steps: int) -> Any:
+    """The learning rate's factor at each step: linear warm-up over `warmup_steps`, then a
+    cosine to zero at `total_steps`."""
+    warmup = max(1, warmup_steps)
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -176,7 +176,7 @@ class Trainer:
             weight_decay=o.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_schedule(self.config, self.total_steps)
+            self.optimizer, lr_schedule(self.config.optim.warmup_steps, self.total_steps)
         )
 
     # --- checkpoints ---
@@ -239,7 +239,7 @@ class Trainer:
         self.total_steps = (
             self.step + math.ceil(len(self.train_loader) / per_step) + self.steps_per_epoch * left
         )
-        self.scheduler.lr_lambdas = [lr_schedule(self.config, self.total_steps)]
+        self.scheduler.lr_lambdas = [lr_schedule(self.config.optim.warmup_steps, self.total_steps)]
         log.info("elastic resume: %d steps in all, %d done", self.total_steps, self.step)
 
     # --- the run ---
