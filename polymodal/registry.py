@@ -4,14 +4,17 @@ preprocessing ops share.
 `@registry.register("name")` makes a subclass of the registry's base findable with
 `registry.get("name")`; a third-party package lists its classes under the registry's
 entry-point group (`polymodal.adapters`, `polymodal.ops`) and they are found the same way,
-loaded only when first asked for.
+loaded only when first asked for. Built-in classes may be named by where they are
+(`builtins`: name → module), imported when first asked for, so knowing the names costs no
+import (the adapters' modules import torch; asking which modality `.mp4` is must not).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, cast
 
 from polymodal.errors import UserError
@@ -30,10 +33,25 @@ class UnknownName(UserError, KeyError):
 class Registry(Generic[T]):
     """Name → subclass of `base`, filled by `register` and by the entry points of `group`."""
 
-    def __init__(self, base: T, group: str, kind: str) -> None:
-        self.base, self.group, self.kind = base, group, kind
+    def __init__(
+        self,
+        base: T | str,
+        group: str,
+        kind: str,
+        builtins: Mapping[str, str] | None = None,
+    ) -> None:
+        self._base, self.group, self.kind = base, group, kind
+        self.builtins = dict(builtins or {})  # name → the module that registers it
         self.classes: dict[str, T] = {}
         self._scanned = False  # installed packages are looked through once a process
+
+    @property
+    def base(self) -> T:
+        """The base class, imported when first needed where it was given as `module:Class`."""
+        if isinstance(self._base, str):
+            module, _, name = self._base.partition(":")
+            self._base = cast(T, getattr(importlib.import_module(module), name))
+        return self._base
 
     def register(self, name: str) -> Callable[[T], T]:
         """Class decorator: make a subclass of the base available as `get(name)`."""
@@ -65,7 +83,10 @@ class Registry(Generic[T]):
             self.register(ep.name)(cast(T, obj))
 
     def get(self, name: str) -> T:
-        """The class registered as `name`, looking in installed packages if needed."""
+        """The class registered as `name`: a built-in's module is imported, else installed
+        packages are looked in, when needed."""
+        if name not in self.classes and name in self.builtins:
+            importlib.import_module(self.builtins[name])  # registers it
         if name not in self.classes:
             for ep in self._entry_points(name):
                 self._load(ep)
@@ -79,8 +100,13 @@ class Registry(Generic[T]):
     def available(self) -> list[str]:
         """Names of all classes: built-in, registered in code, and installed via entry points
         (read once a process: the extension table asks on every member it looks up)."""
+        return sorted(set(self.builtins) | set(self.added()))
+
+    def added(self) -> list[str]:
+        """Names beside the built-ins: registered in code, and installed (whose entry points
+        are loaded here, once a process)."""
         if self._scanned:
-            return sorted(self.classes)
+            return sorted(set(self.classes) - set(self.builtins))
         self._scanned = True
         for ep in self._entry_points():
             if ep.name in self.classes:
@@ -91,4 +117,4 @@ class Registry(Generic[T]):
                 warnings.warn(
                     f"{self.kind} entry point {ep.name!r} failed to load: {exc}", stacklevel=2
                 )
-        return sorted(self.classes)
+        return sorted(set(self.classes) - set(self.builtins))

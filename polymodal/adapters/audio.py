@@ -20,8 +20,11 @@ from polymodal.codecs.containers import (
 )
 from polymodal.perceiver.io import GridInput, LogMelInput
 
-from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
+from .base import Adapter, Preview, Reconstruction
+from .field import Field
+from .field_input import FieldInput
 from .image import check_crop
+from .registry import BUILT_IN, register
 
 
 @register("audio")
@@ -45,23 +48,9 @@ class AudioAdapter(Adapter):
 
     materialized_options = ("sample_rate", "channels", "dtype")
 
-    extensions = (
-        "flac",
-        "wav",
-        "mp3",
-        "ogg",
-        "opus",
-        "m4a",
-        "aac",
-        "mp4",
-        "webm",
-        "mkv",
-        "mov",
-        "avi",
-        "m4v",
-    )
+    extensions = BUILT_IN["audio"].extensions
 
-    default_for = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac")  # containers are video
+    default_for = BUILT_IN["audio"].default_for
 
     def __init__(
         self,

@@ -23,7 +23,10 @@ from polymodal.codecs.images import (
 )
 from polymodal.perceiver.io import GridInput, ImageStemInput
 
-from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
+from .base import Adapter, Preview, Reconstruction
+from .field import Field
+from .field_input import FieldInput
+from .registry import BUILT_IN, register
 
 _DRAFT_REDUCTIONS = (8, 4, 2)  # the DCT-domain scales Pillow's JPEG draft mode offers
 
@@ -60,7 +63,7 @@ class ImageAdapter(Adapter):
     transparent ones are composited onto `background`; EXIF orientation is applied.
     """
 
-    extensions = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
+    extensions = BUILT_IN["image"].extensions
 
     def __init__(
         self,

@@ -10,7 +10,10 @@ import torch
 
 from polymodal.perceiver.io import LabelInput
 
-from .base import Adapter, Field, FieldInput, Preview, load_json, register
+from .base import Adapter, Preview, load_json
+from .field import Field
+from .field_input import FieldInput
+from .registry import BUILT_IN, register
 
 
 @register("label")
@@ -23,9 +26,9 @@ class LabelAdapter(Adapter):
     `max_json_bytes` is refused: a label needs a few bytes).
     """
 
-    extensions = ("cls", "txt", "json")
+    extensions = BUILT_IN["label"].extensions
     mixable = False
-    default_for = ("cls",)
+    default_for = BUILT_IN["label"].default_for
 
     def __init__(
         self,

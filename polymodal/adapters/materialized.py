@@ -16,7 +16,9 @@ import numpy as np
 
 from polymodal.codecs.decoded import decode_decoded
 
-from .base import Adapter, Field, FieldInput, Reconstruction
+from .base import Adapter, Reconstruction
+from .field import Field
+from .field_input import FieldInput
 
 DECODED_SUFFIX = "decoded"
 

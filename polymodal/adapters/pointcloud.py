@@ -10,7 +10,10 @@ import torch
 from polymodal.codecs.points import read_points
 from polymodal.perceiver.io import PointCloudInput
 
-from .base import Adapter, Field, FieldInput, Preview, register
+from .base import Adapter, Preview
+from .field import Field
+from .field_input import FieldInput
+from .registry import BUILT_IN, register
 
 
 @register("pointcloud")
@@ -25,9 +28,9 @@ class PointCloudAdapter(Adapter):
     `max_points` and any NaN or infinite value are refused.
     """
 
-    extensions = ("npy", "npz", "ply", "off", "xyz", "pts")
+    extensions = BUILT_IN["pointcloud"].extensions
     mixable = False
-    default_for = ("npz", "ply", "off", "xyz", "pts")  # `npy` may be token ids too
+    default_for = BUILT_IN["pointcloud"].default_for
 
     def __init__(
         self,

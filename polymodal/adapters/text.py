@@ -16,7 +16,10 @@ import torch
 from polymodal.codecs.arrays import npy_header
 from polymodal.perceiver.io import TextInput
 
-from .base import Adapter, Field, FieldInput, Preview, load_json, register
+from .base import Adapter, Preview, load_json
+from .field import Field
+from .field_input import FieldInput
+from .registry import BUILT_IN, register
 
 PAD, BOS, EOS, MASK, CLS, SEP = range(6)
 NUM_SPECIAL = 6
@@ -49,9 +52,9 @@ class TextAdapter(Adapter):
     a `.json` member over `max_json_bytes` is refused.
     """
 
-    extensions = ("txt", "text", "npy", "json")
+    extensions = BUILT_IN["text"].extensions
     mixable = False
-    default_for = ("txt", "text")
+    default_for = BUILT_IN["text"].default_for
 
     def __init__(
         self,

@@ -25,7 +25,9 @@ from polymodal.codecs.decoded import MAX_DECODED_BYTES
 from polymodal.codecs.video import check_pixels, convert_once, frames_at, upright_rgb, upright_size
 from polymodal.perceiver.io import GridInput, ImageStemInput
 
-from .base import Adapter, Field, FieldInput, Preview, Reconstruction, register
+from .base import Adapter, Preview, Reconstruction
+from .field import Field
+from .field_input import FieldInput
 from .image import (
     check_crop,
     crop_origin,
@@ -36,6 +38,7 @@ from .image import (
     resized_size,
     size_pair,
 )
+from .registry import BUILT_IN, register
 
 
 @register("video")
@@ -61,7 +64,7 @@ class VideoAdapter(Adapter):
     """
 
     materialized_options = ("fps", "size", "crop_fraction")
-    extensions = ("mp4", "webm", "mkv", "mov", "avi", "m4v")
+    extensions = BUILT_IN["video"].extensions
 
     def __init__(
         self,

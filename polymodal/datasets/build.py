@@ -31,6 +31,8 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
+from polymodal.adapters.registry import available
+
 from .card import write_card
 from .engines import Engine, make_engine
 from .files import (
@@ -329,7 +331,6 @@ def problems_to(sink: list[dict[str, str]]) -> Callable[[Problem], None]:
 
 def check_field_rules(fields: Mapping[str, str]) -> dict[str, str]:
     """User rules `extension → adapter name`, normalised; an unknown adapter is an error."""
-    from polymodal.adapters import available
 
     known = available()
     rules = {ext.lower().lstrip("."): name for ext, name in fields.items()}

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.adapters.registry import get
+
 from .files import HashingReader, TooLarge, open_read
 from .index import (
     InvalidIndex,
@@ -65,7 +67,6 @@ def bounded_sample(
 
 def probe(modality: str, ext: str, data: bytes) -> dict[str, float]:
     """Cheap metadata of one member, from its modality's adapter (the `probe` hook)."""
-    from polymodal.adapters import get
 
     return get(modality)(extensions=[ext]).probe(data, ext) if modality else {}
 

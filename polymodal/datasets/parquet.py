@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from polymodal.adapters.registry import modality_of
+
 from .shard import Shard, members
 
 PARQUET_GROUP_BYTES = 32 * 2**20  # a row group is what a streaming reader holds at once
@@ -119,7 +121,6 @@ _ARROW_TYPES = {"image": _MEDIA, "audio": _MEDIA, "label": pa.int64(), "binary":
 
 def _feature_kind(ext: str) -> str:
     """How a member is stored: image or audio (HF's struct), label (the class id), or bytes."""
-    from polymodal.adapters import modality_of
 
     if ext == "cls":
         return "label"

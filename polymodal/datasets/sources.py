@@ -19,6 +19,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from polymodal.adapters.registry import extension_table, is_known
+
 from .index import INDEX_NAME, PLAN_NAME, REJECTS_NAME, TABLE_NAME
 from .layout import Problem, check_key, split_name
 from .shard import tar_sample_size
@@ -99,7 +101,6 @@ def plan_source(src: Path, allow_paths: Path | None = None) -> SourcePlan:
 
 
 def _known(ext: str) -> bool:
-    from polymodal.adapters import is_known
 
     return is_known(ext)
 
@@ -107,7 +108,6 @@ def _known(ext: str) -> bool:
 def _known_chain(ext: str) -> bool:
     """Whether an extension is one some adapter reads whole (`depth.png` once a plugin
     registers it) or every dot-separated part of it is (`jpg`, `cls.txt`; `seg.png` is not)."""
-    from polymodal.adapters import extension_table
 
     return ext in extension_table() or all(_known(part) for part in ext.split("."))
 

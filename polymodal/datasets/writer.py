@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from polymodal.adapters.registry import modality_of
+
 from .index import ShardIndex, ShardInfo, merge_labels
 from .parquet import ParquetShard
 from .shard import Shard, TarShard, members, shard_name, tar_sample_size
@@ -23,7 +25,6 @@ def schema(infos: list[ShardInfo], fields: Mapping[str, str] | None = None) -> d
     """index.json's extension → modality map for the members the shards hold: the user's rules
     (`fields`, e.g. `{"npy": "pointcloud"}`) first, then the registry's defaults; "" where
     neither says (the stream then needs a field for it in the config)."""
-    from polymodal.adapters import modality_of
 
     seen = sorted({ext for info in infos for ext in info.fields})
     return {ext: modality_of(ext, fields) or "" for ext in seen}

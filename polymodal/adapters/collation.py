@@ -1,0 +1,102 @@
+"""Samples into batches: fields of different lengths zero-padded along `M` with a mask of the
+real elements, optional fields a sample lacks all padding, keys, flags, metadata and sources
+carried along."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from polymodal.adapters.field import Batch, Field, Grid
+
+
+def collate(samples: Sequence[Mapping[str, Any]], optional: Sequence[str] = ()) -> Batch:
+    """Stack decoded samples (field name → `Field`, plus `__key__` / `__repeated__` and
+    `__meta__`, `__source__`) into a Batch.
+
+    Fields of different lengths are zero-padded along `M`, and `mask` marks the real elements.
+    A field named in `optional` may be missing from some samples: their rows are all padding
+    (mask False) and `batch.present[name]` says which samples have it; any other field must
+    be in every sample.
+    """
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    keys = [str(s.get("__key__", "")) for s in samples]
+    names: list[str] = []
+    for s in samples:
+        names += [k for k in s if not k.startswith("__") and k not in names]
+    for key, s in zip(keys, samples, strict=True):
+        missing = [n for n in names if n not in s and n not in optional]
+        if missing:
+            raise ValueError(f"sample {key!r} has fields {sorted(s)}: {missing} missing")
+    fields = {name: _collate_field([s.get(name) for s in samples], name) for name in names}
+    present = {name: torch.tensor([name in s for s in samples]) for name in optional}
+    repeated = torch.tensor([bool(s.get("__repeated__", False)) for s in samples])
+    meta = [dict(s.get("__meta__", {})) for s in samples]
+    sources = torch.tensor([int(s.get("__source__", 0)) for s in samples], dtype=torch.int64)
+    return Batch(fields, keys, repeated, present, meta if any(meta) else [], sources)
+
+
+def _collate_field(given: list[Field | None], name: str) -> Field:
+    template = next(f for f in given if f is not None)
+    items = [f if f is not None else _absent(template) for f in given]
+    shapes = {tuple(f.values.shape[1:]) for f in items}
+    dtypes = {f.values.dtype for f in items}
+    if len(shapes) > 1 or len(dtypes) > 1:
+        raise ValueError(f"field {name!r}: cannot batch channel shapes {shapes} / dtypes {dtypes}")
+    length = max(len(f.values) for f in items)
+    values = _stack_padded([f.values for f in items], length)
+    if all(f.mask is None and len(f.values) == length for f in items):
+        mask = torch.ones(len(items), length, dtype=torch.bool)
+    else:
+        mask = _stack_padded(
+            [
+                f.mask if f.mask is not None else torch.ones(len(f.values), dtype=torch.bool)
+                for f in items
+            ],
+            length,
+        )
+    coords = None
+    if items[0].coords is not None:
+        present = [f.coords for f in items if f.coords is not None]
+        if len(present) < len(items):
+            raise ValueError(f"field {name!r}: some samples have coordinates, some do not")
+        coords = _stack_padded(present, length)
+    return Field(values=values, grid=_collate_grid(items, length), coords=coords, mask=mask)
+
+
+def _absent(template: Field) -> Field:
+    """A sample's row of an optional field it lacks: no elements, so all padding."""
+    values = template.values.new_zeros((0, *template.values.shape[1:]))
+    coords = (
+        None
+        if template.coords is None
+        else template.coords.new_zeros((0, *template.coords.shape[1:]))
+    )
+    grid = template.grid if isinstance(template.grid, tuple) else None
+    return Field(values=values, grid=grid, coords=coords, mask=torch.zeros(0, dtype=torch.bool))
+
+
+def _stack_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack along a new batch axis, zero-padding the first axis to `length`. One copy per
+    tensor into a preallocated batch: `torch.stack` when sizes agree, else a zeroed buffer
+    (4× faster than `pad_sequence` on image-sized fields)."""
+    if all(len(t) == length for t in tensors):
+        return torch.stack(tensors)
+    out = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))
+    for i, t in enumerate(tensors):
+        out[i, : len(t)] = t
+    return out
+
+
+def _collate_grid(items: list[Field], length: int) -> Grid | list[Grid] | None:
+    grids = [f.grid for f in items if isinstance(f.grid, tuple)]  # a decoded field's own grid
+    if len(grids) < len(items):
+        return None
+    if all(len(g) == 1 for g in grids):  # 1-d sequences pad at the end: positions stay valid
+        return (length,)
+    if all(g == grids[0] for g in grids):
+        return grids[0]
+    return grids

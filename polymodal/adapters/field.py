@@ -1,0 +1,141 @@
+"""What adapters make and the model reads: a `Field` (one modality of one sample, or of a batch)
+and a `Batch` (field name → field, with each sample's key, flags and source)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+Grid = tuple[int, ...]
+
+
+@dataclass
+class Field:
+    """One modality of one sample, or of a batch once collated.
+
+    `values` is `[M, C]` (`[B, M, C]` in a batch). Positions are implied by `grid` (e.g.
+    `(T, H, W)`, row-major over `M`) or given by `coords` (`[M, d]`, point clouds). `mask`
+    (`[M]` / `[B, M]`, True = real element) marks padding: a decoded field carries one only
+    when the adapter padded it (short audio); collation always sets it. In a batch, `grid` is
+    the grid shared by all samples, or a list of per-sample grids when N-d grids differ.
+    """
+
+    values: torch.Tensor
+    grid: Grid | list[Grid] | None = None
+    coords: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def on_grid(self) -> torch.Tensor:
+        """`values` as `[*grid, C]`: pixels as `[H, W, 3]`, a clip as `[T, H, W, 3]`."""
+        if not isinstance(self.grid, tuple):
+            raise ValueError("the field has no grid of its own (point clouds, or a batch)")
+        return self.values.reshape(*self.grid, self.values.shape[-1])
+
+    def _map(self, fn: Any) -> Field:
+        return Field(
+            values=fn(self.values),
+            grid=self.grid,
+            coords=None if self.coords is None else fn(self.coords),
+            mask=None if self.mask is None else fn(self.mask),
+        )
+
+    def pin_memory(self) -> Field:
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Field:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+@dataclass
+class Batch(MutableMapping[str, Field]):
+    """A collated batch: modality name → batched `Field`, plus per-sample keys and flags.
+
+    `repeated[i]` is True where the stream repeated a sample to keep ranks equal in length, so
+    evaluation can drop it. `pin_memory` exists so that `DataLoader(pin_memory=True)` pins it.
+    It is a mutable mapping because PyTorch's `default_convert` (a user's own
+    `DataLoader(stream, batch_size=None)`) copies and updates those, but rebuilds a plain
+    mapping from its items alone, which would lose the keys.
+    """
+
+    fields: dict[str, Field]
+    keys: list[str] = field(default_factory=list)  # type: ignore[assignment]  # not Mapping.keys
+    repeated: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    # optional fields: which samples have them (bool `[B]`); a field no sample of the batch has
+    # is left out of `fields` and is all False here
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: list[dict[str, Any]] = field(default_factory=list)  # metadata members, per sample
+    # which source of a mixture each sample came from (int64 `[B]`; the order the stream's
+    # sources were given in), so a loss or a count can be kept per source
+    sources: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+
+    def __getitem__(self, name: str) -> Field:
+        return self.fields[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __setitem__(self, name: str, value: Field) -> None:
+        self.fields[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self.fields[name]
+
+    def __copy__(self) -> Batch:
+        return self._like(dict(self.fields))
+
+    def _like(
+        self, fields: dict[str, Field], keep: torch.Tensor | None = None, device: Any = None
+    ) -> Batch:
+        """This batch's keys, flags and metadata around `fields`: the rows `keep`, on `device`."""
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            t = t if keep is None else t[keep]
+            return t if device is None else t.to(device)
+
+        picked = range(len(self.keys)) if keep is None else keep.nonzero().flatten().tolist()
+        meta = [self.meta[i] for i in picked] if self.meta else []
+        present = {name: rows(p) for name, p in self.present.items()}
+        keys = [self.keys[i] for i in picked]
+        sources = rows(self.sources) if len(self.sources) else self.sources
+        return Batch(fields, keys, rows(self.repeated), present, meta, sources)
+
+    def has(self, name: str) -> torch.Tensor:
+        """Which samples have field `name` (bool `[B]`): all, unless the field is optional."""
+        if name in self.present:
+            return self.present[name]
+        return torch.full((len(self.keys),), name in self.fields, dtype=torch.bool)
+
+    @property
+    def size(self) -> int:
+        """Number of samples in the batch."""
+        return len(self.keys)
+
+    def select(self, keep: torch.Tensor) -> Batch:
+        """The samples where `keep` (bool `[B]`) is True, e.g. without the padding repeats."""
+        picked = keep.nonzero().flatten().tolist()
+
+        def rows(f: Field) -> Field:
+            grid = [f.grid[i] for i in picked] if isinstance(f.grid, list) else f.grid
+            return Field(
+                values=f.values[keep],
+                grid=grid,
+                coords=None if f.coords is None else f.coords[keep],
+                mask=None if f.mask is None else f.mask[keep],
+            )
+
+        return self._like({name: rows(f) for name, f in self.fields.items()}, keep)
+
+    def pin_memory(self) -> Batch:
+        batch = self._like({name: f.pin_memory() for name, f in self.fields.items()})
+        batch.repeated = batch.repeated.pin_memory()
+        return batch
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        fields = {name: f.to(device, non_blocking) for name, f in self.fields.items()}
+        return self._like(fields, device=device)
