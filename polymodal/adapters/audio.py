@@ -21,9 +21,9 @@ from polymodal.codecs.containers import (
 from polymodal.perceiver.io import GridInput, LogMelInput
 
 from .base import Adapter, Preview, Reconstruction
+from .crop import check_crop
 from .field import Field
 from .field_input import FieldInput
-from .image import check_crop
 from .registry import BUILT_IN, register
 
 

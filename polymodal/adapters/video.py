@@ -26,9 +26,7 @@ from polymodal.codecs.video import check_pixels, convert_once, frames_at, uprigh
 from polymodal.perceiver.io import GridInput, ImageStemInput
 
 from .base import Adapter, Preview, Reconstruction
-from .field import Field
-from .field_input import FieldInput
-from .image import (
+from .crop import (
     check_crop,
     crop_origin,
     crop_plan,
@@ -38,6 +36,8 @@ from .image import (
     resized_size,
     size_pair,
 )
+from .field import Field
+from .field_input import FieldInput
 from .registry import BUILT_IN, register
 
 
@@ -50,13 +50,13 @@ class VideoAdapter(Adapter):
     decoding stops after the clip. Frames are picked by their timestamps — the frame on screen
     at `start + i / fps` — so variable frame rate sources give the right moments. Each picked
     frame is scaled by FFmpeg's swscale straight to RGB and then cropped like an image (see
-    `image.crop_plan`); rotation metadata (phone videos) is applied. A source shorter than the
+    `crop.crop_plan`); rotation metadata (phone videos) is applied. A source shorter than the
     clip gives fewer real frames: the rest are zeros and `mask` marks the real elements.
 
     `fps=None` keeps the source rate; `size=None` keeps the source size.
 
     Materialised (`materialize`), a video is every frame on screen at `fps`, resized as for the
-    crop (`image.resized_size`: a 112 crop at `crop_fraction=0.875` keeps a shorter side of
+    crop (`crop.resized_size`: a 112 crop at `crop_fraction=0.875` keeps a shorter side of
     128) and placed on the clock so that the centre clip's frames are among them. A clip read
     back is then the centre clip the media gives, frame for frame and pixel for pixel; a random
     start snaps to the nearest kept frame (at most half a frame from the media's), and random
