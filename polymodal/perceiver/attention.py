@@ -135,7 +135,35 @@ class MLP(nn.Module):
         return self.dropout(self.dense2(F.gelu(self.dense1(x))))
 
 
-class CrossAttention(nn.Module):
+class PreNormBlock(nn.Module):
+    """Attention, then an MLP, each pre-normed and with a residual: the block a cross- and a
+    self-attention layer share. Subclasses norm their inputs, attend, and `finish`."""
+
+    def __init__(
+        self,
+        *,
+        attention: Attention,
+        out_dim: int,
+        widening_factor: int,
+        dropout: float,
+        query_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        self.attention = attention
+        self.dropout = nn.Dropout(dropout)
+        self.mlp_norm = nn.LayerNorm(out_dim)
+        self.mlp = MLP(dim=out_dim, widening_factor=widening_factor, dropout=dropout)
+        self.query_residual = query_residual
+
+    def finish(self, x_q: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The attention's output (dropped out) plus the query's residual, then the MLP's."""
+        x = self.dropout(attended)
+        if self.query_residual:
+            x = x + x_q
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CrossAttention(PreNormBlock):
     """Queries attend to a different input: latents to the inputs (encoder), output queries to
     the latents (decoder). `query_residual=False` drops the residual, as the reference decoder
     does for some outputs."""
@@ -153,13 +181,10 @@ class CrossAttention(nn.Module):
         dropout: float = 0.0,
         query_residual: bool = True,
     ) -> None:
-        super().__init__()
         out_dim = out_dim or q_dim
         if query_residual and out_dim != q_dim:
             raise ValueError("a query residual needs out_dim == q_dim")
-        self.q_norm = nn.LayerNorm(q_dim)
-        self.kv_norm = nn.LayerNorm(kv_dim)
-        self.attention = Attention(
+        attention = Attention(
             q_dim=q_dim,
             kv_dim=kv_dim,
             num_heads=num_heads,
@@ -167,10 +192,15 @@ class CrossAttention(nn.Module):
             v_channels=v_channels,
             out_dim=out_dim,
         )
-        self.dropout = nn.Dropout(dropout)
-        self.mlp_norm = nn.LayerNorm(out_dim)
-        self.mlp = MLP(dim=out_dim, widening_factor=widening_factor, dropout=dropout)
-        self.query_residual = query_residual
+        super().__init__(
+            attention=attention,
+            out_dim=out_dim,
+            widening_factor=widening_factor,
+            dropout=dropout,
+            query_residual=query_residual,
+        )
+        self.q_norm = nn.LayerNorm(q_dim)
+        self.kv_norm = nn.LayerNorm(kv_dim)
 
     def forward(
         self,
@@ -184,13 +214,10 @@ class CrossAttention(nn.Module):
         else:
             kv = self.kv_norm(x_kv)
             k, v = attention.key(kv), attention.value(kv)
-        x = self.dropout(attention.attend(attention.query(self.q_norm(x_q)), k, v, mask))
-        if self.query_residual:
-            x = x + x_q
-        return x + self.mlp(self.mlp_norm(x))
+        return self.finish(x_q, attention.attend(attention.query(self.q_norm(x_q)), k, v, mask))
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(PreNormBlock):
     """Latents attend to themselves (the latent transformer)."""
 
     def __init__(
@@ -203,20 +230,18 @@ class SelfAttention(nn.Module):
         widening_factor: int = 1,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attention = Attention(
+        attention = Attention(
             q_dim=dim,
             kv_dim=dim,
             num_heads=num_heads,
             qk_channels=qk_channels,
             v_channels=v_channels,
         )
-        self.dropout = nn.Dropout(dropout)
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = MLP(dim=dim, widening_factor=widening_factor, dropout=dropout)
+        super().__init__(
+            attention=attention, out_dim=dim, widening_factor=widening_factor, dropout=dropout
+        )
+        self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = self.norm(x)
-        x = x + self.dropout(self.attention(normed, normed))
-        return x + self.mlp(self.mlp_norm(x))
+        return self.finish(x, self.attention(normed, normed))
