@@ -143,17 +143,7 @@ def build(
     started = time.perf_counter()
     fields = check_field_rules(fields or {})
     out = Path(out)
-    src = Path(src)
-    if src.is_dir():
-        check_separate([src], out, folders=True)
-    plan = plan_source(src, Path(allow_paths) if allow_paths else None)
-    if plan.split_of is not None and split:
-        named = ", ".join(sorted(set(plan.split_of.values())))
-        raise ValueError(f"{src} names its own splits ({named}): drop --split")
-    if not src.is_dir() or plan.split_of is not None:  # it and every file it lists are read
-        listed = {ref.path for s in plan.samples for _, ref in s.members if ref.path}
-        files: list[str | Path] = [*([] if src.is_dir() else [src]), *sorted(listed)]
-        check_separate(files, out, folders=False)
+    plan = _planned(Path(src), out, Path(allow_paths) if allow_paths else None, split)
     samples = plan.samples
     if shuffle:
         samples = [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
@@ -180,6 +170,22 @@ def build(
         )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _planned(src: Path, out: Path, allow_paths: Path | None, split: str | None) -> SourcePlan:
+    """The source's samples, once `out` is known to overlap none of what the build reads (the
+    folder, or a manifest and every file it lists)."""
+    if src.is_dir():
+        check_separate([src], out, folders=True)
+    plan = plan_source(src, allow_paths)
+    if plan.split_of is not None and split:
+        named = ", ".join(sorted(set(plan.split_of.values())))
+        raise ValueError(f"{src} names its own splits ({named}): drop --split")
+    if not src.is_dir() or plan.split_of is not None:  # it and every file it lists are read
+        listed = {ref.path for s in plan.samples for _, ref in s.members if ref.path}
+        files: list[str | Path] = [*([] if src.is_dir() else [src]), *sorted(listed)]
+        check_separate(files, out, folders=False)
+    return plan
 
 
 def _build_into(

@@ -18,7 +18,6 @@ from .index import ShardInfo, ShardStats, write_sidecar
 from .layout import check_key
 
 TAR_BLOCK = 512
-TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads an archive to a whole record
 
 
 def members(sample: Mapping[str, Any]) -> dict[str, bytes]:

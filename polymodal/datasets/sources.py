@@ -391,63 +391,95 @@ def plan_hf_parquet(
     `huggingface` metadata. Image/Audio → their file type, ClassLabel → `cls`, strings →
     `txt` (or `COLUMN.txt` when there are several), anything else → `COLUMN.json`."""
     pf = pq.ParquetFile(path)
-    mtime_ns = path.stat().st_mtime_ns
     meta = json.loads(pf.schema_arrow.metadata[b"huggingface"])
     features = meta.get("info", {}).get("features", {})
-    strings = [c for c, f in features.items() if f.get("dtype") in ("string", "large_string")]
-    classes = None
+    cells = _HubCells(path, features, allow_paths or path.parent)
+    classes = next(
+        (f.get("names") for f in features.values() if f.get("_type") == "ClassLabel"), None
+    )
     problems: list[Problem] = []
     samples: list[PlannedSample] = []
+    seen: set[str] = set()
     first_row = 0
     for group in range(pf.num_row_groups):
         table = pf.read_row_group(group)
         for i, row in enumerate(table.to_pylist()):
             number = first_row + i
             key = str(row.get("__key__") or row.get("id") or f"{key_prefix}{number:09d}")
-            members: dict[str, Ref] = {}
-            failed = False  # a media cell that cannot be read rejects its whole row
-            for column, feature in features.items():
-                kind = feature.get("_type")
-                value = row.get(column)
-                if value is None:
-                    continue
-                if kind in ("Image", "Audio"):
-                    data = value.get("bytes")
-                    name_ext = split_name(Path(value.get("path") or "").name)
-                    known = name_ext[1] if name_ext and _known(name_ext[1]) else None
-                    if not data:  # a path-only cell: the file it names, within the root
-                        ref = _path_ref(value.get("path"), path.parent, allow_paths or path.parent)
-                        if isinstance(ref, str):
-                            problems.append(Problem(f"{path}:{number}:{column}", ref, key))
-                            failed = True
-                            break
-                        if known is None:  # the name says nothing: its first bytes do
-                            with open(ref.path, "rb") as f:
-                                known = _sniff(f.read(16), kind)
-                        members[known] = ref
-                        continue
-                    ext = known or _sniff(data, kind)
-                    members[ext] = Ref(
-                        len(data), str(path), mtime_ns, row_group=group, row=i, column=column
-                    )
-                elif kind == "ClassLabel":
-                    classes = classes or feature.get("names")
-                    members["cls"] = Ref(size=len(str(value)), data=str(value).encode())
-                elif column in strings:
-                    ext = "txt" if len(strings) == 1 else f"{column.lower()}.txt"
-                    members[ext] = Ref(size=len(value.encode()), data=value.encode())
-                else:
-                    data = json.dumps(value, ensure_ascii=False).encode()
-                    members[f"{column.lower()}.json"] = Ref(size=len(data), data=data)
-            if failed:
+            members = cells.members(row, (group, i, number), key, problems)
+            if members is None:  # a media cell that cannot be read rejects its whole row
                 continue
-            bad = _key_problem(key, members, {s.key for s in samples})
+            bad = _key_problem(key, members, seen)
             if bad is not None:
                 problems.append(bad)
                 continue
+            seen.add(key)
             samples.append(PlannedSample(key, tuple(sorted(members.items()))))
         first_row += table.num_rows
     return SourcePlan(samples, problems, classes)
+
+
+class _HubCells:
+    """One Hub Parquet file's cells as sample members (see `plan_hf_parquet`)."""
+
+    def __init__(self, path: Path, features: Mapping[str, Any], root: Path) -> None:
+        self.path, self.features, self.root = path, features, root
+        self.mtime_ns = path.stat().st_mtime_ns
+        self.strings = [
+            c for c, f in features.items() if f.get("dtype") in ("string", "large_string")
+        ]
+
+    def members(
+        self,
+        row: Mapping[str, Any],
+        at: tuple[int, int, int],
+        key: str,
+        problems: list[Problem],
+    ) -> dict[str, Ref] | None:
+        """A row's members (`at`: its row group, row in it, and row in the file); None, with
+        its problem noted, when a media cell cannot be read."""
+        group, i, number = at
+        members: dict[str, Ref] = {}
+        for column, feature in self.features.items():
+            kind, value = feature.get("_type"), row.get(column)
+            if value is None:
+                continue
+            if kind in ("Image", "Audio"):
+                found = self._media(value, kind, group, i, column)
+                if isinstance(found, str):
+                    problems.append(Problem(f"{self.path}:{number}:{column}", found, key))
+                    return None
+                members[found[0]] = found[1]
+            elif kind == "ClassLabel":
+                members["cls"] = Ref(size=len(str(value)), data=str(value).encode())
+            elif column in self.strings:
+                ext = "txt" if len(self.strings) == 1 else f"{column.lower()}.txt"
+                members[ext] = Ref(size=len(value.encode()), data=value.encode())
+            else:
+                data = json.dumps(value, ensure_ascii=False).encode()
+                members[f"{column.lower()}.json"] = Ref(size=len(data), data=data)
+        return members
+
+    def _media(
+        self, value: Mapping[str, Any], kind: str, group: int, i: int, column: str
+    ) -> tuple[str, Ref] | str:
+        """An Image / Audio cell's (extension, member), or why it cannot be read."""
+        data = value.get("bytes")
+        name_ext = split_name(Path(value.get("path") or "").name)
+        known = name_ext[1] if name_ext and _known(name_ext[1]) else None
+        if data:
+            ref = Ref(
+                len(data), str(self.path), self.mtime_ns, row_group=group, row=i, column=column
+            )
+            return known or _sniff(data, kind), ref
+        # a path-only cell: the file it names, within the root
+        found = _path_ref(value.get("path"), self.path.parent, self.root)
+        if isinstance(found, str):
+            return found
+        if known is None:  # the name says nothing: its first bytes do
+            with open(found.path, "rb") as f:
+                known = _sniff(f.read(16), kind)
+        return known, found
 
 
 @lru_cache(maxsize=2)

@@ -285,27 +285,7 @@ def multimodal_perceiver(
     4×4 video patches with 32-band Fourier positions, 16-sample audio patches with 192 bands,
     the label always masked (the model infers it)."""
     samples = num_frames * audio_samples_per_frame
-    video = GridInput(
-        channels=3,
-        patch=(1, 4, 4),
-        num_bands=32,
-        max_resolution=(num_frames, image_size, image_size),
-        scale=1.0,
-        offset=0.0,
-    )
-    audio = GridInput(
-        channels=1,
-        patch=(samples_per_patch,),
-        num_bands=192,
-        max_resolution=(samples,),
-        scale=1.0,
-        offset=0.0,
-    )
-    inputs = MultimodalInput(
-        inputs={"audio": audio, "image": video, "label": LabelInput(num_classes=num_classes)},
-        min_padding=4,
-        mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
-    )
+    inputs = _kinetics_inputs(num_classes, num_frames, image_size, samples, samples_per_patch)
     encoder = EncoderConfig(
         num_latents=num_latents,
         latent_dim=latent_dim,
@@ -336,6 +316,34 @@ def multimodal_perceiver(
         "label": nn.Linear(output_channels, num_classes),
     }
     return MultimodalAutoencoder(inputs=inputs, encoder=encoder, decoder=decoder, heads=heads)
+
+
+def _kinetics_inputs(
+    num_classes: int, num_frames: int, image_size: int, samples: int, samples_per_patch: int
+) -> MultimodalInput:
+    """The multimodal model's inputs: 4×4 video patches with 32 bands, audio patches with
+    192, the label (always masked)."""
+    video = GridInput(
+        channels=3,
+        patch=(1, 4, 4),
+        num_bands=32,
+        max_resolution=(num_frames, image_size, image_size),
+        scale=1.0,
+        offset=0.0,
+    )
+    audio = GridInput(
+        channels=1,
+        patch=(samples_per_patch,),
+        num_bands=192,
+        max_resolution=(samples,),
+        scale=1.0,
+        offset=0.0,
+    )
+    return MultimodalInput(
+        inputs={"audio": audio, "image": video, "label": LabelInput(num_classes=num_classes)},
+        min_padding=4,
+        mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
+    )
 
 
 def optical_flow_perceiver(train_size: tuple[int, int] = (368, 496)) -> OpticalFlow:

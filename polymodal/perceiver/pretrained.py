@@ -27,15 +27,6 @@ from polymodal.errors import UserError
 
 from .hf import RULES, SUPPORTED, from_hf, rename
 
-# The DeepMind checkpoints on the Hub and the transformers class each one is.
-HUB_MODELS = {
-    "deepmind/language-perceiver": "PerceiverForMaskedLM",
-    "deepmind/vision-perceiver-fourier": "PerceiverForImageClassificationFourier",
-    "deepmind/vision-perceiver-learned": "PerceiverForImageClassificationLearned",
-    "deepmind/vision-perceiver-conv": "PerceiverForImageClassificationConvProcessing",
-    "deepmind/optical-flow-perceiver": "PerceiverForOpticalFlow",
-    "deepmind/multimodal-perceiver": "PerceiverForMultimodalAutoencoding",
-}
 HUB_PROBE_SECONDS = 3.0  # how long the Hub may take to accept a connection
 
 

@@ -125,19 +125,7 @@ class Stream(IterableDataset):
         batching: str = "mixed",
         schedule: WeightSchedule | Sequence[SchedulePoint] | None = None,
     ) -> None:
-        policies = (
-            dict.fromkeys(STAGES_WITH_ERRORS, errors)
-            if isinstance(errors, str)
-            else {**dict.fromkeys(STAGES_WITH_ERRORS, "skip"), **errors}
-        )
-        if set(policies) != set(STAGES_WITH_ERRORS) or not set(policies.values()) <= {
-            "skip",
-            "raise",
-        }:
-            raise ValueError(
-                f"errors must be 'skip' or 'raise', or a mapping of "
-                f"{list(STAGES_WITH_ERRORS)} to those, got {errors!r}"
-            )
+        policies = _policies(errors)
         if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
             raise ValueError("batch_size, buffer_size and max_member_bytes must be positive")
         if clips_per_sample < 1 or batch_size % clips_per_sample:
@@ -148,6 +136,34 @@ class Stream(IterableDataset):
         self.mix = _sources(source)
         self.sources = [str(s.path) for s in self.mix]
         self.indexes = [ShardIndex.load(s, remote) for s in self.sources]
+        self._fields(fields, optional, meta)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.clips_per_sample = clips_per_sample
+        self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
+        self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
+        self.max_member_bytes = max_member_bytes
+        self._leave_out_changed_shards()
+        self._fillers: dict[int, list[dict[str, Any]] | None] = {}
+        self.epoch = 0
+        if schedule is not None and not isinstance(schedule, WeightSchedule):
+            schedule = WeightSchedule(list(schedule), len(self.mix))
+        self.mixture = MixturePlan(
+            self.mix, self.totals, self.samples_per_batch, epoch_size, batching, schedule
+        )
+        self.plan = StreamPlan(self.counts, self.mixture, seed, shuffle, buffer_size)
+        self.total = self.mixture.epoch_size  # samples in an epoch, over all ranks
+        # whether the sources are mixed by declared rules, not just each read once
+        declared = any(getattr(s, rule) is not None for s in self.mix for rule in RULES)
+        self.declared = declared or (epoch_size, batching, schedule) != (None, "mixed", None)
+
+    def _fields(
+        self,
+        fields: Mapping[str, FieldSpec | FieldSpecLike] | None,
+        optional: Collection[str] | None,
+        meta: Sequence[str],
+    ) -> None:
+        """The fields' adapters (materialised where the datasets say so), which of them a
+        sample may lack, and the metadata members that ride along."""
         self.fields = materialized_fields(
             _resolve_fields(fields, self.indexes), [i.materialized or {} for i in self.indexes]
         )
@@ -159,35 +175,19 @@ class Stream(IterableDataset):
                 f"optional names {sorted(unknown)}, not fields ({sorted(self.fields)})"
             )
         self.optional, self.meta = sorted(optional), tuple(e.lower().lstrip(".") for e in meta)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.clips_per_sample = clips_per_sample
-        self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
-        self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
-        self.max_member_bytes = max_member_bytes
+
+    def _leave_out_changed_shards(self) -> None:
+        """Local shards whose size is not the index's are left out of the plan (reported;
+        an error under the `raise` read policy); per source, the samples per shard the plan
+        sees (`counts`) and their totals."""
         self.excluded = [_size_mismatches(index, n) for n, index in enumerate(self.indexes)]
-        if policies["read"] == "raise" and any(self.excluded):
+        if self.errors["read"] == "raise" and any(self.excluded):
             first = next(skip for skips in self.excluded for skip in skips.values())
             raise StreamError(f"{first.url}: {first.reason}")
         for skip in (skip for skips in self.excluded for skip in skips.values()):
             log.warning("left out %s: %s", skip.url, skip.reason)
-        self._fillers: dict[int, list[dict[str, Any]] | None] = {}
-        self.epoch = 0
-        # per source, samples per shard as the plan sees them (left-out shards hold none)
         self.counts = [_plan_counts(i, e) for i, e in zip(self.indexes, self.excluded, strict=True)]
         self.totals = [int(c.sum()) for c in self.counts]  # samples per source (one pass)
-        if schedule is not None and not isinstance(schedule, WeightSchedule):
-            schedule = WeightSchedule(list(schedule), len(self.mix))
-        self.mixture = MixturePlan(
-            self.mix, self.totals, self.samples_per_batch, epoch_size, batching, schedule
-        )
-        self.plan = StreamPlan(self.counts, self.mixture, seed, shuffle, buffer_size)
-        self.total = self.mixture.epoch_size  # samples in an epoch, over all ranks
-        # whether the sources are mixed by declared rules, not just each read once
-        self.declared = any(getattr(s, rule) is not None for s in self.mix for rule in RULES) or (
-            epoch_size,
-            batching,
-            schedule,
-        ) != (None, "mixed", None)
 
     # --- the pure plan (`plan.StreamPlan`) ---
 
@@ -386,6 +386,21 @@ def _size_mismatches(index: ShardIndex, source: int) -> dict[int, Skip]:
                 source=source,
             )
     return out
+
+
+def _policies(errors: str | Mapping[str, str]) -> dict[str, str]:
+    """The error policy of each stage that has one, from one policy or a mapping of them."""
+    policies = (
+        dict.fromkeys(STAGES_WITH_ERRORS, errors)
+        if isinstance(errors, str)
+        else {**dict.fromkeys(STAGES_WITH_ERRORS, "skip"), **errors}
+    )
+    if set(policies) != set(STAGES_WITH_ERRORS) or not set(policies.values()) <= {"skip", "raise"}:
+        raise ValueError(
+            f"errors must be 'skip' or 'raise', or a mapping of {list(STAGES_WITH_ERRORS)} to "
+            f"those, got {errors!r}"
+        )
+    return policies
 
 
 def _sources(source: SourceSpec) -> list[MixSource]:

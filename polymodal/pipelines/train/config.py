@@ -229,34 +229,11 @@ class TrainConfig:
 
     def _ranges(self) -> list[tuple[str, Any, bool, str]]:
         """(field, value, whether it is in range, the range in words) for every number."""
-        d, o, m, a = self.data, self.optim, self.model, self.augment
+        return [*_data_ranges(self.data), *_optim_ranges(self.optim), *self._run_ranges()]
 
-        def positive(x: float) -> bool:
-            return math.isfinite(x) and x > 0
-
-        def non_negative(x: float) -> bool:
-            return math.isfinite(x) and x >= 0
-
+    def _run_ranges(self) -> list[tuple[str, Any, bool, str]]:
+        m, a = self.model, self.augment
         checks = [
-            ("data.batch_size", d.batch_size, d.batch_size >= 1, "positive"),
-            ("data.workers", d.workers, d.workers >= 0, "at least 0"),
-            ("data.threads", d.threads, d.threads >= 0, "at least 0 (0: cores // workers)"),
-            (
-                "data.clips_per_sample",
-                d.clips_per_sample,
-                d.clips_per_sample >= 1 and d.batch_size % d.clips_per_sample == 0,
-                f"a positive divisor of data.batch_size={d.batch_size}",
-            ),
-            ("data.buffer_size", d.buffer_size, d.buffer_size >= 1, "positive"),
-            ("data.epoch_size", d.epoch_size, d.epoch_size >= 0, "at least 0 (0: natural)"),
-            ("data.num_classes", d.num_classes, d.num_classes >= 1, "positive"),
-            ("data.label", d.label, _extension_ok(d.label), "a member extension like 'cls'"),
-            ("optim.lr", o.lr, positive(o.lr), "a positive number"),
-            ("optim.weight_decay", o.weight_decay, non_negative(o.weight_decay), "at least 0"),
-            ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "at least 0"),
-            ("optim.grad_clip", o.grad_clip, non_negative(o.grad_clip), "at least 0 (0: off)"),
-            ("optim.accumulate", o.accumulate, o.accumulate >= 1, "positive"),
-            ("optim.head_lr", o.head_lr, non_negative(o.head_lr), "at least 0 (0: lr)"),
             ("epochs", self.epochs, self.epochs >= 1, "positive"),
             ("max_steps", self.max_steps, self.max_steps >= 0, "at least 0 (0: epochs decide)"),
             ("subsample", self.subsample, self.subsample >= 1, "positive"),
@@ -266,24 +243,18 @@ class TrainConfig:
             (
                 "memory_budget_gb",
                 self.memory_budget_gb,
-                non_negative(self.memory_budget_gb),
+                _non_negative(self.memory_budget_gb),
                 "at least 0 (0: this machine's memory)",
             ),
             ("run_dir", self.run_dir, bool(self.run_dir.strip()), "a folder"),
             ("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
-            ("optim.ema", o.ema, 0 <= o.ema < 1, "in [0, 1) (0: off)"),
-            ("augment.mixup", a.mixup, non_negative(a.mixup), "at least 0 (0: off)"),
-            ("augment.cutmix", a.cutmix, non_negative(a.cutmix), "at least 0 (0: off)"),
+            ("augment.mixup", a.mixup, _non_negative(a.mixup), "at least 0 (0: off)"),
+            ("augment.cutmix", a.cutmix, _non_negative(a.cutmix), "at least 0 (0: off)"),
             ("augment.probability", a.probability, 0 < a.probability <= 1, "in (0, 1]"),
-            (
-                "augment.label_smoothing",
-                a.label_smoothing,
-                0 <= a.label_smoothing < 1,
-                "in [0, 1)",
-            ),
+            ("augment.label_smoothing", a.label_smoothing, 0 <= a.label_smoothing < 1, "in [0, 1)"),
         ]
         for name, weight in self.loss_weights.items():
-            checks.append((f"loss_weights.{name}", weight, non_negative(weight), "at least 0"))
+            checks.append((f"loss_weights.{name}", weight, _non_negative(weight), "at least 0"))
         for f in dataclasses.fields(m):
             value = getattr(m, f.name)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -305,6 +276,44 @@ def _mix_source(source: SourceConfig) -> Any:
         return MixSource(source.path, source.weight, source.repeat, source.samples)
     except MixtureError as exc:
         raise ConfigError(f"data.train: {exc}") from None
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def _non_negative(x: float) -> bool:
+    return math.isfinite(x) and x >= 0
+
+
+def _data_ranges(d: DataConfig) -> list[tuple[str, Any, bool, str]]:
+    return [
+        ("data.batch_size", d.batch_size, d.batch_size >= 1, "positive"),
+        ("data.workers", d.workers, d.workers >= 0, "at least 0"),
+        ("data.threads", d.threads, d.threads >= 0, "at least 0 (0: cores // workers)"),
+        (
+            "data.clips_per_sample",
+            d.clips_per_sample,
+            d.clips_per_sample >= 1 and d.batch_size % d.clips_per_sample == 0,
+            f"a positive divisor of data.batch_size={d.batch_size}",
+        ),
+        ("data.buffer_size", d.buffer_size, d.buffer_size >= 1, "positive"),
+        ("data.epoch_size", d.epoch_size, d.epoch_size >= 0, "at least 0 (0: natural)"),
+        ("data.num_classes", d.num_classes, d.num_classes >= 1, "positive"),
+        ("data.label", d.label, _extension_ok(d.label), "a member extension like 'cls'"),
+    ]
+
+
+def _optim_ranges(o: OptimConfig) -> list[tuple[str, Any, bool, str]]:
+    return [
+        ("optim.lr", o.lr, _positive(o.lr), "a positive number"),
+        ("optim.weight_decay", o.weight_decay, _non_negative(o.weight_decay), "at least 0"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "at least 0"),
+        ("optim.grad_clip", o.grad_clip, _non_negative(o.grad_clip), "at least 0 (0: off)"),
+        ("optim.accumulate", o.accumulate, o.accumulate >= 1, "positive"),
+        ("optim.head_lr", o.head_lr, _non_negative(o.head_lr), "at least 0 (0: lr)"),
+        ("optim.ema", o.ema, 0 <= o.ema < 1, "in [0, 1) (0: off)"),
+    ]
 
 
 def _extension_ok(ext: str) -> bool:
