@@ -160,17 +160,11 @@ def read_tar_samples(
     try:
         with tarfile.open(fileobj=cast(IO[bytes], head), mode="r|") as tar:
             for info in tar:
-                where = f"{url}:{info.name}"
-                reason = unsafe_reason(info.name)
-                if reason is None and not info.isfile():
-                    reason = None if info.isdir() else f"not a regular file (type {info.type!r})"
-                    if info.isdir():  # folders are normal in tars made by hand: not a problem
-                        continue
-                parts = split_name(info.name) if reason is None else None
-                if reason is None and parts is None:
-                    reason = "member name has no extension"
-                if reason is not None or parts is None:
-                    report(Problem(where, reason or "member name has no extension"))
+                parts = _member_parts(info)
+                if parts is None:  # a folder: normal in tars made by hand
+                    continue
+                if isinstance(parts, str):
+                    report(Problem(f"{url}:{info.name}", parts))
                     continue
                 key, ext = parts
                 if current is None or key != current["__key__"]:
@@ -184,31 +178,62 @@ def read_tar_samples(
                         )
                     offset = start + info.offset
                     current = {"__key__": key, "__url__": url}
-                if ext in current:
-                    raise DuplicateExtensionError(
-                        f"{where}: sample {key!r} has two members with extension {ext!r}"
-                    )
-                refusal = member_refusal(info, max_member_bytes)
-                if refusal is not None:
-                    current[ERROR_KEY] = f"{key}.{ext}: {refusal}"
-                    current[ext] = b""
-                    continue
-                # the data straight from the stream, which sits at the member's data (as
-                # `extractfile` would, without its two file objects per member: a third of the
-                # time of reading a materialised shard); `next` skips the padding after it
-                data = tar.fileobj.read(info.size)
-                if len(data) != info.size:
-                    raise tarfile.ReadError("unexpected end of data")
-                current[ext] = data
+                _read_member(tar, info, current, key, ext, url, max_member_bytes)
     except tarfile.ReadError as exc:
-        packed = compression(head.first) if offset == 0 else None
-        if packed is not None:
-            raise tarfile.ReadError(
-                f"{url}: the shard is {packed}-compressed; polymodal reads plain tar shards "
-                f"(decompress it first, e.g. `{COMPRESSORS[packed]} -d`)"
-            ) from exc
-        raise tarfile.ReadError(
-            f"{url}: damaged or truncated tar after byte {offset}: {exc}"
-        ) from exc
+        raise _damaged(url, head, offset, exc) from exc
     if current is not None:
         yield offset, current
+
+
+def _member_parts(info: tarfile.TarInfo) -> tuple[str, str] | str | None:
+    """`(key, extension)` of a member a sample is made of, `None` for a folder (skipped
+    quietly), or the reason the member cannot be part of a sample."""
+    reason = unsafe_reason(info.name)
+    if reason is not None:
+        return reason
+    if info.isdir():
+        return None
+    if not info.isfile():
+        return f"not a regular file (type {info.type!r})"
+    return split_name(info.name) or "member name has no extension"
+
+
+def _read_member(
+    tar: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    sample: dict[str, Any],
+    key: str,
+    ext: str,
+    url: str,
+    max_member_bytes: int,
+) -> None:
+    """Put one member's bytes into `sample`, or its refusal under `ERROR_KEY` without reading
+    it (an oversized member is never allocated)."""
+    if ext in sample:
+        raise DuplicateExtensionError(
+            f"{url}:{info.name}: sample {key!r} has two members with extension {ext!r}"
+        )
+    refusal = member_refusal(info, max_member_bytes)
+    if refusal is not None:
+        sample[ERROR_KEY] = f"{key}.{ext}: {refusal}"
+        sample[ext] = b""
+        return
+    # the data straight from the stream, which sits at the member's data (as `extractfile`
+    # would, without its two file objects per member: a third of the time of reading a
+    # materialised shard); the tar iterator skips the padding after it
+    data = cast(IO[bytes], tar.fileobj).read(info.size)
+    if len(data) != info.size:
+        raise tarfile.ReadError("unexpected end of data")
+    sample[ext] = data
+
+
+def _damaged(url: str, head: _Head, offset: int, exc: tarfile.ReadError) -> tarfile.ReadError:
+    """The error for a tar that cannot be read on: a compressed shard says so and how to
+    decompress it; anything else names the last good sample's byte."""
+    packed = compression(head.first) if offset == 0 else None
+    if packed is not None:
+        return tarfile.ReadError(
+            f"{url}: the shard is {packed}-compressed; polymodal reads plain tar shards "
+            f"(decompress it first, e.g. `{COMPRESSORS[packed]} -d`)"
+        )
+    return tarfile.ReadError(f"{url}: damaged or truncated tar after byte {offset}: {exc}")
