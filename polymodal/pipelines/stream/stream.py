@@ -268,7 +268,7 @@ class Stream(IterableDataset):
         order = self.plan.worker_order(epoch, place, rest)
         reader = Reader(self.indexes, self.errors["read"], self.remote, self.max_member_bytes)
         decode = self._decode(self.errors["decode"], epoch)
-        batcher = Batcher(self.batch_size, lambda: self.filler(epoch), self.optional)
+        batcher = Batcher(lambda: self.filler(epoch), self.optional)
         stages: dict[str, Stage] = {"reader": reader, **order.stages, "decode": decode}
         stages["batch"] = batcher
         for name, stage in stages.items():

@@ -147,13 +147,16 @@ class TrainConfig:
             "schedule": schedule or None,
         }
 
+    def seeds(self) -> tuple[int, int]:
+        """`(data seed, model seed)`: the run's `seed` unless `data.seed` / `model_seed` set
+        their own (the one rule every reader of a seed goes through)."""
+        data = self.seed if self.data.seed is None else self.data.seed
+        return data, self.seed if self.model_seed is None else self.model_seed
+
     def resolve_seeds(self) -> TrainConfig:
-        """One seed for the run unless `data.seed` / `model_seed` set their own; resolved here
-        so the saved config.json says which seeds the run used."""
-        if self.data.seed is None:
-            self.data.seed = self.seed
-        if self.model_seed is None:
-            self.model_seed = self.seed
+        """Write `seeds()` into the config, so the saved config.json says which seeds the run
+        used."""
+        self.data.seed, self.model_seed = self.seeds()
         return self
 
     def validate(self) -> TrainConfig:

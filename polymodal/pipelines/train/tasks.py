@@ -344,7 +344,7 @@ def dataset_stream(
             dict(fields),
             batch_size=config.data.batch_size,
             shuffle=shuffle,
-            seed=config.seed if config.data.seed is None else config.data.seed,
+            seed=config.seeds()[0],
             buffer_size=config.data.buffer_size,
             remote=config.data.remote,
             optional=[n for n, spec in config.data.fields.items() if spec.optional and n in fields],

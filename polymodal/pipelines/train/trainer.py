@@ -103,7 +103,7 @@ class Trainer:
             f"cuda:{self.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
         )
         self.run_dir = Path(config.run_dir)
-        seed_everything(self.config.model_seed or 0)
+        seed_everything(self.config.seeds()[1])
         self.task = make_task(config)
         check_run_dir(config)
         train = self._streams()  # the datasets checked against the fields before any model
@@ -414,7 +414,7 @@ class Trainer:
         the run's seed, the step, the micro-batch and the rank, so a resumed run draws the same
         whatever else drew in between (a DataLoader draws a seed each time it starts)."""
         key = f"step:{self.step}:{micro}:{self.rank}"
-        return stable_seed(key, self.config.model_seed) % 2**63
+        return stable_seed(key, self.config.seeds()[1]) % 2**63
 
     def _say(self, bar: tqdm, line: str) -> None:
         """One line for a person: above the progress bar, or in the log without one."""

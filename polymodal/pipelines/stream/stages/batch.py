@@ -1,6 +1,7 @@
-"""The batch stage: `collate` of `batch_size` samples' items (one each, or K clips each); a
-sample that cannot be read or decoded is reported and replaced by a repeat of a good one
-(marked), so shapes and batch counts never change."""
+"""The batch stage: `collate` of one planned batch's samples' items (one each, or K clips
+each; the plan decides which samples make a batch, this stage only joins them). A sample that
+cannot be read or decoded is reported and replaced by a repeat of a good one (marked), so
+shapes and batch counts never change."""
 
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ class Batcher:
 
     def __init__(
         self,
-        batch_size: int,
         filler: Callable[[], list[dict[str, Any]] | None],
         optional: Sequence[str] = (),
     ) -> None:
-        self.batch_size, self.filler, self.optional = batch_size, filler, tuple(optional)
+        self.filler, self.optional = filler, tuple(optional)
         self.batches = 0
 
     def state_dict(self) -> dict[str, int]:
