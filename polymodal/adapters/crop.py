@@ -46,6 +46,34 @@ def check_crop(
             raise ValueError(f"ratio must be a [low, high] range of aspect ratios, got {ratio}")
 
 
+class FrameCrop:
+    """The crop settings images and video frames share, checked once at construction: the
+    output `size`, `crop_fraction` of the shorter side, `crop` (center or random), Inception's
+    `scale` / `ratio`, `flip`, and the `max_pixels` a frame may have before it is refused.
+    A mixin of the two adapters, so a setting means the same in both."""
+
+    def set_crop(
+        self,
+        size: int | tuple[int, int] | None,
+        crop_fraction: float,
+        crop: str,
+        scale: tuple[float, float] | None,
+        ratio: tuple[float, float],
+        flip: bool,
+        max_pixels: int,
+    ) -> None:
+        check_crop(crop, crop_fraction, scale, ratio, size)
+        self.size = size_pair(size)
+        self.crop_fraction, self.crop = crop_fraction, crop
+        self.scale, self.ratio, self.flip = scale, ratio, flip
+        self.max_pixels = max_pixels
+
+    @property
+    def uses_rng(self) -> bool:
+        """A random crop or a flip draws from the sample's generator."""
+        return self.crop == "random" or self.flip
+
+
 def resize_scale(w: int, h: int, size: tuple[int, int], crop_fraction: float) -> float:
     """Factor from a `w`×`h` frame to the resized one that a `size` crop is cut from."""
     out_h, out_w = size

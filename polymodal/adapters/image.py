@@ -23,7 +23,7 @@ from polymodal.codecs.images import (
 from polymodal.perceiver.io import GridInput, ImageStemInput
 
 from .base import Adapter, Preview, Reconstruction
-from .crop import check_crop, crop_plan, flip_draw, resize_crop, resize_scale, size_pair
+from .crop import FrameCrop, crop_plan, flip_draw, resize_crop, resize_scale
 from .field import Field
 from .field_input import FieldInput
 from .registry import BUILT_IN, register
@@ -32,7 +32,7 @@ _DRAFT_REDUCTIONS = (8, 4, 2)  # the DCT-domain scales Pillow's JPEG draft mode 
 
 
 @register("image")
-class ImageAdapter(Adapter):
+class ImageAdapter(FrameCrop, Adapter):
     """Decode, orient, resize and crop an image to a fixed pixel budget.
 
     `size` is the output `(H, W)` (an int for a square; None keeps the native size). The image
@@ -69,17 +69,8 @@ class ImageAdapter(Adapter):
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
-        check_crop(crop, crop_fraction, scale, ratio, size)
-        self.scale, self.ratio, self.flip = scale, ratio, flip
-        self.size = size_pair(size)
-        self.crop_fraction = crop_fraction
-        self.crop = crop
-        self.max_pixels = max_pixels
+        self.set_crop(size, crop_fraction, crop, scale, ratio, flip, max_pixels)
         self.background = background
-
-    @property
-    def uses_rng(self) -> bool:
-        return self.crop == "random" or self.flip
 
     def encoder(
         self, patch_size: int = 1, num_bands: int = 64, stem: bool = False, stem_channels: int = 64

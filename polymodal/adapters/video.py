@@ -27,14 +27,13 @@ from polymodal.perceiver.io import GridInput, ImageStemInput
 
 from .base import Adapter, Preview, Reconstruction
 from .crop import (
-    check_crop,
+    FrameCrop,
     crop_origin,
     crop_plan,
     flip_draw,
     resize_crop,
     resized_crop_plan,
     resized_size,
-    size_pair,
 )
 from .field import Field
 from .field_input import FieldInput
@@ -42,7 +41,7 @@ from .registry import BUILT_IN, register
 
 
 @register("video")
-class VideoAdapter(Adapter):
+class VideoAdapter(FrameCrop, Adapter):
     """Cut a clip of `num_frames` frames at `fps` out of a video, resized and cropped.
 
     Only what the clip needs is decoded: the container is seeked to the keyframe before the
@@ -81,20 +80,11 @@ class VideoAdapter(Adapter):
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
-        check_crop(crop, crop_fraction, scale, ratio, size)
-        self.scale, self.ratio, self.flip = scale, ratio, flip
+        self.set_crop(size, crop_fraction, crop, scale, ratio, flip, max_pixels)
         if num_frames < 1:
             raise ValueError(f"num_frames must be positive, got {num_frames}")
         self.num_frames = num_frames
         self.fps = fps
-        self.size = size_pair(size)
-        self.crop_fraction = crop_fraction
-        self.crop = crop
-        self.max_pixels = max_pixels
-
-    @property
-    def uses_rng(self) -> bool:
-        return self.crop == "random" or self.flip
 
     def encoder(
         self,
