@@ -16,8 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_hostile_runs import _images, _train_config
-from test_stream import _fields, _write
+from testdata import numbered_pngs, png_fields, train_toml, two_class_pngs
 
 from polymodal.adapters import DecodeError, get
 from polymodal.cli import main
@@ -102,7 +101,7 @@ def test_only_regular_files_are_read_from_a_source_folder(tmp_path):
 
 def test_validate_of_an_index_claiming_a_quadrillion_samples_is_bounded(tmp_path):
     data = tmp_path / "huge"
-    _write(data, sizes=[5])
+    numbered_pngs(data, sizes=[5])
     index = ShardIndex.load(data)
     shard = index.shards[0]
     table = ShardTable.from_columns(
@@ -121,8 +120,8 @@ def test_validate_of_an_index_claiming_a_quadrillion_samples_is_bounded(tmp_path
 
 @pytest.mark.slow
 def test_a_model_too_large_for_the_machine_is_refused_from_its_config(tmp_path, capsys):
-    train = _images(tmp_path / "train", shards=1)
-    config = _train_config(tmp_path, train, None, max_steps=1)
+    train = two_class_pngs(tmp_path / "train", shards=1)
+    config = train_toml(tmp_path, train, None, max_steps=1)
     text = config.read_text().replace("num_latents = 4", "num_latents = 1_000_000_000")
     config.write_text(text)
     started = time.monotonic()
@@ -137,8 +136,8 @@ def test_a_model_too_large_for_the_machine_is_refused_from_its_config(tmp_path, 
 
 @pytest.mark.slow
 def test_evaluate_draws_no_matrix_for_more_classes_than_it_serves(tmp_path, capsys):
-    train = _images(tmp_path / "train", shards=2)
-    config = _train_config(tmp_path, train, train, max_steps=2)
+    train = two_class_pngs(tmp_path / "train", shards=2)
+    config = train_toml(tmp_path, train, train, max_steps=2)
     config.write_text(config.read_text().replace("num_classes = 2", "num_classes = 150"))
     assert main(["train", str(config)]) == 0
     capsys.readouterr()
@@ -158,8 +157,8 @@ def test_evaluate_draws_no_matrix_for_more_classes_than_it_serves(tmp_path, caps
 def saved(tmp_path):
     """A dataset, and a loader state saved after two batches with two workers."""
     data = tmp_path / "data"
-    _write(data, sizes=[8, 8])
-    loader = Stream(data, _fields(), batch_size=2).loader(2)
+    numbered_pngs(data, sizes=[8, 8])
+    loader = Stream(data, png_fields(), batch_size=2).loader(2)
     batches = iter(loader)
     next(batches)
     next(batches)
@@ -170,7 +169,7 @@ def test_a_state_past_its_epoch_is_refused_at_any_worker_count(saved):
     data, state = saved
     state["batches"] = 10**9
     for workers in (2, 3):  # as saved, and resized
-        loader = Stream(data, _fields(), batch_size=2).loader(workers)
+        loader = Stream(data, png_fields(), batch_size=2).loader(workers)
         with pytest.raises(StateError, match=r"batches: 1,000,000,000 is past the 8 batches"):
             loader.load_state_dict(state)
 
@@ -193,15 +192,15 @@ def test_a_state_past_its_epoch_is_refused_at_any_worker_count(saved):
 def test_a_damaged_state_is_one_error_naming_the_field_before_any_worker(saved, damage, message):
     data, state = saved
     damage(state)
-    loader = Stream(data, _fields(), batch_size=2).loader(2)
+    loader = Stream(data, png_fields(), batch_size=2).loader(2)
     with pytest.raises(StateError, match=message):
         loader.load_state_dict(state)
 
 
 @pytest.mark.slow
 def test_resume_after_changing_the_batch_size_is_one_line(tmp_path, capsys):
-    train = _images(tmp_path / "train", shards=2)
-    config = _train_config(tmp_path, train, None, max_steps=2, checkpoint_every=1)
+    train = two_class_pngs(tmp_path / "train", shards=2)
+    config = train_toml(tmp_path, train, None, max_steps=2, checkpoint_every=1)
     assert main(["train", str(config)]) == 0
     capsys.readouterr()
     assert main(["train", str(config), "--set", "data.batch_size=2", "--resume"]) == 2
@@ -230,7 +229,7 @@ def test_pretrained_folders_that_do_not_load_name_the_file(tmp_path, capsys):
 
 def test_inspect_of_an_empty_shard_and_a_gzipped_one_say_so(tmp_path, capsys):
     data = tmp_path / "data"
-    _write(data, sizes=[4, 4])
+    numbered_pngs(data, sizes=[4, 4])
     (data / "shard-000.tar").write_bytes(b"")
     assert main(["inspect", str(data)]) == 0
     out = capsys.readouterr().out
@@ -246,8 +245,8 @@ def test_inspect_of_an_empty_shard_and_a_gzipped_one_say_so(tmp_path, capsys):
 
 
 def test_an_impossible_encoder_option_is_a_config_error(tmp_path, capsys):
-    train = _images(tmp_path / "train", shards=1)
-    config = _train_config(tmp_path, train, None, max_steps=1)
+    train = two_class_pngs(tmp_path / "train", shards=1)
+    config = train_toml(tmp_path, train, None, max_steps=1)
     config.write_text(config.read_text().replace("patch_size = 4", "patch_size = 0"))
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err

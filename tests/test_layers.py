@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from testdata import REPO
 
-PACKAGE = Path(__file__).resolve().parent.parent / "polymodal"
+PACKAGE = REPO / "polymodal"
 
 
 def _module(path: Path) -> str:
@@ -108,3 +109,60 @@ def test_no_two_modules_import_each_other():
         and not a.startswith(b + ".")
     )
     assert loops == []
+
+
+def _wing(name: str) -> list[Path]:
+    return _files(f"pipelines/{name}")
+
+
+@pytest.mark.parametrize(
+    ("wing", "never"),
+    [("stream", ("train", "preprocess")), ("preprocess", ("train",))],
+)
+def test_the_wings_import_only_downwards(wing, never):
+    """The streaming reader knows no trainer and no shard-to-shard job; the jobs know no
+    trainer (materialise reads the stream's field spec, not the training config)."""
+    for path in _wing(wing):
+        for name in _imports(path):
+            for other in never:
+                assert not name.startswith(f"polymodal.pipelines.{other}"), (
+                    f"pipelines/{wing}/{path.name} imports {name}"
+                )
+
+
+def test_only_training_imports_the_model():
+    """The Perceiver is the trainer's: data, jobs, the stream and the command line reach it
+    only through `pipelines/train`. Adapters build their device half from `perceiver.io`,
+    the input encoders, never the model."""
+    for path in PACKAGE.rglob("*.py"):
+        inside = path.relative_to(PACKAGE).as_posix()
+        if inside.startswith(("perceiver/", "pipelines/train/")) or inside == "__init__.py":
+            continue
+        allowed = ("polymodal.perceiver.io",) if inside.startswith("adapters/") else ()
+        for name in _imports(path):
+            if name.startswith("polymodal.perceiver"):
+                assert allowed and name.startswith(allowed), f"{inside} imports {name}"
+
+
+def test_build_and_index_load_no_torch(tmp_path):
+    """Making a dataset is data work: `polymodal build` and `polymodal index` run in a real
+    process and finish without torch ever being imported (it costs seconds at start)."""
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "src" / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = Image.new("RGB", (8, 8), (40 * i, 200, 40))
+            pixels.save(tmp_path / "src" / label / f"{label}{i}.png")
+    code = (
+        "import sys; from polymodal.cli import main; "
+        "rc = main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(rc)"
+    )
+    out = tmp_path / "ds"
+    for argv in (["build", str(tmp_path / "src"), str(out), "--quiet"], ["index", str(out)]):
+        run = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip().splitlines()[-1] == "False", f"{argv[0]} imported torch"
+    assert (out / "index.json").exists()

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from plans import epoch_batches, make_plan, real, worker_batches
-from test_stream import _digest, _fields, _write
+from testdata import batch_digest, numbered_pngs, png_fields
 
 from polymodal.adapters import get
 from polymodal.cli import main
@@ -231,9 +231,9 @@ def _keys_by_source(batches) -> Counter:
 def test_a_down_weighted_source_gives_all_of_itself_over_its_cycle(tmp_path):
     """The first case of the issue: a = 46 samples in 3 shards at weight 1 beside c at 5 gave
     the same 22 of a's samples every epoch; now a's 11 a epoch walk all 46 in 5 epochs."""
-    _write(tmp_path / "a", sizes=[20, 16, 10], prefix="a")
-    _write(tmp_path / "b", sizes=[23], prefix="b")
-    _write(tmp_path / "c", sizes=[7], prefix="c")
+    numbered_pngs(tmp_path / "a", sizes=[20, 16, 10], prefix="a")
+    numbered_pngs(tmp_path / "b", sizes=[23], prefix="b")
+    numbered_pngs(tmp_path / "c", sizes=[7], prefix="c")
     stream = Stream(
         [(tmp_path / "a", 1), (tmp_path / "b", 1), (tmp_path / "c", 5)],
         {"label": get("label")()},
@@ -259,8 +259,8 @@ def test_a_down_weighted_source_gives_all_of_itself_over_its_cycle(tmp_path):
 def test_an_up_weighted_mixture_drops_nothing_twice(tmp_path):
     """The second case: b = 23 at weight 1 beside a = 37 at 2 lost the same 3 samples each
     epoch; now b's 20 an epoch cover it in 2 epochs, and a passes whole once and 3 more."""
-    _write(tmp_path / "a", sizes=[20, 17], prefix="a")
-    _write(tmp_path / "b", sizes=[12, 11], prefix="b")
+    numbered_pngs(tmp_path / "a", sizes=[20, 17], prefix="a")
+    numbered_pngs(tmp_path / "b", sizes=[12, 11], prefix="b")
     stream = Stream(
         [(tmp_path / "a", 2.0), (tmp_path / "b", 1.0)],
         {"label": get("label")()},
@@ -380,18 +380,18 @@ def test_bad_mixture_configs_are_one_line_errors(tmp_path, capsys):
 
 
 def test_a_stratified_mixture_resumes_bitwise_through_real_workers(tmp_path):
-    _write(tmp_path / "a", sizes=[20, 12, 10], prefix="a")
-    _write(tmp_path / "b", sizes=[14], prefix="b")
+    numbered_pngs(tmp_path / "a", sizes=[20, 12, 10], prefix="a")
+    numbered_pngs(tmp_path / "b", sizes=[14], prefix="b")
 
     def loader():
         sources = [MixSource(tmp_path / "a", weight=3), MixSource(tmp_path / "b", weight=1)]
-        stream = Stream(sources, _fields(), batch_size=8, buffer_size=6, batching="stratified")
+        stream = Stream(sources, png_fields(), batch_size=8, buffer_size=6, batching="stratified")
         return stream.loader(num_workers=2)
 
     first = loader()
     first.set_epoch(3)
     batches = list(first)
-    whole = [_digest(b) for b in batches]
+    whole = [batch_digest(b) for b in batches]
     # 42 and 14 samples at 3 : 1, batches of 8: every batch three quarters a, a quarter b
     assert [b.sources.tolist().count(0) for b in batches] == [6] * 7
     for cut in (1, 3):
@@ -404,4 +404,4 @@ def test_a_stratified_mixture_resumes_bitwise_through_real_workers(tmp_path):
         del batches
         resumed = loader()
         resumed.load_state_dict(state)
-        assert [_digest(b) for b in resumed] == whole[cut:]
+        assert [batch_digest(b) for b in resumed] == whole[cut:]

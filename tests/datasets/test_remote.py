@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from test_stream import _fields, _write
+from testdata import numbered_pngs, png_fields
 
 from polymodal.cli import main
 from polymodal.datasets.files import Remote
@@ -59,7 +59,7 @@ class _DroppingHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def served(tmp_path):
     data = tmp_path / "www" / "ds"
-    assert _write(data) == TOTAL
+    assert numbered_pngs(data) == TOTAL
     for name in ("index.json", "rejects.jsonl"):  # only shards: a folder of someone's tars
         (data / name).unlink()
     for sidecar in data.glob(".*.idx"):
@@ -90,7 +90,7 @@ def test_index_read_only_http_shards_through_dropped_connections(served, tmp_pat
     drops = {n for n in _DroppingHandler.gets if n.endswith(".tar")}
     assert all(_DroppingHandler.gets.count(n) >= 2 for n in drops - {"shard-001.tar"})
     _DroppingHandler.dropped = set()  # every shard drops once more, mid-read, in the stream
-    streamed = Stream(tmp_path / "idx", _fields(), batch_size=5, remote=remote).loader(0)
+    streamed = Stream(tmp_path / "idx", png_fields(), batch_size=5, remote=remote).loader(0)
     keys = _keys(streamed)
     assert sorted(keys) == sorted(f"k{n:04d}" for n in range(TOTAL))
     assert streamed.report()["skipped"] == 0  # each drop resumed where it was
@@ -130,7 +130,7 @@ def test_index_and_stream_s3_shards_on_a_local_s3_server(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     try:
         data = tmp_path / "ds"
-        _write(data)
+        numbered_pngs(data)
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="shards")
         for tar in sorted(data.glob("*.tar")):
@@ -142,8 +142,8 @@ def test_index_and_stream_s3_shards_on_a_local_s3_server(tmp_path, monkeypatch):
         remote = Remote(fs_options={"client_kwargs": {"endpoint_url": endpoint}})
         index = ShardIndex.load(tmp_path / "idx")
         assert index.shards_at == "s3://shards/public/ds" and index.samples == TOTAL
-        streamed = Stream(tmp_path / "idx", _fields(), batch_size=5, remote=remote)
-        on_disk = Stream(data, _fields(), batch_size=5)
+        streamed = Stream(tmp_path / "idx", png_fields(), batch_size=5, remote=remote)
+        on_disk = Stream(data, png_fields(), batch_size=5)
         assert _keys(streamed.loader(0)) == _keys(on_disk.loader(0))
     finally:
         server.stop()
@@ -194,9 +194,9 @@ class _HostileHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def hostile(tmp_path):
-    """(url, data folder, stop): shards of `_write` behind a `_HostileHandler`."""
+    """(url, data folder, stop): shards of `numbered_pngs` behind a `_HostileHandler`."""
     data = tmp_path / "www" / "ds"
-    _write(data)
+    numbered_pngs(data)
     _HostileHandler.modes = {}
     _HostileHandler.release = threading.Event()
     server = http.server.ThreadingHTTPServer(
@@ -266,7 +266,7 @@ def test_the_stream_names_a_stalled_shard_and_a_server_that_is_gone(hostile, tmp
     url, _, stop = hostile
     assert main(["index", url, "--out", str(tmp_path / "idx"), "--quiet"]) == 0
     _HostileHandler.modes = {"shard-005.tar": "trickle"}  # the 20-sample shard
-    loader = Stream(tmp_path / "idx", _fields(), batch_size=5, remote=FAST).loader(0)
+    loader = Stream(tmp_path / "idx", png_fields(), batch_size=5, remote=FAST).loader(0)
     started = time.monotonic()
     keys = _keys(loader)
     assert time.monotonic() - started < 20
@@ -274,6 +274,6 @@ def test_the_stream_names_a_stalled_shard_and_a_server_that_is_gone(hostile, tmp
     reasons = {s["reason"] for s in loader.report()["samples"]}
     assert len(reasons) == 1 and reasons.pop().startswith("stalled after 2 tries")
     stop()  # the server is gone: refused connections, retried, then named as such
-    gone = Stream(tmp_path / "idx", _fields(), batch_size=5, remote=FAST).loader(0)
+    gone = Stream(tmp_path / "idx", png_fields(), batch_size=5, remote=FAST).loader(0)
     with pytest.raises(StreamError, match="unreachable after 2 tries"):
         _keys(gone)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testdata import REPO
 
 from polymodal.cli import main
 from polymodal.datasets.build import build
@@ -289,7 +290,7 @@ def test_lamb_minimises():
     assert loss.item() < first / 100
 
 
-@pytest.mark.parametrize("recipe", sorted(Path(__file__).parent.parent.glob("examples/*.toml")))
+@pytest.mark.parametrize("recipe", sorted(REPO.glob("examples/*.toml")))
 def test_recipes_are_valid_configs(recipe):
     from polymodal.pipelines.train.trainer import build_model
 

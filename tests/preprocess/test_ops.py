@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
+from testdata import REPO
 from testmedia import peak_hz
 
 from polymodal.codecs.points import read_points
@@ -175,7 +175,7 @@ def test_media_ops_are_deterministic(clip):
 def test_every_frame_is_scaled_on_one_swscale_thread():
     """Threaded swscale made reruns differ under load (1 pair in 40); frames are scaled only
     through `codecs.video.scaled`, which runs it on one thread."""
-    package = Path(__file__).resolve().parent.parent / "polymodal"
+    package = REPO / "polymodal"
     scaling = re.compile(r"\.reformat\(|\.to_ndarray\([^)]*(width|height|format)=")
     found = [
         f"{path.relative_to(package)}:{n}"

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from testdata import png_fields
 from testmedia import gnu_sparse_member, index_doc, peak_memory_growth_mb, write_index_doc
 
 from polymodal.adapters import DecodeError, get
@@ -32,10 +33,6 @@ def _dataset(directory: Path, shards: int = 3, per_shard: int = 4, prefix: str =
             png = encode_image(np.full((4, 4, 3), n, np.uint8), "PNG")
             writer.write({"__key__": f"{prefix}{n:04d}", "png": png, "cls": str(n % 2)})
     return directory
-
-
-def _fields():
-    return {"image": get("image")(size=None, extensions=["png"]), "label": get("label")()}
 
 
 def _keys(loader) -> list[str]:
@@ -155,13 +152,13 @@ def test_an_oversized_member_is_skipped_and_reported(tmp_path):
         for n, pixels in enumerate([np.zeros((4, 4, 3), np.uint8), noise, noise[:4, :4]]):
             writer.write({"__key__": f"k{n}", "png": encode_image(pixels, "PNG"), "cls": "0"})
     stream = Stream(
-        tmp_path / "data", _fields(), batch_size=3, shuffle=False, max_member_bytes=5000
+        tmp_path / "data", png_fields(), batch_size=3, shuffle=False, max_member_bytes=5000
     )
     loader = stream.loader(0)
     assert _keys(loader) == ["k0", "k2"]
     (skip,) = loader.report()["samples"]
     assert skip["key"] == "k1" and "over max_member_bytes=5,000" in skip["reason"]
-    nothing = Stream(tmp_path / "data", _fields(), batch_size=3, max_member_bytes=10).loader(0)
+    nothing = Stream(tmp_path / "data", png_fields(), batch_size=3, max_member_bytes=10).loader(0)
     with pytest.raises(StreamError, match="not one sample"):  # nothing at all to fill with
         list(nothing)
     assert nothing.report()["skipped"] == 3
@@ -258,12 +255,12 @@ def test_an_index_claiming_10_to_the_15_samples_costs_nothing_to_refuse(tmp_path
     with pytest.raises(InvalidIndex, match="cannot fit in"):
         ShardIndex.load(data)
     claim(10**15, 10**18)  # a lie that fits: the bytes are claimed too
-    loader = Stream(data, _fields(), batch_size=4, shuffle=False).loader(2)
+    loader = Stream(data, png_fields(), batch_size=4, shuffle=False).loader(2)
     assert _keys(loader) == [f"k{n:04d}" for n in range(4, 8)]  # the honest shard
     report = loader.report()
     assert report["skipped"] == 10**15 and "left out" in report["samples"][0]["reason"]
     with pytest.raises(StreamError, match="the index says 1,000,000,000,000,000,000"):
-        Stream(data, _fields(), errors="raise")
+        Stream(data, png_fields(), errors="raise")
 
 
 # --- 3. the index and the shards are checked, not trusted ---------------------------------------
@@ -344,7 +341,7 @@ def test_a_lowered_count_is_reported_not_silently_dropped(tmp_path):
         doc["samples"] -= 2
 
     _edit_index(data, lower)
-    loader = Stream(data, _fields(), batch_size=2, shuffle=False).loader(0)
+    loader = Stream(data, png_fields(), batch_size=2, shuffle=False).loader(0)
     assert _keys(loader) == ["k0000", "k0001", *[f"k{n:04d}" for n in range(4, 8)]]
     checks = [s for s in loader.report()["samples"] if s["stage"] == "check"]
     assert len(checks) == 1 and "more samples than the 2 the index says" in checks[0]["reason"]
@@ -357,14 +354,14 @@ def test_a_replaced_shard_is_reported_by_the_stream_and_validate(tmp_path):
     at = raw.index(b"k0001.cls") + 512  # the label's data block: same size, other content
     raw[at] = ord("7")
     shard.write_bytes(bytes(raw))
-    loader = Stream(data, _fields(), batch_size=4, shuffle=False).loader(0)
+    loader = Stream(data, png_fields(), batch_size=4, shuffle=False).loader(0)
     assert len(_keys(loader)) == 8
     checks = [s for s in loader.report()["samples"] if s["stage"] == "check"]
     assert [c["key"] for c in checks] == ["shard-000000.tar"] and "sha256" in checks[0]["reason"]
     problems = validate_dataset(str(data))
     assert any("content changed after it was indexed" in p["reason"] for p in problems)
     (data / "shard-000001.tar").write_bytes(bytes(raw[:-1024]))  # another size: left out
-    loader = Stream(data, _fields(), batch_size=4, shuffle=False).loader(0)
+    loader = Stream(data, png_fields(), batch_size=4, shuffle=False).loader(0)
     assert len(_keys(loader)) == 4 and loader.report()["skipped"] == 4
 
 
@@ -417,7 +414,7 @@ def test_a_split_sample_fails_index_and_validate(tmp_path):
 def test_a_garbage_sidecar_makes_a_seek_fail_clearly(tmp_path):
     data = _dataset(tmp_path / "data", shards=1, per_shard=200)
     (data / ".shard-000000.tar.idx").write_bytes(b"{}\n" + bytes(7))
-    stream = Stream(data, _fields(), batch_size=50, shuffle=False)
+    stream = Stream(data, png_fields(), batch_size=50, shuffle=False)
     loader = stream.loader(2)  # worker 1 starts mid-shard: it must seek
     keys = _keys(loader)
     assert len(keys) == 100  # worker 0 reads from byte 0; worker 1's half is reported
@@ -511,7 +508,7 @@ def test_lost_shards_are_skipped_once_and_a_resume_skips_the_same(tmp_path):
         return out, loader.report()
 
     def loader():
-        return Stream(data, _fields(), batch_size=2, buffer_size=4, seed=5).loader(0)
+        return Stream(data, png_fields(), batch_size=2, buffer_size=4, seed=5).loader(0)
 
     whole, report = run(loader())
     lost = {s["key"] for s in report["samples"]}

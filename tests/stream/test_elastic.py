@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from plans import epoch_batches, make_plan, rank_batches, real
-from test_stream import _digest, _fields, _rank_env, _write
+from testdata import batch_digest, numbered_pngs, png_fields, set_rank
 
 from polymodal.pipelines.stream.stream import Stream
 
@@ -62,11 +62,11 @@ def test_a_resized_run_finishes_the_epoch_exactly_once_then_goes_on_as_usual(
     tmp_path, monkeypatch, w1, k1, w2, k2
 ):
     data = tmp_path / "data"
-    total = _write(data, sizes=[7, 0, 13, 1, 9, 4])
+    total = numbered_pngs(data, sizes=[7, 0, 13, 1, 9, 4])
 
     def loader(rank: int, world: int, workers: int):
-        _rank_env(monkeypatch, rank, world)
-        return Stream(data, _fields(), batch_size=2, buffer_size=5).loader(workers)
+        set_rank(monkeypatch, rank, world)
+        return Stream(data, png_fields(), batch_size=2, buffer_size=5).loader(workers)
 
     before, states = [], []
     for rank in range(w1):
@@ -90,7 +90,7 @@ def test_a_resized_run_finishes_the_epoch_exactly_once_then_goes_on_as_usual(
         assert new.epoch == 2
         fresh = loader(rank, w2, k2)
         fresh.set_epoch(2)
-        assert [_digest(b) for b in new] == [_digest(b) for b in fresh]
+        assert [batch_digest(b) for b in new] == [batch_digest(b) for b in fresh]
     assert len(counts) == 1
     assert not set(before) & set(after)
     assert sorted(before + after) == sorted({f"k{i:04d}" for i in range(total)})

@@ -11,18 +11,18 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from test_stream import _fields, _write
+from testdata import numbered_pngs, png_fields
 from torch.utils.data import DataLoader
 
 from polymodal.pipelines.stream.stream import Stream
 
-TOTAL = 54  # samples _write puts in the dataset
+TOTAL = 54  # samples numbered_pngs puts in the dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("consumers") / "data"
-    assert _write(path) == TOTAL
+    assert numbered_pngs(path) == TOTAL
     return path
 
 
@@ -32,7 +32,7 @@ def _real_keys(batches) -> list[str]:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_users_own_dataloader_delivers_every_sample_once(dataset, workers):
-    stream = Stream(dataset, _fields(), batch_size=4)
+    stream = Stream(dataset, png_fields(), batch_size=4)
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
     batches = list(loader)
     keys = _real_keys(batches)
@@ -44,7 +44,7 @@ def test_a_users_own_dataloader_delivers_every_sample_once(dataset, workers):
 
 
 def test_the_loader_has_what_a_dataloader_has(dataset):
-    stream = Stream(dataset, _fields(), batch_size=4)
+    stream = Stream(dataset, png_fields(), batch_size=4)
     loader = stream.loader(2)
     assert loader.dataset is stream and loader.batch_size == 4 and loader.num_workers == 2
     assert len(loader) == len(stream)
@@ -64,17 +64,17 @@ def _epochs(loader, consume, count: int = 3) -> list[list[str]]:
     ids=["islice", "zip", "list"],
 )
 def test_every_iteration_is_a_full_new_epoch(dataset, consume):
-    loader = Stream(dataset, _fields(), batch_size=4).loader(2)
+    loader = Stream(dataset, png_fields(), batch_size=4).loader(2)
     epochs = _epochs(loader, consume)
     assert all(sorted(e) == sorted(epochs[0]) and len(e) == TOTAL for e in epochs)
     assert len({tuple(e) for e in epochs}) == 3  # three different orders: three epochs
-    reference = Stream(dataset, _fields(), batch_size=4).loader(2)
+    reference = Stream(dataset, png_fields(), batch_size=4).loader(2)
     assert epochs == _epochs(reference, list)  # the same epochs as a loader run out each time
 
 
 def test_a_loop_left_half_way_and_set_epoch(dataset):
-    loader = Stream(dataset, _fields(), batch_size=4).loader(0)
-    reference = Stream(dataset, _fields(), batch_size=4).loader(0)
+    loader = Stream(dataset, png_fields(), batch_size=4).loader(0)
+    reference = Stream(dataset, png_fields(), batch_size=4).loader(0)
     epochs = [_real_keys(reference) for _ in range(3)]
     for _batch in loader:  # epoch 0, left after one batch
         break
@@ -85,7 +85,7 @@ def test_a_loop_left_half_way_and_set_epoch(dataset):
     first = [next(iterator) for _ in range(3)]
     state = loader.state_dict()
     del iterator
-    resumed = Stream(dataset, _fields(), batch_size=4).loader(0)
+    resumed = Stream(dataset, png_fields(), batch_size=4).loader(0)
     resumed.load_state_dict(state)
     assert _real_keys(first) + _real_keys(resumed) == epochs[1]
     assert _real_keys(resumed) == epochs[2]  # and on into the next epoch

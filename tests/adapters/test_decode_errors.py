@@ -107,3 +107,27 @@ def test_decompression_bomb_is_refused_in_bounded_memory(tmp_path):
     assert "refused:" in out
     grew_kb = int(out.split("grew_kb")[1])
     assert grew_kb < 200_000, out  # well under the 1.6 GB a decode would take
+
+
+def test_corrupt_jpeg_data_is_never_a_silently_wrong_sample():
+    """libjpeg only warns about these and fills the rest grey; strict decoding refuses them."""
+    small = encode_image(photo(0, 128), "JPEG")
+    large = encode_image(photo(0, 512), "JPEG")  # 512 → 112 decodes at 1/4 in the DCT domain
+    noise = np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    for data in (small, large):
+        middle = len(data) // 2
+        cases = {
+            "cut-and-closed": data[:middle] + b"\xff\xd9",
+            "noise-in-the-scan": data[:middle] + noise + data[middle + 200 :],
+        }
+        for name, bad in cases.items():
+            with pytest.raises(DecodeError):
+                get("image")(size=112).decode({"__key__": name, "jpg": bad})
+        assert get("image")(size=112).decode({"__key__": "ok", "jpg": data}).grid == (112, 112)
+
+
+def test_ffmpeg_errors_reach_users_as_plain_reasons():
+    for name in ("video", "audio"):
+        with pytest.raises(DecodeError) as err:
+            get(name)().decode({"__key__": "k", "mp4": b"not a video at all" * 40})
+        assert "Errno" not in err.value.reason and "FFmpeg: " in err.value.reason

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_stream import _write
+from testdata import numbered_pngs
 
 CHILD = textwrap.dedent(
     """
@@ -38,7 +38,7 @@ CHILD = textwrap.dedent(
 @pytest.mark.slow
 def test_torchrun_two_ranks_over_uneven_shards(tmp_path: Path):
     data = tmp_path / "data"
-    total = _write(data, sizes=[9, 1, 14, 0, 3])  # 27 samples: ranks get 14 each, one repeat
+    total = numbered_pngs(data, sizes=[9, 1, 14, 0, 3])  # 27 samples: ranks get 14 each, one repeat
     child = tmp_path / "child.py"
     child.write_text(CHILD)
     out = tmp_path / "out.json"

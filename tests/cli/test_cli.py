@@ -85,3 +85,19 @@ def test_json_reports_and_exit_codes_a_script_can_trust(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_missing_paths_are_one_line_each(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    for argv in (
+        ["validate", missing],
+        ["inspect", missing],
+        ["index", missing],
+        ["train", missing + ".toml"],
+        ["preprocess", missing, str(tmp_path / "out"), "--op", "dedupe"],
+        ["build", missing, str(tmp_path / "out")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert "nope" in err

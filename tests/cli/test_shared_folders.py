@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_hostile_runs import _images, _train_config
+from testdata import train_toml, two_class_pngs
 
 from polymodal.cli import main
 from polymodal.datasets.files import LOCK_NAME, FolderInUse, OwnerLock
@@ -30,8 +30,8 @@ def _wait_for(path: Path, lines: int = 1, seconds: float = 120) -> None:
 
 @pytest.mark.slow
 def test_a_second_trainer_on_a_run_directory_is_refused_and_the_first_is_untouched(tmp_path):
-    train = _images(tmp_path / "train", shards=2)
-    config = _train_config(tmp_path, train, None, max_steps=100_000, checkpoint_every=100_000)
+    train = two_class_pngs(tmp_path / "train", shards=2)
+    config = train_toml(tmp_path, train, None, max_steps=100_000, checkpoint_every=100_000)
     first = subprocess.Popen(
         [*POLYMODAL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -122,8 +122,8 @@ def test_builds_and_jobs_into_a_folder_another_process_writes_are_refused(tmp_pa
 
 @pytest.mark.slow
 def test_exports_and_predictions_never_land_on_other_files(tmp_path, capsys):
-    train = _images(tmp_path / "train", shards=2)
-    config = _train_config(tmp_path, train, None, max_steps=2)
+    train = two_class_pngs(tmp_path / "train", shards=2)
+    config = train_toml(tmp_path, train, None, max_steps=2)
     assert main(["train", str(config)]) == 0
     run = tmp_path / "run"
     out = tmp_path / "exported"

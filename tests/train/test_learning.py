@@ -8,13 +8,14 @@ import logging
 from pathlib import Path
 
 import pytest
+from testdata import REPO
 
 from polymodal.datasets.build import build
 from polymodal.datasets.spoken import SpokenDigits, make_spoken_digits, speak
 from polymodal.pipelines.train.config import load_config
 from polymodal.pipelines.train.trainer import Trainer
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 CLASSES = 4
 
 

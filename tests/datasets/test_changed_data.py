@@ -8,7 +8,7 @@ import json
 import shutil
 
 import numpy as np
-from test_stream import _fields
+from testdata import png_fields
 
 from polymodal.cli import main
 from polymodal.datasets.index import ShardIndex
@@ -43,7 +43,7 @@ def test_a_shard_replaced_after_indexing_is_caught_mid_shard(tmp_path):
     shutil.copy(other / "shard-001.tar", data / "shard-001.tar")
     assert (data / "shard-001.tar").stat().st_size == ShardIndex.load(data).shards[1].bytes
     # two workers: the second starts inside a shard, reading from the sidecar's offset
-    loader = Stream(data, _fields(), batch_size=5, shuffle=False).loader(num_workers=2)
+    loader = Stream(data, png_fields(), batch_size=5, shuffle=False).loader(num_workers=2)
     keys = _delivered(loader)
     assert not [k for k in keys if k.startswith("x")]  # nothing foreign delivered
     report = loader.report()
@@ -65,7 +65,7 @@ def test_keys_two_shards_share_come_once_and_are_reported(tmp_path, capsys):
         "shard-000.tar",
     ]
     for workers in (0, 2):
-        loader = Stream(data, _fields(), batch_size=4).loader(num_workers=workers)
+        loader = Stream(data, png_fields(), batch_size=4).loader(num_workers=workers)
         keys = _delivered(loader)
         assert sorted(keys) == [f"k{i:04d}" for i in range(15)]  # each key once
         report = loader.report()

@@ -1,4 +1,3 @@
-import hashlib
 import json
 import os
 import subprocess
@@ -9,63 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testdata import SHARD_SIZES, TESTS, batch_digest, numbered_pngs, png_fields, set_rank
 
 from polymodal.adapters import get
 from polymodal.datasets.files import Remote
-from polymodal.datasets.synthetic import encode_image
-from polymodal.datasets.writer import ShardWriter
 from polymodal.pipelines.stream.place import Place
 from polymodal.pipelines.stream.plan import StreamPlan
 from polymodal.pipelines.stream.stages.shuffle import BufferOrder
 from polymodal.pipelines.stream.stream import Stream
 
-SHARD_SIZES = [7, 0, 13, 1, 9, 20, 4]  # uneven, one empty
-
-
-def _write(directory: Path, sizes=SHARD_SIZES, prefix="k", bad=()) -> int:
-    """Shards of tiny PNGs whose pixel value and label encode the sample number."""
-    directory.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for shard, size in enumerate(sizes):
-        with ShardWriter(directory / f"part{shard:03d}", prefix="tmp", max_samples=None) as writer:
-            for _ in range(size):
-                pixels = np.full((4, 4, 3), n % 256, np.uint8)
-                png = b"\x89PNG broken" if n in bad else encode_image(pixels, "PNG")
-                writer.write({"__key__": f"{prefix}{n:04d}", "png": png, "cls": str(n % 10)})
-                n += 1
-    # one dataset: gather the shards into a single folder and index them
-    from polymodal.datasets.build import index_shards
-
-    for i, part in enumerate(sorted(directory.glob("part*"))):
-        for tar in part.glob("*.tar"):
-            tar.rename(directory / f"shard-{i:03d}.tar")
-    index_shards(directory, progress=False)
-    return n
-
-
-def _fields():
-    return {"image": get("image")(size=None, extensions=["png"]), "label": get("label")()}
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("stream") / "data"
-    _write(path)
+    numbered_pngs(path)
     return path
-
-
-def _digest(batch) -> list:
-    out = [list(batch.keys), batch.repeated.tolist()]
-    for name in sorted(batch):
-        field = batch[name]
-        out.append(hashlib.sha256(field.values.numpy().tobytes()).hexdigest())
-        out.append(hashlib.sha256(field.mask.numpy().tobytes()).hexdigest())
-    return out
-
-
-def _rank_env(monkeypatch, rank: int, world: int) -> None:
-    monkeypatch.setenv("RANK", str(rank))
-    monkeypatch.setenv("WORLD_SIZE", str(world))
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])
@@ -74,8 +31,8 @@ def test_exactly_once_over_ranks_and_workers(dataset, monkeypatch, workers, worl
     total = sum(SHARD_SIZES)
     keys, batches = [], []
     for rank in range(world):
-        _rank_env(monkeypatch, rank, world)
-        loader = Stream(dataset, _fields(), batch_size=4, buffer_size=8).loader(workers)
+        set_rank(monkeypatch, rank, world)
+        loader = Stream(dataset, png_fields(), batch_size=4, buffer_size=8).loader(workers)
         epoch = list(loader)
         batches.append(len(epoch))
         assert len(epoch) == len(loader)
@@ -91,7 +48,7 @@ def test_exactly_once_over_ranks_and_workers(dataset, monkeypatch, workers, worl
 
 def test_order_is_deterministic_and_changes_by_epoch(dataset):
     def order(seed: int, epochs: int = 2) -> list[list[str]]:
-        loader = Stream(dataset, _fields(), batch_size=5, seed=seed).loader(0)
+        loader = Stream(dataset, png_fields(), batch_size=5, seed=seed).loader(0)
         return [[k for b in loader for k in b.keys] for _ in range(epochs)]
 
     first, again = order(1), order(1)
@@ -99,7 +56,7 @@ def test_order_is_deterministic_and_changes_by_epoch(dataset):
 
 
 def test_unshuffled_stream_is_storage_order(dataset):
-    keys = [k for b in Stream(dataset, _fields(), batch_size=6, shuffle=False) for k in b.keys]
+    keys = [k for b in Stream(dataset, png_fields(), batch_size=6, shuffle=False) for k in b.keys]
     assert keys == [f"k{i:04d}" for i in range(sum(SHARD_SIZES))]
 
 
@@ -107,16 +64,17 @@ RESUME_CHILD = textwrap.dedent(
     """
     import hashlib, json, os, sys
     sys.path.insert(0, {tests!r})
-    from test_stream import _digest, _fields
+    from testdata import batch_digest, png_fields
     from polymodal.pipelines.stream.stream import Stream
 
     jobs = json.loads(open(sys.argv[1]).read())
     out = []
     for job in jobs:
         os.environ["RANK"], os.environ["WORLD_SIZE"] = str(job["rank"]), str(job["world"])
-        loader = Stream(job["data"], _fields(), batch_size=3, buffer_size=10).loader(job["workers"])
+        stream = Stream(job["data"], png_fields(), batch_size=3, buffer_size=10)
+        loader = stream.loader(job["workers"])
         loader.load_state_dict(job["state"])
-        out.append([_digest(b) for b in loader])
+        out.append([batch_digest(b) for b in loader])
     print(json.dumps(out))
     """
 )
@@ -131,11 +89,11 @@ def test_resume_in_a_new_process_is_bitwise_exact(dataset, monkeypatch, tmp_path
     for workers in (0, 1, 2):
         for world in (1, 2, 3, 4):
             rank = int(rng.integers(0, world))
-            _rank_env(monkeypatch, rank, world)
-            stream = Stream(dataset, _fields(), batch_size=3, buffer_size=10)
+            set_rank(monkeypatch, rank, world)
+            stream = Stream(dataset, png_fields(), batch_size=3, buffer_size=10)
             loader = stream.loader(workers)
             list(loader)  # epoch 0: resume in epoch 1, whose order differs
-            full = [_digest(b) for b in loader]
+            full = [batch_digest(b) for b in loader]
             k = int(rng.integers(0, len(full)))
             loader.set_epoch(1)
             batches = iter(loader)
@@ -155,7 +113,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(dataset, monkeypatch, tmp_path
     job_file = tmp_path / "jobs.json"
     job_file.write_text(json.dumps(jobs))
     child = tmp_path / "child.py"
-    child.write_text(RESUME_CHILD.format(tests=str(Path(__file__).parent)))
+    child.write_text(RESUME_CHILD.format(tests=str(TESTS)))
     out = subprocess.run(
         [sys.executable, str(child), str(job_file)],
         capture_output=True,
@@ -169,8 +127,8 @@ def test_resume_in_a_new_process_is_bitwise_exact(dataset, monkeypatch, tmp_path
 
 
 def test_resume_reads_at_most_the_buffer_and_decodes_nothing_skipped(dataset, monkeypatch):
-    _rank_env(monkeypatch, 0, 1)
-    stream = Stream(dataset, _fields(), batch_size=4, buffer_size=6)
+    set_rank(monkeypatch, 0, 1)
+    stream = Stream(dataset, png_fields(), batch_size=4, buffer_size=6)
     full = list(stream.worker_batches(0, Place()))
     decoded = []
     adapter = stream.fields["image"]
@@ -189,13 +147,13 @@ def test_resume_reads_at_most_the_buffer_and_decodes_nothing_skipped(dataset, mo
 def test_resume_restores_the_buffer_without_replaying_the_epoch(dataset, monkeypatch):
     """The state holds the buffer's order itself: resuming late in an epoch steps the order
     only for the batch it makes, not once per sample already emitted."""
-    _rank_env(monkeypatch, 0, 1)
-    loader = Stream(dataset, _fields(), batch_size=2, buffer_size=4).loader(0)
+    set_rank(monkeypatch, 0, 1)
+    loader = Stream(dataset, png_fields(), batch_size=2, buffer_size=4).loader(0)
     batches = iter(loader)
     for _ in range(12):
         next(batches)
-    expected = _digest(next(batches))
-    loader = Stream(dataset, _fields(), batch_size=2, buffer_size=4).loader(0)
+    expected = batch_digest(next(batches))
+    loader = Stream(dataset, png_fields(), batch_size=2, buffer_size=4).loader(0)
     batches = iter(loader)
     for _ in range(12):
         next(batches)
@@ -203,17 +161,17 @@ def test_resume_restores_the_buffer_without_replaying_the_epoch(dataset, monkeyp
     steps = []
     step = BufferOrder.step
     monkeypatch.setattr(BufferOrder, "step", lambda self: steps.append(1) or step(self))
-    resumed = Stream(dataset, _fields(), batch_size=2, buffer_size=4).loader(0)
+    resumed = Stream(dataset, png_fields(), batch_size=2, buffer_size=4).loader(0)
     resumed.load_state_dict(state)
-    assert _digest(next(iter(resumed))) == expected
+    assert batch_digest(next(iter(resumed))) == expected
     assert len(steps) <= 3  # two samples' steps (and the one past them), not 24 + 2
 
 
 def test_resume_refuses_another_configuration(dataset):
-    loader = Stream(dataset, _fields(), batch_size=4).loader(0)
+    loader = Stream(dataset, png_fields(), batch_size=4).loader(0)
     next(iter(loader))
     state = loader.state_dict()
-    other = Stream(dataset, _fields(), batch_size=5).loader(0)
+    other = Stream(dataset, png_fields(), batch_size=5).loader(0)
     with pytest.raises(ValueError, match="batch_size"):
         other.load_state_dict(state)
 
@@ -221,27 +179,27 @@ def test_resume_refuses_another_configuration(dataset):
 def test_resume_refuses_another_rank_batch_size_or_dataset_naming_the_values(
     dataset, monkeypatch, tmp_path
 ):
-    _rank_env(monkeypatch, 1, 4)
-    loader = Stream(dataset, _fields(), batch_size=2).loader(0)
+    set_rank(monkeypatch, 1, 4)
+    loader = Stream(dataset, png_fields(), batch_size=2).loader(0)
     next(iter(loader))
     state = json.loads(json.dumps(loader.state_dict()))
-    _rank_env(monkeypatch, 0, 4)
+    set_rank(monkeypatch, 0, 4)
     with pytest.raises(ValueError, match=r"this state is rank 1's, this is rank 0 of 4"):
-        Stream(dataset, _fields(), batch_size=2).loader(0).load_state_dict(state)
-    _rank_env(monkeypatch, 1, 4)
+        Stream(dataset, png_fields(), batch_size=2).loader(0).load_state_dict(state)
+    set_rank(monkeypatch, 1, 4)
     with pytest.raises(ValueError, match=r"batch_size \(saved 2, now 3\)"):
-        Stream(dataset, _fields(), batch_size=3).loader(0).load_state_dict(state)
+        Stream(dataset, png_fields(), batch_size=3).loader(0).load_state_dict(state)
     other = tmp_path / "other"  # the same shape of data, other samples
-    _write(other, prefix="o")
+    numbered_pngs(other, prefix="o")
     state["config"]["sources"] = [str(other)]
     with pytest.raises(ValueError, match=r"datasets \(saved \['table-sha256:[0-9a-f]{64}'\], now"):
-        Stream(other, _fields(), batch_size=2).loader(0).load_state_dict(state)
+        Stream(other, png_fields(), batch_size=2).loader(0).load_state_dict(state)
     state["config"]["datasets"] = ["0" * 64]  # a state from before table digests: not checked
-    Stream(other, _fields(), batch_size=2).loader(0).load_state_dict(state)
+    Stream(other, png_fields(), batch_size=2).loader(0).load_state_dict(state)
 
 
 def test_a_rank_outside_the_world_is_an_error(dataset):
-    stream = Stream(dataset, _fields(), batch_size=2)
+    stream = Stream(dataset, png_fields(), batch_size=2)
     with pytest.raises(ValueError, match="rank 4 of world size 4"):
         next(stream.worker_batches(0, Place(4, 4)))
     with pytest.raises(ValueError, match="worker 2 of 2"):
@@ -250,8 +208,8 @@ def test_a_rank_outside_the_world_is_an_error(dataset):
 
 def test_bad_samples_mid_shard_are_skipped_and_reported(tmp_path, caplog):
     data = tmp_path / "bad"
-    total = _write(data, sizes=[10, 10], bad={3, 14})
-    loader = Stream(data, _fields(), batch_size=4, shuffle=False).loader(0)
+    total = numbered_pngs(data, sizes=[10, 10], bad={3, 14})
+    loader = Stream(data, png_fields(), batch_size=4, shuffle=False).loader(0)
     batches = list(loader)
     report = loader.report()
     delivered = [
@@ -264,26 +222,26 @@ def test_bad_samples_mid_shard_are_skipped_and_reported(tmp_path, caplog):
     assert all("image" in s["reason"] for s in report["samples"])
     assert "skipped 2 samples" in caplog.text
     with pytest.raises(Exception, match="k0003"):
-        list(Stream(data, _fields(), batch_size=4, shuffle=False, errors="raise"))
-    per_stage = Stream(data, _fields(), batch_size=4, shuffle=False, errors={"read": "raise"})
+        list(Stream(data, png_fields(), batch_size=4, shuffle=False, errors="raise"))
+    per_stage = Stream(data, png_fields(), batch_size=4, shuffle=False, errors={"read": "raise"})
     assert len(list(per_stage)) == 5  # decode errors still skipped: only reading raises
     with pytest.raises(ValueError, match="errors must be"):
-        Stream(data, _fields(), errors={"decode": "ignore"})
+        Stream(data, png_fields(), errors={"decode": "ignore"})
 
 
 def test_a_missing_shard_is_reported_at_once(tmp_path):
     """A missing file is not a transient error: no backoff is spent on it."""
     data = tmp_path / "missing"
-    _write(data, sizes=[5, 6, 5])
+    numbered_pngs(data, sizes=[5, 6, 5])
     (data / "shard-001.tar").unlink()
     remote = Remote(tries=3, backoff=1.0)
-    loader = Stream(data, _fields(), batch_size=4, shuffle=False, remote=remote).loader(0)
+    loader = Stream(data, png_fields(), batch_size=4, shuffle=False, remote=remote).loader(0)
     start = time.perf_counter()
     keys = [k for b in loader for k, r in zip(b.keys, b.repeated.tolist(), strict=True) if not r]
     assert time.perf_counter() - start < 1.0  # no backoff
     assert keys == [f"k{i:04d}" for i in (*range(5), *range(11, 16))]
     strict = Stream(
-        data, _fields(), batch_size=4, shuffle=False, errors={"read": "raise", "decode": "skip"}
+        data, png_fields(), batch_size=4, shuffle=False, errors={"read": "raise", "decode": "skip"}
     )
     with pytest.raises(OSError, match=r"shard-001\.tar"):
         list(strict)
@@ -299,7 +257,7 @@ def test_shuffle_quality_on_a_dataset_sorted_by_class(tmp_path):
     With 60 shards a single epoch's correlation scatters by about 1/sqrt(60) around 0, so the
     test takes the mean over six seeds."""
     data = tmp_path / "sorted"
-    _write(data, sizes=[10] * 60)
+    numbered_pngs(data, sizes=[10] * 60)
 
     def rho(seed: int, shuffle: bool = True) -> float:
         stream = Stream(
@@ -318,8 +276,8 @@ def test_shuffle_quality_on_a_dataset_sorted_by_class(tmp_path):
 
 
 def test_mixing_sources_by_weight(tmp_path):
-    _write(tmp_path / "a", sizes=[30, 30], prefix="a")
-    _write(tmp_path / "b", sizes=[10], prefix="b")
+    numbered_pngs(tmp_path / "a", sizes=[30, 30], prefix="a")
+    numbered_pngs(tmp_path / "b", sizes=[10], prefix="b")
     fields = {"label": get("label")()}
     stream = Stream([(tmp_path / "a", 1.0), (tmp_path / "b", 1.0)], fields, batch_size=7)
     keys = [k for b in stream for k in b.keys]
@@ -341,8 +299,8 @@ def _rss_kb(pid: int) -> int:
 
 def test_memory_stays_flat_across_epochs_with_persistent_workers(tmp_path):
     data = tmp_path / "epochs"
-    _write(data, sizes=[40] * 5)
-    loader = Stream(data, _fields(), batch_size=8, buffer_size=32).loader(num_workers=2)
+    numbered_pngs(data, sizes=[40] * 5)
+    loader = Stream(data, png_fields(), batch_size=8, buffer_size=32).loader(num_workers=2)
 
     def total_rss() -> int:
         children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
@@ -378,17 +336,17 @@ def test_http_stream_equals_disk(dataset):
         line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N ..."
         port = int(line.split("port ")[1].split()[0])
         url = f"http://127.0.0.1:{port}/{dataset.name}"
-        remote = [_digest(b) for b in Stream(url, _fields(), batch_size=4)]
-        local = [_digest(b) for b in Stream(dataset, _fields(), batch_size=4)]
-        file_url = [_digest(b) for b in Stream(dataset.as_uri(), _fields(), batch_size=4)]
+        remote = [batch_digest(b) for b in Stream(url, png_fields(), batch_size=4)]
+        local = [batch_digest(b) for b in Stream(dataset, png_fields(), batch_size=4)]
+        file_url = [batch_digest(b) for b in Stream(dataset.as_uri(), png_fields(), batch_size=4)]
         assert remote == local == file_url and len(local) == 14
-        loader = Stream(url, _fields(), batch_size=4).loader(0)
+        loader = Stream(url, png_fields(), batch_size=4).loader(0)
         batches = iter(loader)
         for _ in range(5):
             next(batches)
-        resumed = Stream(url, _fields(), batch_size=4).loader(0)
+        resumed = Stream(url, png_fields(), batch_size=4).loader(0)
         resumed.load_state_dict(loader.state_dict())
-        assert [_digest(b) for b in resumed] == local[5:]
+        assert [batch_digest(b) for b in resumed] == local[5:]
     finally:
         server.terminate()
         server.wait()
@@ -407,7 +365,7 @@ def test_the_epoch_plan_is_built_once_per_worker_and_never_in_the_main_process(
         return original(self, epoch, world)
 
     monkeypatch.setattr(StreamPlan, "orders", counted)
-    stream = Stream(dataset, _fields(), batch_size=5)
+    stream = Stream(dataset, png_fields(), batch_size=5)
     loader = stream.loader(0)
     assert len(loader) > 1 and built == []  # lengths and slices: no plan
     for _ in range(2):

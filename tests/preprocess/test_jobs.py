@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testdata import REPO
 
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.reader import read_shard
@@ -332,9 +333,7 @@ def test_cli_recipe_equals_op_flags(source, reference, tmp_path):
     assert bad.returncode == 2 and "no op named 'x'" in bad.stderr
 
 
-@pytest.mark.parametrize(
-    "recipe", sorted(Path(__file__).parent.parent.glob("examples/preprocess/*.toml"))
-)
+@pytest.mark.parametrize("recipe", sorted(REPO.glob("examples/preprocess/*.toml")))
 def test_example_recipes_name_real_ops_and_options(recipe):
     import tomllib
 
