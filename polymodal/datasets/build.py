@@ -375,10 +375,10 @@ def index_shards(
         local = local_path(source)
         check_separate([] if local is None else [local], target, folders=True)
     with OwnerLock(target, "index"):
-        return _index_into(source, target, names, workers, progress, fields, out, remote, started)
+        return index_into(source, target, names, workers, progress, fields, out, remote, started)
 
 
-def _index_into(
+def index_into(
     source: str,
     target: Path,
     names: list[str],

@@ -48,6 +48,7 @@ from polymodal.datasets.files import (
 )
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
+from polymodal.datasets.shardlist import join_shard_lists, open_dataset
 from polymodal.pipelines.stream.elastic import Rest
 from polymodal.pipelines.stream.fields import FieldSpec, FieldSpecLike, build_adapter
 from polymodal.pipelines.stream.loader import BATCH_TIMEOUT, DIGEST_SCHEME, StreamLoader
@@ -88,8 +89,10 @@ STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
 class Stream(IterableDataset):
     """Batches of fields from one or more sharded datasets, for one rank.
 
-    `source`: a dataset folder or URL prefix (`http(s)://`, `s3://`, `file://`), or a list of
-    sources mixed into one epoch. A source in a list is a path (one whole pass an epoch), a
+    `source`: a dataset folder or URL prefix (`http(s)://`, `s3://`, `file://`), or shards with
+    no index (`"shards/shard-{000000..000099}.tar"`, a glob, a list of `.tar` paths or URLs,
+    patterns joined by `::`; scanned once into `cache_dir`, see `datasets.shardlist`), or a
+    list of sources mixed into one epoch. A source in a list is a path (one whole pass an epoch), a
     `MixSource(path, weight= | repeat= | samples=)` (or a mapping of those keys, or a
     `(path, weight)` pair): `repeat` passes, an exact number of `samples`, or a `weight`, a
     share of what the other rules leave of an `epoch_size` (default: the sources' natural sizes
@@ -124,6 +127,7 @@ class Stream(IterableDataset):
         epoch_size: int | None = None,
         batching: str = "mixed",
         schedule: WeightSchedule | Sequence[SchedulePoint] | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         policies = _policies(errors)
         if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
@@ -135,7 +139,7 @@ class Stream(IterableDataset):
             )
         self.mix = _sources(source)
         self.sources = [str(s.path) for s in self.mix]
-        self.indexes = [ShardIndex.load(s, remote) for s in self.sources]
+        self.indexes = [open_dataset(s, remote, cache_dir) for s in self.sources]
         self._fields(fields, optional, meta)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.clips_per_sample = clips_per_sample
@@ -407,6 +411,9 @@ def _sources(source: SourceSpec) -> list[MixSource]:
     """The sources and their rules, from any form `Stream` takes."""
     if isinstance(source, (str, Path, MixSource, Mapping)):
         return [MixSource.of(source)]
+    shards = join_shard_lists(list(source))
+    if shards is not None:
+        return [MixSource(shards)]
     sources = [MixSource.of(item) for item in source]
     if not sources:
         raise ValueError("no source given: pass a dataset folder, a URL or a list of them")

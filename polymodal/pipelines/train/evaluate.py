@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from polymodal.adapters import Batch, DecodeError, collate
 from polymodal.datasets.files import atomic_open, claim_output, is_remote, write_atomic
-from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import split_name
+from polymodal.datasets.shardlist import open_dataset
 from polymodal.pipelines.stream.place import Place, gathered
 from polymodal.pipelines.stream.stages import Skip
 from polymodal.pipelines.stream.stream import Stream, StreamError
@@ -247,7 +247,7 @@ def evaluate_checkpoint(
 def class_names(config: TrainConfig) -> list[str] | None:
     """The class names of the training dataset's index, when it has them."""
     try:
-        return ShardIndex.load(config.train_paths()[0], config.data.remote).classes
+        return open_dataset(config.train_paths()[0], config.data.remote).classes
     except (OSError, ValueError):
         return None
 
