@@ -342,3 +342,59 @@ def test_example_recipes_name_real_ops_and_options(recipe):
     doc = tomllib.loads(recipe.read_text())
     assert set(doc) <= {"ops", "engine", "workers", "address"}
     assert [make_op(table).name for table in doc["ops"]] == [t["op"] for t in doc["ops"]]
+
+
+MAIN_SCRIPT = """
+import sys
+from polymodal import preprocess
+
+def tag(sample):  # defined in __main__: it must travel by value
+    sample["note.txt"] = ("seen " + sample["__key__"]).encode()
+    return sample
+
+if __name__ == "__main__":  # as every script that starts processes has it
+    report = preprocess.run(
+        sys.argv[1], sys.argv[2], [tag, lambda s: s], engine=sys.argv[3], workers=2,
+        progress=False,
+    )
+    print(report.samples_out, report.rejected)
+    sys.exit(0 if report.samples_out and not report.rejected else 1)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_functions_from_a_scripts_main_run_on_every_engine(source, tmp_path, engine):
+    """README's `preprocess.run(..., my_op, engine="ray")` from a script: once every sample was
+    rejected (the workers could not import `__main__`) and the script exited 0."""
+    if engine == "ray":
+        pytest.importorskip("ray", reason="the ray engine needs `pip install polymodal[ray]`")
+    script = tmp_path / "job.py"
+    script.write_text(MAIN_SCRIPT)
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(script), str(source), str(out), engine],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    samples_out, rejected = map(int, run.stdout.split()[-2:])
+    assert rejected == 0 and samples_out == ShardIndex.load(source).samples
+    index = ShardIndex.load(out)
+    for sample in read_shard(index, index.shards[0]):
+        assert sample["note.txt"] == f"seen {sample['__key__']}".encode()
+
+
+def test_a_function_that_cannot_travel_fails_before_the_job(source, tmp_path):
+    import threading
+
+    lock = threading.Lock()
+
+    def holds_a_lock(sample):
+        with lock:
+            return sample
+
+    with pytest.raises(ValueError, match="holds_a_lock cannot be sent to worker processes"):
+        preprocess.run(source, tmp_path / "out", [holds_a_lock], progress=False)
+    assert not (tmp_path / "out").exists()

@@ -375,9 +375,9 @@ class StreamLoader:
         for skip in skips:
             if skip["reason"] not in self._logged:
                 self._logged.add(skip["reason"])
-                log.warning(
-                    "skipped %s (%s): %s", skip["key"] or skip["url"], skip["stage"], skip["reason"]
-                )
+                level = logging.INFO if skip["stage"] == "filter" else logging.WARNING  # asked for
+                where = skip["key"] or skip["url"]
+                log.log(level, "skipped %s (%s): %s", where, skip["stage"], skip["reason"])
             self.skipped.append(skip)
 
     def _summarise(self) -> None:

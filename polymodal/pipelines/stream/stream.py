@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,11 @@ from polymodal.pipelines.stream.stages import (
     Reader,
     Skip,
     Stage,
+    Step,
     StreamError,
+    Transform,
+    parse_transform,
+    transform_step,
     usable_batch,
 )
 
@@ -83,7 +87,7 @@ SourceSpec = (
 )
 
 FILLER_TRIES = 8  # samples per shard tried when looking for a batch filler
-STAGES_WITH_ERRORS = ("read", "decode")  # the stages that take an error policy
+STAGES_WITH_ERRORS = ("read", "decode", "transform")  # the stages with an error policy
 
 
 class Stream(IterableDataset):
@@ -103,7 +107,9 @@ class Stream(IterableDataset):
     `errors`: `"skip"` (count, report, go on) or `"raise"`, for every stage or per stage
     (`{"read": "raise", "decode": "skip"}`). `remote`: timeouts and tries of remote reads.
     `max_member_bytes`: no tar member larger than this is read (its sample is skipped and
-    reported).
+    reported). `transforms`: the user's functions on decoded samples, in order, as
+    `("map", fn)` / `("filter", predicate)` pairs or `"map:module:function"` strings (also
+    `stream.map(fn)` / `stream.filter(predicate)`; see `stages.transform`).
 
     Local shards whose size is not the index's are left out of the plan at construction
     (reported as skipped each epoch; an error under the `raise` read policy): the index does
@@ -128,6 +134,7 @@ class Stream(IterableDataset):
         batching: str = "mixed",
         schedule: WeightSchedule | Sequence[SchedulePoint] | None = None,
         cache_dir: str | Path | None = None,
+        transforms: Sequence[Step | tuple[str, Callable[..., Any] | str] | str] = (),
     ) -> None:
         policies = _policies(errors)
         if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
@@ -146,6 +153,9 @@ class Stream(IterableDataset):
         self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
         self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
         self.max_member_bytes = max_member_bytes
+        self.transforms = [
+            parse_transform(t) if isinstance(t, str) else transform_step(*t) for t in transforms
+        ]
         self._leave_out_changed_shards()
         self._fillers: dict[int, list[dict[str, Any]] | None] = {}
         self.epoch = 0
@@ -272,15 +282,17 @@ class Stream(IterableDataset):
         order = self.plan.worker_order(epoch, place, rest)
         reader = Reader(self.indexes, self.errors["read"], self.remote, self.max_member_bytes)
         decode = self._decode(self.errors["decode"], epoch)
+        transform = Transform(self.transforms, self.errors["transform"])
         batcher = Batcher(lambda: self.filler(epoch), self.optional)
         stages: dict[str, Stage] = {"reader": reader, **order.stages, "decode": decode}
-        stages["batch"] = batcher
+        stages.update(transform=transform, batch=batcher)
         for name, stage in stages.items():
-            if state is not None:
+            if state is not None and name in state:  # a state from before transforms: none
                 stage.load_state_dict(state[name])
         try:
             for items in order.batches(reader.read, batcher.batches):
-                batch, skips = batcher.batch([decode.decode(ref, raw) for ref, raw in items])
+                samples = [transform.apply(ref, decode.decode(ref, raw)) for ref, raw in items]
+                batch, skips = batcher.batch(samples)
                 skips, reader.notes = skips + reader.notes, []
                 yield batch, {n: s.state_dict() for n, s in stages.items()}, skips
         finally:
@@ -308,13 +320,14 @@ class Stream(IterableDataset):
     def _find_filler(self, epoch: int) -> list[dict[str, Any]] | None:
         reader = Reader(self.indexes, "skip", self.remote, self.max_member_bytes)
         decode = self._decode("skip", epoch)
+        transform = Transform(self.transforms, "skip")  # a filler is what a batch could hold
         try:
             for source in range(len(self.indexes)):
                 counts = self.counts[source]
                 for shard in np.flatnonzero(counts).tolist():
                     for i in range(min(int(counts[shard]), FILLER_TRIES)):
                         ref = Reference(source, shard, i, True)
-                        item = decode.decode(ref, reader._sample(ref))
+                        item = transform.apply(ref, decode.decode(ref, reader._sample(ref)))
                         if not isinstance(item, Skip):
                             return item
                         if (source, shard) in reader._failed:
@@ -322,6 +335,19 @@ class Stream(IterableDataset):
         finally:
             reader.close()
         return None
+
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]] | str) -> Stream:
+        """Add `fn` (a function or `module:function`) to the transforms: each decoded sample
+        (field name → `Field`) becomes `fn(sample)`. Returns the stream, so calls chain."""
+        self.transforms.append(transform_step("map", fn))
+        return self
+
+    def filter(self, predicate: Callable[[dict[str, Any]], bool] | str) -> Stream:
+        """Add a filter: samples for which `predicate(sample)` is false are dropped, counted
+        and reported (stage `filter`) and their places in a batch filled by marked repeats,
+        so every rank keeps its batch count. Returns the stream."""
+        self.transforms.append(transform_step("filter", predicate))
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next `iter(stream)` yields (its order depends on it)."""

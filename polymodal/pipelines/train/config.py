@@ -25,6 +25,7 @@ from polymodal.errors import ConfigError
 from polymodal.literals import parse_pairs, set_path
 from polymodal.perceiver.encoder import EncoderConfig
 from polymodal.pipelines.stream.fields import FieldSpec, build_adapter
+from polymodal.pipelines.stream.stages.transform import parse_transform
 
 
 @dataclass
@@ -60,6 +61,8 @@ class DataConfig:
     fields: dict[str, FieldSpec] = field(default_factory=dict)
     label: str = "cls"  # the extension holding the target
     meta: list[str] = field(default_factory=list)  # members that ride along (json, txt)
+    # the user's functions on decoded samples, in order: "map:module:fn", "filter:module:fn"
+    transforms: list[str] = field(default_factory=list)
     num_classes: int = 2
     batch_size: int = 32
     workers: int = 0
@@ -186,6 +189,11 @@ class TrainConfig:
             )
         for name, spec in self.data.fields.items():
             build_adapter(spec, f"data.fields.{name}")
+        for n, text in enumerate(self.data.transforms):
+            try:  # imports the function: a typo fails here, not in every worker
+                parse_transform(text)
+            except ValueError as exc:
+                raise ConfigError(f"data.transforms[{n}]: {exc}") from None
         self._check_decay_and_augment()
         return self.resolve_seeds()
 

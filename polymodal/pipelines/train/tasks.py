@@ -350,6 +350,7 @@ def dataset_stream(
             optional=[n for n, spec in config.data.fields.items() if spec.optional and n in fields],
             meta=config.data.meta,
             clips_per_sample=clips_per_sample,
+            transforms=config.data.transforms,
             **mixture,
         )
     except (OSError, ValueError) as exc:

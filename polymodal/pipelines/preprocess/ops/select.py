@@ -4,12 +4,11 @@ function by import path)."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from polymodal.adapters import modality_of
+from polymodal.callables import Portable, resolve
 from polymodal.codecs.containers import open_container, plain_errors, stream_seconds
 from polymodal.datasets.splits import check_splits, split_of
 from polymodal.pipelines.preprocess.ops.base import Filtered, Op, Result, Sample, register_op
@@ -157,35 +156,15 @@ class Split(Op):
 
 @register_op("call")
 class Call(Op):
-    """A user's function: `call:fn=my_package.ops:clean` (or `my_package.ops.clean`) is called
-    as `clean(sample, **options)` with the other options; it returns what an op returns."""
+    """A user's function: `call:fn=my_package.ops:clean` (or `my_package.ops.clean`, or the
+    function itself in Python) is called as `clean(sample, **options)` with the other options;
+    it returns what an op returns."""
 
     def __init__(self, fn: str | Callable[..., Result], **options: Any) -> None:
-        self.fn = fn if isinstance(fn, str) else f"{fn.__module__}:{fn.__qualname__}"
+        # by path, or the function itself by value: one from a script's __main__ runs on Ray
+        # too; an unknown path or a function that cannot travel is an error now
+        self.fn = Portable(fn)
         self.options = options
-        resolve(self.fn)  # an unknown function is an error now, not in every worker later
 
     def __call__(self, sample: Sample) -> Result:
-        return resolve(self.fn)(sample, **self.options)
-
-
-@lru_cache(maxsize=64)
-def resolve(path: str) -> Callable[..., Any]:
-    """The object at `module:attr` or `module.attr` (attr may be dotted: `mod:Class.method`).
-
-    Ops keep the path, not the function, so that they pickle to workers by name; the cache
-    makes the per-sample lookup free."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"{path!r}: give a function as module:name or module.name")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {path!r}: {exc}") from None
-    if not callable(obj):
-        raise ValueError(f"{path!r} is not callable")
-    return obj
+        return self.fn(sample, **self.options)

@@ -12,6 +12,12 @@ from polymodal.pipelines.stream.stages.batch import Batcher
 from polymodal.pipelines.stream.stages.decode import Decode
 from polymodal.pipelines.stream.stages.read import Reader
 from polymodal.pipelines.stream.stages.shuffle import BufferOrder, Shuffle
+from polymodal.pipelines.stream.stages.transform import (
+    Step,
+    Transform,
+    parse_transform,
+    transform_step,
+)
 
 __all__ = [
     "Batcher",
@@ -23,6 +29,10 @@ __all__ = [
     "Shuffle",
     "Skip",
     "Stage",
+    "Step",
     "StreamError",
+    "Transform",
+    "parse_transform",
+    "transform_step",
     "usable_batch",
 ]
