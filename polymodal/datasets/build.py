@@ -232,7 +232,8 @@ def _build_into(
         report.bytes += index.bytes
     if any(report.datasets):  # splits: a card at the root names each split's shards
         globs = {name: f"{name}/*.{options['format']}" for name in report.datasets}
-        write_card(out, globs, f"{report.samples:,} samples in splits {', '.join(globs)}.")
+        summary = f"{report.samples:,} samples in splits {', '.join(globs)}."
+        write_card(out, globs, summary, index.card_features())
     report.rejects = len(rejects)
     write_atomic(out / REJECTS_NAME, "".join(json.dumps(r) + "\n" for r in rejects).encode())
     return report

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .card import write_card
+from .card import tar_features, write_card
 from .files import DEFAULT_REMOTE, Remote, join, local_path, read_bytes, write_atomic
 from .shard_info import KEY_HASH as KEY_HASH
 from .shard_info import MIN_TAR_SAMPLE_BYTES as MIN_TAR_SAMPLE_BYTES
@@ -216,12 +216,17 @@ class ShardIndex:
         }
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
 
+    def card_features(self) -> str:
+        """The column types the dataset card names for Hugging Face (tar shards: the class
+        names; Parquet shards carry theirs in the file)."""
+        return tar_features(self.fields, self.classes) if self.format == "tar" else ""
+
     def save(self, directory: Path, card: bool = True) -> None:
         """Write the dataset card (with `card`), the shard table, then `index.json`, each
         atomically; call it after every shard and sidecar is in place."""
         summary = f"{self.samples:,} samples in {len(self.shards):,} {self.format} shards."
         if card and not self.shards_at:  # a card names shards beside it
-            write_card(directory, {"train": f"*.{self.format}"}, summary)
+            write_card(directory, {"train": f"*.{self.format}"}, summary, self.card_features())
         digest = self.table.write(Path(directory) / TABLE_NAME)
         write_atomic(Path(directory) / INDEX_NAME, self.header(digest))
         self.version = FORMAT_VERSION

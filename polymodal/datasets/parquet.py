@@ -4,8 +4,9 @@ reader to hold one at a time. Written and read with pyarrow.
 
 The shards carry Hugging Face `datasets` feature metadata, so `load_dataset("parquet", ...)`
 decodes them: image and audio members are `struct<bytes, path>` columns (features `Image` and
-`Audio`), the label `cls` an int64 column (`ClassLabel` when the class names are known), other
-members binary. Shards written before, with binary columns only, read the same.
+`Audio`), the label `cls` an int64 column (`ClassLabel` when the class names are known), `txt`
+a string column (UTF-8), other members binary. Shards written before, with binary columns
+only, read the same.
 """
 
 from __future__ import annotations
@@ -116,14 +117,22 @@ def read_parquet_samples(
 
 
 _MEDIA = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF's Image / Audio
-_ARROW_TYPES = {"image": _MEDIA, "audio": _MEDIA, "label": pa.int64(), "binary": pa.binary()}
+_ARROW_TYPES = {
+    "image": _MEDIA,
+    "audio": _MEDIA,
+    "label": pa.int64(),
+    "text": pa.string(),
+    "binary": pa.binary(),
+}
 
 
 def _feature_kind(ext: str) -> str:
-    """How a member is stored: image or audio (HF's struct), label (the class id), or bytes."""
-
+    """How a member is stored: image or audio (HF's struct), label (the class id), text, or
+    bytes."""
     if ext == "cls":
         return "label"
+    if ext.rsplit(".", 1)[-1] == "txt":
+        return "text"
     modality = modality_of(ext)
     return modality if modality in ("image", "audio") else "binary"
 
@@ -135,7 +144,7 @@ def _feature(kind: str, classes: Sequence[str] | None) -> dict[str, Any]:
         return {"dtype": "int64", "_type": "Value"}
     if kind in ("image", "audio"):
         return {"_type": kind.capitalize()}
-    return {"dtype": "binary", "_type": "Value"}
+    return {"dtype": "string" if kind == "text" else "binary", "_type": "Value"}
 
 
 def _cell(kind: str, key: str, ext: str, data: bytes) -> Any:
@@ -146,6 +155,11 @@ def _cell(kind: str, key: str, ext: str, data: bytes) -> Any:
         if not text.lstrip("-").isdigit():
             raise ValueError(f"sample {key!r}: a Parquet shard's cls is a class id, got {text!r}")
         return int(text)
+    if kind == "text":
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"sample {key!r}: {ext} is not UTF-8 text ({exc})") from None
     return data
 
 
@@ -155,4 +169,6 @@ def _member(value: Any) -> bytes:
         return value.get("bytes") or b""
     if isinstance(value, int):
         return str(value).encode()
+    if isinstance(value, str):
+        return value.encode("utf-8")
     return value

@@ -50,6 +50,9 @@ def test_our_datasets_load_with_load_dataset(tmp_path, shard_format):
     assert _rows(_load(tmp_path, str(out))) == sizes
     assert _rows(_load(tmp_path, str(out), data_dir="train")) == {"train": sizes["train"]}
     assert _rows(_load(tmp_path, str(out / "val"))) == {"train": sizes["val"]}
+    # the card names the classes: `cls` is a ClassLabel in either format, at either level
+    for loaded in (_load(tmp_path, str(out)), _load(tmp_path, str(out / "val"))):
+        assert all(split.features["cls"].names == ["cat", "dog"] for split in loaded.values())
     module = {"tar": "webdataset", "parquet": "parquet"}[shard_format]
     files = sorted(str(p) for p in (out / "train").glob(f"*.{shard_format}"))
     train = _load(tmp_path, module, data_files=files, split="train")
@@ -63,6 +66,23 @@ def test_our_datasets_load_with_load_dataset(tmp_path, shard_format):
         )
     batch = next(iter(Stream(out / "train", batch_size=4, shuffle=False)))
     assert batch["image"].values.shape[0] == 4  # and polymodal still reads its own shards
+
+
+def test_parquet_text_is_a_string_column_and_reads_back(tmp_path):
+    src = _class_folders(tmp_path / "src", per_class=2)
+    captions = {}
+    for image in sorted(src.rglob("*.jpg")):
+        captions[image.stem] = f"a photo of {image.parent.name} n°{image.stem[-1]}"
+        image.with_suffix(".txt").write_text(captions[image.stem])
+    out = tmp_path / "ds"
+    build(src, out, shard_format="parquet", progress=False)
+    files = sorted(str(p) for p in out.glob("*.parquet"))
+    assert pq.read_schema(files[0]).field("txt").type == pa.string()
+    loaded = _load(tmp_path, "parquet", data_files=files, split="train")
+    assert sorted(loaded["txt"]) == sorted(captions.values())  # str, not bytes
+    stream = Stream(out, {"text": "text"}, batch_size=4, shuffle=False, meta=["txt"])
+    texts = [m["txt"] for b in stream for m in b.meta]
+    assert sorted(texts) == sorted(captions.values())
 
 
 def test_a_legacy_layout_still_reads(tmp_path):

@@ -63,7 +63,8 @@ class DataConfig:
     meta: list[str] = field(default_factory=list)  # members that ride along (json, txt)
     # the user's functions on decoded samples, in order: "map:module:fn", "filter:module:fn"
     transforms: list[str] = field(default_factory=list)
-    num_classes: int = 2
+    num_classes: int = 0  # 0: from the training data's index (its classes)
+    check_classes: bool = True  # the config, train and val must agree on the classes
     batch_size: int = 32
     workers: int = 0
     threads: int = 0  # FFmpeg threads per DataLoader worker (0: cores // workers)
@@ -310,7 +311,7 @@ def _data_ranges(d: DataConfig) -> list[tuple[str, Any, bool, str]]:
         ),
         ("data.buffer_size", d.buffer_size, d.buffer_size >= 1, "positive"),
         ("data.epoch_size", d.epoch_size, d.epoch_size >= 0, "at least 0 (0: natural)"),
-        ("data.num_classes", d.num_classes, d.num_classes >= 1, "positive"),
+        ("data.num_classes", d.num_classes, d.num_classes >= 0, "at least 0 (0: the data's)"),
         ("data.label", d.label, _extension_ok(d.label), "a member extension like 'cls'"),
     ]
 

@@ -36,6 +36,7 @@ from polymodal.pipelines.stream.fields import build_adapter
 from polymodal.pipelines.stream.stream import SourceSpec, Stream
 from polymodal.pipelines.train.augment import mix_batch
 from polymodal.pipelines.train.config import TrainConfig
+from polymodal.pipelines.train.labels import settle_classes
 
 TARGET = "target"  # the label field a classification task adds (input fields cannot use it)
 
@@ -317,6 +318,10 @@ TASKS = {
 
 
 def make_task(config: TrainConfig) -> Task:
+    """The config's task with its fields' adapters; its classes settled with the data first
+    (`labels.settle_classes`), so no model is built for a class count the data disagrees
+    with."""
+    settle_classes(config)
     adapters = {}
     for name, spec in config.data.fields.items():
         adapters[name] = build_adapter(spec, f"data.fields.{name}")
