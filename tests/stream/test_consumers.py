@@ -11,9 +11,10 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from testdata import numbered_pngs, png_fields
+from testdata import batch_digest, numbered_pngs, png_fields
 from torch.utils.data import DataLoader
 
+from polymodal.pipelines.stream.state import StateError
 from polymodal.pipelines.stream.stream import Stream
 
 TOTAL = 54  # samples numbered_pngs puts in the dataset
@@ -41,6 +42,63 @@ def test_a_users_own_dataloader_delivers_every_sample_once(dataset, workers):
     stream.set_epoch(1)
     again = _real_keys(DataLoader(stream, batch_size=None, num_workers=workers))
     assert sorted(again) == sorted(keys) and again != keys  # the next epoch's order
+
+
+def test_persistent_workers_follow_set_epoch(dataset):
+    """Once every epoch repeated epoch 0's order: the workers' copies never saw `set_epoch`
+    (Hugging Face datasets had the same bug, huggingface/datasets#6710)."""
+    stream = Stream(dataset, png_fields(), batch_size=4)
+    persistent = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        epochs.append(_real_keys(persistent))
+    for epoch, keys in enumerate(epochs):
+        fresh = Stream(dataset, png_fields(), batch_size=4)
+        fresh.set_epoch(epoch)
+        assert keys == _real_keys(DataLoader(fresh, batch_size=None, num_workers=2))
+    assert len({tuple(keys) for keys in epochs}) == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_torchdatas_stateful_dataloader_resumes_exactly_without_replay(dataset, workers, caplog):
+    """torchdata's `StatefulDataLoader` asks each worker's stream for its state after every
+    batch and hands it back on resume: no fast-forward, the same batches as an uninterrupted
+    run, which are our own loader's batches."""
+    stateful = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
+
+    def loader():
+        stream = Stream(dataset, png_fields(), batch_size=4, buffer_size=8, seed=3)
+        stream.set_epoch(1)
+        return stateful(stream, batch_size=None, num_workers=workers)
+
+    full = [batch_digest(b) for b in loader()]
+    ours = Stream(dataset, png_fields(), batch_size=4, buffer_size=8, seed=3).loader(workers)
+    ours.set_epoch(1)
+    assert full == [batch_digest(b) for b in ours]
+    for cut in (1, 5, len(full) - 1):
+        first = loader()
+        batches = iter(first)
+        for _ in range(cut):
+            next(batches)
+        state = json.loads(json.dumps(first.state_dict()))
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert [batch_digest(b) for b in resumed] == full[cut:]
+    assert "fast-forwarding" not in caplog.text
+
+
+def test_a_stream_state_from_another_reader_is_refused(dataset):
+    stream = Stream(dataset, png_fields(), batch_size=4)
+    batches = iter(stream)
+    next(batches)
+    state = stream.state_dict()
+    other = Stream(dataset, png_fields(), batch_size=4)
+    other.load_state_dict({**state, "place": [0, 2, 0, 1]})
+    with pytest.raises(StateError, match="resume with the world size and worker count"):
+        next(iter(other))
+    with pytest.raises(StateError, match="not a Stream state"):
+        other.load_state_dict({"batches": 3})
 
 
 def test_the_loader_has_what_a_dataloader_has(dataset):
@@ -96,6 +154,7 @@ import json, sys
 import lightning as L
 import torch
 from polymodal.adapters import get
+from polymodal.pipelines.stream.state import StateError
 from polymodal.pipelines.stream.stream import Stream
 
 train_dir, val_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

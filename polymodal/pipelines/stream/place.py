@@ -55,6 +55,10 @@ class Place:
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return cls(rank, world, worker, workers)
 
+    def key(self) -> list[int]:
+        """`[rank, world, worker, workers]`: which reader a saved state is of (plain JSON)."""
+        return [self.rank, self.world, self.worker, self.workers]
+
     def reader(self, worker: int, workers: int) -> Place:
         """This rank's DataLoader worker `worker` of `workers` (0 workers: the process)."""
         return replace(self, worker=worker, workers=max(1, workers))

@@ -92,6 +92,15 @@ def check_state(state: Any, stream: Stream, world: int, workers: int) -> None:
             _check_worker(key, worker_state, stream, epoch, state, left)
 
 
+def check_reader_state(chain: Any, stream: Stream, place: Place, epoch: Any) -> None:
+    """Refuse the chain state of one reader (a `Stream.state_dict()` from torchdata's loader)
+    that the plan cannot have given it."""
+    if not isinstance(epoch, int) or epoch < 0:
+        raise StateError(f"stream state.epoch: not an epoch: {_short(epoch)}")
+    config = {"world": place.world, "workers": place.workers}
+    _check_worker(place.worker, chain, stream, epoch, {"config": config, "rank": place.rank}, None)
+
+
 def _check_rest(rest: Mapping[str, Any], where: str) -> None:
     """A rest of an epoch: the resized run's world, workers and batches, and its own rest."""
     for _ in range(64):  # resizes within one epoch, nested

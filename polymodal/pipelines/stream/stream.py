@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import IterableDataset
 
 from polymodal.adapters import Adapter, Batch
@@ -76,6 +77,7 @@ from polymodal.pipelines.stream.stages import (
     transform_step,
     usable_batch,
 )
+from polymodal.pipelines.stream.state import StateError, check_reader_state
 
 log = logging.getLogger("polymodal.stream")
 
@@ -158,7 +160,12 @@ class Stream(IterableDataset):
         ]
         self._leave_out_changed_shards()
         self._fillers: dict[int, list[dict[str, Any]] | None] = {}
-        self.epoch = 0
+        # in shared memory: a DataLoader's persistent workers see `set_epoch` (their copies of
+        # the stream would otherwise repeat epoch 0's order forever)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # torchdata's protocol: where this copy stands, and the state its next epoch resumes
+        self._position: dict[str, Any] | None = None
+        self._resume: Mapping[str, Any] | None = None
         if schedule is not None and not isinstance(schedule, WeightSchedule):
             schedule = WeightSchedule(list(schedule), len(self.mix))
         self.mixture = MixturePlan(
@@ -349,9 +356,15 @@ class Stream(IterableDataset):
         self.transforms.append(transform_step("filter", predicate))
         return self
 
-    def set_epoch(self, epoch: int) -> None:
+    @property
+    def epoch(self) -> int:
         """The epoch the next `iter(stream)` yields (its order depends on it)."""
-        self.epoch = epoch
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next `iter(stream)` epoch `epoch`, in this process and in the workers of a
+        DataLoader over it (persistent ones too)."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         """Batches this rank gets per epoch, over all its DataLoader workers."""
@@ -361,9 +374,47 @@ class Stream(IterableDataset):
         """One epoch (`set_epoch`; 0 by default) of this rank's batches. In a DataLoader worker
         (`DataLoader(stream, batch_size=None, num_workers=N)`) only that worker's share, so the
         workers together deliver every sample of the rank exactly once. `loader()` adds exact
-        resume and epochs that advance by themselves."""
-        for batch, _, skips in self.worker_batches(self.epoch, Place.detect()):
-            yield usable_batch(batch, skips, self.epoch)
+        resume and epochs that advance by themselves; torchdata's `StatefulDataLoader` resumes
+        exactly through `state_dict` / `load_state_dict`."""
+        place = Place.detect()
+        epoch, chain = self.epoch, None
+        if self._resume is not None:
+            epoch, chain = self._resumed(self._resume, place)
+            self._resume = None  # once: the epochs after it start from their beginning
+        self._position = {"epoch": epoch, "place": place.key(), "chain": chain}
+        for batch, state, skips in self.worker_batches(epoch, place, chain):
+            # before the yield: a StatefulDataLoader asks for the state right after a batch
+            self._position = {"epoch": epoch, "place": place.key(), "chain": state}
+            yield usable_batch(batch, skips, epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torchdata's `Stateful` protocol: where this copy of the stream stands (in a
+        DataLoader worker, that worker's part): the epoch, the reader it is and its chain's
+        state after the last batch it gave. Plain JSON."""
+        if self._position is None:
+            return {"epoch": self.epoch, "place": None, "chain": None}
+        return dict(self._position)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """The next `iter(stream)` continues from `state` (of the same reader: same world and
+        workers; `loader()` also resumes at another size) instead of re-reading and decoding
+        what was delivered before it."""
+        if not isinstance(state, Mapping) or not {"epoch", "place", "chain"} <= set(state):
+            raise StateError(f"not a Stream state (epoch, place, chain): {str(state)[:90]}")
+        self._resume = state
+
+    def _resumed(self, state: Mapping[str, Any], place: Place) -> tuple[int, Any]:
+        """The epoch and chain state a loaded `state` starts this reader at."""
+        if state["chain"] is None:  # saved before its first batch: the epoch from its start
+            return int(state["epoch"]), None
+        if state["place"] != place.key():
+            raise StateError(
+                f"the state is of reader {state['place']}, this is {place.key()}: resume with "
+                "the world size and worker count it was saved at (or through `loader()`, "
+                "which resumes at any)"
+            )
+        check_reader_state(state["chain"], self, place, state["epoch"])
+        return int(state["epoch"]), state["chain"]
 
     def loader(
         self,
