@@ -49,6 +49,7 @@ from polymodal.datasets.files import (
 )
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import MAX_MEMBER_BYTES
+from polymodal.datasets.shard_cache import ShardCache
 from polymodal.datasets.shardlist import join_shard_lists, open_dataset
 from polymodal.pipelines.stream.elastic import Rest
 from polymodal.pipelines.stream.fields import FieldSpec, FieldSpecLike, build_adapter
@@ -111,7 +112,9 @@ class Stream(IterableDataset):
     `max_member_bytes`: no tar member larger than this is read (its sample is skipped and
     reported). `transforms`: the user's functions on decoded samples, in order, as
     `("map", fn)` / `("filter", predicate)` pairs or `"map:module:function"` strings (also
-    `stream.map(fn)` / `stream.filter(predicate)`; see `stages.transform`).
+    `stream.map(fn)` / `stream.filter(predicate)`; see `stages.transform`). `cache_limit`
+    (bytes): keep local copies of remote shards in `cache_dir` (default: this machine's cache,
+    `datasets.cache`), so later epochs read the disk; see `datasets.shard_cache`.
 
     Local shards whose size is not the index's are left out of the plan at construction
     (reported as skipped each epoch; an error under the `raise` read policy): the index does
@@ -136,6 +139,7 @@ class Stream(IterableDataset):
         batching: str = "mixed",
         schedule: WeightSchedule | Sequence[SchedulePoint] | None = None,
         cache_dir: str | Path | None = None,
+        cache_limit: int | None = None,
         transforms: Sequence[Step | tuple[str, Callable[..., Any] | str] | str] = (),
     ) -> None:
         policies = _policies(errors)
@@ -155,6 +159,7 @@ class Stream(IterableDataset):
         self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
         self.buffer_size, self.errors, self.remote = buffer_size, policies, remote
         self.max_member_bytes = max_member_bytes
+        self.cache = None if cache_limit is None else ShardCache.at(cache_dir, cache_limit)
         self.transforms = [
             parse_transform(t) if isinstance(t, str) else transform_step(*t) for t in transforms
         ]
@@ -287,7 +292,9 @@ class Stream(IterableDataset):
         `rest` of an epoch left by a run of another world size (`remainder`); the batch is
         None when not one sample of the dataset can be read to fill it."""
         order = self.plan.worker_order(epoch, place, rest)
-        reader = Reader(self.indexes, self.errors["read"], self.remote, self.max_member_bytes)
+        reader = Reader(
+            self.indexes, self.errors["read"], self.remote, self.max_member_bytes, self.cache
+        )
         decode = self._decode(self.errors["decode"], epoch)
         transform = Transform(self.transforms, self.errors["transform"])
         batcher = Batcher(lambda: self.filler(epoch), self.optional)
@@ -325,7 +332,7 @@ class Stream(IterableDataset):
         return self._fillers[epoch]
 
     def _find_filler(self, epoch: int) -> list[dict[str, Any]] | None:
-        reader = Reader(self.indexes, "skip", self.remote, self.max_member_bytes)
+        reader = Reader(self.indexes, "skip", self.remote, self.max_member_bytes, self.cache)
         decode = self._decode("skip", epoch)
         transform = Transform(self.transforms, "skip")  # a filler is what a batch could hold
         try:

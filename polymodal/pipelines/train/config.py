@@ -72,6 +72,8 @@ class DataConfig:
     buffer_size: int = 500
     seed: int | None = None  # orders the data; None: the run's `seed`
     remote: Remote = field(default_factory=Remote)  # timeouts and tries of HTTP / S3 reads
+    cache_dir: str = ""  # this machine's cache: shard-list indexes, local copies of shards
+    cache_limit: int = 0  # bytes of local copies of remote shards (0: read the network)
 
 
 @dataclass
@@ -311,6 +313,7 @@ def _data_ranges(d: DataConfig) -> list[tuple[str, Any, bool, str]]:
         ),
         ("data.buffer_size", d.buffer_size, d.buffer_size >= 1, "positive"),
         ("data.epoch_size", d.epoch_size, d.epoch_size >= 0, "at least 0 (0: natural)"),
+        ("data.cache_limit", d.cache_limit, d.cache_limit >= 0, "at least 0 (0: no copies)"),
         ("data.num_classes", d.num_classes, d.num_classes >= 0, "at least 0 (0: the data's)"),
         ("data.label", d.label, _extension_ok(d.label), "a member extension like 'cls'"),
     ]

@@ -72,7 +72,7 @@ def _classes(source: str, config: TrainConfig, needed: bool) -> Classes | None:
     `needed` (a model evaluated or exported on a machine without the training data; a run
     that reads it says so when it opens its streams)."""
     try:
-        return Classes.of(open_dataset(source, config.data.remote))
+        return Classes.of(open_dataset(source, config.data.remote, config.data.cache_dir or None))
     except (OSError, ValueError) as exc:
         if needed:
             raise ConfigError(f"data.num_classes: 0 takes the data's, but {exc}") from None

@@ -356,6 +356,8 @@ def dataset_stream(
             meta=config.data.meta,
             clips_per_sample=clips_per_sample,
             transforms=config.data.transforms,
+            cache_dir=config.data.cache_dir or None,
+            cache_limit=config.data.cache_limit or None,
             **mixture,
         )
     except (OSError, ValueError) as exc:

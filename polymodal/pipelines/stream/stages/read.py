@@ -14,11 +14,13 @@ from polymodal.datasets.files import (
     describe_failure,
     failure,
     file_size,
+    is_remote,
     open_read,
 )
 from polymodal.datasets.index import ShardIndex, ShardInfo, Sidecar, key_hash, sidecar_name
 from polymodal.datasets.layout import ERROR_KEY, MAX_MEMBER_BYTES, Problem, read_tar_samples
 from polymodal.datasets.reader import shard_samples
+from polymodal.datasets.shard_cache import ShardCache
 from polymodal.pipelines.stream.partition import Reference
 from polymodal.pipelines.stream.stages.base import ShardChanged, ShardUnavailable, Skip
 
@@ -69,8 +71,10 @@ class Reader:
         errors: str,
         remote: Remote = DEFAULT_REMOTE,
         max_member_bytes: int = MAX_MEMBER_BYTES,
+        cache: ShardCache | None = None,
     ) -> None:
         self.indexes, self.errors, self.remote = indexes, errors, remote
+        self.cache = cache
         self.max_member_bytes = max_member_bytes
         self._open: dict[int, _OpenShard] = {}
         self._duplicates = [index.skipped() for index in indexes]
@@ -144,7 +148,10 @@ class Reader:
 
     def _open_at(self, index: ShardIndex, ref: Reference) -> _OpenShard:
         shard = index.shards[ref.shard]
-        f = open_read(index.url(shard), stream=index.format == "tar", remote=self.remote)
+        url = index.url(shard)
+        if self.cache is not None and is_remote(url):  # a verified local copy, when it fits
+            url = str(self.cache.local(url, shard, self.remote) or url)
+        f = open_read(url, stream=index.format == "tar", remote=self.remote)
         try:
             size = file_size(f)
             if size is not None and size != shard.bytes:
