@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import collections.abc
+import difflib
 import inspect
 import types
 import typing
@@ -62,7 +63,10 @@ def check_arguments(fn: Callable[..., Any], options: Mapping[str, Any], where: s
             if takes_any:
                 continue
             known = [n for n in signature.parameters if n not in ("self", "args", "kwargs")]
-            raise ValueError(f"{where}: unknown option {name!r} (known: {', '.join(known)})")
+            raise ValueError(
+                f"{where}: unknown option {name!r} (known: {', '.join(known)})"
+                f"{did_you_mean(name, known)}"
+            )
         hint = hints.get(name)
         if hint is not None and not _fits(value, hint):
             raise ValueError(f"{where}: {name} must be {_describe(hint)}, got {value!r}")
@@ -94,3 +98,9 @@ def _describe(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`"; did you mean 'size'?"` for a misspelt `name` close to one of `known`, else ``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

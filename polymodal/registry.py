@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, cast
 
 from polymodal.errors import UserError
+from polymodal.literals import did_you_mean
 
 T = TypeVar("T", bound=type)
 
@@ -95,6 +96,7 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownName(
                 f"no {self.kind} named {name!r}; available: {', '.join(self.available())}"
+                f"{did_you_mean(name, self.available())}"
             ) from None
 
     def available(self) -> list[str]:

@@ -88,3 +88,19 @@ def test_adapter_and_encoder_options_are_checked_at_load(tmp_path):
         load_config(config, [*video, "data.fields.video.encoder.patches=[1, 4, 4]"])
     with pytest.raises(ConfigError, match=r"data\.fields\.video\.options: num_frames must be"):
         load_config(config, [*video, "data.fields.video.options.num_frames=0"])
+
+
+def test_a_misspelt_name_gets_a_suggestion(tmp_path, capsys):
+    from polymodal.cli import main
+
+    config = image_train_toml(tmp_path / "t.toml", tmp_path, "", tmp_path / "run")
+    for setting, hint in (
+        ("epoch=1", "did you mean 'epochs'?"),
+        ("data.batch_sise=4", "did you mean 'batch_size'?"),
+        ("data.fields.image.options.sise=8", "did you mean 'size'?"),
+        ("data.fields.image.adapter='imgae'", "did you mean 'image'?"),
+    ):
+        assert main(["train", str(config), "--set", setting]) == 2
+        assert hint in capsys.readouterr().err, setting
+    with pytest.raises(ValueError, match="did you mean 'rate'"):
+        make_op("resample_audio:rat=16000")

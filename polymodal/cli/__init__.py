@@ -10,12 +10,15 @@ One command table (`COMMANDS`: each command's options beside its handler, in the
 kind) and one error route: a mistake in what was asked (`UserError`, a file-system error, or an
 error type the command names) is one line on stderr and its exit code (2, or the error's own
 `exit_code`); `--debug` shows the traceback instead. A handler returns 0, or 1 for a useless
-result, and raises for everything else.
+result, and raises for everything else. A reader of stdout that stops early (`| head`) ends
+the command quietly with 141, as SIGPIPE ends a Unix tool.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +26,8 @@ from polymodal import __version__
 from polymodal.cli import data, jobs, media, models
 from polymodal.cli.table import Command
 from polymodal.errors import UserError
+
+SIGPIPE_EXIT = 128 + signal.SIGPIPE  # what a shell reports for a tool whose reader left
 
 COMMANDS: dict[str, Command] = {
     c.name: c for module in (media, data, jobs, models) for c in module.COMMANDS
@@ -55,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     caught: tuple[type[BaseException], ...] = (UserError, OSError, RuntimeError)
     try:
         return command.run(args)
+    except BrokenPipeError:
+        # whoever read stdout stopped (`polymodal predict ... | head`): end quietly, as a Unix
+        # tool killed by SIGPIPE does; stdout goes nowhere so Python's exit flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
     except ImportError as exc:  # an optional package (s3fs, transformers, ray, lightning)
         if args.debug:
             raise

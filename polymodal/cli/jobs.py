@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,18 @@ def list_ops(args: argparse.Namespace) -> int:
     from polymodal.pipelines.preprocess.ops import available_ops, get_op
 
     for name in available_ops():
-        doc = (get_op(name).__doc__ or "").strip().split("\n")[0]
-        print(f"{name:18s} {doc}")
+        # the docstring's first sentence, whole, wrapped under its name
+        paragraph = " ".join((get_op(name).__doc__ or "").strip().split("\n\n")[0].split())
+        sentence = paragraph.split(". ")[0].rstrip(".") + "."
+        print(
+            textwrap.fill(
+                sentence,
+                100,
+                initial_indent=f"{name:18s} ",
+                subsequent_indent=" " * 19,
+                break_on_hyphens=False,
+            )
+        )
     return 0
 
 

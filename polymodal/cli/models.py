@@ -32,7 +32,9 @@ def train(args: argparse.Namespace) -> int:
     seed = [] if args.seed is None else [f"seed={args.seed}"]
     config = load_config(args.config, [*seed, *args.set])
     trainer = Trainer(config, resume=args.resume, progress=not quiet(args))
-    print(json.dumps(trainer.run(), indent=1))
+    summary = trainer.run()
+    if trainer.rank == 0:  # one summary for the run, not one per torchrun process
+        print(json.dumps(summary, indent=1))
     return 0
 
 

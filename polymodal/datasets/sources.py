@@ -370,17 +370,26 @@ def plan_hub_folder(root: Path, shards: list[Path], allow_paths: Path | None) ->
 
 
 def _path_ref(cell: Any, folder: Path, root: Path) -> Ref | str:
-    """The file a path-only Image / Audio cell names (relative to the Parquet file's folder),
-    or why it cannot be read: missing, or outside `root` (a manifest must not reach anywhere)."""
+    """The file a path-only Image / Audio cell names, or why it cannot be read: missing, or
+    outside `root` (a manifest must not reach anywhere). A relative path is looked for beside
+    the Parquet file, then, as Hugging Face `datasets` itself reads it, from the working
+    directory (`Dataset.to_parquet` keeps paths as they were given), which is then a root
+    too."""
     if not cell:
         return "no bytes and no path"
-    full = (folder / str(cell)).resolve()
-    if not full.is_relative_to(root.resolve()):
+    places = [(folder / str(cell)).resolve()]
+    if not Path(str(cell)).is_absolute():
+        places.append((Path.cwd() / str(cell)).resolve())
+    roots = [root.resolve(), *([Path.cwd().resolve()] if len(places) > 1 else [])]
+    for n, full in enumerate(places):
+        inside = full.is_relative_to(roots[n]) or full.is_relative_to(roots[0])
+        if inside and full.is_file():
+            stat = full.stat()
+            return Ref(stat.st_size, str(full), stat.st_mtime_ns)
+    if not places[0].is_relative_to(roots[0]):
         return f"path {cell!r} is outside {root} (--allow-paths ROOT lets a build read there)"
-    if not full.is_file():
-        return f"path {cell!r}: {_missing_or_special(full)}"
-    stat = full.stat()
-    return Ref(stat.st_size, str(full), stat.st_mtime_ns)
+    tried = " or ".join(str(p) for p in places)
+    return f"path {cell!r}: {_missing_or_special(places[0])} (looked for {tried})"
 
 
 def plan_hf_parquet(

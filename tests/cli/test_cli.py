@@ -101,3 +101,16 @@ def test_missing_paths_are_one_line_each(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert "nope" in err
+
+
+def test_ops_lists_each_op_with_a_whole_sentence(capsys):
+    assert main(["ops"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    entries: list[str] = []
+    for line in lines:
+        if line.startswith(" "):
+            entries[-1] += " " + line.strip()
+        else:
+            entries.append(line)
+    assert len(entries) >= 11 and all(len(line) <= 100 for line in lines)
+    assert all(entry.endswith(".") for entry in entries), entries

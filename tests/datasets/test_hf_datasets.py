@@ -170,3 +170,20 @@ def test_build_reads_a_folder_of_hub_style_shards(tmp_path, capsys):
     assert sizes == {"train": 8, "validation": 2}
     assert main(["build", str(hub), str(tmp_path / "x"), "--split", "val=0.1"]) == 2
     assert "names its own splits" in capsys.readouterr().err
+
+
+def test_build_finds_path_cells_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """`Dataset.to_parquet` keeps image paths as given, relative to where the script ran, and
+    `datasets` reads them from there; a build run from the same place finds them too."""
+    datasets = _datasets()
+    monkeypatch.chdir(tmp_path)
+    src = _class_folders(tmp_path / "photos", per_class=2)
+    paths = sorted(str(p.relative_to(tmp_path)) for p in src.rglob("*.jpg"))
+    table = datasets.Dataset.from_dict({"image": paths, "label": [i % 2 for i in range(4)]})
+    table = table.cast_column("image", datasets.Image())
+    (tmp_path / "exports").mkdir()
+    table.to_parquet(str(tmp_path / "exports" / "train.parquet"))
+    stored = pq.read_table(tmp_path / "exports" / "train.parquet").column("image").to_pylist()
+    assert all(cell["bytes"] is None for cell in stored)  # paths only, relative to here
+    report = build(tmp_path / "exports" / "train.parquet", tmp_path / "ds", progress=False)
+    assert report.samples == 4 and report.rejects == 0

@@ -15,7 +15,7 @@ from polymodal.datasets.files import Remote
 from polymodal.pipelines.stream.place import Place
 from polymodal.pipelines.stream.plan import StreamPlan
 from polymodal.pipelines.stream.stages.shuffle import BufferOrder
-from polymodal.pipelines.stream.stream import Stream
+from polymodal.pipelines.stream.stream import MissingMember, Stream
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ RESUME_CHILD = textwrap.dedent(
     import hashlib, json, os, sys
     sys.path.insert(0, {tests!r})
     from testdata import batch_digest, png_fields
-    from polymodal.pipelines.stream.stream import Stream
+    from polymodal.pipelines.stream.stream import MissingMember, Stream
 
     jobs = json.loads(open(sys.argv[1]).read())
     out = []
@@ -371,3 +371,10 @@ def test_the_epoch_plan_is_built_once_per_worker_and_never_in_the_main_process(
     for _ in range(2):
         assert sum(1 for _batch in loader) == len(loader)
     assert built == [0, 1]  # one worker (in process), one plan per epoch
+
+
+def test_a_field_the_data_lacks_is_refused_when_the_stream_is_made(dataset):
+    fields = {**png_fields(), "audio": get("audio")(extensions=["flac", "wav"])}
+    with pytest.raises(MissingMember, match=r"field 'audio': the dataset .* has no flac / wav"):
+        Stream(dataset, fields)
+    assert Stream(dataset, fields, optional=["audio"]).total == sum(SHARD_SIZES)

@@ -19,6 +19,7 @@ from typing import Any
 
 from polymodal.adapters import Adapter, get
 from polymodal.errors import ConfigError
+from polymodal.literals import did_you_mean
 
 FieldSpecLike = Adapter | str | tuple[str, Sequence[str]]
 
@@ -65,6 +66,7 @@ def build_adapter(spec: FieldSpec | FieldSpecLike, where: str = "field") -> Adap
             if name not in known:
                 raise ConfigError(
                     f"{where}.{label}.{name}: unknown option (known: {', '.join(known) or 'none'})"
+                    f"{did_you_mean(name, known)}"
                 )
     try:
         adapter = cls(**spec.options, extensions=spec.extensions or None)

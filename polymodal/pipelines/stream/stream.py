@@ -93,6 +93,19 @@ FILLER_TRIES = 8  # samples per shard tried when looking for a batch filler
 STAGES_WITH_ERRORS = ("read", "decode", "transform")  # the stages with an error policy
 
 
+class MissingMember(ValueError):
+    """A field whose members a source does not have: found when the stream is made, from the
+    index, not at the first batch."""
+
+    def __init__(self, field: str, source: str, extensions: Sequence[str], has: Sequence[str]):
+        self.field, self.source = field, source
+        self.detail = (
+            f"the dataset {source} has no {' / '.join(extensions)} member (it has: "
+            f"{', '.join(has) or 'none'})"
+        )
+        super().__init__(f"field {field!r}: {self.detail}")
+
+
 class Stream(IterableDataset):
     """Batches of fields from one or more sharded datasets, for one rank.
 
@@ -201,6 +214,10 @@ class Stream(IterableDataset):
                 f"optional names {sorted(unknown)}, not fields ({sorted(self.fields)})"
             )
         self.optional, self.meta = sorted(optional), tuple(e.lower().lstrip(".") for e in meta)
+        for name, adapter in self.fields.items():
+            for source, index in zip(self.sources, self.indexes, strict=True):
+                if name not in self.optional and not set(index.fields) & set(adapter.extensions):
+                    raise MissingMember(name, source, adapter.extensions, sorted(index.fields))
 
     def _leave_out_changed_shards(self) -> None:
         """Local shards whose size is not the index's are left out of the plan (reported;

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from polymodal.datasets.files import Remote
 from polymodal.errors import ConfigError
-from polymodal.literals import parse_pairs, set_path
+from polymodal.literals import did_you_mean, parse_pairs, set_path
 from polymodal.perceiver.encoder import EncoderConfig
 from polymodal.pipelines.stream.fields import FieldSpec, build_adapter
 from polymodal.pipelines.stream.stages.transform import parse_transform
@@ -394,6 +394,7 @@ def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
         if key not in known:
             raise ConfigError(
                 f"{where + '.' if where else ''}{key}: unknown field (known: {sorted(known)})"
+                f"{did_you_mean(key, known)}"
             )
     kwargs = {
         k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in values.items()

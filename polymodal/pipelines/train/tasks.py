@@ -33,7 +33,7 @@ from polymodal.perceiver import (
 )
 from polymodal.perceiver.io import patchify
 from polymodal.pipelines.stream.fields import build_adapter
-from polymodal.pipelines.stream.stream import SourceSpec, Stream
+from polymodal.pipelines.stream.stream import MissingMember, SourceSpec, Stream
 from polymodal.pipelines.train.augment import mix_batch
 from polymodal.pipelines.train.config import TrainConfig
 from polymodal.pipelines.train.labels import settle_classes
@@ -360,6 +360,9 @@ def dataset_stream(
             cache_limit=config.data.cache_limit or None,
             **mixture,
         )
+    except MissingMember as exc:
+        label = "data.label" if exc.field == TARGET else f"data.fields.{exc.field}"
+        raise ConfigError(f"{label}: {exc.detail}") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     named = ", ".join(stream.sources)
@@ -367,12 +370,4 @@ def dataset_stream(
         left_out = [skip for skips in stream.excluded for skip in skips.values()]
         why = f"; left out: {left_out[0].key}: {left_out[0].reason}" if left_out else ""
         raise ConfigError(f"{where}: the dataset {named} has no sample to read{why}")
-    present = {ext for index in stream.indexes for ext in index.fields}
-    for name, adapter in stream.fields.items():
-        if not present & set(adapter.extensions):
-            label = "data.label" if name == TARGET else f"data.fields.{name}"
-            raise ConfigError(
-                f"{label}: the dataset {named} has no {' / '.join(adapter.extensions)} "
-                f"member (it has: {', '.join(sorted(present)) or 'none'})"
-            )
     return stream
