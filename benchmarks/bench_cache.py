@@ -22,9 +22,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+from bench_stream import make_dataset
+
 from polymodal.adapters import get
-from polymodal.datasets.build import build
-from polymodal.datasets.synthetic import encode_image, photo
 from polymodal.pipelines.stream.stream import Stream
 
 
@@ -48,17 +48,6 @@ class ThrottledHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
-
-
-def make_dataset(root: Path, samples: int) -> Path:
-    src = root / "src"
-    for i in range(samples):
-        folder = src / f"class{i % 10}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i:05d}.jpg").write_bytes(encode_image(photo(i, 256), quality=90))
-    out = root / "www" / "data"
-    build(src, out, shard_samples=samples // 8, progress=False, print_=str)
-    return out
 
 
 def two_epochs(url: str, cache: Path, limit: int | None) -> tuple[float, float, int, int]:
@@ -86,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = make_dataset(root, args.samples)
+        data = make_dataset(root / "www", args.samples)  # bench_stream's photos, served
         ThrottledHandler.rate = args.rate * 1e6
         server = http.server.ThreadingHTTPServer(
             ("127.0.0.1", 0), partial(ThrottledHandler, directory=str(root / "www"))

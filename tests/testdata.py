@@ -1,11 +1,16 @@
 """Small real datasets and the helpers several test folders share: numbered PNG shards whose
 pixels and labels encode the sample number, two-class PNG shards, the fields that read them, a
-batch digest for bitwise comparisons, a rank environment and a training config over them."""
+batch digest for bitwise comparisons, a rank environment, a training config over them and a
+local HTTP server."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import http.server
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +87,25 @@ def train_toml(tmp_path: Path, train: Path, val: Path | None, **extra: object) -
     return image_train_toml(
         tmp_path / "train.toml", train, val or "", tmp_path / "run", epochs=2, **extra
     )
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file server that keeps its request log to itself."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serving(directory: Path, handler: type = QuietHandler) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving `directory` with `handler`; yields its URL."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(handler, directory=str(directory))
+    )
+    server.daemon_threads, server.block_on_close = True, False
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from testdata import numbered_pngs, png_fields
+from testdata import numbered_pngs, png_fields, serving
 
 from polymodal.cli import main
 from polymodal.datasets.files import Remote
@@ -65,13 +65,8 @@ def served(tmp_path):
     for sidecar in data.glob(".*.idx"):
         sidecar.unlink()
     _DroppingHandler.dropped, _DroppingHandler.gone, _DroppingHandler.gets = set(), set(), []
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(_DroppingHandler, directory=str(tmp_path / "www"))
-    )
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/ds", data
-    server.shutdown()
+    with serving(tmp_path / "www", _DroppingHandler) as url:
+        yield f"{url}/ds", data
 
 
 def _keys(loader) -> list[str]:

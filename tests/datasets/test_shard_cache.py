@@ -3,13 +3,10 @@ serves: a second epoch reads the disk, a copy is the index's bytes or nothing, a
 stay within their limit, least recently used going first."""
 
 import hashlib
-import http.server
-import threading
-from functools import partial
 from typing import ClassVar
 
 import pytest
-from testdata import SHARD_SIZES, numbered_pngs, png_fields
+from testdata import SHARD_SIZES, QuietHandler, numbered_pngs, png_fields, serving
 
 from polymodal import Stream
 from polymodal.datasets.index import ShardIndex
@@ -17,15 +14,12 @@ from polymodal.datasets.index import ShardIndex
 TOTAL = sum(SHARD_SIZES)
 
 
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+class _CountingHandler(QuietHandler):
     gets: ClassVar[list[str]] = []
 
     def do_GET(self):
         type(self).gets.append(self.path)
         super().do_GET()
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
@@ -33,13 +27,8 @@ def served(tmp_path):
     data = tmp_path / "www" / "ds"
     numbered_pngs(data)
     _CountingHandler.gets = []
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(_CountingHandler, directory=str(tmp_path / "www"))
-    )
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/ds", data
-    server.shutdown()
+    with serving(tmp_path / "www", _CountingHandler) as url:
+        yield f"{url}/ds", data
 
 
 def _keys(loader) -> list[str]:

@@ -2,19 +2,16 @@
 paths and URLs. Each is scanned once into the cache and then streams with every guarantee a
 built dataset has: exact-once over ranks and workers, bitwise resume, skips reported."""
 
-import http.server
 import io
 import json
 import logging
-import threading
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
-from testdata import batch_digest, set_rank, two_class_pngs
+from testdata import batch_digest, serving, set_rank, two_class_pngs
 from testmedia import image_train_toml
 
 from polymodal import Stream
@@ -137,19 +134,10 @@ def test_missing_shards_are_left_out_and_said_unreadable_ones_fail(tmp_path, cap
 
 def test_shards_served_over_http_stream_without_an_index(tmp_path):
     keys = _webdataset_shards(tmp_path / "www" / "ds")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0),
-        partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www")),
-    )
-    server.RequestHandlerClass.log_message = lambda *args: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}/ds"
-        stream = Stream([f"{base}/shard-{{000000..000003}}.tar"], _fields(), batch_size=4)
+    with serving(tmp_path / "www") as url:
+        stream = Stream([f"{url}/ds/shard-{{000000..000003}}.tar"], _fields(), batch_size=4)
         assert sorted(_keys(stream.loader(2))) == keys
         assert not list((tmp_path / "www" / "ds").glob(".*.idx"))  # the server's folder: read only
-    finally:
-        server.shutdown()
 
 
 @pytest.mark.slow
