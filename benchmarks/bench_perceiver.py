@@ -22,18 +22,20 @@ import time
 import torch
 
 
-def build(which: str) -> torch.nn.Module:
+def build(which: str, tiny: bool = False) -> torch.nn.Module:
+    """The benchmark's model, HF's or ours with the same weights (`tiny`: 32 latents × 64 and
+    two self-attention layers, for `bench_gpu.py --tiny`)."""
     from transformers import PerceiverConfig, PerceiverForImageClassificationFourier
 
     from polymodal.perceiver.hf import from_hf
 
     torch.manual_seed(0)
     config = PerceiverConfig(
-        num_latents=256,
-        d_latents=512,
+        num_latents=32 if tiny else 256,
+        d_latents=64 if tiny else 512,
         d_model=261,
         num_blocks=1,
-        num_self_attends_per_block=6,
+        num_self_attends_per_block=2 if tiny else 6,
         num_self_attention_heads=8,
         num_cross_attention_heads=1,
         num_labels=1000,

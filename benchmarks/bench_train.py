@@ -147,19 +147,28 @@ def trainer_rate(config: TrainConfig, steps: int, clips: int) -> tuple[float, fl
 
 
 def ceiling(config: TrainConfig, steps: int) -> float:
-    """The same model and optimiser on in-memory batches: no data loading at all."""
+    """The same model and optimiser (and precision) on batches already on the trainer's
+    device: no data loading at all."""
     trainer = Trainer(config, progress=False)
-    batches = [b for _, b in zip(range(8), trainer.train_loader, strict=False)]
+    device = trainer.device
+    batches = [b.to(device) for _, b in zip(range(8), trainer.train_loader, strict=False)]
     model, optimizer = trainer.model.train(), trainer.optimizer
+    bf16 = config.precision == "bf16"
     start, samples = 0.0, 0
     for step in range(steps + 5):
         if step == 5:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             start, samples = time.perf_counter(), 0
         batch = batches[step % len(batches)]
         optimizer.zero_grad()
-        trainer.task.loss(model, batch).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = trainer.task.loss(model, batch)
+        loss.backward()
         optimizer.step()
         samples += batch.size
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return samples / (time.perf_counter() - start)
 
 
