@@ -15,7 +15,8 @@ in a fresh Python (after its imports), medians of `--repeats`:
   table is shared) and RSS growth after computing one reader's epoch plan at 8 ranks × 8
   workers (the baseline's worker walks its shard list, as the old plan did);
 - one reader's plan (`StreamPlan.orders` + its slice), the `Stream`'s construction (one
-  `stat` per local shard included), and `StreamLoader.state_dict()` after a few batches;
+  `stat` per local shard up to 65,536 shards, none past that: the reader checks sizes), and
+  `StreamLoader.state_dict()` after a few batches;
 - a mixture's plan: three sources of that many shards (the same index three times, under
   `weight`, a fractional `repeat` and `samples`, so each has whole passes and a cycle) at epoch
   5, mixed and stratified: one reader's orders, slice and first batch of references, in a

@@ -23,6 +23,7 @@ from polymodal.datasets.index import InvalidIndex, ShardIndex
 from polymodal.datasets.inspect import validate_dataset
 from polymodal.datasets.synthetic import encode_image
 from polymodal.datasets.writer import ShardWriter
+from polymodal.pipelines.stream import stream as stream_module
 from polymodal.pipelines.stream.stream import Stream, StreamError
 
 
@@ -363,6 +364,25 @@ def test_a_replaced_shard_is_reported_by_the_stream_and_validate(tmp_path):
     (data / "shard-000001.tar").write_bytes(bytes(raw[:-1024]))  # another size: left out
     loader = Stream(data, png_fields(), batch_size=4, shuffle=False).loader(0)
     assert len(_keys(loader)) == 4 and loader.report()["skipped"] == 4
+
+
+def test_past_the_checked_count_the_reader_reports_a_changed_shard(tmp_path, monkeypatch):
+    """A large index is not `stat`ed shard by shard when the Stream is made; the reader checks
+    each shard it opens, so a shard cut short is still reported, its samples repeats."""
+    data = _dataset(tmp_path / "data", shards=2)
+    shard = data / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    monkeypatch.setattr(stream_module, "SIZE_CHECKED_SHARDS", 1)
+    stream = Stream(data, png_fields(), batch_size=4, shuffle=False)
+    assert stream.excluded == [{}] and stream.total == 8  # the plan as the index says
+    loader = stream.loader(0)
+    assert _keys(loader) == [f"k{n:04d}" for n in range(4)]
+    report = loader.report()
+    assert report["skipped"] == 4
+    reasons = {s["key"]: s["reason"] for s in report["samples"]}
+    assert sorted(reasons) == [f"shard-000001.tar#{n}" for n in range(4)]
+    assert "the shard is" in reasons["shard-000001.tar#0"]
+    assert "the index says" in reasons["shard-000001.tar#0"]
 
 
 def test_validate_checks_sidecars_and_duplicate_keys(tmp_path, capsys):
