@@ -91,6 +91,66 @@ def peak_memory_growth_mb(setup: str, code: str, timeout: float = 120) -> tuple[
     return int(out.rsplit("GREW_KB", 1)[1]) / 1024, out
 
 
+# every decode-time and per-batch augmentation, and a moving average of the weights
+AV_AUGMENTED = {
+    "options = {num_frames = 4, fps = 4.0, size = 16}": (
+        'options = {num_frames = 4, fps = 4.0, size = 16, crop = "random", scale = [0.5, 1.0],'
+        " flip = true}"
+    ),
+    "options = {sample_rate = 8000, duration = 0.5}": (
+        "options = {sample_rate = 8000, duration = 0.5, shift = 0.1, gain = [-3.0, 3.0],"
+        " noise = 0.01}"
+    ),
+    "encoder = {samples_per_patch = 200, num_bands = 4}": (
+        'encoder = {features = "logmel", n_mels = 32, patch = [4, 8], num_bands = 4,'
+        " time_masks = 2, freq_masks = 2}"
+    ),
+    "warmup_steps = 2": (
+        "warmup_steps = 2\nema = 0.9\n[augment]\nmixup = 0.4\ncutmix = 1.0\nlabel_smoothing = 0.1"
+    ),
+}
+
+
+def av_train_toml(data: Path, run_dir: Path, augmented: bool = False, **top: object) -> str:
+    """A small audio+video classification run over `data/train` and `data/val` (2 classes,
+    batches of 8, 8 latents × 32); `augmented`: with every augmentation switched on; `top` adds
+    top-level keys."""
+    head = "\n".join(f"{k} = {json.dumps(v)}" for k, v in top.items())
+    text = head + _AV_BODY.format(train=data / "train", val=data / "val", run_dir=run_dir)
+    for plain, augmentation in AV_AUGMENTED.items() if augmented else ():
+        assert plain in text
+        text = text.replace(plain, augmentation)
+    return text
+
+
+_AV_BODY = textwrap.dedent("""
+        run_dir = "{run_dir}"
+        [data]
+        train = "{train}"
+        val = "{val}"
+        num_classes = 2
+        batch_size = 8
+        [data.fields.video]
+        adapter = "video"
+        extensions = ["mp4"]
+        options = {{num_frames = 4, fps = 4.0, size = 16}}
+        encoder = {{patch = [1, 8, 8], num_bands = 4}}
+        [data.fields.audio]
+        adapter = "audio"
+        extensions = ["mp4"]
+        options = {{sample_rate = 8000, duration = 0.5}}
+        encoder = {{samples_per_patch = 200, num_bands = 4}}
+        [model]
+        num_latents = 8
+        latent_dim = 32
+        num_self_attends_per_block = 1
+        self_heads = 2
+        [optim]
+        lr = 0.003
+        warmup_steps = 2
+""")
+
+
 def image_train_toml(
     path: Path, train: Path, val: Path | str, run_dir: Path, classes: int = 2, **top: object
 ) -> Path:

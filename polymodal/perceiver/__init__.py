@@ -26,6 +26,7 @@ from .io import (
     TextInput,
 )
 from .models import (
+    ContrastivePerceiver,
     MaskedLanguageModel,
     MultimodalAutoencoder,
     OpticalFlow,
@@ -76,6 +77,7 @@ __all__ = [
     "Attention",
     "BasicDecoder",
     "ClassificationDecoder",
+    "ContrastivePerceiver",
     "CrossAttention",
     "EncoderConfig",
     "FourierPositions",

@@ -6,6 +6,7 @@ decoder gives; `Perceiver` is the classifier (one learned query decoded to logit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -113,6 +114,43 @@ class MultimodalAutoencoder(nn.Module):
         tokens, mask, _ = self.input(fields)
         outputs = self.decoder(self.encoder(tokens, mask), indices, chunk_size)
         return {name: self.heads[name](out) for name, out in outputs.items()}
+
+
+class ContrastivePerceiver(nn.Module):
+    """Two (or more) fields of a clip embedded apart by one shared encoder, for contrastive
+    learning of their correspondence (AVID, CAV-MAE's contrastive half): each field alone goes
+    through its own input adapter and the shared latents, then its own learned query
+    (`ClassificationDecoder`) pools the latents to `embed_dim`. Apart, not fused, so that
+    matching a clip's sound to its picture cannot read one from the other.
+    `forward(fields)` → (unit-length embeddings per field `[B, embed_dim]` in float32, the
+    learned inverse temperature): returned by the forward, so DDP sees it used there."""
+
+    def __init__(
+        self,
+        *,
+        inputs: MultimodalInput,
+        encoder: EncoderConfig,
+        embed_dim: int = 128,
+        temperature: float = 0.07,
+    ) -> None:
+        super().__init__()
+        self.input = inputs
+        self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
+        self.heads = nn.ModuleDict(
+            {
+                name: ClassificationDecoder(latent_dim=encoder.latent_dim, num_classes=embed_dim)
+                for name in inputs.names
+            }
+        )
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
+
+    def forward(self, fields: Mapping[str, tuple]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        out = {}
+        for name in self.heads:
+            tokens, mask, _ = self.input({name: fields[name]})
+            pooled = self.heads[name](self.encoder(tokens, mask)).float()
+            out[name] = nn.functional.normalize(pooled, dim=-1)
+        return out, self.log_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap: 1/100
 
 
 class OpticalFlow(nn.Module):

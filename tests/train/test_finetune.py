@@ -20,7 +20,7 @@ from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_image
 from polymodal.errors import ConfigError
 from polymodal.pipelines.train.config import load_config
-from polymodal.pipelines.train.evaluate import mean_average_precision
+from polymodal.pipelines.train.tasks import mean_average_precision
 from polymodal.pipelines.train.trainer import Trainer
 from polymodal.pipelines.train.weights import CheckpointError
 

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from testdata import REPO
+from testmedia import av_train_toml
 
 from polymodal.cli import main
 from polymodal.datasets.build import build
@@ -39,67 +39,9 @@ def data(tmp_path_factory) -> Path:
     return root / "data"
 
 
-# every decode-time and per-batch augmentation, and a moving average of the weights
-AUGMENTED = {
-    "options = {num_frames = 4, fps = 4.0, size = 16}": (
-        'options = {num_frames = 4, fps = 4.0, size = 16, crop = "random", scale = [0.5, 1.0],'
-        " flip = true}"
-    ),
-    "options = {sample_rate = 8000, duration = 0.5}": (
-        "options = {sample_rate = 8000, duration = 0.5, shift = 0.1, gain = [-3.0, 3.0],"
-        " noise = 0.01}"
-    ),
-    "encoder = {samples_per_patch = 200, num_bands = 4}": (
-        'encoder = {features = "logmel", n_mels = 32, patch = [4, 8], num_bands = 4,'
-        " time_masks = 2, freq_masks = 2}"
-    ),
-    "warmup_steps = 2": (
-        "warmup_steps = 2\nema = 0.9\n[augment]\nmixup = 0.4\ncutmix = 1.0\nlabel_smoothing = 0.1"
-    ),
-}
-
-
-def _toml(data: Path, run_dir: Path, augmented: bool = False, **top: object) -> str:
-    """A small audio+video run; `augmented`: with every augmentation switched on."""
-    head = "\n".join(f"{k} = {json.dumps(v)}" for k, v in top.items())
-    text = head + _BODY.format(train=data / "train", val=data / "val", run_dir=run_dir)
-    for plain, augmentation in AUGMENTED.items() if augmented else ():
-        assert plain in text
-        text = text.replace(plain, augmentation)
-    return text
-
-
-_BODY = textwrap.dedent("""
-        run_dir = "{run_dir}"
-        [data]
-        train = "{train}"
-        val = "{val}"
-        num_classes = 2
-        batch_size = 8
-        [data.fields.video]
-        adapter = "video"
-        extensions = ["mp4"]
-        options = {{num_frames = 4, fps = 4.0, size = 16}}
-        encoder = {{patch = [1, 8, 8], num_bands = 4}}
-        [data.fields.audio]
-        adapter = "audio"
-        extensions = ["mp4"]
-        options = {{sample_rate = 8000, duration = 0.5}}
-        encoder = {{samples_per_patch = 200, num_bands = 4}}
-        [model]
-        num_latents = 8
-        latent_dim = 32
-        num_self_attends_per_block = 1
-        self_heads = 2
-        [optim]
-        lr = 0.003
-        warmup_steps = 2
-""")
-
-
 def test_invalid_configs_fail_naming_the_field(tmp_path, data):
     path = tmp_path / "c.toml"
-    path.write_text(_toml(data, tmp_path / "run"))
+    path.write_text(av_train_toml(data, tmp_path / "run"))
     assert load_config(path).data.fields["video"].options["size"] == 16
     cases = [
         (["model.num_latents=many"], "model.num_latents: expected int"),
@@ -119,7 +61,7 @@ def test_invalid_configs_fail_naming_the_field(tmp_path, data):
 @pytest.mark.slow
 def test_training_learns_and_writes_its_run(tmp_path, data):
     path = tmp_path / "c.toml"
-    path.write_text(_toml(data, tmp_path / "run", epochs=6))
+    path.write_text(av_train_toml(data, tmp_path / "run", epochs=6))
     summary = Trainer(load_config(path), progress=False).run()
     run = tmp_path / "run"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -148,7 +90,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, data,
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     for run in (reference, killed):
         (tmp_path / f"{run.name}.toml").write_text(
-            _toml(data, run, augmented, max_steps=14, checkpoint_every=3, epochs=4)
+            av_train_toml(data, run, augmented, max_steps=14, checkpoint_every=3, epochs=4)
         )
     command = [sys.executable, "-m", "polymodal", "train"]
     subprocess.run([*command, str(tmp_path / "reference.toml")], check=True, capture_output=True)
@@ -180,7 +122,9 @@ def test_compiled_training_follows_the_eager_loss_curve(tmp_path, data):
     for compiled in (False, True):
         run = tmp_path / f"run-{compiled}"
         path = tmp_path / f"{compiled}.toml"
-        path.write_text(_toml(data, run, max_steps=4, compile=compiled, eval_every_epoch=False))
+        path.write_text(
+            av_train_toml(data, run, max_steps=4, compile=compiled, eval_every_epoch=False)
+        )
         Trainer(load_config(path), progress=False).run()
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         losses[compiled] = [r["loss"] for r in records if "loss" in r]
@@ -190,7 +134,9 @@ def test_compiled_training_follows_the_eager_loss_curve(tmp_path, data):
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint(tmp_path, data):
     (tmp_path / "c.toml").write_text(
-        _toml(data, tmp_path / "run", max_steps=10_000, checkpoint_every=10_000, epochs=1000)
+        av_train_toml(
+            data, tmp_path / "run", max_steps=10_000, checkpoint_every=10_000, epochs=1000
+        )
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "polymodal", "train", str(tmp_path / "c.toml")],
@@ -212,7 +158,7 @@ def test_sigterm_writes_a_checkpoint(tmp_path, data):
 
 @pytest.mark.slow
 def test_two_process_evaluation_counts_every_sample_once(tmp_path, data):
-    (tmp_path / "c.toml").write_text(_toml(data, tmp_path / "run", max_steps=3, epochs=1))
+    (tmp_path / "c.toml").write_text(av_train_toml(data, tmp_path / "run", max_steps=3, epochs=1))
     command = [
         sys.executable,
         "-m",
@@ -250,7 +196,7 @@ def test_multilabel_training_reports_map(tmp_path, data):
         clip.with_suffix(".cls").write_text(f"{k % 2},{2 + k // 2}")
     build(src, tmp_path / "data", split="val=0.25", progress=False, print_=lambda _: None)
     path = tmp_path / "c.toml"
-    path.write_text(_toml(tmp_path / "data", tmp_path / "run", epochs=8))
+    path.write_text(av_train_toml(tmp_path / "data", tmp_path / "run", epochs=8))
     config = load_config(
         path, ["task=multilabel", "data.num_classes=4", "optim.name=lamb", "optim.lr=0.01"]
     )
@@ -259,7 +205,7 @@ def test_multilabel_training_reports_map(tmp_path, data):
 
 
 def test_mean_average_precision_by_hand():
-    from polymodal.pipelines.train.evaluate import mean_average_precision
+    from polymodal.pipelines.train.tasks import mean_average_precision
 
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.2, 0.6]])
     truths = torch.tensor([[1, 0], [0, 1], [1, 0]])
@@ -300,7 +246,7 @@ def test_recipes_are_valid_configs(recipe):
 @pytest.mark.slow
 def test_autoencoding_lowers_the_reconstruction_error(tmp_path, data):
     path = tmp_path / "c.toml"
-    path.write_text(_toml(data, tmp_path / "run", epochs=6))
+    path.write_text(av_train_toml(data, tmp_path / "run", epochs=6))
     config = load_config(path, ["task=autoencode", "subsample=128", "loss_weights.audio=2.0"])
     trainer = Trainer(config, progress=False)
     before = trainer.evaluate()
@@ -348,7 +294,9 @@ def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, a
     """Checkpoints hold every rank's loader state; `train --resume` under another
     `--nproc-per-node` goes on with the rest of the epoch (`elastic`) to the planned end."""
     config = tmp_path / "c.toml"
-    config.write_text(_toml(data, tmp_path / "run", max_steps=3, epochs=1, checkpoint_every=3))
+    config.write_text(
+        av_train_toml(data, tmp_path / "run", max_steps=3, epochs=1, checkpoint_every=3)
+    )
 
     def train(processes: int, *extra: str) -> subprocess.CompletedProcess:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

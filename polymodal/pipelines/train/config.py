@@ -111,10 +111,11 @@ class TrainConfig:
     model: EncoderConfig = field(default_factory=EncoderConfig)  # the Perceiver's sizes
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    task: str = "classification"  # classification | multilabel | autoencode | mlm
+    task: str = "classification"  # classification | multilabel | autoencode | mlm | contrastive
     loss_weights: dict[str, float] = field(default_factory=dict)  # autoencode: per field
     subsample: int = 2048  # autoencode: output queries per field per training step
     mask_probability: float = 0.15  # mlm: share of bytes masked
+    embed_dim: int = 128  # contrastive: width of each field's embedding
     epochs: int = 1
     max_steps: int = 0  # 0: epochs decide
     precision: str = "fp32"  # fp32 | bf16
@@ -166,9 +167,14 @@ class TrainConfig:
         return self
 
     def validate(self) -> TrainConfig:
-        tasks = ("classification", "multilabel", "autoencode", "mlm")
+        tasks = ("classification", "multilabel", "autoencode", "mlm", "contrastive")
         if self.task not in tasks:
             raise ConfigError(f"task: expected one of {', '.join(tasks)}, got {self.task!r}")
+        if self.task == "contrastive" and len(self.data.fields) != 2:
+            raise ConfigError(
+                "data.fields: task contrastive pairs exactly two fields (a clip's sound and "
+                f"picture, say), got {len(self.data.fields)}: {', '.join(self.data.fields)}"
+            )
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision: expected fp32 or bf16, got {self.precision!r}")
         if self.init_mismatch not in ("error", "reinit"):
@@ -252,6 +258,7 @@ class TrainConfig:
             ("max_steps", self.max_steps, self.max_steps >= 0, "at least 0 (0: epochs decide)"),
             ("subsample", self.subsample, self.subsample >= 1, "positive"),
             ("mask_probability", self.mask_probability, 0 < self.mask_probability < 1, "in (0, 1)"),
+            ("embed_dim", self.embed_dim, self.embed_dim >= 1, "positive"),
             ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "positive"),
             ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, "positive"),
             (

@@ -156,17 +156,6 @@ def _skipped_over_ranks(result: Evaluation, place: Place, device: torch.device |
     return count
 
 
-def mean_average_precision(scores: torch.Tensor, truths: torch.Tensor) -> float:
-    """mAP over the classes that have a positive (AudioSet's metric), as scikit-learn."""
-    from sklearn.metrics import average_precision_score
-
-    has_positive = (truths > 0).any(0).numpy()
-    if not has_positive.any():
-        return 0.0
-    y = (truths > 0).numpy()[:, has_positive]
-    return float(average_precision_score(y, scores.numpy()[:, has_positive], average="macro"))
-
-
 def metrics_of(
     task: Task,
     sums: dict[str, float],
@@ -175,11 +164,11 @@ def metrics_of(
     truths: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """The `val_` metrics of summed evaluation results (over every rank): the task's own, the
-    samples skipped, and with multi-label scores their mAP."""
+    samples skipped, and those of the collected scores (multi-label mAP, retrieval recall)."""
     out: dict[str, Any] = task.metrics(sums) if sums else {"val_samples": 0}
     out["val_skipped"] = skipped
     if scores is not None and truths is not None:
-        out["val_map"] = mean_average_precision(scores, truths)
+        out.update(task.collected_metrics(scores, truths))
     return out
 
 
@@ -219,14 +208,15 @@ def evaluate_checkpoint(
     multi_label = isinstance(task, ClassificationTask) and task.multi_label
     classes = config.data.num_classes
     matrix = classification and not multi_label and classes <= MAX_CONFUSION_CLASSES
-    collect = "scores" if multi_label else "predictions" if matrix else None
+    collect = "scores" if task.collects_scores else "predictions" if matrix else None
     stream = dataset_stream(config, f"--split {split}", source, task.fields())
     result = evaluation_pass(task, model, stream, collect=collect)
     collected = bool(collect and result.scores)
     scores = torch.cat(result.scores) if collected else None
     truths = torch.cat(result.truths) if collected else None
     skipped = sum(s.samples for s in result.skipped)
-    found = metrics_of(task, result.sums, skipped, *((scores, truths) if multi_label else ()))
+    collected_scores = (scores, truths) if task.collects_scores else ()
+    found = metrics_of(task, result.sums, skipped, *collected_scores)
     metrics = {k.removeprefix("val_"): v for k, v in found.items()}
     metrics["dataset"] = source
     if classification and not multi_label and not matrix:

@@ -7,6 +7,9 @@ batch and the validation metrics. The trainer is the same for all of them.
   patches) from the latents, training on a random subset of output queries per step
   (mean squared error weighted per field; MSE and PSNR).
 - `mlm`: byte-level masked language modelling of a text field (masked-byte accuracy).
+- `contrastive`: no labels; two fields of a clip (its sound and its picture) embedded apart by
+  the shared encoder learn to find each other among the other clips of the batch on every
+  rank (InfoNCE both ways; retrieval recall@1/5 both ways over the whole validation set).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -24,6 +28,7 @@ from polymodal.adapters import Adapter, Batch, LabelAdapter
 from polymodal.adapters.text import MASK, NUM_SPECIAL, VOCAB_SIZE, TextAdapter
 from polymodal.errors import ConfigError
 from polymodal.perceiver import (
+    ContrastivePerceiver,
     FourierQueries,
     MaskedLanguageModel,
     MultimodalAutoencoder,
@@ -93,6 +98,10 @@ class Task:
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         raise NotImplementedError
 
+    def collected_metrics(self, scores: torch.Tensor, truths: torch.Tensor) -> dict[str, float]:
+        """The metrics of every validation sample's `scores` at once (`collects_scores`)."""
+        raise NotImplementedError(f"task {self.config.task} collects no scores")
+
 
 class ClassificationTask(Task):
     def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
@@ -161,6 +170,20 @@ class ClassificationTask(Task):
         if not self.multi_label and self.config.data.num_classes > 5:  # else top-5 is always 1
             out["val_top5"] = sums["top5"] / total
         return out
+
+    def collected_metrics(self, scores: torch.Tensor, truths: torch.Tensor) -> dict[str, float]:
+        return {"val_map": mean_average_precision(scores, truths)}
+
+
+def mean_average_precision(scores: torch.Tensor, truths: torch.Tensor) -> float:
+    """mAP over the classes that have a positive (AudioSet's metric), as scikit-learn."""
+    from sklearn.metrics import average_precision_score
+
+    has_positive = (truths > 0).any(0).numpy()
+    if not has_positive.any():
+        return 0.0
+    y = (truths > 0).numpy()[:, has_positive]
+    return float(average_precision_score(y, scores.numpy()[:, has_positive], average="macro"))
 
 
 class _Reconstruction:
@@ -309,11 +332,109 @@ class MaskedLMTask(Task):
         }
 
 
+class ContrastiveTask(Task):
+    """Learning from the pairing itself (AVID, CAV-MAE's contrastive loss): the two fields of
+    each clip are embedded apart by one shared encoder (`ContrastivePerceiver`); a clip's two
+    embeddings are positives, every other clip of the batch on every rank a negative. No label
+    is read. "Best" is the mean recall@1 of both directions on the validation set."""
+
+    score_name = "val_recall_at_1"
+    collects_scores = True
+
+    def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
+        super().__init__(config, adapters)
+        self.pair = sorted(adapters)  # config.validate: exactly two
+
+    def model(self) -> nn.Module:
+        return ContrastivePerceiver(
+            inputs=self.multimodal_input(),
+            encoder=self.config.model,
+            embed_dim=self.config.embed_dim,
+        )
+
+    def embeddings(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """The batch's two embeddings (in `pair` order) and the inverse temperature."""
+        embedded, scale = net(model_inputs(batch, self.inputs))
+        return embedded[self.pair[0]], embedded[self.pair[1]], scale
+
+    def loss(
+        self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
+        a, b, scale = self.embeddings(net, batch)
+        return info_nce(a, b, scale, ~batch.repeated.to(a.device), across_ranks=True)
+
+    def scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, _ = self.embeddings(model, batch)
+        return a, b
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        a, b, scale = self.embeddings(model, batch)
+        valid = torch.ones(len(a), dtype=torch.bool, device=a.device)  # repeats are dropped
+        n = len(batch.keys)
+        return {"loss": info_nce(a, b, scale, valid, across_ranks=False).item() * n, "total": n}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        total = max(sums["total"], 1)
+        return {"val_samples": int(sums["total"]), "val_loss": sums["loss"] / total}
+
+    def collected_metrics(self, scores: torch.Tensor, truths: torch.Tensor) -> dict[str, float]:
+        return retrieval_recall(scores, truths, self.pair)
+
+
+def info_nce(
+    a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, valid: torch.Tensor, across_ranks: bool
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP's loss): `a[i]`'s positive is `b[i]`, its negatives every other
+    `b`, and the same from `b`'s side, mean of the two. `across_ranks`: the negatives are the
+    whole global batch, gathered with their gradients (`torch.distributed.nn`), so every rank
+    must call it. `valid` False marks a padding repeat, neither an anchor nor a negative: it is
+    a copy of a sample in the batch, so it would be a negative identical to a positive."""
+    rank, keys_a, keys_b, keys_valid = 0, a, b, valid
+    if across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        flags = [torch.empty_like(valid, dtype=torch.float32) for _ in range(dist.get_world_size())]
+        dist.all_gather(flags, valid.float())
+        rank, keys_valid = dist.get_rank(), torch.cat(flags).bool()
+        keys_a, keys_b = torch.cat(all_gather(a)), torch.cat(all_gather(b))
+    targets = torch.arange(len(a), device=a.device) + rank * len(a)
+    losses = []
+    for anchors, keys in ((a, keys_b), (b, keys_a)):
+        logits = (scale * anchors @ keys.T).masked_fill(~keys_valid[None], torch.finfo(a.dtype).min)
+        losses.append(F.cross_entropy(logits, targets, reduction="none"))
+    per_anchor = (losses[0] + losses[1]) / 2
+    # a rank whose batch is all repeats still joins the graph (its gathers' backward is a
+    # collective every rank must enter), with a zero loss
+    return torch.where(valid, per_anchor, 0).sum() / valid.sum().clamp(min=1)
+
+
+def retrieval_recall(
+    a: torch.Tensor, b: torch.Tensor, names: list[str], ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Recall@k both ways over the whole set: the share of clips whose own partner is among
+    the k most similar of all N candidates (chance: k / N), and the mean of both ways at 1."""
+    out: dict[str, float] = {}
+    for queries, keys, way in ((a, b, names), (b, a, names[::-1])):
+        ranks = []
+        for start in range(0, len(queries), 1024):  # N × 1024 similarities at a time
+            chunk = queries[start : start + 1024]
+            sims = chunk @ keys.T
+            own = (chunk * keys[start : start + len(chunk)]).sum(-1, keepdim=True)
+            ranks.append((sims > own).sum(-1))
+        rank = torch.cat(ranks)
+        for k in ks:
+            out[f"val_{way[0]}_to_{way[1]}_recall_at_{k}"] = float((rank < k).float().mean())
+    both = [v for key, v in out.items() if key.endswith("_recall_at_1")]
+    out["val_recall_at_1"] = sum(both) / 2
+    return out
+
+
 TASKS = {
     "classification": ClassificationTask,
     "multilabel": ClassificationTask,
     "autoencode": AutoencodeTask,
     "mlm": MaskedLMTask,
+    "contrastive": ContrastiveTask,
 }
 
 

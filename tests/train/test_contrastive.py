@@ -1,0 +1,155 @@
+"""`task = "contrastive"`: the loss over ranks, repeats, retrieval recall, and a run that learns
+which sound goes with which picture from real mp4 clips, without reading a label."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from testmedia import av_train_toml
+
+from polymodal.cli import main
+from polymodal.datasets.build import build
+from polymodal.datasets.index import ShardIndex
+from polymodal.errors import ConfigError
+from polymodal.pipelines.train.config import load_config
+from polymodal.pipelines.train.demo import make_clips
+from polymodal.pipelines.train.tasks import info_nce, retrieval_recall
+from polymodal.pipelines.train.trainer import Trainer
+
+
+def _pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(n, 16, generator=generator), dim=-1)
+    b = F.normalize(a + 0.5 * torch.randn(n, 16, generator=generator), dim=-1)
+    return a, b
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    a, b = _pairs(8)
+    mine = slice(4 * rank, 4 * rank + 4)
+    a, b = a[mine].clone().requires_grad_(), b[mine].clone().requires_grad_()
+    valid = torch.ones(4, dtype=torch.bool)
+    loss = info_nce(a, b, torch.tensor(10.0), valid, across_ranks=True)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "a": a.grad, "b": b.grad}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_over_two_ranks_the_negatives_are_the_whole_global_batch(tmp_path):
+    """Two gloo processes with half the batch each: the mean of their losses is the loss of
+    the whole batch in one process, and each rank's gradients (summed over the ranks whose
+    losses used its embeddings, as the gather's backward does) are twice the whole batch's
+    (DDP's average over the two ranks makes them equal)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    a, b = (t.clone().requires_grad_() for t in _pairs(8))
+    whole = info_nce(a, b, torch.tensor(10.0), torch.ones(8, dtype=torch.bool), across_ranks=True)
+    whole.backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(whole.item(), abs=1e-6)
+    for part in ("a", "b"):
+        gathered = torch.cat([ranks[0][part], ranks[1][part]])
+        full = (a if part == "a" else b).grad
+        torch.testing.assert_close(gathered, 2 * full, atol=1e-6, rtol=1e-5)
+
+
+def test_a_padding_repeat_is_neither_an_anchor_nor_a_negative():
+    a, b = _pairs(6)
+    alone = info_nce(a[:5], b[:5], torch.tensor(10.0), torch.ones(5, dtype=torch.bool), False)
+    padded_a, padded_b = torch.cat([a[:5], a[2:3]]), torch.cat([b[:5], b[2:3]])  # a repeat of 2
+    valid = torch.tensor([True] * 5 + [False])
+    with_repeat = info_nce(padded_a, padded_b, torch.tensor(10.0), valid, False)
+    assert with_repeat.item() == pytest.approx(alone.item(), abs=1e-6)
+    everyone = torch.ones(6, dtype=torch.bool)
+    counted = info_nce(padded_a, padded_b, torch.tensor(10.0), everyone, False)
+    assert counted.item() > alone.item()  # as a negative, the copy of a positive costs
+    nothing = info_nce(a, b, torch.tensor(10.0), torch.zeros(6, dtype=torch.bool), False)
+    assert nothing.item() == 0.0  # a batch of repeats only: no loss, and no NaN
+
+
+def test_retrieval_recall_ranks_each_partner_among_all():
+    a = torch.eye(4)
+    b = torch.eye(4)[[0, 1, 3, 2]]  # clips 2 and 3 swapped on b's side
+    recall = retrieval_recall(a, b, ["audio", "video"], ks=(1, 2))
+    assert recall["val_audio_to_video_recall_at_1"] == 0.5
+    assert recall["val_video_to_audio_recall_at_1"] == 0.5
+    assert recall["val_recall_at_1"] == 0.5
+    b2 = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    recall = retrieval_recall(a, F.normalize(b2, dim=-1), ["audio", "video"], ks=(1, 2))
+    assert recall["val_video_to_audio_recall_at_1"] == 0.75  # clip 1's video is nearer audio 0
+    assert recall["val_video_to_audio_recall_at_2"] == 1.0
+
+
+def test_a_contrastive_config_needs_two_fields(tmp_path):
+    path = tmp_path / "c.toml"
+    text = av_train_toml(tmp_path, tmp_path / "run", task="contrastive")
+    path.write_text(text)
+    assert load_config(path).task == "contrastive"
+    path.write_text(text + '[data.fields.sound]\nadapter = "audio"\nextensions = ["mp4"]\n')
+    with pytest.raises(ConfigError, match=r"data\.fields: task contrastive pairs exactly two"):
+        load_config(path)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """64 real mp4 clips of 4 classes (the task reads no label): a class ties each clip's
+    colour to its pitch, nothing else does."""
+    root = tmp_path_factory.mktemp("contrastive")
+    make_clips(root / "clips", samples=64, classes=4)
+    quiet = {"progress": False, "print_": lambda _: None}
+    build(root / "clips", root / "data", split="val=0.25", shuffle=True, shard_samples=16, **quiet)
+    return root / "data"
+
+
+@pytest.mark.slow
+def test_contrastive_training_learns_which_sound_goes_with_which_picture(tmp_path, clips, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text(av_train_toml(clips, tmp_path / "run", task="contrastive", epochs=12))
+    config = load_config(path)
+    summary = Trainer(config, progress=False).run()
+    run = tmp_path / "run"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert sum(losses[-4:]) < sum(losses[:4]) * 0.8
+    chance = 5 / summary["val_samples"]  # a quarter of the clips, of 4 classes
+    for way in ("audio_to_video", "video_to_audio"):
+        assert summary[f"val_{way}_recall_at_5"] >= 2 * chance, summary
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best"] == max(r["val_recall_at_1"] for r in records if "val_recall_at_1" in r)
+    best_pt = str(run / "checkpoints" / "best.pt")
+    assert main(["evaluate", str(path), "--checkpoint", best_pt, "--out", str(tmp_path / "e")]) == 0
+    evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert evaluated["recall_at_1"] == best["best"]
+    assert main(["predict", best_pt, str(clips / "val")]) == 2  # no classes to predict
+    assert (
+        "predict serves classification and autoencoding, not contrastive" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_two_process_contrastive_training_gathers_negatives_and_scores(tmp_path, clips):
+    """Under torchrun with gloo: each rank's loss sees the other's clips as negatives (the
+    gather's backward is a collective: a rank that skipped it would hang the other), and
+    validation ranks every clip of both ranks against all of them."""
+    path = tmp_path / "c.toml"
+    path.write_text(av_train_toml(clips, tmp_path / "run", task="contrastive", max_steps=3))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "polymodal", "train", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["steps"] == 3
+    assert summary["val_samples"] == ShardIndex.load(clips / "val").samples
+    assert 0 <= summary["val_audio_to_video_recall_at_5"] <= 1
