@@ -132,9 +132,22 @@ def test_contrastive_training_learns_which_sound_goes_with_which_picture(tmp_pat
     evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert evaluated["recall_at_1"] == best["best"]
     assert main(["predict", best_pt, str(clips / "val")]) == 2  # no classes to predict
-    assert (
-        "predict serves classification and autoencoding, not contrastive" in capsys.readouterr().err
+    assert "predict serves classification and autoencoding, not contrastive" in (
+        capsys.readouterr().err
     )
+    # a linear probe: the pretrained encoder, frozen, under a classification decoder
+    probe = tmp_path / "probe.toml"
+    probe.write_text(av_train_toml(clips, tmp_path / "probe", init=str(run), epochs=6))
+    config = load_config(probe, ["data.num_classes=0", "freeze=['input', 'encoder']"])
+    probed = Trainer(config, progress=False).run()
+    report = json.loads((tmp_path / "probe" / "init.json").read_text())
+    assert {n.split(".")[0] for n in report["loaded"]} == {"input", "encoder"}
+    assert {n.split(".")[0] for n in report["new"]} == {"decoder"}
+    assert {n.split(".")[0] for n in report["unused"]} == {"heads", "log_scale"}
+    pretrained = torch.load(best_pt, weights_only=True)["model"]
+    after = torch.load(tmp_path / "probe/checkpoints/best.pt", weights_only=True)["model"]
+    assert all(torch.equal(after[n], pretrained[n]) for n in report["loaded"])
+    assert probed["val_accuracy"] >= 0.8, probed
 
 
 @pytest.mark.slow
