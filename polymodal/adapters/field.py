@@ -42,6 +42,18 @@ class Field:
             mask=None if self.mask is None else fn(self.mask),
         )
 
+    def rows(self, index: torch.Tensor) -> Field:
+        """A batched field's samples at `index` (a bool mask `[B]`, or positions, in their
+        order, repeats allowed)."""
+        picked = index.nonzero().flatten() if index.dtype == torch.bool else index
+        grid = [self.grid[i] for i in picked.tolist()] if isinstance(self.grid, list) else self.grid
+        return Field(
+            values=self.values[index],
+            grid=grid,
+            coords=None if self.coords is None else self.coords[index],
+            mask=None if self.mask is None else self.mask[index],
+        )
+
     def pin_memory(self) -> Field:
         return self._map(lambda t: t.pin_memory())
 
@@ -118,18 +130,7 @@ class Batch(MutableMapping[str, Field]):
 
     def select(self, keep: torch.Tensor) -> Batch:
         """The samples where `keep` (bool `[B]`) is True, e.g. without the padding repeats."""
-        picked = keep.nonzero().flatten().tolist()
-
-        def rows(f: Field) -> Field:
-            grid = [f.grid[i] for i in picked] if isinstance(f.grid, list) else f.grid
-            return Field(
-                values=f.values[keep],
-                grid=grid,
-                coords=None if f.coords is None else f.coords[keep],
-                mask=None if f.mask is None else f.mask[keep],
-            )
-
-        return self._like({name: rows(f) for name, f in self.fields.items()}, keep)
+        return self._like({name: f.rows(keep) for name, f in self.fields.items()}, keep)
 
     def pin_memory(self) -> Batch:
         batch = self._like({name: f.pin_memory() for name, f in self.fields.items()})

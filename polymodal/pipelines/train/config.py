@@ -27,6 +27,8 @@ from polymodal.perceiver.encoder import EncoderConfig
 from polymodal.pipelines.stream.fields import FieldSpec, build_adapter
 from polymodal.pipelines.stream.stages.transform import parse_transform
 
+PAIRED_TASKS = ("contrastive", "correspondence")  # tasks that learn from a pair of fields
+
 
 @dataclass
 class SourceConfig:
@@ -111,7 +113,8 @@ class TrainConfig:
     model: EncoderConfig = field(default_factory=EncoderConfig)  # the Perceiver's sizes
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    task: str = "classification"  # classification | multilabel | autoencode | mlm | contrastive
+    # classification | multilabel | autoencode | mlm | contrastive | correspondence
+    task: str = "classification"
     loss_weights: dict[str, float] = field(default_factory=dict)  # autoencode: per field
     subsample: int = 2048  # autoencode: output queries per field per training step
     mask_probability: float = 0.15  # mlm: share of bytes masked
@@ -167,12 +170,12 @@ class TrainConfig:
         return self
 
     def validate(self) -> TrainConfig:
-        tasks = ("classification", "multilabel", "autoencode", "mlm", "contrastive")
+        tasks = ("classification", "multilabel", "autoencode", "mlm", *PAIRED_TASKS)
         if self.task not in tasks:
             raise ConfigError(f"task: expected one of {', '.join(tasks)}, got {self.task!r}")
-        if self.task == "contrastive" and len(self.data.fields) != 2:
+        if self.task in PAIRED_TASKS and len(self.data.fields) != 2:
             raise ConfigError(
-                "data.fields: task contrastive pairs exactly two fields (a clip's sound and "
+                f"data.fields: task {self.task} pairs exactly two fields (a clip's sound and "
                 f"picture, say), got {len(self.data.fields)}: {', '.join(self.data.fields)}"
             )
         if self.precision not in ("fp32", "bf16"):

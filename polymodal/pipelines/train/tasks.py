@@ -10,6 +10,8 @@ batch and the validation metrics. The trainer is the same for all of them.
 - `contrastive`: no labels; two fields of a clip (its sound and its picture) embedded apart by
   the shared encoder learn to find each other among the other clips of the batch on every
   rank (InfoNCE both ways; retrieval recall@1/5 both ways over the whole validation set).
+- `correspondence`: no labels; whether a clip's two fields belong together, told apart from
+  the clip with the second field of another clip of the batch (accuracy over both).
 """
 
 from __future__ import annotations
@@ -381,6 +383,72 @@ class ContrastiveTask(Task):
         return retrieval_recall(scores, truths, self.pair)
 
 
+class CorrespondenceTask(Task):
+    """Audio-visual correspondence (Look, Listen and Learn): does this sound belong to this
+    picture? A classifier over both fields fused, so it must compare the senses. Each batch is
+    shown twice: as it is ("together") and with every clip's second field taken from another
+    clip of the batch ("apart"; a random cycle, so never its own), drawn by the step's seeded
+    generator, so a resumed run draws the same pairs; an "apart" pair of a padding repeat and
+    its original (the same clip) is left out. Validation draws with a fixed seed: the same
+    pairs every evaluation."""
+
+    score_name = "val_accuracy"
+
+    def __init__(self, config: TrainConfig, adapters: Mapping[str, Adapter]) -> None:
+        super().__init__(config, adapters)
+        self.pair = sorted(adapters)  # config.validate: exactly two
+
+    def model(self) -> nn.Module:
+        inputs = self.multimodal_input()
+        return Perceiver(
+            input_channels=inputs.channels, num_classes=1, encoder=self.config.model, input=inputs
+        )
+
+    def pairs(
+        self, batch: Batch, rng: np.random.Generator
+    ) -> tuple[dict[str, tuple], torch.Tensor, torch.Tensor]:
+        """The model's inputs of the together and apart pairs, their targets and weights."""
+        n = batch.size
+        cycle = torch.from_numpy(rng.permutation(n))
+        partner = torch.empty_like(cycle)
+        partner[cycle] = cycle.roll(-1)
+        device = batch[self.pair[0]].values.device
+        keys = batch.keys
+        same = torch.tensor([keys[i] == keys[j] for i, j in enumerate(partner.tolist())])
+        mine = torch.arange(n)
+        first, second = self.pair
+        inputs = {
+            first: (batch[first].rows(torch.cat([mine, mine]).to(device)),),
+            second: (batch[second].rows(torch.cat([mine, partner]).to(device)),),
+        }
+        targets = torch.cat([torch.ones(n), torch.zeros(n)]).to(device)
+        weights = torch.cat([torch.ones(n), (~same).float()]).to(device)
+        return inputs, targets, weights
+
+    def loss(
+        self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
+        inputs, targets, weights = self.pairs(batch, rng or np.random.default_rng(0))
+        logits = net(inputs).float()[:, 0]
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return (losses * weights).sum() / weights.sum()
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        inputs, targets, weights = self.pairs(batch, np.random.default_rng(0))
+        right = ((model(inputs).float()[:, 0] > 0) == targets.bool()).float()
+        return {
+            "correct": (right * weights).sum().item(),
+            "pairs": weights.sum().item(),
+            "total": batch.size,
+        }
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {
+            "val_samples": int(sums["total"]),
+            "val_accuracy": sums["correct"] / max(sums["pairs"], 1),
+        }
+
+
 def info_nce(
     a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, valid: torch.Tensor, across_ranks: bool
 ) -> torch.Tensor:
@@ -435,6 +503,7 @@ TASKS = {
     "autoencode": AutoencodeTask,
     "mlm": MaskedLMTask,
     "contrastive": ContrastiveTask,
+    "correspondence": CorrespondenceTask,
 }
 
 
