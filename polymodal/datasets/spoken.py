@@ -14,6 +14,11 @@ feeds a `video` and an `audio` field) and `CLASS/KEY.png` (the clip's middle fra
 recipes), so `polymodal build` shards it like any folder of class sub-folders. This is what
 `benchmarks/bench_learning.py` and the learning tests train on: unlike the demo's colours and
 tones, a linear model does not solve it, and neither modality alone is trivial.
+
+`SpokenDigits(mode="match")` makes a task that needs both senses: the spoken digit is drawn
+at random and the drawn digit is the same one (class `same`) or another one at random
+(class `different`), half each, so the sound alone and the picture alone say nothing of the
+class (each is uniform over the digits in both), and only comparing them does.
 """
 
 from __future__ import annotations
@@ -49,10 +54,25 @@ class SpokenDigits:
     fps: float = 8.0
     size: int = 64
     noise: float = 0.2  # the largest std of the speech's background noise (full scale: 1)
+    mode: str = "digit"  # digit: the class is the digit | match: whether sound and picture agree
 
     def __post_init__(self) -> None:
         if not 2 <= self.classes <= len(WORDS):
             raise ValueError(f"classes must be in [2, {len(WORDS)}], got {self.classes}")
+        if self.mode not in ("digit", "match"):
+            raise ValueError(f"mode must be 'digit' or 'match', got {self.mode!r}")
+
+    def sample(self, i: int, seed: int) -> tuple[str, int, int]:
+        """Sample `i`'s class name, the digit spoken and the digit drawn."""
+        if self.mode == "digit":
+            label = i % self.classes
+            return WORDS[label], label, label
+        rng = np.random.default_rng(stable_seed(f"spoken-match:{i}", seed))
+        spoken = int(rng.integers(self.classes))
+        if i % 2 == 0:
+            return "same", spoken, spoken
+        other = (spoken + 1 + int(rng.integers(self.classes - 1))) % self.classes
+        return "different", spoken, other
 
 
 @functools.cache
@@ -123,11 +143,12 @@ def _frames(spec: SpokenDigits, label: int, rng: np.random.Generator) -> np.ndar
     return frames
 
 
-def make_sample(spec: SpokenDigits, label: int, seed: int) -> tuple[bytes, bytes]:
-    """One sample of class `label`: the `.mp4` (frames and speech) and the `.png` still."""
+def make_sample(spec: SpokenDigits, spoken: int, drawn: int, seed: int) -> tuple[bytes, bytes]:
+    """One sample saying digit `spoken` and showing digit `drawn`: the `.mp4` (frames and
+    speech) and the `.png` still."""
     rng = np.random.default_rng(seed)
-    frames = _frames(spec, label, rng)
-    sound = _sound(spec, label, rng)
+    frames = _frames(spec, drawn, rng)
+    sound = _sound(spec, spoken, rng)
     mp4 = encode_media("mp4", frames, fps=spec.fps, audio=sound, audio_rate=SPEECH_RATE)
     return mp4, encode_image(frames[len(frames) // 2], "PNG")
 
@@ -135,16 +156,17 @@ def make_sample(spec: SpokenDigits, label: int, seed: int) -> tuple[bytes, bytes
 def make_spoken_digits(
     folder: Path, samples: int, spec: SpokenDigits = SpokenDigits(), seed: int = 0, workers: int = 4
 ) -> Path:
-    """`samples` samples (classes in turn) as `folder/WORD/KEY.mp4` + `.png`; a sample already
-    there is kept, so an interrupted run finishes what is missing. Every file is written under
-    a temporary name and renamed; a killed run's temporaries are removed first."""
+    """`samples` samples (classes in turn) as `folder/CLASS/KEY.mp4` + `.png` (CLASS: the
+    digit's word, or `same` / `different`); a sample already there is kept, so an interrupted
+    run finishes what is missing. Every file is written under a temporary name and renamed; a
+    killed run's temporaries are removed first."""
 
     def write(i: int) -> None:
-        label = i % spec.classes
-        out = folder / WORDS[label] / f"{WORDS[label]}-{seed}-{i:06d}"
+        name, spoken, drawn = spec.sample(i, seed)
+        out = folder / name / f"{name}-{seed}-{i:06d}"
         if out.with_suffix(".png").exists():
             return
-        mp4, png = make_sample(spec, label, stable_seed(f"spoken-digits:{i}", seed))
+        mp4, png = make_sample(spec, spoken, drawn, stable_seed(f"spoken-digits:{i}", seed))
         out.parent.mkdir(parents=True, exist_ok=True)
         for data, ext in ((mp4, ".mp4"), (png, ".png")):  # the .png last: it marks completion
             tmp = out.with_suffix(ext + ".tmp")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from testdata import REPO
 
@@ -32,6 +33,26 @@ def test_espeak_speaks_each_word_differently():
     one, seven = speak("one", "en-us", 50, 170), speak("seven", "en-us", 50, 170)
     assert 0.2 < len(one) / 22050 < 1.5 and len(seven) != len(one)
     assert abs(one).max() > 0.1
+
+
+def test_the_match_mode_needs_both_senses(tmp_path):
+    """Half the samples say the digit they show; either sense alone is uniform over the digits
+    in both classes, so it tells nothing of the class."""
+    spec = SpokenDigits(classes=CLASSES, mode="match")
+    draws = [spec.sample(i, seed=0) for i in range(8000)]
+    assert [name for name, _, _ in draws[:4]] == ["same", "different", "same", "different"]
+    assert all((spoken == drawn) == (name == "same") for name, spoken, drawn in draws)
+    for name in ("same", "different"):
+        for sense in (1, 2):
+            counts = np.bincount([d[sense] for d in draws if d[0] == name], minlength=CLASSES)
+            assert np.abs(counts / counts.mean() - 1).max() < 0.15, (name, sense, counts)
+    make_spoken_digits(tmp_path, 4, spec)
+    made = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.mp4"))
+    assert made == [f"different/different-0-00000{i}.mp4" for i in (1, 3)] + [
+        f"same/same-0-00000{i}.mp4" for i in (0, 2)
+    ]
+    with pytest.raises(ValueError, match="mode must be 'digit' or 'match'"):
+        SpokenDigits(mode="both")
 
 
 @pytest.mark.slow
