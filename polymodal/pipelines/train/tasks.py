@@ -468,7 +468,8 @@ def info_nce(
     targets = torch.arange(len(a), device=a.device) + rank * len(a)
     losses = []
     for anchors, keys in ((a, keys_b), (b, keys_a)):
-        logits = (scale * anchors @ keys.T).masked_fill(~keys_valid[None], torch.finfo(a.dtype).min)
+        logits = (scale * anchors @ keys.T).float()  # float32 under bf16 autocast too
+        logits = logits.masked_fill(~keys_valid[None], torch.finfo(logits.dtype).min)
         losses.append(F.cross_entropy(logits, targets, reduction="none"))
     per_anchor = (losses[0] + losses[1]) / 2
     # a rank whose batch is all repeats still joins the graph (its gathers' backward is a
