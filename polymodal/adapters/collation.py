@@ -12,14 +12,20 @@ import torch
 from polymodal.adapters.field import Batch, Field, Grid
 
 
-def collate(samples: Sequence[Mapping[str, Any]], optional: Sequence[str] = ()) -> Batch:
+def collate(
+    samples: Sequence[Mapping[str, Any]],
+    optional: Sequence[str] = (),
+    packed: Sequence[str] = (),
+) -> Batch:
     """Stack decoded samples (field name → `Field`, plus `__key__` / `__repeated__` and
     `__meta__`, `__source__`) into a Batch.
 
     Fields of different lengths are zero-padded along `M`, and `mask` marks the real elements.
     A field named in `optional` may be missing from some samples: their rows are all padding
     (mask False) and `batch.present[name]` says which samples have it; any other field must
-    be in every sample.
+    be in every sample. A field named in `packed` is not padded but packed: its samples'
+    elements one after another, with `offsets` (see `Field`); a sample without it (optional)
+    has an empty span.
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
@@ -31,7 +37,10 @@ def collate(samples: Sequence[Mapping[str, Any]], optional: Sequence[str] = ()) 
         missing = [n for n in names if n not in s and n not in optional]
         if missing:
             raise ValueError(f"sample {key!r} has fields {sorted(s)}: {missing} missing")
-    fields = {name: _collate_field([s.get(name) for s in samples], name) for name in names}
+    fields = {}
+    for name in names:
+        join = _pack_field if name in packed else _collate_field
+        fields[name] = join([s.get(name) for s in samples], name)
     present = {name: torch.tensor([name in s for s in samples]) for name in optional}
     repeated = torch.tensor([bool(s.get("__repeated__", False)) for s in samples])
     meta = [dict(s.get("__meta__", {})) for s in samples]
@@ -65,6 +74,42 @@ def _collate_field(given: list[Field | None], name: str) -> Field:
             raise ValueError(f"field {name!r}: some samples have coordinates, some do not")
         coords = _stack_padded(present, length)
     return Field(values=values, grid=_collate_grid(items, length), coords=coords, mask=mask)
+
+
+def _pack_field(given: list[Field | None], name: str) -> Field:
+    """The samples' elements concatenated, without padding; each keeps its own grid."""
+    given = [f if f is None else _unpadded(f, name) for f in given]
+    items = [f for f in given if f is not None]
+    if len({(tuple(f.values.shape[1:]), f.values.dtype) for f in items}) > 1:
+        raise ValueError(f"field {name!r}: cannot pack samples of different channels or dtypes")
+    if any((f.coords is None) != (items[0].coords is None) for f in items):
+        raise ValueError(f"field {name!r}: some samples have coordinates, some do not")
+    lengths = [0 if f is None else len(f.values) for f in given]
+    grids = [f.grid if f is not None else (0,) for f in given]
+    coords = None
+    if items[0].coords is not None:
+        coords = torch.cat([f.coords for f in items if f.coords is not None])
+    return Field(
+        values=torch.cat([f.values for f in items]),
+        grid=[g if isinstance(g, tuple) else (n,) for g, n in zip(grids, lengths, strict=True)],
+        coords=coords,
+        offsets=torch.tensor([0, *lengths]).cumsum(0),
+    )
+
+
+def _unpadded(f: Field, name: str) -> Field:
+    """A decoded sequence without the padding its adapter added (a clip shorter than its
+    duration): packing ships only real elements. An N-d grid cannot drop elements."""
+    if f.mask is None or bool(f.mask.all()):
+        return Field(values=f.values, grid=f.grid, coords=f.coords)
+    if isinstance(f.grid, tuple) and len(f.grid) > 1:
+        raise ValueError(f"field {name!r}: a padded {len(f.grid)}-d grid cannot be packed")
+    keep = f.mask
+    return Field(
+        values=f.values[keep],
+        grid=(int(keep.sum()),),
+        coords=None if f.coords is None else f.coords[keep],
+    )
 
 
 def _absent(template: Field) -> Field:

@@ -3,7 +3,8 @@ and a `Batch` (field name → field, with each sample's key, flags and source)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import math
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +22,22 @@ class Field:
     (`[M]` / `[B, M]`, True = real element) marks padding: a decoded field carries one only
     when the adapter padded it (short audio); collation always sets it. In a batch, `grid` is
     the grid shared by all samples, or a list of per-sample grids when N-d grids differ.
+
+    A packed batch (`collate(..., packed=...)`) has no padding: `values` is `[T, C]`, the
+    samples' elements one after another, sample `i` at `offsets[i]:offsets[i + 1]` (int64
+    `[B + 1]`, kept on the CPU: the model slices by it), `grid` each sample's own grid (a list),
+    `coords` `[T, d]` and no `mask`.
     """
 
     values: torch.Tensor
     grid: Grid | list[Grid] | None = None
     coords: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.offsets is not None
 
     def on_grid(self) -> torch.Tensor:
         """`values` as `[*grid, C]`: pixels as `[H, W, 3]`, a clip as `[T, H, W, 3]`."""
@@ -40,6 +51,7 @@ class Field:
             grid=self.grid,
             coords=None if self.coords is None else fn(self.coords),
             mask=None if self.mask is None else fn(self.mask),
+            offsets=self.offsets,
         )
 
     def rows(self, index: torch.Tensor) -> Field:
@@ -47,6 +59,17 @@ class Field:
         order, repeats allowed)."""
         picked = index.nonzero().flatten() if index.dtype == torch.bool else index
         grid = [self.grid[i] for i in picked.tolist()] if isinstance(self.grid, list) else self.grid
+        if self.offsets is not None:
+            bounds = self.offsets.tolist()
+            spans = [range(bounds[i], bounds[i + 1]) for i in picked.tolist()]
+            at = torch.tensor([e for span in spans for e in span], dtype=torch.int64)
+            lengths = torch.tensor([0] + [len(span) for span in spans])
+            return Field(
+                values=self.values[at.to(self.values.device)],
+                grid=grid,
+                coords=None if self.coords is None else self.coords[at.to(self.coords.device)],
+                offsets=lengths.cumsum(0),
+            )
         return Field(
             values=self.values[index],
             grid=grid,
@@ -127,6 +150,21 @@ class Batch(MutableMapping[str, Field]):
     def size(self) -> int:
         """Number of samples in the batch."""
         return len(self.keys)
+
+    def elements(self, names: Iterable[str]) -> tuple[int, int]:
+        """(real, shipped) elements of fields `names` (the `M` of each `[M, C]`, summed): what
+        a token-budget counts, and the padding share `1 - real / shipped` a batch pays for."""
+        real = shipped = 0
+        for name in names:
+            f = self.fields.get(name)
+            if f is None:
+                continue
+            if f.offsets is not None or f.mask is None:
+                count = math.prod(f.values.shape[:-1])
+                real, shipped = real + count, shipped + count
+            else:
+                real, shipped = real + int(f.mask.sum()), shipped + f.mask.numel()
+        return real, shipped
 
     def select(self, keep: torch.Tensor) -> Batch:
         """The samples where `keep` (bool `[B]`) is True, e.g. without the padding repeats."""

@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 from polymodal.adapters.field import Field
-from polymodal.perceiver.io import Tokens, token_width
+from polymodal.perceiver.io import FactoredInputs, PackedTokens, Tokens, token_width
 
 
 class FieldInput(nn.Module):
     """A batched `Field` → input tokens `[B, M, C]` and mask `[B, M]`, through a
     `polymodal.perceiver.io` module that takes some of the field's parts (`arguments`).
-    `channels` is the token width."""
+    `channels` is the token width. A packed field gives `PackedTokens`: each sample's tokens
+    as it has them alone (its own grid's positions, its own spectrogram statistics)."""
 
     def __init__(self, module: nn.Module, arguments: Sequence[str] = ("values", "grid", "mask")):
         super().__init__()
@@ -22,6 +23,41 @@ class FieldInput(nn.Module):
         self.channels: int = token_width(module)
 
     def forward(self, field: Field) -> tuple[Tokens, torch.Tensor | None]:
+        if field.offsets is not None:
+            return self._packed(field), None
         if "grid" in self.arguments and isinstance(field.grid, list):
             raise ValueError("the batch mixes grid shapes: give the adapter a fixed size")
         return self.module(*(getattr(field, name) for name in self.arguments))
+
+    def _packed(self, field: Field) -> PackedTokens:
+        """Samples of one shape go through the module together (images of one size, clips of
+        one length); each sample's tokens then take its place in the pack."""
+        assert field.offsets is not None
+        bounds = field.offsets.tolist()
+        grids = field.grid if isinstance(field.grid, list) else [field.grid] * (len(bounds) - 1)
+        groups: dict[tuple, list[int]] = {}
+        for i, grid in enumerate(grids):
+            if bounds[i + 1] > bounds[i]:  # an empty span (a missing optional field) adds none
+                groups.setdefault((grid, bounds[i + 1] - bounds[i]), []).append(i)
+        pieces: dict[int, torch.Tensor] = {}
+        for (grid, _), members in groups.items():
+            parts = {
+                "values": torch.stack([field.values[bounds[i] : bounds[i + 1]] for i in members]),
+                "grid": grid,
+                "mask": None,
+            }
+            if field.coords is not None:
+                parts["coords"] = torch.stack(
+                    [field.coords[bounds[i] : bounds[i + 1]] for i in members]
+                )
+            tokens, _ = self.module(*(parts[name] for name in self.arguments))
+            if isinstance(tokens, FactoredInputs):
+                tokens = tokens.materialize()
+            pieces.update(zip(members, tokens, strict=True))
+        if not pieces:
+            raise ValueError("a packed field with no elements in any sample")
+        lengths = [len(pieces[i]) if i in pieces else 0 for i in range(len(grids))]
+        return PackedTokens(
+            torch.cat([pieces[i] for i in sorted(pieces)]),
+            torch.tensor([0, *lengths]).cumsum(0),
+        )

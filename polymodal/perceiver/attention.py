@@ -6,6 +6,10 @@ an MLP on a LayerNorm of the result (+ residual). Attention itself is
 `torch.nn.functional.scaled_dot_product_attention` with a boolean key mask, so the fused
 kernels (flash / memory-efficient) run on GPUs. A query whose keys are all masked gets zeros,
 never NaNs.
+
+Packed inputs (`PackedTokens`: the samples' tokens one after another, no padding) are attended
+per sample: sample `i`'s queries see only its own keys, which is exact for the encoder's
+cross-attention, since a Perceiver's latents are per sample.
 """
 
 from __future__ import annotations
@@ -64,6 +68,25 @@ class FactoredInputs:
         return outputs
 
 
+@dataclass
+class PackedTokens:
+    """Input tokens of a batch without padding: `tokens` `[T, C]`, sample `i`'s at
+    `offsets[i]:offsets[i + 1]` (int64 `[B + 1]` on the CPU, the `cu_seqlens` of
+    variable-length kernels). The encoder's cross-attention lets each sample's latents attend
+    to its span only, so a packed sample's latents are those it has alone."""
+
+    tokens: torch.Tensor
+    offsets: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tokens.shape
+
+
 class Attention(nn.Module):
     """Multi-head attention from `q_dim` queries to `kv_dim` keys/values.
 
@@ -105,9 +128,18 @@ class Attention(nn.Module):
         return self.attend(self.query(x_q), self.key(x_kv), self.value(x_kv), mask)
 
     def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attention of projected queries, keys and values, then the output projection."""
+        """Attention of projected queries, keys and values, then the output projection.
+        With `offsets`, `k` and `v` are packed `[T, C]` and query row `i` attends to
+        `offsets[i]:offsets[i + 1]` only."""
+        if offsets is not None:
+            return self.output(self._attend_packed(q, k, v, offsets))
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         attn_mask, empty = None, None
         if mask is not None:
@@ -120,6 +152,30 @@ class Attention(nn.Module):
         if empty is not None:
             out = out.masked_fill(empty[:, None, None], 0.0)
         return self.output(out)
+
+    def _attend_packed(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor
+    ) -> torch.Tensor:
+        """One SDPA per sample over its own span: the work is Σ N·M_i, not B·N·max M (a
+        block mask over the whole pack would cost B·N·T). An empty span gives zeros."""
+        heads = self.num_heads
+        q = self._heads(q)  # [B, H, N, d]
+        k = k.view(k.shape[0], heads, -1).transpose(0, 1)  # [H, T, d]
+        v = v.view(v.shape[0], heads, -1).transpose(0, 1)
+        dropout = self.dropout if self.training else 0.0
+        bounds = offsets.tolist()
+        out = []
+        for i in range(len(bounds) - 1):
+            start, end = bounds[i], bounds[i + 1]
+            if end == start:
+                out.append(q.new_zeros(heads, q.shape[2], v.shape[-1]))
+                continue
+            out.append(
+                F.scaled_dot_product_attention(
+                    q[i], k[:, start:end], v[:, start:end], dropout_p=dropout
+                )
+            )
+        return torch.stack(out).transpose(1, 2).flatten(2)
 
 
 class MLP(nn.Module):
@@ -205,10 +261,15 @@ class CrossAttention(PreNormBlock):
     def forward(
         self,
         x_q: torch.Tensor,
-        x_kv: torch.Tensor | FactoredInputs,
+        x_kv: torch.Tensor | FactoredInputs | PackedTokens,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         attention = self.attention
+        if isinstance(x_kv, PackedTokens):
+            kv = self.kv_norm(x_kv.tokens)
+            k, v, offsets = attention.key(kv), attention.value(kv), x_kv.offsets
+            q = attention.query(self.q_norm(x_q))
+            return self.finish(x_q, attention.attend(q, k, v, None, offsets))
         if isinstance(x_kv, FactoredInputs):
             k, v = x_kv.norm_project(self.kv_norm, attention.key, attention.value)
         else:

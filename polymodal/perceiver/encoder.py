@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import CrossAttention, SelfAttention
+from .attention import CrossAttention, PackedTokens, SelfAttention
 
 
 @dataclass
@@ -38,7 +38,8 @@ class EncoderConfig:
 
 
 class PerceiverEncoder(nn.Module):
-    """Inputs `[B, M, input_dim]` (+ mask `[B, M]`) → latents `[B, num_latents, latent_dim]`."""
+    """Inputs `[B, M, input_dim]` (+ mask `[B, M]`), or packed (`PackedTokens`, no padding)
+    → latents `[B, num_latents, latent_dim]`."""
 
     def __init__(self, *, input_dim: int, config: EncoderConfig) -> None:
         super().__init__()
@@ -73,8 +74,11 @@ class PerceiverEncoder(nn.Module):
             for _ in range(c.num_self_attends_per_block)
         )
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.latents.expand(inputs.shape[0], -1, -1)
+    def forward(
+        self, inputs: torch.Tensor | PackedTokens, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch = inputs.batch_size if isinstance(inputs, PackedTokens) else inputs.shape[0]
+        x = self.latents.expand(batch, -1, -1)
         for repeat in range(self.config.num_blocks):
             if repeat < self.config.num_cross_attends:
                 layer = self.cross_attends[min(repeat, 1)]
@@ -83,7 +87,7 @@ class PerceiverEncoder(nn.Module):
                 x = self._run(layer, x)
         return x
 
-    def _run(self, layer: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, layer: nn.Module, *args: torch.Tensor | PackedTokens | None) -> torch.Tensor:
         if self.config.gradient_checkpointing and self.training:
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import FactoredInputs
+from .attention import FactoredInputs, PackedTokens
 from .position import FourierPositions, LearnedPositions, check_sizes, fourier_features
 
 # Input tokens `[B, M, C]`, or their content and positions kept apart (`FactoredInputs`) until
-# the encoder's first projection, which then never materialises the concatenation.
-Tokens = torch.Tensor | FactoredInputs
+# the encoder's first projection, which then never materialises the concatenation, or a
+# batch's tokens without padding (`PackedTokens`).
+Tokens = torch.Tensor | FactoredInputs | PackedTokens
 
 
 def token_width(module: nn.Module) -> int:
@@ -416,24 +417,30 @@ class MultimodalInput(nn.Module):
 
     def forward(
         self, fields: Mapping[str, tuple]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, int]]:
+    ) -> tuple[torch.Tensor | PackedTokens, torch.Tensor | None, dict[str, int]]:
         """`fields[name]` are the arguments of that modality's input; returns tokens, mask,
-        and the number of tokens each modality contributed (in order). A modality missing
+        and the number of tokens each modality contributed (in order): packed tokens
+        (`PackedTokens`, no mask) when the modalities' inputs are packed. A modality missing
         from `fields` (an optional one no sample of the batch has) contributes none."""
         tokens, masks, lengths = [], [], {}
+        spans: list[torch.Tensor] = []  # packed: each modality's offsets
         if not set(self.names) & set(fields):
             raise ValueError(f"none of the inputs {self.names} is in the batch")
         for name in self.names:
             if name not in fields:
                 continue
             x, mask = self.inputs[name](*fields[name])
-            if isinstance(x, FactoredInputs):
+            if isinstance(x, PackedTokens):
+                spans.append(x.offsets)
+                x = x.tokens
+                mask = x.new_ones(0, dtype=torch.bool)  # packed: no mask to keep
+            elif isinstance(x, FactoredInputs):
                 x = x.materialize()
-            pad = self.padding[name].expand(x.shape[0], x.shape[1], -1).to(x.dtype)
+            pad = self.padding[name].expand(*x.shape[:-1], -1).to(x.dtype)
             x = torch.cat([x, pad], dim=-1)
             p = self.mask_probs.get(name, 0.0)
             if p >= 1 or (self.training and p > 0):  # p = 1: never seen, in eval too
-                drop = torch.rand(x.shape[:2], device=x.device) < p
+                drop = torch.rand(x.shape[:-1], device=x.device) < p
                 x = torch.where(drop[..., None], self.mask_tokens[name].to(x.dtype), x)
             tokens.append(x)
             masks.append(
@@ -441,5 +448,23 @@ class MultimodalInput(nn.Module):
                 if mask is not None
                 else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             )
-            lengths[name] = x.shape[1]
+            lengths[name] = x.shape[-2]
+        if spans:
+            if len(spans) < len(tokens):
+                raise ValueError("a batch packs some input fields and pads others: pack all")
+            return pack_modalities(tokens, spans), None, lengths
         return torch.cat(tokens, dim=1), torch.cat(masks, dim=1), lengths
+
+
+def pack_modalities(tokens: list[torch.Tensor], spans: list[torch.Tensor]) -> PackedTokens:
+    """Packed tokens of several modalities (`[T_m, C]` with offsets each) → one pack whose
+    sample `i` holds its tokens of every modality, in modality order (the order of a padded
+    batch, so that the sums in attention add up alike)."""
+    if len(tokens) == 1:
+        return PackedTokens(tokens[0], spans[0])
+    lengths = torch.stack([s.diff() for s in spans])  # [modalities, B]
+    batch = lengths.shape[1]
+    sample = torch.cat([torch.arange(batch).repeat_interleave(n) for n in lengths])
+    order = torch.sort(sample, stable=True).indices.to(tokens[0].device)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.sum(0).cumsum(0)])
+    return PackedTokens(torch.cat(tokens)[order], offsets)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import CrossAttention
+from .attention import CrossAttention, PackedTokens
 from .decoder import (
     BasicDecoder,
     ClassificationDecoder,
@@ -112,6 +112,8 @@ class MultimodalAutoencoder(nn.Module):
         chunk_size: int | None = None,
     ) -> dict[str, torch.Tensor]:
         tokens, mask, _ = self.input(fields)
+        if isinstance(tokens, PackedTokens):
+            raise ValueError("the autoencoder decodes every input element: give padded batches")
         outputs = self.decoder(self.encoder(tokens, mask), indices, chunk_size)
         return {name: self.heads[name](out) for name, out in outputs.items()}
 

@@ -1,0 +1,127 @@
+"""Packed batches: samples of their natural lengths, one after another with offsets, through
+the encoder's per-sample cross-attention. A packed sample's logits are its logits alone."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polymodal.adapters import collate, get
+from polymodal.datasets.synthetic import (
+    counter_frames,
+    encode_audio,
+    encode_image,
+    encode_media,
+    encode_ply,
+    photo,
+    tone,
+)
+from polymodal.perceiver import EncoderConfig, MultimodalInput, Perceiver
+
+ENCODER = EncoderConfig(num_latents=8, latent_dim=32, num_self_attends_per_block=1, self_heads=2)
+
+
+def _media(i: int, rng: np.random.Generator) -> dict:
+    """Sample `i` of lengths that differ from sample to sample, from real encoders."""
+    seconds = 0.3 + 0.25 * i
+    return {
+        "__key__": f"s{i}",
+        "flac": encode_audio(tone(200 + 150 * i, seconds, rate=16000), 16000),
+        "mp4": encode_media("mp4", counter_frames(6, 32, 32), fps=8),
+        "png": encode_image(photo(i, 24 + 8 * i)[:, : 16 + 4 * i], "PNG"),
+        "ply": encode_ply(rng.normal(size=(20 + 17 * i, 3))),
+        "txt": ("spoken digit " * (i + 1)).encode(),
+    }
+
+
+# field → (adapter, encoder options)
+CASES = {
+    "waveform": (lambda: get("audio")(duration=None), {"samples_per_patch": 80, "num_bands": 4}),
+    "logmel": (
+        lambda: get("audio")(duration=None),
+        {"features": "logmel", "n_mels": 16, "patch": (2, 8), "num_bands": 4},
+    ),
+    "video": (lambda: get("video")(num_frames=4, fps=None, size=16), {"num_bands": 4}),
+    "image": (lambda: get("image")(size=None), {"patch_size": 2, "num_bands": 4}),
+    "cloud": (lambda: get("pointcloud")(num_points=None), {"num_bands": 4}),
+    "text": (lambda: get("text")(max_length=64), {"dim": 16}),
+}
+
+
+def _decoded(names: list[str], count: int = 4) -> list[dict]:
+    rng = np.random.default_rng(0)
+    adapters = {name: CASES[name][0]() for name in names}
+    raw = [_media(i, rng) for i in range(count)]
+    return [{"__key__": r["__key__"], **{n: a.decode(r) for n, a in adapters.items()}} for r in raw]
+
+
+def _model(names: list[str]) -> Perceiver:
+    torch.manual_seed(0)
+    inputs = MultimodalInput(
+        inputs={name: CASES[name][0]().encoder(**CASES[name][1]) for name in names}
+    )
+    return Perceiver(
+        input_channels=inputs.channels, num_classes=5, encoder=ENCODER, input=inputs
+    ).eval()
+
+
+@pytest.mark.parametrize("names", [[n] for n in CASES] + [["logmel", "video"], ["cloud", "text"]])
+def test_a_packed_samples_logits_are_its_logits_alone(names):
+    samples = _decoded(names)
+    model = _model(names)
+    packed = collate(samples, packed=names)
+    assert all(packed[n].offsets is not None and packed[n].mask is None for n in names)
+    lengths = {n: packed[n].offsets.diff().tolist() for n in names}
+    assert all(len(set(v)) > 1 or n == "video" for n, v in lengths.items())  # lengths differ
+    with torch.no_grad():
+        together = model({n: (packed[n],) for n in names})
+        alone = torch.cat([model({n: (collate([s])[n],) for n in names}) for s in samples])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_packing_drops_the_padding_a_padded_batch_pays_for():
+    samples = _decoded(["waveform", "text"])
+    padded, packed = collate(samples), collate(samples, packed=["waveform", "text"])
+    for name in ("waveform", "text"):
+        real = int(padded[name].mask.sum())
+        assert packed[name].values.shape[0] == real < padded[name].mask.numel()
+        assert torch.equal(packed[name].values, padded[name].values[padded[name].mask])
+
+
+def test_a_packed_batch_selects_rows_and_trains():
+    samples = _decoded(["logmel", "cloud"])
+    names = ["logmel", "cloud"]
+    packed = collate(samples, packed=names)
+    keep = torch.tensor([True, False, True, True])
+    picked = packed.select(keep)
+    model = _model(names)
+    with torch.no_grad():
+        full = model({n: (packed[n],) for n in names})
+        part = model({n: (picked[n],) for n in names})
+    torch.testing.assert_close(part, full[keep], atol=1e-5, rtol=0)
+    model.train()
+    loss = F.cross_entropy(model({n: (packed[n],) for n in names}), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_padded_clip_packs_only_its_real_samples():
+    adapter = get("audio")(duration=1.0)  # longer than the tone: padded, mask marks the tone
+    raw = {"__key__": "a", "flac": encode_audio(tone(300, 0.4, rate=16000), 16000)}
+    field = adapter.decode(raw)
+    assert field.mask is not None and int(field.mask.sum()) == 6400
+    packed = collate([{"__key__": "a", "audio": field}], packed=["audio"])["audio"]
+    assert packed.offsets.tolist() == [0, 6400] and packed.grid == [(6400,)]
+
+
+def test_full_duration_keeps_each_clips_length_up_to_the_bound():
+    adapter = get("audio")(duration="full", max_seconds=1.0)
+    lengths = []
+    for seconds in (0.3, 0.8, 2.5):
+        raw = {"__key__": "a", "flac": encode_audio(tone(300, seconds, rate=16000), 16000)}
+        field = adapter.decode(raw)
+        assert field.mask is None
+        lengths.append(len(field.values))
+    assert lengths == [4800, 12800, 16000]
+    with pytest.raises(ValueError, match="'full' or None"):
+        get("audio")(duration="whole")
