@@ -36,7 +36,9 @@ class AudioAdapter(Adapter):
     centre or at a random place (first draw of the per-sample generator, see
     `media.clip_start`); the container is seeked to the clip, and decoding stops after it, so a
     long file costs only the clip. A shorter file is zero-padded and `mask` marks the real
-    samples. `duration=None` keeps the whole file, refused beyond `max_seconds`.
+    samples. `duration=None` keeps the whole file, refused beyond `max_seconds`;
+    `duration="full"` keeps each file's natural length up to `max_seconds`, a longer one cut to
+    `max_seconds` as a clip would be: variable lengths, for packed batches (`collate`).
 
     The default extensions include video containers: one `.mp4` feeds both the `video` field
     and, through this adapter, an `audio` field.
@@ -56,7 +58,7 @@ class AudioAdapter(Adapter):
         self,
         sample_rate: int = 16000,
         channels: int = 1,
-        duration: float | None = 10.0,
+        duration: float | str | None = 10.0,
         crop: str = "center",
         dtype: str = "int16",
         max_seconds: float = 600.0,
@@ -70,11 +72,16 @@ class AudioAdapter(Adapter):
         check_crop(crop)
         if dtype not in ("int16", "float16"):
             raise ValueError(f"dtype must be 'int16' or 'float16', got {dtype!r}")
+        self.full = duration == "full"
+        if self.full:
+            duration = None
+        elif isinstance(duration, str):
+            raise ValueError(f"duration must be seconds, 'full' or None, got {duration!r}")
         if duration is not None and not 0 < duration <= max_seconds:
             raise ValueError(f"duration must be in (0, max_seconds={max_seconds}], got {duration}")
         self.sample_rate = sample_rate
         self.channels = channels
-        self.duration = duration
+        self.duration: float | None = duration
         self.crop = crop
         self.dtype = dtype
         self.max_seconds = max_seconds
@@ -175,11 +182,13 @@ class AudioAdapter(Adapter):
         container, stream = open_stream(data, "audio")
         with container:
             total = stream_seconds(container, stream)
-            start = 0.0
-            if self.duration is not None:
-                start = clip_start(total, self.duration, self.crop, rng)
+            start, take, seconds = 0.0, self._take, self.duration
+            if self.full and total > self.max_seconds:  # cut to the bound, as a clip
+                take, seconds = round(self.max_seconds * self.sample_rate), self.max_seconds
+            if seconds is not None:
+                start = clip_start(total, seconds, self.crop, rng)
                 seek_to(container, stream, start)
-            samples, _ = self._decode(container, stream, start, self._take)
+            samples, _ = self._decode(container, stream, start, take)
         return self._clip(samples, rng)
 
     def _decode(
@@ -247,11 +256,14 @@ class AudioAdapter(Adapter):
                 f"materialised audio is {array.dtype} {array.shape}, not {self.dtype} samples "
                 f"of {self.channels} channel(s)"
             )
-        samples = array
-        if self._take is not None:
-            start = clip_start(meta.get("total", 0.0), self.duration or 0.0, self.crop, rng)
+        samples, take, seconds = array, self._take, self.duration
+        bound = round(self.max_seconds * self.sample_rate)
+        if self.full and len(array) > bound:  # materialised by a longer bound: cut as media
+            take, seconds = bound, self.max_seconds
+        if take is not None and seconds is not None:
+            start = clip_start(meta.get("total", 0.0), seconds, self.crop, rng)
             first = max(0, round((start - meta.get("first", 0.0)) * self.sample_rate))
-            samples = array[first : first + self._take]
+            samples = array[first : first + take]
         return self._clip(np.array(samples), rng)  # the copy: only the clip
 
     def _augment(
