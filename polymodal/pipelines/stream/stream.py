@@ -126,7 +126,9 @@ class Stream(IterableDataset):
     `max_member_bytes`: no tar member larger than this is read (its sample is skipped and
     reported). `transforms`: the user's functions on decoded samples, in order, as
     `("map", fn)` / `("filter", predicate)` pairs or `"map:module:function"` strings (also
-    `stream.map(fn)` / `stream.filter(predicate)`; see `stages.transform`). `cache_limit`
+    `stream.map(fn)` / `stream.filter(predicate)`; see `stages.transform`). `packed`: fields
+    whose batches are packed (each sample's natural length, one after another with offsets:
+    no padding; see `collate`) instead of padded to the longest. `cache_limit`
     (bytes): keep local copies of remote shards in `cache_dir` (default: this machine's cache,
     `datasets.cache`), so later epochs read the disk; see `datasets.shard_cache`.
 
@@ -155,6 +157,7 @@ class Stream(IterableDataset):
         cache_dir: str | Path | None = None,
         cache_limit: int | None = None,
         transforms: Sequence[Step | tuple[str, Callable[..., Any] | str] | str] = (),
+        packed: Collection[str] = (),
     ) -> None:
         policies = _policies(errors)
         if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
@@ -168,6 +171,9 @@ class Stream(IterableDataset):
         self.sources = [str(s.path) for s in self.mix]
         self.indexes = [open_dataset(s, remote, cache_dir) for s in self.sources]
         self._fields(fields, optional, meta)
+        if set(packed) - set(self.fields):
+            raise ValueError(f"packed names {sorted(set(packed) - set(self.fields))}, not fields")
+        self.packed = sorted(packed)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.clips_per_sample = clips_per_sample
         self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
@@ -315,7 +321,7 @@ class Stream(IterableDataset):
         )
         decode = self._decode(self.errors["decode"], epoch)
         transform = Transform(self.transforms, self.errors["transform"])
-        batcher = Batcher(lambda: self.filler(epoch), self.optional)
+        batcher = Batcher(lambda: self.filler(epoch), self.optional, self.packed)
         stages: dict[str, Stage] = {"reader": reader, **order.stages, "decode": decode}
         stages.update(transform=transform, batch=batcher)
         for name, stage in stages.items():

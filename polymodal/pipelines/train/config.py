@@ -68,6 +68,8 @@ class DataConfig:
     num_classes: int = 0  # 0: from the training data's index (its classes)
     check_classes: bool = True  # the config, train and val must agree on the classes
     batch_size: int = 32
+    # input fields packed at their natural lengths (no padding; the encoder attends per sample)
+    packing: bool = False
     workers: int = 0
     threads: int = 0  # FFmpeg threads per DataLoader worker (0: cores // workers)
     clips_per_sample: int = 1  # training items cut from one decode of a sample (divides batch_size)
@@ -207,7 +209,25 @@ class TrainConfig:
             except ValueError as exc:
                 raise ConfigError(f"data.transforms[{n}]: {exc}") from None
         self._check_decay_and_augment()
+        self._check_packing()
         return self.resolve_seeds()
+
+    def _check_packing(self) -> None:
+        """Packing feeds the encoder only: decoders that answer per input element
+        (autoencode, mlm) and mixing, which pairs samples element by element, need padding."""
+        if not self.data.packing:
+            return
+        if self.task in ("autoencode", "mlm"):
+            raise ConfigError(
+                f"data.packing: task {self.task} decodes every input element and needs padded "
+                "batches; packing serves classification, multilabel, contrastive, correspondence"
+            )
+        mixing = [name for name in ("mixup", "cutmix") if getattr(self.augment, name)]
+        if mixing:
+            raise ConfigError(
+                f"augment.{mixing[0]}: mixes samples element by element, which packed samples "
+                "of their own lengths cannot; turn data.packing off to mix"
+            )
 
     def _check_mixture(self) -> None:
         """Rules and schedule that are wrong whatever the data (the rest, which needs the

@@ -334,6 +334,7 @@ def _batches(
         key = name[: -len(parts[1]) - 1]  # the path as given, less its extension
         samples.setdefault(key, {"__key__": key})[parts[1]] = path.read_bytes()
     decoded, errors = [], []
+    packed = list(task.adapters) if config.data.packing else []  # as the model trained
     for key, sample in samples.items():
         try:
             decoded.append(
@@ -342,9 +343,9 @@ def _batches(
         except DecodeError as exc:
             errors.append({"key": key, "error": str(exc)})
         if len(decoded) == config.data.batch_size:
-            yield collate(decoded), errors
+            yield collate(decoded, packed=packed), errors
             decoded, errors = [], []
-    yield (collate(decoded) if decoded else None), errors
+    yield (collate(decoded, packed=packed) if decoded else None), errors
 
 
 def _top_classes(

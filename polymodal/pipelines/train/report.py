@@ -66,19 +66,22 @@ def epoch_line(
     step: int,
     losses: list[float],
     metrics: dict[str, Any],
-    rate: float,
+    rates: tuple[float, float, float],
     sources: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """`epoch 3 (step 150): train loss 0.4120 · val_accuracy 0.9530 · 212.5 samples/s`, and
-    for a mixture `· web 700 (pass 2, 45%) · studio 300`: each source's samples this epoch,
-    its skips, and where a source taken in part stands in its cycle."""
+    """`epoch 3 (step 150): train loss 0.4120 · val_accuracy 0.9530 · 212.5 samples/s ·
+    1.31M tokens/s · padding 48%` (`rates`: samples/s, real input elements/s, the share of
+    shipped elements that were padding), and for a mixture `· web 700 (pass 2, 45%) · studio
+    300`: each source's samples this epoch, its skips, and where a source taken in part
+    stands in its cycle."""
     parts = [f"train loss {sum(losses) / max(len(losses), 1):.4f}"]
     parts += [
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
         for k, v in metrics.items()
         if k not in ("val_samples",) and not (k == "val_skipped" and not v)
     ]
-    parts.append(f"{rate:.1f} samples/s")
+    samples, tokens, padding = rates
+    parts += [f"{samples:.1f} samples/s", f"{tokens / 1e6:.3g}M tokens/s", f"padding {padding:.0%}"]
     if len(sources) > 1:
         for name, source in zip(source_names(sources), sources, strict=True):
             text = f"{name} {source['delivered']}"

@@ -547,6 +547,7 @@ def dataset_stream(
             meta=config.data.meta,
             clips_per_sample=clips_per_sample,
             transforms=config.data.transforms,
+            packed=[n for n in fields if n != TARGET] if config.data.packing else (),
             cache_dir=config.data.cache_dir or None,
             cache_limit=config.data.cache_limit or None,
             **mixture,

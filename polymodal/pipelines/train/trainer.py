@@ -344,6 +344,9 @@ class Trainer:
             (loss / config.optim.accumulate).backward()
             step_loss += loss.item() / config.optim.accumulate
             clock.samples += batch.size * self.world
+            real, shipped = batch.elements(self.task.inputs)
+            clock.tokens += real * self.world
+            clock.shipped += shipped * self.world
         if config.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
         self.optimizer.step()
@@ -358,7 +361,10 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{clock.rate:.1f}")
         bar.update(1)
         record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
-        self.log.write({**record, "samples_per_s": clock.rate, "data_wait": clock.wait_share})
+        rates = {"samples_per_s": clock.rate, "tokens_per_s": clock.token_rate}
+        self.log.write(
+            {**record, **rates, "padding": clock.padding_share, "data_wait": clock.wait_share}
+        )
 
     def _end_epoch(self, bar: tqdm, epoch: int, clock: Clock) -> None:
         """Evaluate (a new best is saved as `best.pt`), record each source's counts, and say
@@ -375,7 +381,8 @@ class Trainer:
         if len(sources) > 1:
             self.log.write({"step": self.step, **source_metrics(sources)})
         losses = clock.losses[-self.steps_per_epoch :]
-        self._say(bar, epoch_line(epoch + 1, self.step, losses, metrics, clock.rate, sources))
+        rates = (clock.rate, clock.token_rate, clock.padding_share)
+        self._say(bar, epoch_line(epoch + 1, self.step, losses, metrics, rates, sources))
 
     def _finish(self, clock: Clock) -> dict[str, Any]:
         """The final evaluation, checkpoint, `summary.json` and `metrics.png`."""
@@ -384,6 +391,8 @@ class Trainer:
             "steps": self.step,
             "seconds": clock.elapsed,
             "samples_per_s": clock.rate,
+            "tokens_per_s": clock.token_rate,
+            "padding": clock.padding_share,
             "data_wait": clock.wait_share,
             "final_loss": clock.losses[-1] if clock.losses else None,
             **metrics,
@@ -448,6 +457,8 @@ class Clock:
     started: float = field(default_factory=time.perf_counter)
     waited: float = 0.0
     samples: int = 0
+    tokens: int = 0  # real input elements (over all ranks, as samples)
+    shipped: int = 0  # input elements with their padding
     losses: list[float] = field(default_factory=list)
 
     @property
@@ -461,6 +472,15 @@ class Clock:
     @property
     def wait_share(self) -> float:
         return self.waited / self.elapsed
+
+    @property
+    def token_rate(self) -> float:
+        """Real input elements per second (the `M` of each input field's `[M, C]`)."""
+        return self.tokens / self.elapsed
+
+    @property
+    def padding_share(self) -> float:
+        return 1 - self.tokens / self.shipped if self.shipped else 0.0
 
 
 def join_world() -> Place:

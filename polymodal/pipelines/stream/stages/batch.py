@@ -16,14 +16,16 @@ class Batcher:
     """Groups decoded samples into `Batch`es; a skipped sample becomes a marked repeat of a good
     one of the same batch. A batch with no good sample is filled with repeats of `filler()`,
     the dataset's first readable sample (the same in every run, so a resumed run fills it
-    alike); when not even that exists, `batch` returns None."""
+    alike); when not even that exists, `batch` returns None. Fields in `packed` are packed,
+    not padded (see `collate`)."""
 
     def __init__(
         self,
         filler: Callable[[], list[dict[str, Any]] | None],
         optional: Sequence[str] = (),
+        packed: Sequence[str] = (),
     ) -> None:
-        self.filler, self.optional = filler, tuple(optional)
+        self.filler, self.optional, self.packed = filler, tuple(optional), tuple(packed)
         self.batches = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -42,4 +44,4 @@ class Batcher:
             return None, skips
         filler = [{**item, "__repeated__": True} for item in repeat]
         flat = [i for items in samples for i in (filler if isinstance(items, Skip) else items)]
-        return collate(flat, self.optional), skips
+        return collate(flat, self.optional, self.packed), skips
