@@ -53,7 +53,7 @@ class FieldInput(nn.Module):
             tokens, _ = self.module(*(parts[name] for name in self.arguments))
             if isinstance(tokens, FactoredInputs):
                 tokens = tokens.materialize()
-            pieces.update(zip(members, tokens, strict=True))
+            pieces.update(zip(members, tokens.unbind(0), strict=True))  # not slices: see attend
         if not pieces:
             raise ValueError("a packed field with no elements in any sample")
         lengths = [len(pieces[i]) if i in pieces else 0 for i in range(len(grids))]

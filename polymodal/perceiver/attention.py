@@ -157,24 +157,20 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor
     ) -> torch.Tensor:
         """One SDPA per sample over its own span: the work is Σ N·M_i, not B·N·max M (a
-        block mask over the whole pack would cost B·N·T). An empty span gives zeros."""
+        block mask over the whole pack would cost B·N·T). An empty span gives zeros. The
+        spans are taken with `split` / `unbind`, whose backward joins the gradients once;
+        slicing each would allocate a gradient of the whole pack per sample."""
         heads = self.num_heads
-        q = self._heads(q)  # [B, H, N, d]
-        k = k.view(k.shape[0], heads, -1).transpose(0, 1)  # [H, T, d]
-        v = v.view(v.shape[0], heads, -1).transpose(0, 1)
+        lengths = offsets.diff().tolist()
+        keys = k.view(k.shape[0], heads, -1).transpose(0, 1).split(lengths, dim=1)  # [H, M_i, d]
+        values = v.view(v.shape[0], heads, -1).transpose(0, 1).split(lengths, dim=1)
         dropout = self.dropout if self.training else 0.0
-        bounds = offsets.tolist()
         out = []
-        for i in range(len(bounds) - 1):
-            start, end = bounds[i], bounds[i + 1]
-            if end == start:
-                out.append(q.new_zeros(heads, q.shape[2], v.shape[-1]))
+        for query, key, value in zip(self._heads(q).unbind(0), keys, values, strict=True):
+            if key.shape[1] == 0:
+                out.append(query.new_zeros(heads, query.shape[1], value.shape[-1]))
                 continue
-            out.append(
-                F.scaled_dot_product_attention(
-                    q[i], k[:, start:end], v[:, start:end], dropout_p=dropout
-                )
-            )
+            out.append(F.scaled_dot_product_attention(query, key, value, dropout_p=dropout))
         return torch.stack(out).transpose(1, 2).flatten(2)
 
 
