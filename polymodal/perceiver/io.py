@@ -201,31 +201,44 @@ class LogMelInput(nn.Module):
         self.positions = FourierPositions(num_bands=num_bands)
         self.channels = channels * math.prod(self.patch) + self.positions.channels(2)
 
-    def spectrogram(self, values: torch.Tensor) -> torch.Tensor:
-        """Standardised log-mel `[B, T, n_mels, C]` of samples `[B, L, C]`."""
+    def spectrogram(self, values: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised log-mel `[B, T, n_mels, C]` of samples `[B, L, C]`. The statistics are
+        taken over a sample's real frames (`real` `[B, T]`, None: all): a short clip padded to
+        the longest of its batch would otherwise be standardised against its padding's
+        silence, which squashes the speech into one value."""
         with torch.autocast(values.device.type, enabled=False):
             mel = self.mel(values.float().transpose(1, 2) * self.scale)  # [B, C, n_mels, T]
             logmel = (mel + 1e-6).log().permute(0, 3, 2, 1)
             frames = logmel.shape[1] // self.patch[0] * self.patch[0]
             logmel = logmel[:, :frames]
-            mean = logmel.mean(dim=(1, 2, 3), keepdim=True)
-            std = logmel.std(dim=(1, 2, 3), keepdim=True)
+            if real is None:
+                mean = logmel.mean(dim=(1, 2, 3), keepdim=True)
+                std = logmel.std(dim=(1, 2, 3), keepdim=True)
+                return (logmel - mean) / (std + 1e-5)
+            weight = real[:, :frames, None, None].to(logmel.dtype).expand_as(logmel)
+            count = weight.sum(dim=(1, 2, 3), keepdim=True)
+            mean = (logmel * weight).sum(dim=(1, 2, 3), keepdim=True) / count.clamp(min=1)
+            spread = ((logmel - mean) ** 2 * weight).sum(dim=(1, 2, 3), keepdim=True)
+            std = (spread / (count - 1).clamp(min=1)).sqrt()  # unbiased, as `Tensor.std`
             return (logmel - mean) / (std + 1e-5)
 
     def forward(
         self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
     ) -> tuple[Tokens, torch.Tensor | None]:
-        x = self.spectrogram(values)
+        real = None
+        if mask is not None:
+            count = values.shape[1] // self.hop + 1  # the frames torch.stft gives
+            starts = (torch.arange(count, device=mask.device) * self.hop).clamp(max=grid[0] - 1)
+            real = mask[:, starts]  # a frame is real where its first sample is
+        x = self.spectrogram(values, real)
         if self.training and (self.masks["time_masks"] or self.masks["freq_masks"]):
             x = spec_augment(x, **self.masks)
         batch, frames, bins, channels = x.shape
         tokens = patchify(x.reshape(batch, frames * bins, channels), (frames, bins), self.patch)
         cells = (frames // self.patch[0], bins // self.patch[1])
         pos = self.positions(cells, tokens.device)
-        if mask is not None:
-            starts = (torch.arange(frames, device=mask.device) * self.hop).clamp(max=grid[0] - 1)
-            real = mask[:, starts]  # a frame is real where its first sample is
-            elements = real[:, :, None].expand(-1, -1, bins).reshape(batch, -1)
+        if real is not None:
+            elements = real[:, :frames, None].expand(-1, -1, bins).reshape(batch, -1)
             mask = patch_mask(elements, (frames, bins), self.patch)
         return FactoredInputs(tokens, pos), mask
 
