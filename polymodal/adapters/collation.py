@@ -98,12 +98,20 @@ def _pack_field(given: list[Field | None], name: str) -> Field:
 
 
 def _unpadded(f: Field, name: str) -> Field:
-    """A decoded sequence without the padding its adapter added (a clip shorter than its
-    duration): packing ships only real elements. An N-d grid cannot drop elements."""
+    """A decoded sequence without the padding its adapter added: packing ships only real
+    elements. A 1-d grid keeps its real elements (a clip shorter than its duration); an N-d
+    grid can drop only whole trailing slices of its first axis (a video with fewer frames
+    than `num_frames` keeps its frames); any other padding cannot be packed."""
     if f.mask is None or bool(f.mask.all()):
         return Field(values=f.values, grid=f.grid, coords=f.coords)
     if isinstance(f.grid, tuple) and len(f.grid) > 1:
-        raise ValueError(f"field {name!r}: a padded {len(f.grid)}-d grid cannot be packed")
+        rows = f.mask.view(f.grid[0], -1)
+        kept = int(rows.all(1).sum())
+        if not (rows[:kept].all() and not rows[kept:].any()):
+            raise ValueError(f"field {name!r}: a {len(f.grid)}-d grid padded within its slices")
+        end = kept * rows.shape[1]
+        coords = None if f.coords is None else f.coords[:end]
+        return Field(values=f.values[:end], grid=(kept, *f.grid[1:]), coords=coords)
     keep = f.mask
     return Field(
         values=f.values[keep],

@@ -35,7 +35,9 @@ _DRAFT_REDUCTIONS = (8, 4, 2)  # the DCT-domain scales Pillow's JPEG draft mode 
 class ImageAdapter(FrameCrop, Adapter):
     """Decode, orient, resize and crop an image to a fixed pixel budget.
 
-    `size` is the output `(H, W)` (an int for a square; None keeps the native size). The image
+    `size` is the output `(H, W)` (an int for a square; None keeps the native size, scaled
+    down to `max_side` on its longer side when it is larger, the aspect ratio kept: pictures
+    of their own shapes, for packed batches). The image
     is scaled so that the crop covers `crop_fraction` of it along its tighter axis (0.875 is the
     usual "resize 256, crop 224"; 1.0 crops as little as possible), then cut at the centre or,
     with `crop="random"`, at a place drawn from the per-sample generator.
@@ -65,11 +67,17 @@ class ImageAdapter(FrameCrop, Adapter):
         flip: bool = False,
         max_pixels: int = 64 * 2**20,
         background: tuple[int, int, int] = (255, 255, 255),
+        max_side: int | None = None,
         extensions: list[str] | None = None,
         field: str | None = None,
     ) -> None:
         super().__init__(extensions, field)
         self.set_crop(size, crop_fraction, crop, scale, ratio, flip, max_pixels)
+        if max_side is not None and (size is not None or max_side < 1):
+            raise ValueError(
+                f"max_side bounds a native size (size=None) and is positive, got {max_side}"
+            )
+        self.max_side = max_side
         self.background = background
 
     def encoder(
@@ -112,6 +120,11 @@ class ImageAdapter(FrameCrop, Adapter):
             pixels = self._decode_pillow(data)
         if self.size is not None:
             pixels = self._resize_crop(pixels, self.size, rng)
+        elif self.max_side is not None and max(pixels.shape[:2]) > self.max_side:
+            h, w = pixels.shape[:2]
+            fit = self.max_side / max(h, w)
+            size = (max(1, round(h * fit)), max(1, round(w * fit)))
+            pixels = resize_crop(pixels, (size[1], size[0], 0, 0), size)  # the whole picture
         if flip_draw(self.flip, rng):
             pixels = pixels.flip(1)
         return Field(values=pixels.reshape(-1, 3), grid=tuple(pixels.shape[:2]))

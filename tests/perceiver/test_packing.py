@@ -114,6 +114,40 @@ def test_a_padded_clip_packs_only_its_real_samples():
     assert packed.offsets.tolist() == [0, 6400] and packed.grid == [(6400,)]
 
 
+def test_a_short_video_packs_its_own_frames_and_a_padded_picture_is_refused():
+    adapter = get("video")(num_frames=6, fps=None, size=16)
+    clips = [encode_media("mp4", counter_frames(n, 32, 32), fps=8) for n in (3, 6, 4)]
+    fields = [adapter.decode({"__key__": str(i), "mp4": c}) for i, c in enumerate(clips)]
+    assert fields[0].mask is not None and int(fields[0].mask.sum()) == 3 * 16 * 16
+    samples = [{"__key__": str(i), "video": f} for i, f in enumerate(fields)]
+    packed = collate(samples, packed=["video"])["video"]
+    assert packed.grid == [(3, 16, 16), (6, 16, 16), (4, 16, 16)]
+    assert packed.offsets.tolist() == [0, 768, 2304, 3328]
+    assert torch.equal(packed.values[:768], fields[0].values[:768])
+    torch.manual_seed(0)
+    inputs = MultimodalInput(inputs={"video": adapter.encoder(num_bands=4)})
+    model = Perceiver(input_channels=inputs.channels, num_classes=3, encoder=ENCODER, input=inputs)
+    with torch.no_grad():
+        together = model.eval()({"video": (packed,)})
+        alone = [model({"video": (collate([s], packed=["video"])["video"],)}) for s in samples]
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=0)
+    holed = fields[0].values.clone()
+    mask = torch.ones(len(holed), dtype=torch.bool)
+    mask[5] = False  # padding inside a frame: no whole frame to drop
+    bad = {"__key__": "x", "video": type(fields[0])(values=holed, grid=(6, 16, 16), mask=mask)}
+    with pytest.raises(ValueError, match="padded within its slices"):
+        collate([bad], packed=["video"])
+
+
+def test_max_side_scales_a_native_picture_down_keeping_its_aspect():
+    adapter = get("image")(size=None, max_side=96)
+    wide = adapter.decode({"__key__": "w", "png": encode_image(photo(1, 300)[:120], "PNG")})
+    small = adapter.decode({"__key__": "s", "png": encode_image(photo(2, 64)[:40], "PNG")})
+    assert wide.grid == (38, 96) and small.grid == (40, 64)
+    with pytest.raises(ValueError, match="max_side bounds a native size"):
+        get("image")(size=64, max_side=96)
+
+
 def test_full_duration_keeps_each_clips_length_up_to_the_bound():
     adapter = get("audio")(duration="full", max_seconds=1.0)
     lengths = []
@@ -125,3 +159,18 @@ def test_full_duration_keeps_each_clips_length_up_to_the_bound():
     assert lengths == [4800, 12800, 16000]
     with pytest.raises(ValueError, match="'full' or None"):
         get("audio")(duration="whole")
+
+
+def test_a_padded_clips_log_mel_is_standardised_over_its_own_frames():
+    adapter = get("audio")(duration="full", max_seconds=2.0)
+    clips = [encode_audio(tone(f, s, rate=16000), 16000) for f, s in ((300, 0.3), (900, 1.5))]
+    samples = [{"__key__": str(i), "a": adapter.decode({"flac": c})} for i, c in enumerate(clips)]
+    padded = collate(samples)["a"]
+    module = adapter.encoder(features="logmel", n_mels=16, patch=(2, 8)).module
+    length = padded.values.shape[1]
+    starts = (torch.arange(length // 160 + 1) * 160).clamp(max=length - 1)
+    short = module.spectrogram(padded.values, padded.mask[:, starts])[0]
+    kept = short[: int(padded.mask[0, starts].sum())]  # the 0.3 s tone's 30 frames
+    assert len(kept) == 30 and abs(float(kept.mean())) < 0.1 and abs(float(kept.std()) - 1) < 0.1
+    alone = module.spectrogram(collate(samples[:1])["a"].values)[0]
+    torch.testing.assert_close(kept[:-3], alone[:27], atol=0.15, rtol=0)
