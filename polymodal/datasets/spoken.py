@@ -99,7 +99,9 @@ def speak(word: str, voice: str, pitch: int, speed: int) -> np.ndarray:
     return samples / 32768
 
 
-def _sound(spec: SpokenDigits, label: int, rng: np.random.Generator) -> np.ndarray:
+def spoken_clip(spec: SpokenDigits, label: int, rng: np.random.Generator) -> np.ndarray:
+    """Digit `label`'s name in a random voice, at a random place in `spec.seconds` of
+    background noise: float32 `[samples, 1]` at `SPEECH_RATE`."""
     voice = str(rng.choice(ACCENTS)) + str(rng.choice(VARIANTS))
     speech = speak(WORDS[label], voice, int(rng.integers(25, 75)), int(rng.integers(140, 210)))
     speech = _trim(speech)
@@ -148,7 +150,7 @@ def make_sample(spec: SpokenDigits, spoken: int, drawn: int, seed: int) -> tuple
     speech) and the `.png` still."""
     rng = np.random.default_rng(seed)
     frames = _frames(spec, drawn, rng)
-    sound = _sound(spec, spoken, rng)
+    sound = spoken_clip(spec, spoken, rng)
     mp4 = encode_media("mp4", frames, fps=spec.fps, audio=sound, audio_rate=SPEECH_RATE)
     return mp4, encode_image(frames[len(frames) // 2], "PNG")
 
