@@ -1,7 +1,7 @@
 """Packed batches against padding to the longest, on samples of their natural lengths.
 
     .venv/bin/python benchmarks/bench_packing.py [--samples 96] [--batch 16] [--repeats 3]
-        [--digits 480] [--epochs 4] [--device cpu] [--tables steps learning]
+        [--digits 480] [--epochs 6] [--seeds 0 1 2] [--device cpu] [--tables steps learning]
 
 `steps`: the model's training step (forward, backward, AdamW) over the same decoded batches,
 padded (each batch padded to its longest sample, `mask`: what the loader does by default) and
@@ -21,8 +21,8 @@ pass (CUDA only: the CPU has no per-pass counter).
 
 `learning`: accuracy after a fixed number of samples on spoken digits (espeak-ng voices,
 `polymodal.datasets.spoken`) at natural lengths: each digit at a random place in 1 to 4 s of
-noise, `examples/audio_small.toml` trained `--epochs` epochs padded and packed (the same seed),
-val accuracy, samples/s, padding share.
+noise, `examples/audio_small.toml` trained `--epochs` epochs padded and packed (the same seed,
+for each of `--seeds`), val accuracy and its median, samples/s, padding share.
 """
 
 from __future__ import annotations
@@ -164,33 +164,40 @@ def spoken_dataset(root: Path, count: int) -> Path:
     return root / "data"
 
 
-def learning_table(root: Path, count: int, epochs: int) -> None:
+def learning_table(root: Path, count: int, epochs: int, seeds: list[int]) -> None:
     data = spoken_dataset(root, count)
     print(f"\nlearning: spoken digits of 1-4 s, {count} clips (val 20 %), {epochs} epochs")
-    print(f"{'form':<7} {'val acc':>8} {'padding':>8} {'samples/s':>10} {'ratio':>6} {'s':>6}")
-    rates: dict[str, float] = {}
-    for form in ("padded", "packed"):
-        config = load_config(
-            EXAMPLES / "audio_small.toml",
-            [
-                f"data.train={data / 'train'}",
-                f"data.val={data / 'val'}",
-                f"run_dir={root / form}",
-                f"epochs={epochs}",
-                "data.workers=0",
-                "data.fields.audio.options.duration=full",
-                "data.fields.audio.options.max_seconds=4.0",
-                f"data.packing={str(form == 'packed').lower()}",
-            ],
-        )
-        summary = Trainer(config, progress=False).run()
-        rates[form] = summary["samples_per_s"]
-        print(
-            f"{form:<7} {summary['val_accuracy']:>8.3f} {summary['padding']:>8.1%} "
-            f"{rates[form]:>10.1f} {rates[form] / rates['padded']:>6.2f} "
-            f"{summary['seconds']:>6.1f}",
-            flush=True,
-        )
+    head = f"{'seed':>4} {'form':<7} {'val acc':>8} {'padding':>8} {'samples/s':>10} {'ratio':>6}"
+    print(f"{head} {'s':>6}")
+    accuracy: dict[str, list[float]] = {"padded": [], "packed": []}
+    for seed in seeds:
+        rates: dict[str, float] = {}
+        for form in accuracy:
+            config = load_config(
+                EXAMPLES / "audio_small.toml",
+                [
+                    f"data.train={data / 'train'}",
+                    f"data.val={data / 'val'}",
+                    f"run_dir={root / f'{form}-{seed}'}",
+                    f"epochs={epochs}",
+                    f"seed={seed}",
+                    "data.workers=0",
+                    "data.fields.audio.options.duration=full",
+                    "data.fields.audio.options.max_seconds=4.0",
+                    f"data.packing={str(form == 'packed').lower()}",
+                ],
+            )
+            summary = Trainer(config, progress=False).run()
+            rates[form] = summary["samples_per_s"]
+            accuracy[form].append(summary["val_accuracy"])
+            print(
+                f"{seed:>4} {form:<7} {summary['val_accuracy']:>8.3f} {summary['padding']:>8.1%} "
+                f"{rates[form]:>10.1f} {rates[form] / rates['padded']:>6.2f} "
+                f"{summary['seconds']:>6.1f}",
+                flush=True,
+            )
+    for form, values in accuracy.items():
+        print(f"median {form:<7} {statistics.median(values):>8.3f}")
 
 
 def main() -> None:
@@ -199,7 +206,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--digits", type=int, default=480)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tables", nargs="+", default=["steps", "learning"])
     args = parser.parse_args()
@@ -207,7 +215,7 @@ def main() -> None:
         steps_table(args.samples, args.batch, args.repeats, torch.device(args.device))
     if "learning" in args.tables:
         with tempfile.TemporaryDirectory() as tmp:
-            learning_table(Path(tmp), args.digits, args.epochs)
+            learning_table(Path(tmp), args.digits, args.epochs, args.seeds)
 
 
 if __name__ == "__main__":
