@@ -19,6 +19,8 @@ Four tables, on the first CUDA device (on the CPU where there is none):
    ceiling), bf16 on a GPU.
 4. **Host to device**: a Kinetics batch copied from pageable memory against pinned memory
    (what `pin_memory` buys the loader); only with a CUDA device.
+5. **Packing**: `bench_packing`'s steps table (speech of 1 to 10 s, byte strings, pictures of
+   mixed shapes) padded against packed, with the peak memory of each.
 
 The whole run takes about 6 minutes on one H100/H200 (most of it building the clips and the
 trainer's workers); `--tiny` shrinks every size so that `tests/test_bench_gpu.py` runs it on a
@@ -37,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_perceiver import build  # a sibling script
+from bench_packing import steps_table  # sibling scripts
+from bench_perceiver import build
 from bench_train import ceiling, kinetics_clips, task_config, trainer_rate
 
 from polymodal.datasets.build import build as build_dataset
@@ -159,7 +162,7 @@ def model_table(device: torch.device, sizes: Sizes, peak: float, tiny: bool) -> 
         drift = float((approx - exact).abs().max() / exact.abs().max())
         tflops = flops / bf16 / 1e12
         print(
-            f"  {side * side:7d} {fp32:8.4f} {bf16:8.4f} {fp32 / bf16:6.2f}× {tflops:8.2f} "
+            f"  {side * side:7d} {fp32:8.4f} {bf16:8.4f} {fp32 / bf16:6.2f}× {tflops:8.3g} "
             f"{tflops / peak:6.1%} {kernel:>24s} {drift:12.2e}",
             flush=True,
         )
@@ -243,7 +246,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 8, 14])
     parser.add_argument("--peak-tflops", type=float, default=None)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["model", "compile", "trainer"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["model", "compile", "trainer", "packing"]
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = Sizes.of(args, device)
@@ -258,6 +263,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             video = trainer_table(Path(tmp), device, sizes)
         transfer_table(device, video, sizes.repeats)
+    if "packing" not in args.skip:
+        count, batch = (16, 8) if args.tiny else (96, 16)
+        steps_table(count, batch, sizes.repeats, device, title="5. packing")
 
 
 if __name__ == "__main__":

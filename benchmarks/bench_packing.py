@@ -127,8 +127,10 @@ def padding_share(data: list[Batch]) -> float:
     return 1 - real / shipped
 
 
-def steps_table(samples: int, size: int, repeats: int, device: torch.device) -> None:
-    print(f"\nsteps: {samples} samples, {size} a batch, on {device}")
+def steps_table(
+    samples: int, size: int, repeats: int, device: torch.device, title: str = "steps"
+) -> None:
+    print(f"\n{title}: {samples} samples, {size} a batch, on {device}")
     print(f"{'data':<8} {'form':<7} {'padding':>8} {'samples/s':>10} {'ratio':>6} {'peak MiB':>9}")
     for name in DATASETS:
         forms = {

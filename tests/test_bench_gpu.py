@@ -47,6 +47,10 @@ def test_every_table_runs_and_measures_something():
         assert re.search(r"pinned\s+\d+\.\d", transfer)
     else:
         assert "no CUDA device: not measured" in transfer
+    packing = table_rows(out, "5. packing")
+    assert [(row[0], row[1]) for row in packing[:2]] == [("speech", "padded"), ("speech", "packed")]
+    assert len(packing) == 6 and all(float(row[3]) > 0 for row in packing)
+    assert float(packing[0][2].rstrip("%")) > 10 and packing[1][2] == "0.0%"  # padding share
 
 
 @pytest.mark.slow
