@@ -35,10 +35,6 @@ class Field:
     mask: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
 
-    @property
-    def packed(self) -> bool:
-        return self.offsets is not None
-
     def on_grid(self) -> torch.Tensor:
         """`values` as `[*grid, C]`: pixels as `[H, W, 3]`, a clip as `[T, H, W, 3]`."""
         if not isinstance(self.grid, tuple):
@@ -59,15 +55,14 @@ class Field:
         order, repeats allowed)."""
         picked = index.nonzero().flatten() if index.dtype == torch.bool else index
         grid = [self.grid[i] for i in picked.tolist()] if isinstance(self.grid, list) else self.grid
-        if self.offsets is not None:
+        if self.offsets is not None:  # each picked sample's span, in order: O(B) slices
             bounds = self.offsets.tolist()
-            spans = [range(bounds[i], bounds[i + 1]) for i in picked.tolist()]
-            at = torch.tensor([e for span in spans for e in span], dtype=torch.int64)
-            lengths = torch.tensor([0] + [len(span) for span in spans])
+            spans = [slice(bounds[i], bounds[i + 1]) for i in picked.tolist()]
+            lengths = torch.tensor([0] + [span.stop - span.start for span in spans])
             return Field(
-                values=self.values[at.to(self.values.device)],
+                values=torch.cat([self.values[span] for span in spans]),
                 grid=grid,
-                coords=None if self.coords is None else self.coords[at.to(self.coords.device)],
+                coords=None if self.coords is None else torch.cat([self.coords[s] for s in spans]),
                 offsets=lengths.cumsum(0),
             )
         return Field(

@@ -443,10 +443,10 @@ class MultimodalInput(nn.Module):
             if name not in fields:
                 continue
             x, mask = self.inputs[name](*fields[name])
-            if isinstance(x, PackedTokens):
+            packed = False
+            if isinstance(x, PackedTokens):  # no padding, so no mask: the offsets say it all
                 spans.append(x.offsets)
-                x = x.tokens
-                mask = x.new_ones(0, dtype=torch.bool)  # packed: no mask to keep
+                x, packed = x.tokens, True
             elif isinstance(x, FactoredInputs):
                 x = x.materialize()
             pad = self.padding[name].expand(*x.shape[:-1], -1).to(x.dtype)
@@ -456,11 +456,12 @@ class MultimodalInput(nn.Module):
                 drop = torch.rand(x.shape[:-1], device=x.device) < p
                 x = torch.where(drop[..., None], self.mask_tokens[name].to(x.dtype), x)
             tokens.append(x)
-            masks.append(
-                mask
-                if mask is not None
-                else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            )
+            if not packed:
+                masks.append(
+                    mask
+                    if mask is not None
+                    else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+                )
             lengths[name] = x.shape[-2]
         if spans:
             if len(spans) < len(tokens):

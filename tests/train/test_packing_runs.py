@@ -16,6 +16,7 @@ from polymodal.cli import main
 from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_audio
 from polymodal.errors import ConfigError
+from polymodal.pipelines.stream.stream import Stream
 from polymodal.pipelines.train.config import load_config
 from polymodal.pipelines.train.demo import make_clips
 from polymodal.pipelines.train.tasks import make_task
@@ -108,6 +109,8 @@ def test_packing_refuses_the_tasks_and_mixing_that_need_padding(tmp_path, tones)
         load_config(path, ["task=autoencode"])
     with pytest.raises(ConfigError, match=r"augment\.mixup: mixes samples"):
         load_config(path, ["augment.mixup=0.4"])
+    with pytest.raises(ValueError, match=r"packed names \['video'\], not fields \(\['audio'\]\)"):
+        Stream(tones / "train", {"audio": "audio"}, packed=["video"])
 
 
 @pytest.mark.parametrize("task", ["contrastive", "correspondence"])

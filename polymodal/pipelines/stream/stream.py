@@ -170,10 +170,7 @@ class Stream(IterableDataset):
         self.mix = _sources(source)
         self.sources = [str(s.path) for s in self.mix]
         self.indexes = [open_dataset(s, remote, cache_dir) for s in self.sources]
-        self._fields(fields, optional, meta)
-        if set(packed) - set(self.fields):
-            raise ValueError(f"packed names {sorted(set(packed) - set(self.fields))}, not fields")
-        self.packed = sorted(packed)
+        self._fields(fields, optional, meta, packed)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.clips_per_sample = clips_per_sample
         self.samples_per_batch = batch_size // clips_per_sample  # what the plan counts in
@@ -207,20 +204,23 @@ class Stream(IterableDataset):
         fields: Mapping[str, FieldSpec | FieldSpecLike] | None,
         optional: Collection[str] | None,
         meta: Sequence[str],
+        packed: Collection[str],
     ) -> None:
         """The fields' adapters (materialised where the datasets say so), which of them a
-        sample may lack, and the metadata members that ride along."""
+        sample may lack, which are packed, and the metadata members that ride along."""
         self.fields = materialized_fields(
             _resolve_fields(fields, self.indexes), [i.materialized or {} for i in self.indexes]
         )
         if optional is None:  # default fields of a mixed dataset: those some samples lack
             optional = _partial_fields(self.fields, self.indexes) if fields is None else ()
-        unknown = set(optional) - set(self.fields)
-        if unknown:
-            raise ValueError(
-                f"optional names {sorted(unknown)}, not fields ({sorted(self.fields)})"
-            )
+        for kind, names in (("optional", optional), ("packed", packed)):
+            unknown = set(names) - set(self.fields)
+            if unknown:
+                raise ValueError(
+                    f"{kind} names {sorted(unknown)}, not fields ({sorted(self.fields)})"
+                )
         self.optional, self.meta = sorted(optional), tuple(e.lower().lstrip(".") for e in meta)
+        self.packed = sorted(packed)
         for name, adapter in self.fields.items():
             for source, index in zip(self.sources, self.indexes, strict=True):
                 if name not in self.optional and not set(index.fields) & set(adapter.extensions):
