@@ -32,9 +32,10 @@ def _wait_for(path: Path, lines: int = 1, seconds: float = 120) -> None:
 def test_a_second_trainer_on_a_run_directory_is_refused_and_the_first_is_untouched(tmp_path):
     train = two_class_pngs(tmp_path / "train", shards=2)
     config = train_toml(tmp_path, train, None, max_steps=100_000, checkpoint_every=100_000)
-    first = subprocess.Popen(
-        [*POLYMODAL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    # its output goes to a file: a pipe nobody reads fills (the progress bar and an epoch line
+    # every 2 steps) and blocks the trainer in a write, where SIGTERM cannot stop it
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen([*POLYMODAL, "train", str(config)], stdout=log, stderr=log)
     metrics = tmp_path / "run" / "metrics.jsonl"
     try:
         _wait_for(metrics, lines=3)
@@ -46,6 +47,7 @@ def test_a_second_trainer_on_a_run_directory_is_refused_and_the_first_is_untouch
         assert first.wait(120) == 0
     finally:
         first.kill()
+        log.close()
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # one writer's lines, whole
     assert not (tmp_path / "run" / LOCK_NAME).exists()  # a finished owner leaves no lock
