@@ -44,6 +44,7 @@ def _rank(rank: int, port: int, out: str) -> None:
     loss = info_nce(a, b, torch.tensor(10.0), valid, across_ranks=True)
     loss.backward()
     torch.save({"loss": loss.detach(), "a": a.grad, "b": b.grad}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # both ranks done with gloo before either tears it down (else: SIGABRT)
     dist.destroy_process_group()
 
 
