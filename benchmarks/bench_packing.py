@@ -16,8 +16,10 @@ packed (`collate(..., packed=...)`: no padding, offsets), at equal model and equ
   what a user does today, one size for all (`size=128`: 256 patches, about the mean).
 
 Columns: the padding share of the elements shipped, samples/s (median over `--repeats`, the
-two forms taking turns), the ratio packed / padded from the same run, and the peak memory of a
-pass (CUDA only: the CPU has no per-pass counter).
+two forms taking turns), the ratio packed / padded from the same run, the peak memory of a
+pass (CUDA only: the CPU has no per-pass counter), and the cross-attention's kernel (`varlen`:
+one variable-length flash kernel over the pack, on CUDA under bf16 autocast; `sdpa`: SDPA with
+a mask, or once per packed sample).
 
 `learning`: accuracy after a fixed number of samples on spoken digits (espeak-ng voices,
 `polymodal.datasets.spoken`) at natural lengths: each digit at a random place in 1 to 4 s of
@@ -96,9 +98,10 @@ def batches(name: str, samples: int, size: int, packed: bool) -> list[Batch]:
     ]
 
 
-def one_pass(name: str, data: list[Batch], device: torch.device) -> tuple[float, float]:
-    """Seconds of a training pass over `data` from the same initial weights, and its peak
-    memory in MiB (CUDA; NaN elsewhere)."""
+def one_pass(name: str, data: list[Batch], device: torch.device) -> tuple[float, float, str]:
+    """Seconds of a training pass over `data` from the same initial weights (bf16 autocast on
+    CUDA, fp32 elsewhere), its peak memory in MiB (CUDA; NaN elsewhere), and the kernel its
+    cross-attention ran (by the profiler, on the first step)."""
     torch.manual_seed(0)
     _, adapter, options = DATASETS[name]
     inputs = MultimodalInput(inputs={"x": adapter().encoder(**options)})
@@ -108,18 +111,24 @@ def one_pass(name: str, data: list[Batch], device: torch.device) -> tuple[float,
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    half = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.profiler.profile() as profile, half:
+        model({"x": (data[0]["x"].to(device),)})
+    names = {event.name for event in profile.events()}
+    kernel = "varlen" if any("varlen" in n for n in names) else "sdpa"
     started = time.perf_counter()
     for n, batch in enumerate(data):
         field = batch["x"].to(device)
         labels = (torch.arange(batch.size, device=device) + n) % 10
-        loss = F.cross_entropy(model({"x": (field,)}), labels)
+        with half:
+            loss = F.cross_entropy(model({"x": (field,)}), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        return time.perf_counter() - started, torch.cuda.max_memory_allocated() / 2**20
-    return time.perf_counter() - started, float("nan")
+        return time.perf_counter() - started, torch.cuda.max_memory_allocated() / 2**20, kernel
+    return time.perf_counter() - started, float("nan"), kernel
 
 
 def padding_share(data: list[Batch]) -> float:
@@ -131,7 +140,8 @@ def steps_table(
     samples: int, size: int, repeats: int, device: torch.device, title: str = "steps"
 ) -> None:
     print(f"\n{title}: {samples} samples, {size} a batch, on {device}")
-    print(f"{'data':<8} {'form':<7} {'padding':>8} {'samples/s':>10} {'ratio':>6} {'peak MiB':>9}")
+    head = f"{'data':<8} {'form':<7} {'padding':>8} {'samples/s':>10} {'ratio':>6} {'peak MiB':>9}"
+    print(f"{head} {'attention':>9}")
     for name in DATASETS:
         forms = {
             form: batches(name, samples, size, form == "packed") for form in ("padded", "packed")
@@ -139,15 +149,16 @@ def steps_table(
         one_pass(name, forms["padded"][:1], device)  # warm-up: kernels, caches, allocator
         times: dict[str, list[float]] = {form: [] for form in forms}
         peaks: dict[str, float] = {}
+        kernels: dict[str, str] = {}
         for r in range(repeats):
             for form in list(forms)[:: 1 if r % 2 == 0 else -1]:
-                seconds, peaks[form] = one_pass(name, forms[form], device)
+                seconds, peaks[form], kernels[form] = one_pass(name, forms[form], device)
                 times[form].append(seconds)
         rate = {form: samples / statistics.median(t) for form, t in times.items()}
         for form in forms:
             print(
                 f"{name:<8} {form:<7} {padding_share(forms[form]):>8.1%} {rate[form]:>10.1f} "
-                f"{rate[form] / rate['padded']:>6.2f} {peaks[form]:>9.0f}",
+                f"{rate[form] / rate['padded']:>6.2f} {peaks[form]:>9.0f} {kernels[form]:>9}",
                 flush=True,
             )
 

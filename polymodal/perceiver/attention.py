@@ -9,7 +9,9 @@ never NaNs.
 
 Packed inputs (`PackedTokens`: the samples' tokens one after another, no padding) are attended
 per sample: sample `i`'s queries see only its own keys, which is exact for the encoder's
-cross-attention, since a Perceiver's latents are per sample.
+cross-attention, since a Perceiver's latents are per sample. On a GPU in half precision that is
+one variable-length flash kernel over the pack (`varlen_attn` with `cu_seqlens`), elsewhere one
+SDPA per sample.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+try:  # PyTorch ≥ 2.9: flash attention over `cu_seqlens`, CUDA only
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older PyTorch: packs go one SDPA per sample
+    varlen_attn = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -139,6 +146,8 @@ class Attention(nn.Module):
         With `offsets`, `k` and `v` are packed `[T, C]` and query row `i` attends to
         `offsets[i]:offsets[i + 1]` only."""
         if offsets is not None:
+            if varlen_usable(q, k, v, self.num_heads, self.dropout if self.training else 0.0):
+                return self.output(self._attend_varlen(q, k, v, offsets))
             return self.output(self._attend_packed(q, k, v, offsets))
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         attn_mask, empty = None, None
@@ -172,6 +181,49 @@ class Attention(nn.Module):
                 continue
             out.append(F.scaled_dot_product_attention(query, key, value, dropout_p=dropout))
         return torch.stack(out).transpose(1, 2).flatten(2)
+
+    def _attend_varlen(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor
+    ) -> torch.Tensor:
+        """The whole pack in one variable-length flash kernel (`cu_seqlens`): every sample's
+        `N` queries against its own span, no per-sample launches. An empty span gives zeros."""
+        assert varlen_attn is not None  # varlen_usable checked
+        batch, queries, _ = q.shape
+        lengths = offsets.diff()
+        longest = int(lengths.max()) if batch else 0
+        if longest == 0:
+            return q.new_zeros(batch, queries, v.shape[-1])
+        cu_q = torch.arange(0, (batch + 1) * queries, queries, dtype=torch.int32)
+        heads = self.num_heads
+        out = varlen_attn(
+            q.reshape(batch * queries, heads, -1),
+            k.view(k.shape[0], heads, -1),
+            v.view(v.shape[0], heads, -1),
+            cu_q.to(q.device),
+            offsets.to(q.device, torch.int32),
+            queries,
+            longest,
+        )
+        assert isinstance(out, torch.Tensor)  # no auxiliary outputs asked for
+        out = out.view(batch, queries, -1)
+        if bool((lengths == 0).any()):
+            out = out.masked_fill((lengths == 0).to(q.device)[:, None, None], 0.0)
+        return out
+
+
+def varlen_usable(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, dropout: float
+) -> bool:
+    """Whether PyTorch's variable-length flash kernel can attend a pack: CUDA, half precision
+    (autocast gives it), equal head widths up to 256 in multiples of 8, no dropout, and a
+    PyTorch that has `torch.nn.attention.varlen`. Elsewhere packs go one SDPA per sample."""
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0):
+        return False
+    if not (q.dtype == k.dtype == v.dtype):
+        return False
+    width = q.shape[-1] // heads
+    flash_width = v.shape[-1] // heads == width and width % 8 == 0 and width <= 256
+    return varlen_attn is not None and flash_width
 
 
 class MLP(nn.Module):

@@ -174,3 +174,29 @@ def test_a_padded_clips_log_mel_is_standardised_over_its_own_frames():
     assert len(kept) == 30 and abs(float(kept.mean())) < 0.1 and abs(float(kept.std()) - 1) < 0.1
     alone = module.spectrogram(collate(samples[:1])["a"].values)[0]
     torch.testing.assert_close(kept[:-3], alone[:27], atol=0.15, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the variable-length kernel needs CUDA")
+@pytest.mark.parametrize("names", [["logmel", "video"], ["cloud", "text"]])
+def test_on_a_gpu_a_pack_is_one_varlen_kernel_with_the_padded_results(names):
+    """bf16 on CUDA: the pack goes through `varlen_attn` (one kernel, by the profiler), its
+    logits are each sample's alone, and its gradients those of fp32's per-sample path."""
+    samples = _decoded(names)
+    model = _model(names).cuda()
+    packed = {n: collate(samples, packed=names)[n].to("cuda") for n in names}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.profiler.profile() as profile:
+            together = model({n: (packed[n],) for n in names}).float()
+        alone = [model({n: (collate([s])[n].to("cuda"),) for n in names}) for s in samples]
+    assert any("varlen" in event.name for event in profile.events())
+    torch.testing.assert_close(together, torch.cat(alone).float(), atol=3e-2, rtol=0)
+    labels = torch.arange(len(samples), device="cuda") % 5
+    grads = []
+    for half in (True, False):  # varlen in bf16, then one SDPA per sample in fp32
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=half):
+            F.cross_entropy(model.train()({n: (packed[n],) for n in names}), labels).backward()
+        grads.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    assert float((grads[0] - grads[1]).norm() / grads[1].norm()) < 0.05
