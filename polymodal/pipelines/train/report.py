@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,13 @@ class RunLog:
     tensorboard is installed) of one run; a no-op where `active` is False (ranks but 0)."""
 
     def __init__(self, run_dir: Path, active: bool) -> None:
-        self.path, self.active = run_dir / "metrics.jsonl", active
-        self.tensorboard = _tensorboard(run_dir) if active else None
+        self.run_dir, self.path, self.active = run_dir, run_dir / "metrics.jsonl", active
+
+    @cached_property
+    def tensorboard(self) -> Any:
+        """Made at the first record, not with the log: TensorBoard's writer makes its folder
+        and an event file at once, and a run that the folder's lock refuses leaves nothing."""
+        return _tensorboard(self.run_dir)
 
     def start(self, resumed: bool) -> None:
         """A fresh run starts a fresh file; a resumed one appends."""
