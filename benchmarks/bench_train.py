@@ -138,7 +138,7 @@ def trainer_rate(config: TrainConfig, steps: int, clips: int) -> tuple[float, fl
     config.data.clips_per_sample = clips
     config.max_steps = steps + 5
     trainer = Trainer(config, progress=False)
-    Path(config.run_dir).mkdir(parents=True, exist_ok=True)  # TensorBoard may have made it
+    Path(config.run_dir).mkdir(parents=True)
     trainer.total_steps = 5
     trainer._loop()  # warm-up: worker start, caches
     trainer.total_steps = steps + 5
