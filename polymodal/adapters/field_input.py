@@ -33,6 +33,8 @@ class FieldInput(nn.Module):
         """Samples of one shape go through the module together (images of one size, clips of
         one length); each sample's tokens then take its place in the pack."""
         assert field.offsets is not None
+        if getattr(self.module, "per_element", False):
+            return self._packed_padded(field)
         bounds = field.offsets.tolist()
         grids = field.grid if isinstance(field.grid, list) else [field.grid] * (len(bounds) - 1)
         groups: dict[tuple, list[int]] = {}
@@ -61,3 +63,26 @@ class FieldInput(nn.Module):
             torch.cat([pieces[i] for i in sorted(pieces)]),
             torch.tensor([0, *lengths]).cumsum(0),
         )
+
+    def _packed_padded(self, field: Field) -> PackedTokens:
+        """The whole pack through the module in one call, padded, keeping the real tokens: for
+        a module whose token of an element depends on that element and its index alone
+        (`per_element`: byte embeddings with learned positions, points), which padding does
+        not change. One call a batch instead of one per distinct length (a GPU launches each)."""
+        assert field.offsets is not None
+        lengths = field.offsets.diff()
+        longest = int(lengths.max()) if len(lengths) else 0
+        if longest == 0:
+            raise ValueError("a packed field with no elements in any sample")
+        real = (torch.arange(longest) < lengths[:, None]).to(field.values.device)
+
+        def padded(packed: torch.Tensor) -> torch.Tensor:
+            out = packed.new_zeros((len(lengths), longest, *packed.shape[1:]))
+            out[real] = packed
+            return out
+
+        parts = {"values": padded(field.values), "grid": None, "mask": real}
+        if field.coords is not None:
+            parts["coords"] = padded(field.coords)
+        tokens, _ = self.module(*(parts[name] for name in self.arguments))
+        return PackedTokens(tokens[real], field.offsets)

@@ -10,6 +10,7 @@ grid shape and cached per shape: data loaders ship grid shapes, never features.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -77,10 +78,14 @@ def check_sizes(**sizes: tuple[int, int]) -> None:
 
 
 class FourierPositions(nn.Module):
-    """Fourier features of a grid, built on the device and cached per (shape, device, dtype).
+    """Fourier features of a grid, built on the device and cached per (shape, device, dtype),
+    the `CACHED` most recently used: samples of their own lengths (packed batches) bring a
+    grid each, which a cache without bound would keep for the whole run.
 
     `max_resolution` defaults to the grid's own shape, as the reference does.
     """
+
+    CACHED = 128
 
     def __init__(
         self,
@@ -94,7 +99,7 @@ class FourierPositions(nn.Module):
         check_sizes(num_bands=(num_bands, 0))
         self.num_bands, self.concat_pos, self.sine_only = num_bands, concat_pos, sine_only
         self.max_resolution = tuple(max_resolution) if max_resolution else None
-        self._cache: dict[tuple, torch.Tensor] = {}
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def channels(self, d: int) -> int:
         return fourier_channels(d, self.num_bands, self.concat_pos, self.sine_only)
@@ -104,14 +109,18 @@ class FourierPositions(nn.Module):
     ) -> torch.Tensor:
         """Features `[prod(shape), channels]` of the grid `shape`."""
         key = (tuple(shape), device, dtype)
-        if key not in self._cache:
-            positions = grid_positions(shape, device, torch.float32)
-            resolution = self.max_resolution or tuple(shape)
-            features = fourier_features(
-                positions, self.num_bands, resolution, self.concat_pos, self.sine_only
-            )
-            self._cache[key] = features.to(dtype)
-        return self._cache[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        positions = grid_positions(shape, device, torch.float32)
+        resolution = self.max_resolution or tuple(shape)
+        features = fourier_features(
+            positions, self.num_bands, resolution, self.concat_pos, self.sine_only
+        ).to(dtype)
+        self._cache[key] = features
+        if len(self._cache) > self.CACHED:
+            self._cache.popitem(last=False)
+        return features
 
     def of(self, positions: torch.Tensor, max_resolution: Sequence[int]) -> torch.Tensor:
         """Features of arbitrary positions (point clouds, subsampled queries): not cached."""

@@ -17,6 +17,7 @@ from polymodal.datasets.synthetic import (
     tone,
 )
 from polymodal.perceiver import EncoderConfig, MultimodalInput, Perceiver
+from polymodal.perceiver.position import FourierPositions
 
 ENCODER = EncoderConfig(num_latents=8, latent_dim=32, num_self_attends_per_block=1, self_heads=2)
 
@@ -200,3 +201,16 @@ def test_on_a_gpu_a_pack_is_one_varlen_kernel_with_the_padded_results(names):
             torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         )
     assert float((grads[0] - grads[1]).norm() / grads[1].norm()) < 0.05
+
+
+def test_positions_of_many_lengths_stay_cached_within_the_bound():
+    """Packed samples bring a grid each: the positions cache keeps the most recent ones only,
+    and a grid computed again after eviction gives the same features."""
+    positions = FourierPositions(num_bands=4)
+    first = positions((3,), torch.device("cpu")).clone()
+    for length in range(4, 4 + 2 * FourierPositions.CACHED):
+        positions((length,), torch.device("cpu"))
+    assert len(positions._cache) == FourierPositions.CACHED
+    recent = positions((length,), torch.device("cpu"))
+    assert recent is positions((length,), torch.device("cpu"))  # a hit, not a recomputation
+    assert torch.equal(positions((3,), torch.device("cpu")), first)
