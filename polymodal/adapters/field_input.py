@@ -30,11 +30,18 @@ class FieldInput(nn.Module):
         return self.module(*(getattr(field, name) for name in self.arguments))
 
     def _packed(self, field: Field) -> PackedTokens:
-        """Samples of one shape go through the module together (images of one size, clips of
-        one length); each sample's tokens then take its place in the pack."""
+        """The pack in one pass where the module can (`per_element`, or its own `pack`: 1-d
+        grids, log-mel); else samples of one shape go through the module together (images of
+        one size, clips of one length) and each sample's tokens take its place in the pack.
+        One pass matters on a GPU, which launches each call's kernels."""
         assert field.offsets is not None
         if getattr(self.module, "per_element", False):
             return self._packed_padded(field)
+        pack = getattr(self.module, "pack", None)
+        made = pack(field.values, field.offsets.diff()) if pack is not None else None
+        if made is not None:
+            zero = torch.zeros(1, dtype=torch.int64)
+            return PackedTokens(made.tokens, torch.cat([zero, made.counts.cumsum(0)]))
         bounds = field.offsets.tolist()
         grids = field.grid if isinstance(field.grid, list) else [field.grid] * (len(bounds) - 1)
         groups: dict[tuple, list[int]] = {}

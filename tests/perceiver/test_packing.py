@@ -80,6 +80,22 @@ def test_a_packed_samples_logits_are_its_logits_alone(names):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
+def test_log_mel_packed_in_one_pass_is_each_clip_alone():
+    """The one-pass log-mel (each clip reflect-padded at its own ends in one STFT batch), which
+    a GPU runs, checked here on the CPU, where packs go clip by clip unless asked."""
+    samples = _decoded(["logmel"])
+    model = _model(["logmel"])
+    module = model.input.inputs["logmel"].module
+    packed = collate(samples, packed=["logmel"])["logmel"]
+    assert module.pack(packed.values, packed.offsets.diff()) is None  # a CPU: clip by clip
+    module.pack_on_cpu = True
+    with torch.no_grad():
+        together = model({"logmel": (packed,)})
+        alone = torch.cat([model({"logmel": (collate([s])["logmel"],)}) for s in samples])
+    assert module.pack(packed.values, packed.offsets.diff()) is not None
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
 def test_packing_drops_the_padding_a_padded_batch_pays_for():
     samples = _decoded(["waveform", "text"])
     padded, packed = collate(samples), collate(samples, packed=["waveform", "text"])
