@@ -167,21 +167,26 @@ def spec_augment(
     freq_masks: int,
     freq_width: int,
     generator: torch.Generator | None = None,
+    frames: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SpecAugment's masking (Park et al. 2019) of spectrograms `[B, T, F, C]`: per sample,
     `time_masks` bands of 1 to `time_width` frames and `freq_masks` bands of 1 to
     `freq_width` mel bins set to zero (the mean of a standardised log-mel). Draws on the CPU
     from `generator`, else torch's global generator, which the trainer seeds per step, so a
-    resumed run masks the same bands."""
-    batch, frames, bins = x.shape[:3]
-    keep = torch.ones(batch, frames, bins, dtype=torch.bool)
+    resumed run masks the same bands. `frames` (`[B]`, CPU): each sample's own frames, where
+    its time bands fall (a clip packed with longer ones: bands in the rows past its end would
+    mask nothing); None: all `T`."""
+    batch, length, bins = x.shape[:3]
+    keep = torch.ones(batch, length, bins, dtype=torch.bool)
     for count, width, size, axis in (
-        (time_masks, time_width, frames, 1),
+        (time_masks, time_width, length, 1),
         (freq_masks, freq_width, bins, 2),
     ):
+        room = frames.clamp(min=1) if axis == 1 and frames is not None else torch.tensor(size)
         for _ in range(count):
             widths = torch.randint(1, min(width, size) + 1, (batch,), generator=generator)
-            starts = (torch.rand(batch, generator=generator) * (size - widths + 1)).long()
+            widths = widths.minimum(room)
+            starts = (torch.rand(batch, generator=generator) * (room - widths + 1)).long()
             at = torch.arange(size)
             band = (at >= starts[:, None]) & (at < (starts + widths)[:, None])  # [B, size]
             keep &= ~(band[:, :, None] if axis == 1 else band[:, None, :])
@@ -311,7 +316,7 @@ class LogMelInput(nn.Module):
             real = torch.arange(longest)[None, :] < frames[:, None]
             x = standardise(logmel[:, :longest], real.to(values.device))
         if self.training and (self.masks["time_masks"] or self.masks["freq_masks"]):
-            x = spec_augment(x, **self.masks)
+            x = spec_augment(x, **self.masks, frames=frames)
         batch, _, bins, channels = x.shape
         tokens = patchify(x.reshape(batch, -1, channels), (longest, bins), self.patch)
         mel_cells = bins // self.patch[1]

@@ -141,6 +141,21 @@ def test_spec_augment_masks_the_configured_bands():
     assert torch.equal(out, masked(0)) and not torch.equal(out, masked(1))
 
 
+def test_spec_augment_keeps_each_clips_time_bands_within_its_own_frames():
+    out = spec_augment(
+        torch.ones(6, 50, 8, 1),
+        time_masks=2,
+        time_width=10,
+        freq_masks=0,
+        freq_width=1,
+        generator=torch.Generator().manual_seed(0),
+        frames=torch.tensor([3, 50, 3, 50, 3, 50]),  # a packed batch: short clips padded
+    )
+    masked = (out[..., 0] == 0).all(2)  # [B, T]: frames zero in every bin
+    assert not masked[::2, 3:].any() and masked[::2, :3].any(1).all()
+    assert masked[1::2].any(1).all()
+
+
 def test_log_mel_input_is_torchaudios_on_a_real_tone():
     flac = {"flac": encode_audio(tone(1000, 1.0, 16000), 16000, "flac")}
     field = get("audio")(duration=1.0).decode(flac)
