@@ -173,24 +173,27 @@ def spec_augment(
     `time_masks` bands of 1 to `time_width` frames and `freq_masks` bands of 1 to
     `freq_width` mel bins set to zero (the mean of a standardised log-mel). Draws on the CPU
     from `generator`, else torch's global generator, which the trainer seeds per step, so a
-    resumed run masks the same bands. `frames` (`[B]`, CPU): each sample's own frames, where
-    its time bands fall (a clip packed with longer ones: bands in the rows past its end would
-    mask nothing); None: all `T`."""
+    resumed run masks the same bands; the bands are laid on `x`'s device. `frames` (`[B]`):
+    each sample's real frames, where its time bands fall (a short clip padded or packed with
+    longer ones: bands past its end would mask nothing); None: all `T`."""
     batch, length, bins = x.shape[:3]
-    keep = torch.ones(batch, length, bins, dtype=torch.bool)
+    device = x.device
+    keep = torch.ones(batch, length, bins, dtype=torch.bool, device=device)
     for count, width, size, axis in (
         (time_masks, time_width, length, 1),
         (freq_masks, freq_width, bins, 2),
     ):
-        room = frames.clamp(min=1) if axis == 1 and frames is not None else torch.tensor(size)
+        real = frames if axis == 1 and frames is not None else torch.tensor(size)
+        room = real.to(device).clamp(min=1)
+        at = torch.arange(size, device=device)
         for _ in range(count):
             widths = torch.randint(1, min(width, size) + 1, (batch,), generator=generator)
-            widths = widths.minimum(room)
-            starts = (torch.rand(batch, generator=generator) * (room - widths + 1)).long()
-            at = torch.arange(size)
+            draws = torch.rand(batch, generator=generator)
+            widths = widths.to(device).minimum(room)
+            starts = (draws.to(device) * (room - widths + 1)).long()
             band = (at >= starts[:, None]) & (at < (starts + widths)[:, None])  # [B, size]
             keep &= ~(band[:, :, None] if axis == 1 else band[:, None, :])
-    return x * keep.to(x.device)[..., None]
+    return x * keep[..., None]
 
 
 def standardise(logmel: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
@@ -334,7 +337,8 @@ class LogMelInput(nn.Module):
             real = mask[:, starts]  # a frame is real where its first sample is
         x = self.spectrogram(values, real)
         if self.training and (self.masks["time_masks"] or self.masks["freq_masks"]):
-            x = spec_augment(x, **self.masks)
+            own = None if real is None else real[:, : x.shape[1]].sum(1)
+            x = spec_augment(x, **self.masks, frames=own)
         batch, frames, bins, channels = x.shape
         tokens = patchify(x.reshape(batch, frames * bins, channels), (frames, bins), self.patch)
         cells = (frames // self.patch[0], bins // self.patch[1])
