@@ -295,9 +295,8 @@ class LogMelInput(nn.Module):
         rows = values.new_zeros((batch, width, values.shape[-1]))
         rows[body.to(device)] = values  # row by row, in the pack's order
         rows[:, :pad] = rows[:, pad + 1 : 2 * pad + 1].flip(1)  # x[pad] .. x[1]
-        ends = (lengths + pad)[:, None] + at[
-            None, :pad
-        ]  # past each end: x[L - 2] .. x[L - 1 - pad]
+        # past each end, reflected: x[L - 2] .. x[L - 1 - pad]
+        ends = (lengths + pad)[:, None] + at[None, :pad]
         which = torch.arange(batch)[:, None]
         rows[which, ends] = rows[which, ends - 2 - 2 * at[None, :pad]]
         with torch.autocast(values.device.type, enabled=False):
