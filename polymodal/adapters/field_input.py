@@ -40,8 +40,7 @@ class FieldInput(nn.Module):
         pack = getattr(self.module, "pack", None)
         made = pack(field.values, field.offsets.diff()) if pack is not None else None
         if made is not None:
-            zero = torch.zeros(1, dtype=torch.int64)
-            return PackedTokens(made.tokens, torch.cat([zero, made.counts.cumsum(0)]))
+            return made
         bounds = field.offsets.tolist()
         grids = field.grid if isinstance(field.grid, list) else [field.grid] * (len(bounds) - 1)
         groups: dict[tuple, list[int]] = {}

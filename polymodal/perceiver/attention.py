@@ -206,8 +206,9 @@ class Attention(nn.Module):
         )
         assert isinstance(out, torch.Tensor)  # no auxiliary outputs asked for
         out = out.view(batch, queries, -1)
-        if bool((lengths == 0).any()):
-            out = out.masked_fill((lengths == 0).to(q.device)[:, None, None], 0.0)
+        empty = lengths == 0
+        if bool(empty.any()):
+            out = out.masked_fill(empty.to(q.device)[:, None, None], 0.0)
         return out
 
 

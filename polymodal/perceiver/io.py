@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import torch
@@ -123,7 +122,7 @@ class GridInput(nn.Module):
             pos = self.positions(token_grid, tokens.device)
         return FactoredInputs(tokens, pos), patch_mask(mask, grid, self.patch)
 
-    def pack(self, values: torch.Tensor, lengths: torch.Tensor) -> PackedGrid | None:
+    def pack(self, values: torch.Tensor, lengths: torch.Tensor) -> PackedTokens | None:
         """A pack of 1-d samples (`values` `[T, C]`, sample lengths `[B]` on the CPU) in one
         pass: whole patches never straddle two samples, so the pack cuts into patches as it
         lies; each sample gets its own grid's positions. None for other grids, learned
@@ -136,27 +135,19 @@ class GridInput(nn.Module):
             return None
         x = values.float() * self.scale + self.offset
         grids = [(n,) for n in (lengths // size).tolist()]
-        return PackedGrid.of(x.reshape(-1, size * x.shape[-1]), grids, self.positions)
+        return packed_on_grids(x.reshape(-1, size * x.shape[-1]), grids, self.positions)
 
 
-@dataclass
-class PackedGrid:
-    """A pack's tokens made in one pass (`pack` of an input module): `[T, C]` with each
-    sample's positions appended, and how many tokens each sample has (`[B]`, CPU)."""
-
-    tokens: torch.Tensor
-    counts: torch.Tensor
-
-    @classmethod
-    def of(
-        cls, features: torch.Tensor, grids: Sequence[Sequence[int]], positions: FourierPositions
-    ) -> PackedGrid:
-        """Features `[T, F]` of samples whose tokens lie on `grids` (one a sample, in order),
-        with the positions of each sample's grid appended."""
-        counts = torch.tensor([math.prod(grid) for grid in grids], dtype=torch.int64)
-        pos = [positions(grid, features.device) for grid in grids if math.prod(grid)]
-        tokens = torch.cat([features, torch.cat(pos).to(features.dtype)], dim=-1)
-        return cls(tokens, counts)
+def packed_on_grids(
+    features: torch.Tensor, grids: Sequence[Sequence[int]], positions: FourierPositions
+) -> PackedTokens:
+    """A pack made in one pass (`pack` of an input module): features `[T, F]` of samples
+    whose tokens lie on `grids` (one a sample, in order), with the positions of each sample's
+    grid appended."""
+    counts = [math.prod(grid) for grid in grids]
+    pos = [positions(grid, features.device) for grid, n in zip(grids, counts, strict=True) if n]
+    tokens = torch.cat([features, torch.cat(pos).to(features.dtype)], dim=-1)
+    return PackedTokens(tokens, torch.tensor([0, *counts]).cumsum(0))
 
 
 def spec_augment(
@@ -271,7 +262,7 @@ class LogMelInput(nn.Module):
             frames = logmel.shape[1] // self.patch[0] * self.patch[0]
             return standardise(logmel[:, :frames], None if real is None else real[:, :frames])
 
-    def pack(self, values: torch.Tensor, lengths: torch.Tensor) -> PackedGrid | None:
+    def pack(self, values: torch.Tensor, lengths: torch.Tensor) -> PackedTokens | None:
         """A pack of waveforms (`values` `[T, C]`, sample lengths `[B]` on the CPU) in one
         pass, each sample's tokens those it has alone: every sample is reflect-padded at its
         own ends (what `torch.stft(center=True)` does to a clip alone) into a row of one
@@ -324,7 +315,7 @@ class LogMelInput(nn.Module):
         mel_cells = bins // self.patch[1]
         kept = real[:, :: self.patch[0]].repeat_interleave(mel_cells, dim=1)  # per token
         grids = [(n, mel_cells) for n in (frames // self.patch[0]).tolist()]
-        return PackedGrid.of(tokens[kept.to(values.device)], grids, self.positions)
+        return packed_on_grids(tokens[kept.to(values.device)], grids, self.positions)
 
     def forward(
         self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
