@@ -102,6 +102,19 @@ def test_a_packed_run_ships_no_padding_and_learns(tmp_path, tones, caplog, capsy
     assert len(predicted) == len(files) and all(name == top for name, top in tops.items())
 
 
+def test_a_run_with_length_buckets_pays_little_padding_and_learns(tmp_path, tones, caplog):
+    path = tmp_path / "b.toml"
+    path.write_text(_toml(tones, tmp_path / "run", False))
+    config = load_config(path, ["data.buckets=auto", "data.lookahead=6"])
+    assert config.data.buckets == "auto"
+    with caplog.at_level(logging.INFO, logger="polymodal.train"):
+        summary = Trainer(config, progress=False).run()
+    assert summary["padding"] < 0.1  # padded alike, 0.2 at least (the test above)
+    assert summary["val_accuracy"] >= 0.9, summary
+    with pytest.raises(ConfigError, match=r"data\.train: buckets: 'auto' or ascending"):
+        Trainer(load_config(path, ["data.buckets=[300, 200]"]), progress=False)
+
+
 def test_packing_refuses_the_tasks_and_mixing_that_need_padding(tmp_path, tones):
     path = tmp_path / "p.toml"
     path.write_text(_toml(tones, tmp_path / "run", True))

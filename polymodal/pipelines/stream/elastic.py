@@ -11,6 +11,11 @@ rest of the epoch reads, cut over the new ranks and workers like an ordinary epo
 marked repeats to equal batch counts per rank), each new reader through its own shuffle buffer.
 A state saved inside such a rest-of-epoch resumes again the same way (`parent`).
 
+Length buckets (`stages.buckets`) give a group of `lookahead` planned batches in an order
+that depends on the samples' lengths, which only the rank that read them knows; so a group
+an old reader had begun is owed whole (`saved["lookahead"]`), and its batches given before
+the resize are delivered again: at most `lookahead - 1` batches per old reader, reported.
+
 Cost: replaying each old reader's buffer order up to its saved point, O(samples delivered) on
 integers, once per resume; the remainder is held as runs, O(buffer) per old reader plus one
 run per contiguous tail.
@@ -138,6 +143,10 @@ class Rest:
 
         spans = [layout.worker_batches(w, workers) for w in range(workers)]
         done = batches_done([stop - first for first, stop in spans], batches)
+        groups = saved.get("lookahead")  # length buckets: a begun group is owed whole
+        if groups:
+            ends = [stop - first for first, stop in spans]
+            done = [n if n == end else n - n % groups for n, end in zip(done, ends, strict=True)]
         for rank in range(world):
             for worker, (first, stop) in enumerate(spans):
                 ranges = layout.ranges(rank, first, stop)

@@ -329,6 +329,7 @@ class StreamLoader:
                     "workers": saved["workers"],
                     "batches": self.batches,
                     "parent": self.rest,
+                    **self._begun_groups(saved),
                 }
             self.batches, self.worker_states = 0, {}
             log.info(
@@ -346,6 +347,20 @@ class StreamLoader:
         self._epochs.resume = (self.epoch, dict(self.worker_states), self.rest)
         self._loader = None  # workers copy the dataset when they start: start fresh ones
         self._fresh = True
+
+    def _begun_groups(self, saved: Mapping[str, Any]) -> dict[str, int]:
+        """Under length buckets, the rest's `lookahead`: groups the old readers had begun are
+        delivered again whole (see `elastic`); how many batches that repeats is logged."""
+        if not self.stream.buckets:
+            return {}
+        groups = [chain["buckets"] for chain in self.worker_states.values() if chain]
+        repeated = sum(g["given"] for g in groups if g["given"] < len(g["sizes"]))
+        log.warning(
+            "elastic resume with length buckets: the groups the old readers had begun are "
+            "delivered again whole (%d batches of this rank's readers, as many on each old rank)",
+            repeated,
+        )
+        return {"lookahead": self.stream.lookahead}
 
     def report(self) -> dict[str, Any]:
         """Samples skipped in the current (or just finished) epoch, with keys and reasons;

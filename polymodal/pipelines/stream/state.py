@@ -107,6 +107,8 @@ def _check_rest(rest: Mapping[str, Any], where: str) -> None:
         _field(rest, "world", int, where, 1)
         _field(rest, "workers", int, where, 0)
         _field(rest, "batches", int, where, 0)
+        if "lookahead" in rest:
+            _field(rest, "lookahead", int, where, 2)
         parent = _field(rest, "parent", (Mapping, type(None)), where)
         if parent is None:
             return
@@ -152,6 +154,29 @@ def _check_worker(
     for lane, (start, stop) in enumerate(part.ranges):
         name = "shuffle" + (f".{lane}" if lane else "")
         _check_shuffle(_field(state, name, Mapping, where), stop - start, f"{where}.{name}")
+    if stream.buckets:
+        _check_buckets(_field(state, "buckets", Mapping, where), stream, part.batches, where)
+
+
+def _check_buckets(state: Mapping[str, Any], stream: Stream, batches: int, where: str) -> None:
+    """A length-bucket group: planned batches within the worker's, and references to
+    samples the plan has (a lying one would be read)."""
+    where = f"{where}.buckets"
+    planned = _field(state, "planned", int, where, 0)
+    sizes = _field(state, "sizes", list, where)
+    group = _field(state, "group", list, where)
+    given = _field(state, "given", int, where, 0)
+    if planned > batches or len(sizes) > min(planned, stream.lookahead) or given > len(sizes):
+        raise StateError(f"{where}: planned {planned}, given {given} of {len(sizes)} batches")
+    if not all(isinstance(n, int) and n >= 0 for n in sizes) or sum(sizes) != len(group):
+        raise StateError(f"{where}.sizes: not the sizes of its {len(group)} samples")
+    for n, ref in enumerate(group):
+        if not (isinstance(ref, list) and len(ref) == 5 and all(type(v) is int for v in ref)):
+            raise StateError(f"{where}.group[{n}]: not [source, shard, index, repeated, draw]")
+        source, shard, index = ref[:3]
+        counts = stream.counts[source] if 0 <= source < len(stream.counts) else ()
+        if not (0 <= shard < len(counts) and 0 <= index < counts[shard]):
+            raise StateError(f"{where}.group[{n}]: no sample {ref[:3]} in the plan")
 
 
 def _check_shuffle(state: Mapping[str, Any], length: int, where: str) -> None:

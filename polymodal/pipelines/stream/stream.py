@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ from polymodal.pipelines.stream.stages import (
     transform_step,
     usable_batch,
 )
+from polymodal.pipelines.stream.stages.buckets import LengthBuckets, Prepared
 from polymodal.pipelines.stream.state import StateError, check_reader_state
 
 log = logging.getLogger("polymodal.stream")
@@ -131,6 +132,9 @@ class Stream(IterableDataset):
     no padding; see `collate`) instead of padded to the longest. `cache_limit`
     (bytes): keep local copies of remote shards in `cache_dir` (default: this machine's cache,
     `datasets.cache`), so later epochs read the disk; see `datasets.shard_cache`.
+    `buckets`: `"auto"` (by length) or ascending length `boundaries` batch samples of
+    similar length together within `lookahead` planned batches, so that padded batches carry
+    little padding; see `stages.buckets`.
 
     Local shards whose size is not the index's are left out of the plan at construction
     (reported as skipped each epoch; an error under the `raise` read policy): the index does
@@ -158,15 +162,13 @@ class Stream(IterableDataset):
         cache_limit: int | None = None,
         transforms: Sequence[Step | tuple[str, Callable[..., Any] | str] | str] = (),
         packed: Collection[str] = (),
+        buckets: str | Sequence[int] | None = None,
+        lookahead: int = 8,
     ) -> None:
         policies = _policies(errors)
-        if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
-            raise ValueError("batch_size, buffer_size and max_member_bytes must be positive")
-        if clips_per_sample < 1 or batch_size % clips_per_sample:
-            raise ValueError(
-                f"clips_per_sample must be a positive divisor of batch_size={batch_size} (a "
-                f"batch holds whole samples), got {clips_per_sample}"
-            )
+        _check_sizes(batch_size, buffer_size, max_member_bytes, clips_per_sample)
+        self.buckets = _bucket_boundaries(buckets, lookahead, batching)
+        self.lookahead = lookahead
         self.mix = _sources(source)
         self.sources = [str(s.path) for s in self.mix]
         self.indexes = [open_dataset(s, remote, cache_dir) for s in self.sources]
@@ -299,6 +301,8 @@ class Stream(IterableDataset):
             "shuffle": self.shuffle,
             "seed": self.seed,
             "buffer_size": self.buffer_size,
+            # only when set: states saved before buckets existed still resume
+            **({"buckets": self.buckets, "lookahead": self.lookahead} if self.buckets else {}),
             "world": world,
             "workers": workers,
         }
@@ -324,13 +328,36 @@ class Stream(IterableDataset):
         batcher = Batcher(lambda: self.filler(epoch), self.optional, self.packed)
         stages: dict[str, Stage] = {"reader": reader, **order.stages, "decode": decode}
         stages.update(transform=transform, batch=batcher)
+        if self.buckets:
+            seed = (self.seed, epoch, place.rank, place.worker)
+            boundaries = self.buckets if isinstance(self.buckets, list) else []
+            stages["buckets"] = LengthBuckets(self.lookahead, boundaries, seed)
         for name, stage in stages.items():
             if state is not None and name in state:  # a state from before transforms: none
                 stage.load_state_dict(state[name])
+
+        def prepared(items: Iterable[tuple[Reference, Any]]) -> list[Prepared]:
+            return [(ref, transform.apply(ref, decode.decode(ref, raw))) for ref, raw in items]
+
+        def again(refs: list[Reference]) -> list[Prepared]:
+            """A begun group's samples once more: already counted and reported, so the
+            reading and decoding stages' states are put back after it."""
+            before = {n: stages[n].state_dict() for n in ("reader", "decode", "transform")}
+            items = prepared(reader.read(iter(refs)))
+            for name, saved in before.items():
+                stages[name].load_state_dict(saved)
+            reader.notes = []
+            return items
+
+        buckets = stages.get("buckets")
         try:
-            for items in order.batches(reader.read, batcher.batches):
-                samples = [transform.apply(ref, decode.decode(ref, raw)) for ref, raw in items]
-                batch, skips = batcher.batch(samples)
+            if isinstance(buckets, LengthBuckets):
+                planned = map(prepared, order.batches(reader.read, buckets.planned))
+                groups = buckets.regroup(planned, again)
+            else:
+                groups = map(prepared, order.batches(reader.read, batcher.batches))
+            for samples in groups:
+                batch, skips = batcher.batch([items for _, items in samples])
                 skips, reader.notes = skips + reader.notes, []
                 yield batch, {n: s.state_dict() for n, s in stages.items()}, skips
         finally:
@@ -503,6 +530,40 @@ def _size_mismatches(index: ShardIndex, source: int) -> dict[int, Skip]:
                 source=source,
             )
     return out
+
+
+def _check_sizes(
+    batch_size: int, buffer_size: int, max_member_bytes: int, clips_per_sample: int
+) -> None:
+    if batch_size < 1 or buffer_size < 1 or max_member_bytes < 1:
+        raise ValueError("batch_size, buffer_size and max_member_bytes must be positive")
+    if clips_per_sample < 1 or batch_size % clips_per_sample:
+        raise ValueError(
+            f"clips_per_sample must be a positive divisor of batch_size={batch_size} (a "
+            f"batch holds whole samples), got {clips_per_sample}"
+        )
+
+
+def _bucket_boundaries(
+    buckets: str | Sequence[int] | None, lookahead: int, batching: str
+) -> str | list[int] | None:
+    """`buckets` checked: None (off), "auto" or ascending positive length boundaries."""
+    if buckets is None:
+        return None
+    if buckets != "auto" and (
+        isinstance(buckets, str)
+        or not all(isinstance(b, int) and b > 0 for b in buckets)
+        or list(buckets) != sorted(set(buckets))
+    ):
+        raise ValueError(f"buckets: 'auto' or ascending positive lengths, got {buckets!r}")
+    if lookahead < 2:
+        raise ValueError(f"lookahead: at least 2 batches to regroup, got {lookahead}")
+    if batching == "stratified":
+        raise ValueError(
+            "buckets regroup samples across batches, which would mix the shares stratified "
+            "batching gives each batch: use batching='mixed' with buckets"
+        )
+    return buckets if isinstance(buckets, str) else list(buckets)
 
 
 def _policies(errors: str | Mapping[str, str]) -> dict[str, str]:

@@ -70,6 +70,10 @@ class DataConfig:
     batch_size: int = 32
     # input fields packed at their natural lengths (no padding; the encoder attends per sample)
     packing: bool = False
+    # training batches of similar lengths: "auto" (by length) or ascending length boundaries,
+    # regrouped within `lookahead` planned batches ("": off); see `stages.buckets`
+    buckets: str | list[int] = ""
+    lookahead: int = 8
     workers: int = 0
     threads: int = 0  # FFmpeg threads per DataLoader worker (0: cores // workers)
     clips_per_sample: int = 1  # training items cut from one decode of a sample (divides batch_size)

@@ -526,11 +526,13 @@ def dataset_stream(
     fields: Mapping[str, Any],
     shuffle: bool = False,
     clips_per_sample: int = 1,
+    buckets: str | list[int] = "",
     **mixture: Any,
 ) -> Stream:
     """The `Stream` of `fields` over one dataset or a mixture (`mixture`: the Stream's
     `epoch_size`, `batching`, `schedule`), as the config sets batches, buffer, seed and remote
-    reads (`clips_per_sample`: the training stream's clips per decode). A dataset that is
+    reads (`clips_per_sample`: the training stream's clips per decode, `buckets` its length
+    buckets, within `data.lookahead` batches). A dataset that is
     missing or broken, or that lacks a member one of the fields reads, or a mixture that
     cannot be planned on them, is a `ConfigError` naming `where` (`data.train`, `--split
     val`, ...), checked on the indexes the stream loads, before any model is built."""
@@ -550,6 +552,8 @@ def dataset_stream(
             packed=[n for n in fields if n != TARGET] if config.data.packing else (),
             cache_dir=config.data.cache_dir or None,
             cache_limit=config.data.cache_limit or None,
+            buckets=buckets or None,
+            lookahead=config.data.lookahead,
             **mixture,
         )
     except MissingMember as exc:

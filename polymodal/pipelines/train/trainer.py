@@ -138,6 +138,7 @@ class Trainer:
             fields=fields,
             shuffle=True,
             clips_per_sample=config.data.clips_per_sample,
+            buckets=config.data.buckets,
             **config.mixture(),
         )
 

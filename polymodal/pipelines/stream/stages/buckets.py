@@ -1,0 +1,112 @@
+"""The length-bucket stage: samples of similar length batched together, so that a batch padded
+to its longest sample pays for little padding.
+
+It takes `lookahead` planned batches at once (a group, their samples decoded), orders the
+group's samples by length — the elements the loader ships, `M` of each field's `[M, C]` summed
+over fields and clips — or by the bucket of it (`boundaries`: `length < b[0]`, then
+`< b[1]`, ...), cuts them into batches of the planned sizes and gives those in a seeded random
+order (no long-short cycle every `lookahead` batches). A group holds exactly its planned
+batches' samples, so every rank keeps its batch count, every sample is delivered once, and
+stratified batches are refused (regrouping would mix their shares).
+
+Why our own: webdataset's and Energon's bucketing group whatever the buffer holds, so their
+batches cannot be resumed from the plan; here the plan still says which samples each group
+holds, and the order within it is a function of their decoded lengths and the seed.
+
+State: the planned batches taken, the group's references in plan order and how many of its
+batches were given. A reader resumed inside a group reads and decodes the group again (at
+most `lookahead` batches) and gives the rest, as it would have.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import astuple
+from typing import Any
+
+import numpy as np
+
+from polymodal.adapters import Field
+from polymodal.pipelines.stream.partition import Reference
+from polymodal.pipelines.stream.stages.base import Skip
+
+Prepared = tuple[Reference, list[dict[str, Any]] | Skip]  # a sample's items after decoding
+
+
+def sample_length(items: list[dict[str, Any]] | Skip) -> int:
+    """The elements a sample ships (a skipped sample: 0, as the repeat that replaces it is
+    drawn from its batch)."""
+    if isinstance(items, Skip):
+        return 0
+    total = 0
+    for item in items:
+        for value in item.values():
+            if isinstance(value, Field):
+                real = value.mask.sum() if value.mask is not None else None
+                total += int(real) if real is not None else math.prod(value.values.shape[:-1])
+    return total
+
+
+class LengthBuckets:
+    """Regroups planned batches by length within `lookahead` of them (module docstring);
+    `seed` (the stream's seed, epoch and reader) draws the order a group's batches leave in."""
+
+    def __init__(self, lookahead: int, boundaries: Sequence[int], seed: Sequence[int]) -> None:
+        self.lookahead, self.boundaries, self.seed = lookahead, list(boundaries), list(seed)
+        self.planned = 0  # planned batches taken from the order
+        self.group: list[list[int]] = []  # the group's references, in plan order
+        self.sizes: list[int] = []  # the group's planned batch sizes
+        self.given = 0  # the group's batches given
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "group": self.group,
+            "sizes": self.sizes,
+            "given": self.given,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.planned, self.given = int(state["planned"]), int(state["given"])
+        self.group, self.sizes = [list(r) for r in state["group"]], list(state["sizes"])
+
+    def regroup(
+        self,
+        planned: Iterator[list[Prepared]],
+        again: Callable[[list[Reference]], list[Prepared]],
+    ) -> Iterator[list[Prepared]]:
+        """The batches of `planned` (batches of decoded samples, in plan order), regrouped.
+        `again(references)` reads and decodes samples once more: a group a resumed reader
+        had begun to give."""
+        if self.given < len(self.sizes):
+            yield from self._give(again([_reference(r) for r in self.group]))
+        while batches := [b for _, b in zip(range(self.lookahead), planned, strict=False)]:
+            self.planned += len(batches)
+            samples = [sample for batch in batches for sample in batch]
+            self.group = [[int(v) for v in astuple(ref)] for ref, _ in samples]
+            self.sizes, self.given = [len(batch) for batch in batches], 0
+            yield from self._give(samples)
+
+    def _give(self, samples: list[Prepared]) -> Iterator[list[Prepared]]:
+        """The group's batches not given yet: its samples by length (plan order on ties) cut
+        into its sizes, in the group's seeded order."""
+        keys = [self._key(sample_length(items)) for _, items in samples]
+        by_length = sorted(range(len(samples)), key=lambda i: (keys[i], i))
+        cuts = np.cumsum([0, *self.sizes]).tolist()
+        batches = [by_length[cuts[n] : cuts[n + 1]] for n in range(len(self.sizes))]
+        first = self.planned - len(self.sizes)  # the group's first planned batch
+        turns = np.random.default_rng([*self.seed, first]).permutation(len(batches))
+        for n in turns[self.given :].tolist():
+            self.given += 1
+            yield [samples[i] for i in batches[n]]
+
+    def _key(self, length: int) -> int:
+        return bisect.bisect_right(self.boundaries, length) if self.boundaries else length
+
+
+def _reference(numbers: Sequence[int]) -> Reference:
+    """A reference saved as plain numbers (a state is JSON)."""
+    source, shard, index, repeated, draw = numbers
+    return Reference(source, shard, index, bool(repeated), draw)
