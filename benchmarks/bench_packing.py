@@ -5,26 +5,30 @@
 
 `steps`: the model's training step (forward, backward, AdamW) over the same decoded batches,
 padded (each batch padded to its longest sample, `mask`: what the loader does by default) and
-packed (`collate(..., packed=...)`: no padding, offsets), at equal model and equal batch size
-(samples per step; token-budget batches are not built yet). Datasets made with real encoders:
+length buckets (padded, the samples of `--lookahead` batches regrouped by length: the stream's
+`buckets="auto"`) and packed (`collate(..., packed=...)`: no padding, offsets), at equal model
+and equal batch size (samples per step; token-budget batches are not built yet). Datasets made
+with real encoders:
 
 - `speech`: sound clips of 1 to 10 s uniformly (tones under noise at 16 kHz, flac by PyAV),
   log-mel as `examples/audio_small.toml` has it, `duration="full"`;
 - `bytes`: UTF-8 strings of 64 to 4,096 bytes;
 - `images`: JPEGs (Pillow) of 64 to 192 px a side, each side drawn apart, at their own size
   packed; pictures of different shapes cannot be padded into one batch, so their baseline is
-  what a user does today, one size for all (`size=128`: 256 patches, about the mean).
+  what a user does today, one size for all (`size=128`: 256 patches, about the mean), which
+  buckets cannot change (no row).
 
 Columns: the padding share of the elements shipped, samples/s (median over `--repeats`, the
-two forms taking turns), the ratio packed / padded from the same run, the peak memory of a
+forms taking turns), the ratio to padded from the same run, the peak memory of a
 pass (CUDA only: the CPU has no per-pass counter), and the cross-attention's kernel (`varlen`:
 one variable-length flash kernel over the pack, on CUDA under bf16 autocast; `sdpa`: SDPA with
 a mask, or once per packed sample).
 
 `learning`: accuracy after a fixed number of samples on spoken digits (espeak-ng voices,
 `polymodal.datasets.spoken`) at natural lengths: each digit at a random place in 1 to 4 s of
-noise, `examples/audio_small.toml` trained `--epochs` epochs padded and packed (the same seed,
-for each of `--seeds`), val accuracy and its median, samples/s, padding share.
+noise, `examples/audio_small.toml` trained `--epochs` epochs padded, in length buckets and
+packed (the same seed, for each of `--seeds`), val accuracy and its median, samples/s, padding
+share.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from polymodal.datasets.build import build
 from polymodal.datasets.spoken import SPEECH_RATE, WORDS, SpokenDigits, spoken_clip
 from polymodal.datasets.synthetic import encode_audio, encode_image, photo
 from polymodal.perceiver import EncoderConfig, MultimodalInput, Perceiver
+from polymodal.pipelines.stream.partition import Reference
+from polymodal.pipelines.stream.stages.buckets import LengthBuckets
 from polymodal.pipelines.train.config import load_config
 from polymodal.pipelines.train.trainer import Trainer
 
@@ -88,14 +94,21 @@ DATASETS: dict[str, tuple[Callable[[int], dict[str, bytes]], Callable, dict]] = 
 FIXED = {"images": lambda: get("image")(size=128)}  # the padded form's adapter, where it differs
 
 
-def batches(name: str, samples: int, size: int, packed: bool) -> list[Batch]:
+def batches(name: str, samples: int, size: int, form: str, lookahead: int) -> list[Batch]:
+    """The dataset's samples decoded and batched `size` at a time in `form`: `padded`,
+    `packed`, or `buckets` (padded, regrouped by length within `lookahead` batches by the
+    stream's own stage, `stages.buckets.LengthBuckets`)."""
     make, adapter, _ = DATASETS[name]
-    decode = adapter() if packed else FIXED.get(name, adapter)()
+    decode = adapter() if form == "packed" else FIXED.get(name, adapter)()
     decoded = [{"__key__": str(i), "x": decode.decode(make(i))} for i in range(samples)]
-    return [
-        collate(decoded[i : i + size], packed=["x"] if packed else [])
-        for i in range(0, samples, size)
-    ]
+    planned = [decoded[i : i + size] for i in range(0, samples, size)]
+    if form == "buckets":
+        refs = (
+            [(Reference(0, 0, int(d["__key__"]), False), [d]) for d in batch] for batch in planned
+        )
+        groups = LengthBuckets(lookahead, [], (0,)).regroup(refs, lambda _: [])
+        planned = [[items[0] for _, items in group] for group in groups]
+    return [collate(batch, packed=["x"] if form == "packed" else []) for batch in planned]
 
 
 def one_pass(name: str, data: list[Batch], device: torch.device) -> tuple[float, float, str]:
@@ -137,15 +150,19 @@ def padding_share(data: list[Batch]) -> float:
 
 
 def steps_table(
-    samples: int, size: int, repeats: int, device: torch.device, title: str = "steps"
+    samples: int,
+    size: int,
+    repeats: int,
+    device: torch.device,
+    lookahead: int = 8,
+    title: str = "steps",
 ) -> None:
-    print(f"\n{title}: {samples} samples, {size} a batch, on {device}")
+    print(f"\n{title}: {samples} samples, {size} a batch, buckets over {lookahead}, on {device}")
     head = f"{'data':<8} {'form':<7} {'padding':>8} {'samples/s':>10} {'ratio':>6} {'peak MiB':>9}"
     print(f"{head} {'attention':>9}")
     for name in DATASETS:
-        forms = {
-            form: batches(name, samples, size, form == "packed") for form in ("padded", "packed")
-        }
+        kinds = ("padded", "packed") if name in FIXED else ("padded", "buckets", "packed")
+        forms = {form: batches(name, samples, size, form, lookahead) for form in kinds}
         one_pass(name, forms["padded"][:1], device)  # warm-up: kernels, caches, allocator
         times: dict[str, list[float]] = {form: [] for form in forms}
         peaks: dict[str, float] = {}
@@ -182,7 +199,7 @@ def learning_table(root: Path, count: int, epochs: int, seeds: list[int]) -> Non
     print(f"\nlearning: spoken digits of 1-4 s, {count} clips (val 20 %), {epochs} epochs")
     head = f"{'seed':>4} {'form':<7} {'val acc':>8} {'padding':>8} {'samples/s':>10} {'ratio':>6}"
     print(f"{head} {'s':>6}")
-    accuracy: dict[str, list[float]] = {"padded": [], "packed": []}
+    accuracy: dict[str, list[float]] = {"padded": [], "buckets": [], "packed": []}
     for seed in seeds:
         rates: dict[str, float] = {}
         for form in accuracy:
@@ -198,6 +215,7 @@ def learning_table(root: Path, count: int, epochs: int, seeds: list[int]) -> Non
                     "data.fields.audio.options.duration=full",
                     "data.fields.audio.options.max_seconds=4.0",
                     f"data.packing={str(form == 'packed').lower()}",
+                    f"data.buckets={'auto' if form == 'buckets' else ''}",
                 ],
             )
             summary = Trainer(config, progress=False).run()
@@ -221,11 +239,13 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=480)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lookahead", type=int, default=8, help="batches a bucket group spans")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tables", nargs="+", default=["steps", "learning"])
     args = parser.parse_args()
     if "steps" in args.tables:
-        steps_table(args.samples, args.batch, args.repeats, torch.device(args.device))
+        device = torch.device(args.device)
+        steps_table(args.samples, args.batch, args.repeats, device, args.lookahead)
     if "learning" in args.tables:
         with tempfile.TemporaryDirectory() as tmp:
             learning_table(Path(tmp), args.digits, args.epochs, args.seeds)

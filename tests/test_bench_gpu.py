@@ -48,9 +48,11 @@ def test_every_table_runs_and_measures_something():
     else:
         assert "no CUDA device: not measured" in transfer
     packing = table_rows(out, "5. packing")
-    assert [(row[0], row[1]) for row in packing[:2]] == [("speech", "padded"), ("speech", "packed")]
-    assert len(packing) == 6 and all(float(row[3]) > 0 for row in packing)
-    assert float(packing[0][2].rstrip("%")) > 10 and packing[1][2] == "0.0%"  # padding share
+    forms = [(row[0], row[1]) for row in packing[:3]]
+    assert forms == [("speech", "padded"), ("speech", "buckets"), ("speech", "packed")]
+    assert len(packing) == 8 and all(float(row[3]) > 0 for row in packing)
+    padding = [float(row[2].rstrip("%")) for row in packing[:3]]  # padding shares
+    assert padding[0] > 10 and padding[1] < padding[0] and padding[2] == 0
 
 
 @pytest.mark.slow
