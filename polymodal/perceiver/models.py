@@ -220,10 +220,29 @@ class MaskedLanguageModel(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        tokens, mask = self.input(ids[..., None], mask)
-        latents = self.encoder(tokens, mask)
-        out = self.decoder(latents, indices=torch.arange(ids.shape[1], device=ids.device))
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits `[B, L, vocab]` of ids `[B, L]` (`mask`: real bytes); or, packed, ids `[T]`
+        (the samples' bytes one after another, sample `i` at `offsets[i]:offsets[i + 1]`) →
+        logits `[T, vocab]`, the encoder reading no padding (`PackedTokens`) and each sample's
+        queries decoding its own positions: each sample's logits alone."""
+        if offsets is None:
+            tokens, mask = self.input(ids[..., None], mask)
+            latents = self.encoder(tokens, mask)
+            out = self.decoder(latents, indices=torch.arange(ids.shape[1], device=ids.device))
+            return out @ self.input.embeddings.weight.T + self.bias
+        lengths = offsets.diff()
+        longest = int(lengths.max()) if len(lengths) else 0
+        real = torch.arange(longest, device=ids.device) < lengths[:, None].to(ids.device)
+        padded = ids.new_zeros((len(lengths), longest))
+        padded[real] = ids
+        tokens, _ = self.input(padded[..., None], real)  # a byte's token: its id and index only
+        latents = self.encoder(PackedTokens(tokens[real], offsets))
+        out = self.decoder(latents, indices=torch.arange(longest, device=ids.device))[real]
         return out @ self.input.embeddings.weight.T + self.bias
 
 

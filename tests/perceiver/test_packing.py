@@ -16,7 +16,7 @@ from polymodal.datasets.synthetic import (
     photo,
     tone,
 )
-from polymodal.perceiver import EncoderConfig, MultimodalInput, Perceiver
+from polymodal.perceiver import EncoderConfig, MaskedLanguageModel, MultimodalInput, Perceiver
 from polymodal.perceiver.position import FourierPositions
 
 ENCODER = EncoderConfig(num_latents=8, latent_dim=32, num_self_attends_per_block=1, self_heads=2)
@@ -78,6 +78,24 @@ def test_a_packed_samples_logits_are_its_logits_alone(names):
         together = model({n: (packed[n],) for n in names})
         alone = torch.cat([model({n: (collate([s])[n],) for n in names}) for s in samples])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_a_packed_texts_masked_byte_logits_are_its_logits_alone():
+    samples = _decoded(["text"])
+    torch.manual_seed(0)
+    model = MaskedLanguageModel(
+        encoder=ENCODER, dim=16, max_length=64, decoder_heads=1, decoder_qk_channels=None
+    ).eval()
+    packed = collate(samples, packed=["text"])["text"]
+    assert len(set(packed.offsets.diff().tolist())) == len(samples)  # every length differs
+    with torch.no_grad():
+        together = model(packed.values[:, 0].long(), offsets=packed.offsets)
+        alone = [model(collate([s])["text"].values[..., 0].long())[0] for s in samples]
+        padded = collate(samples)["text"]
+        in_padding = model(padded.values[..., 0].long(), padded.mask)[padded.mask]
+    assert together.shape == (int(packed.offsets[-1]), 262)
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=0)
+    torch.testing.assert_close(together, in_padding, atol=1e-5, rtol=0)
 
 
 def test_log_mel_packed_in_one_pass_is_each_clip_alone():

@@ -257,12 +257,13 @@ def test_autoencoding_lowers_the_reconstruction_error(tmp_path, data):
 
 
 @pytest.mark.slow
-def test_masked_byte_language_modelling_learns(tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_masked_byte_language_modelling_learns(tmp_path, packing):
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(60):  # a tiny language: each line repeats one word
+    for i in range(60):  # a tiny language: each line repeats one word, 3 to 8 times
         word = ["abc", "xyz", "pqr"][i % 3]
-        (src / f"t{i:03d}.txt").write_text(" ".join([word] * 8))
+        (src / f"t{i:03d}.txt").write_text(" ".join([word] * (3 + i % 6)))
     build(src, tmp_path / "data", split="val=0.2", progress=False, print_=lambda _: None)
     config = load_config(
         None,
@@ -282,10 +283,12 @@ def test_masked_byte_language_modelling_learns(tmp_path):
             "model.num_self_attends_per_block=1",
             "optim.lr=0.003",
             f"run_dir={tmp_path / 'run'}",
+            f"data.packing={str(packing).lower()}",
         ],
     )
     summary = Trainer(config, progress=False).run()
     assert summary["val_masked_accuracy"] > 0.5  # chance is 1/262
+    assert (summary["padding"] == 0) == packing
 
 
 @pytest.mark.slow

@@ -217,14 +217,16 @@ class TrainConfig:
         return self.resolve_seeds()
 
     def _check_packing(self) -> None:
-        """Packing feeds the encoder only: decoders that answer per input element
-        (autoencode, mlm) and mixing, which pairs samples element by element, need padding."""
+        """Packing feeds the encoder and the decoders that answer per sample (and mlm's, per
+        byte of each sample's own length); the autoencoder's decoder answers a fixed grid per
+        field, and mixing pairs samples element by element: both need padding."""
         if not self.data.packing:
             return
-        if self.task in ("autoencode", "mlm"):
+        if self.task == "autoencode":
             raise ConfigError(
-                f"data.packing: task {self.task} decodes every input element and needs padded "
-                "batches; packing serves classification, multilabel, contrastive, correspondence"
+                "data.packing: task autoencode decodes a fixed grid of every field and needs "
+                "padded batches; packing serves classification, multilabel, contrastive, "
+                "correspondence and mlm"
             )
         mixing = [name for name in ("mixup", "cutmix") if getattr(self.augment, name)]
         if mixing:

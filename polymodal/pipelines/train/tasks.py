@@ -302,25 +302,27 @@ class MaskedLMTask(Task):
         )
 
     def _masked(self, batch: Batch, generator: torch.Generator | None = None) -> tuple:
+        """The ids with bytes masked, the ids, which were masked, and the model's other
+        arguments (padded: the mask; packed: no mask and the offsets, ids `[T]`)."""
         field = batch[self.name]
         ids = field.values[..., 0].long()
         mask = field.mask if field.mask is not None else torch.ones_like(ids, dtype=torch.bool)
         real = mask & (ids >= NUM_SPECIAL)
         draw = torch.rand(ids.shape, generator=generator).to(ids.device)
         chosen = real & (draw < self.config.mask_probability)
-        return ids.masked_fill(chosen, MASK), ids, chosen, field.mask
+        return ids.masked_fill(chosen, MASK), ids, chosen, (field.mask, field.offsets)
 
     def loss(
         self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
     ) -> torch.Tensor:
-        masked, ids, chosen, mask = self._masked(batch)
-        logits = net(masked, mask)
+        masked, ids, chosen, layout = self._masked(batch)
+        logits = net(masked, *layout)
         return F.cross_entropy(logits[chosen].float(), ids[chosen])
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         generator = torch.Generator().manual_seed(0)  # the same masks every evaluation
-        masked, ids, chosen, mask = self._masked(batch, generator)
-        predictions = model(masked, mask).argmax(-1)
+        masked, ids, chosen, layout = self._masked(batch, generator)
+        predictions = model(masked, *layout).argmax(-1)
         return {
             "correct": (predictions == ids)[chosen].sum().item(),
             "masked": chosen.sum().item(),
