@@ -6,7 +6,8 @@
 `steps`: the model's training step (forward, backward, AdamW) over the same decoded batches,
 padded (each batch padded to its longest sample, `mask`: what the loader does by default) and
 length buckets (padded, the samples of `--lookahead` batches regrouped by length: the stream's
-`buckets="auto"`) and packed (`collate(..., packed=...)`: no padding, offsets), at equal model
+`buckets="auto"`), `budget` (the same, cut by the elements each batch ships: `max_tokens`) and
+packed (`collate(..., packed=...)`: no padding, offsets), at equal model
 and equal batch size (samples per step; token-budget batches are not built yet). Datasets made
 with real encoders:
 
@@ -18,7 +19,8 @@ with real encoders:
   what a user does today, one size for all (`size=128`: 256 patches, about the mean), which
   buckets cannot change (no row).
 
-Columns: the padding share of the elements shipped, samples/s (median over `--repeats`, the
+Columns: the padding share of the elements shipped, the most elements one batch ships (what
+sets a step's memory), samples/s (median over `--repeats`, the
 forms taking turns), the ratio to padded from the same run, the peak memory of a
 pass (CUDA only: the CPU has no per-pass counter), and the cross-attention's kernel (`varlen`:
 one variable-length flash kernel over the pack, on CUDA under bf16 autocast; `sdpa`: SDPA with
@@ -92,22 +94,24 @@ DATASETS: dict[str, tuple[Callable[[int], dict[str, bytes]], Callable, dict]] = 
     "images": (image, lambda: get("image")(size=None), {"patch_size": 8, "num_bands": 16}),
 }
 FIXED = {"images": lambda: get("image")(size=128)}  # the padded form's adapter, where it differs
+BY_ELEMENTS = 2**62  # a budget no batch reaches: the cut by elements alone, with no warning
 
 
 def batches(name: str, samples: int, size: int, form: str, lookahead: int) -> list[Batch]:
     """The dataset's samples decoded and batched `size` at a time in `form`: `padded`,
-    `packed`, or `buckets` (padded, regrouped by length within `lookahead` batches by the
-    stream's own stage, `stages.buckets.LengthBuckets`)."""
+    `packed`, `buckets` (padded, regrouped by length within `lookahead` batches by the
+    stream's own stage, `stages.buckets.LengthBuckets`) or `budget` (the same, cut by
+    elements: `max_tokens`)."""
     make, adapter, _ = DATASETS[name]
     decode = adapter() if form == "packed" else FIXED.get(name, adapter)()
     decoded = [{"__key__": str(i), "x": decode.decode(make(i))} for i in range(samples)]
     planned = [decoded[i : i + size] for i in range(0, samples, size)]
-    if form == "buckets":
+    if form in ("buckets", "budget"):
         refs = (
             [(Reference(0, 0, int(d["__key__"]), False), [d]) for d in batch] for batch in planned
         )
-        groups = LengthBuckets(lookahead, [], (0,)).regroup(refs, lambda _: [])
-        planned = [[items[0] for _, items in group] for group in groups]
+        cut = LengthBuckets(lookahead, [], (0,), BY_ELEMENTS if form == "budget" else None)
+        planned = [[items[0] for _, items in group] for group in cut.regroup(refs, lambda _: [])]
     return [collate(batch, packed=["x"] if form == "packed" else []) for batch in planned]
 
 
@@ -149,6 +153,11 @@ def padding_share(data: list[Batch]) -> float:
     return 1 - real / shipped
 
 
+def largest(data: list[Batch]) -> int:
+    """The most elements one batch ships: what sets a step's memory."""
+    return max(b.elements(["x"])[1] for b in data)
+
+
 def steps_table(
     samples: int,
     size: int,
@@ -158,10 +167,10 @@ def steps_table(
     title: str = "steps",
 ) -> None:
     print(f"\n{title}: {samples} samples, {size} a batch, buckets over {lookahead}, on {device}")
-    head = f"{'data':<8} {'form':<7} {'padding':>8} {'samples/s':>10} {'ratio':>6} {'peak MiB':>9}"
-    print(f"{head} {'attention':>9}")
+    head = f"{'data':<8} {'form':<7} {'padding':>8} {'largest':>8} {'samples/s':>10} {'ratio':>6}"
+    print(f"{head} {'peak MiB':>9} {'attention':>9}")
     for name in DATASETS:
-        kinds = ("padded", "packed") if name in FIXED else ("padded", "buckets", "packed")
+        kinds = ["padded", "packed"] if name in FIXED else ["padded", "buckets", "budget", "packed"]
         forms = {form: batches(name, samples, size, form, lookahead) for form in kinds}
         one_pass(name, forms["padded"][:1], device)  # warm-up: kernels, caches, allocator
         times: dict[str, list[float]] = {form: [] for form in forms}
@@ -174,7 +183,8 @@ def steps_table(
         rate = {form: samples / statistics.median(t) for form, t in times.items()}
         for form in forms:
             print(
-                f"{name:<8} {form:<7} {padding_share(forms[form]):>8.1%} {rate[form]:>10.1f} "
+                f"{name:<8} {form:<7} {padding_share(forms[form]):>8.1%} "
+                f"{largest(forms[form]):>8} {rate[form]:>10.1f} "
                 f"{rate[form] / rate['padded']:>6.2f} {peaks[form]:>9.0f} {kernels[form]:>9}",
                 flush=True,
             )

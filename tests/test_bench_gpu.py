@@ -48,11 +48,14 @@ def test_every_table_runs_and_measures_something():
     else:
         assert "no CUDA device: not measured" in transfer
     packing = table_rows(out, "5. packing")
-    forms = [(row[0], row[1]) for row in packing[:3]]
-    assert forms == [("speech", "padded"), ("speech", "buckets"), ("speech", "packed")]
-    assert len(packing) == 8 and all(float(row[3]) > 0 for row in packing)
-    padding = [float(row[2].rstrip("%")) for row in packing[:3]]  # padding shares
-    assert padding[0] > 10 and padding[1] < padding[0] and padding[2] == 0
+    forms = [row[1] for row in packing[:4]]
+    assert all(row[0] == "speech" for row in packing[:4])
+    assert forms == ["padded", "buckets", "budget", "packed"]
+    assert len(packing) == 10 and all(float(row[4]) > 0 for row in packing)
+    padding = [float(row[2].rstrip("%")) for row in packing[:4]]  # padding shares
+    assert padding[0] > 10 and padding[1] < padding[0] and padding[3] == 0
+    largest = [int(row[3]) for row in packing[:4]]  # a batch's most elements
+    assert largest[2] <= largest[1] <= largest[0] and largest[3] < largest[0]
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ and exact resume through real DataLoader workers, at the same size and resized."
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import Counter
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from testdata import batch_digest, set_rank
 
 from polymodal.adapters import get
 from polymodal.datasets.build import build
 from polymodal.datasets.synthetic import encode_audio
+from polymodal.pipelines.stream.stages.buckets import balanced_sizes
 from polymodal.pipelines.stream.state import StateError
 from polymodal.pipelines.stream.stream import Stream
 
@@ -64,6 +68,47 @@ def test_buckets_cut_the_padding_and_keep_every_batch_and_sample(clips):
     mixed = sum(bool((n < RATE // 2).any() and (n >= RATE // 2).any()) for n in lengths)
     assert mixed <= -(-len(halves) // 5)
     assert sorted(_keys(halves)) == sorted(_keys(padded))
+
+
+def _shipped(batch) -> int:
+    return batch.elements(["audio"])[1]
+
+
+def test_a_token_budget_cuts_batches_by_elements_not_count(clips, caplog):
+    by_count = list(_stream(clips, buckets="auto", lookahead=5))
+    by_elements = list(_stream(clips, buckets="auto", lookahead=5, max_tokens=3 * RATE))
+    assert len(by_elements) == len(by_count)
+    assert sorted(_keys(by_elements)) == sorted(_keys(by_count))
+    assert len({b.size for b in by_elements}) > 2  # short clips: more of them a batch
+    assert max(map(_shipped, by_elements)) <= 3 * RATE < max(map(_shipped, by_count))
+    with caplog.at_level(logging.WARNING):
+        tight = list(_stream(clips, buckets="auto", lookahead=5, max_tokens=RATE))
+    assert "cannot make 5 batches of at most 8000 elements" in caplog.text
+    assert sorted(_keys(tight)) == sorted(_keys(by_count))
+    with pytest.raises(ValueError, match="with buckets"):
+        _stream(clips, max_tokens=RATE)
+
+
+@given(
+    st.lists(st.integers(1, 50), min_size=1, max_size=9).map(sorted),
+    st.integers(1, 9),
+    st.booleans(),
+)
+def test_balanced_sizes_ship_the_least_largest_batch(lengths, parts, packed):
+    parts = min(parts, len(lengths))
+    sizes = balanced_sizes(lengths, parts, packed)
+    assert len(sizes) == parts and min(sizes) >= 1 and sum(sizes) == len(lengths)
+
+    def largest(cut):  # what the cut's largest batch ships
+        ends = np.cumsum(cut)
+        runs = [lengths[e - n : e] for n, e in zip(cut, ends, strict=True)]
+        return max(sum(r) if packed else len(r) * r[-1] for r in runs)
+
+    every_cut = [  # brute force: every way to cut into `parts` non-empty runs
+        [b - a for a, b in zip((0, *c), (*c, len(lengths)), strict=True)]
+        for c in itertools.combinations(range(1, len(lengths)), parts - 1)
+    ]
+    assert largest(sizes) == min(map(largest, every_cut))
 
 
 @pytest.mark.parametrize("taken", [3, 5, 7])  # inside a group, at its end, in the next one

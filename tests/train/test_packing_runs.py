@@ -102,17 +102,20 @@ def test_a_packed_run_ships_no_padding_and_learns(tmp_path, tones, caplog, capsy
     assert len(predicted) == len(files) and all(name == top for name, top in tops.items())
 
 
-def test_a_run_with_length_buckets_pays_little_padding_and_learns(tmp_path, tones, caplog):
+def test_a_run_with_length_buckets_pays_little_padding_and_learns(tmp_path, tones):
     path = tmp_path / "b.toml"
     path.write_text(_toml(tones, tmp_path / "run", False))
-    config = load_config(path, ["data.buckets=auto", "data.lookahead=6"])
-    assert config.data.buckets == "auto"
-    with caplog.at_level(logging.INFO, logger="polymodal.train"):
+    for sets, padding in (([], 0.1), (["data.max_tokens=40000"], 0.15)):
+        run = f"run_dir={tmp_path / f'run{len(sets)}'}"
+        config = load_config(path, ["data.buckets=auto", "data.lookahead=6", run, *sets])
+        assert config.data.buckets == "auto"
         summary = Trainer(config, progress=False).run()
-    assert summary["padding"] < 0.1  # padded alike, 0.2 at least (the test above)
-    assert summary["val_accuracy"] >= 0.9, summary
+        assert summary["padding"] < padding  # padded alike, 0.2 at least (the test above)
+        assert summary["val_accuracy"] >= 0.9, summary
     with pytest.raises(ConfigError, match=r"data\.train: buckets: 'auto' or ascending"):
         Trainer(load_config(path, ["data.buckets=[300, 200]"]), progress=False)
+    with pytest.raises(ConfigError, match=r"data\.max_tokens: cuts batches of length buckets"):
+        load_config(path, ["data.max_tokens=40000"])
 
 
 def test_packing_refuses_the_tasks_and_mixing_that_need_padding(tmp_path, tones):

@@ -134,7 +134,8 @@ class Stream(IterableDataset):
     `datasets.cache`), so later epochs read the disk; see `datasets.shard_cache`.
     `buckets`: `"auto"` (by length) or ascending length `boundaries` batch samples of
     similar length together within `lookahead` planned batches, so that padded batches carry
-    little padding; see `stages.buckets`.
+    little padding; `max_tokens` then cuts those batches by the elements they ship, not by
+    count (`batch_size` is their mean); see `stages.buckets`.
 
     Local shards whose size is not the index's are left out of the plan at construction
     (reported as skipped each epoch; an error under the `raise` read policy): the index does
@@ -164,11 +165,14 @@ class Stream(IterableDataset):
         packed: Collection[str] = (),
         buckets: str | Sequence[int] | None = None,
         lookahead: int = 8,
+        max_tokens: int | None = None,
     ) -> None:
         policies = _policies(errors)
         _check_sizes(batch_size, buffer_size, max_member_bytes, clips_per_sample)
         self.buckets = _bucket_boundaries(buckets, lookahead, batching)
-        self.lookahead = lookahead
+        if max_tokens is not None and (not self.buckets or max_tokens < 1):
+            raise ValueError(f"max_tokens ({max_tokens}): a positive budget, with buckets")
+        self.lookahead, self.max_tokens = lookahead, max_tokens
         self.mix = _sources(source)
         self.sources = [str(s.path) for s in self.mix]
         self.indexes = [open_dataset(s, remote, cache_dir) for s in self.sources]
@@ -302,7 +306,15 @@ class Stream(IterableDataset):
             "seed": self.seed,
             "buffer_size": self.buffer_size,
             # only when set: states saved before buckets existed still resume
-            **({"buckets": self.buckets, "lookahead": self.lookahead} if self.buckets else {}),
+            **(
+                {
+                    "buckets": self.buckets,
+                    "lookahead": self.lookahead,
+                    "max_tokens": self.max_tokens,
+                }
+                if self.buckets
+                else {}
+            ),
             "world": world,
             "workers": workers,
         }
@@ -331,7 +343,9 @@ class Stream(IterableDataset):
         if self.buckets:
             seed = (self.seed, epoch, place.rank, place.worker)
             boundaries = self.buckets if isinstance(self.buckets, list) else []
-            stages["buckets"] = LengthBuckets(self.lookahead, boundaries, seed)
+            stages["buckets"] = LengthBuckets(
+                self.lookahead, boundaries, seed, self.max_tokens, bool(self.packed)
+            )
         for name, stage in stages.items():
             if state is not None and name in state:  # a state from before transforms: none
                 stage.load_state_dict(state[name])

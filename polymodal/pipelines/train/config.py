@@ -74,6 +74,9 @@ class DataConfig:
     # regrouped within `lookahead` planned batches ("": off); see `stages.buckets`
     buckets: str | list[int] = ""
     lookahead: int = 8
+    # with buckets: batches cut by the elements they ship (≤ this where the group allows),
+    # batch_size samples on average (0: by count)
+    max_tokens: int = 0
     workers: int = 0
     threads: int = 0  # FFmpeg threads per DataLoader worker (0: cores // workers)
     clips_per_sample: int = 1  # training items cut from one decode of a sample (divides batch_size)
@@ -214,6 +217,8 @@ class TrainConfig:
                 raise ConfigError(f"data.transforms[{n}]: {exc}") from None
         self._check_decay_and_augment()
         self._check_packing()
+        if self.data.max_tokens and not self.data.buckets:
+            raise ConfigError("data.max_tokens: cuts batches of length buckets; set data.buckets")
         return self.resolve_seeds()
 
     def _check_packing(self) -> None:

@@ -556,6 +556,7 @@ def dataset_stream(
             cache_limit=config.data.cache_limit or None,
             buckets=buckets or None,
             lookahead=config.data.lookahead,
+            max_tokens=(config.data.max_tokens or None) if buckets else None,
             **mixture,
         )
     except MissingMember as exc:

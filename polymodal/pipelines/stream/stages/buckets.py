@@ -5,7 +5,12 @@ It takes `lookahead` planned batches at once (a group, their samples decoded), o
 group's samples by length — the elements the loader ships, `M` of each field's `[M, C]` summed
 over fields and clips — or by the bucket of it (`boundaries`: `length < b[0]`, then
 `< b[1]`, ...), cuts them into batches of the planned sizes and gives those in a seeded random
-order (no long-short cycle every `lookahead` batches). A group holds exactly its planned
+order (no long-short cycle every `lookahead` batches). With a token budget (`max_tokens`) the
+group is cut by elements instead: as many batches as planned, of as many samples each as keep
+the largest batch's shipped elements (count × longest padded, the sum packed) the least it can
+be, so a batch of short samples holds more of them than one of long ones and every batch
+stays within the budget wherever the group can; a group that cannot is logged, once a reader.
+A group holds exactly its planned
 batches' samples, so every rank keeps its batch count, every sample is delivered once, and
 stratified batches are refused (regrouping would mix their shares).
 
@@ -21,6 +26,8 @@ most `lookahead` batches) and gives the rest, as it would have.
 from __future__ import annotations
 
 import bisect
+import itertools
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import astuple
@@ -32,6 +39,7 @@ from polymodal.adapters import Field
 from polymodal.pipelines.stream.partition import Reference
 from polymodal.pipelines.stream.stages.base import Skip
 
+log = logging.getLogger("polymodal.stream")
 Prepared = tuple[Reference, list[dict[str, Any]] | Skip]  # a sample's items after decoding
 
 
@@ -49,12 +57,53 @@ def sample_length(items: list[dict[str, Any]] | Skip) -> int:
     return total
 
 
+def balanced_sizes(lengths: Sequence[int], parts: int, packed: bool) -> list[int]:
+    """The sizes of `parts` consecutive runs of `lengths` (ascending, at least `parts` of
+    them) whose largest shipped elements is the least it can be: a run ships its count times
+    its last (longest) length padded, the sum of its lengths packed. The least such largest
+    is found by bisection over what a greedy cut (each run as long as it fits) can keep."""
+    prefix = np.cumsum([0, *lengths]).tolist()
+
+    def ships(i: int, j: int) -> int:
+        return prefix[j] - prefix[i] if packed else (j - i) * lengths[j - 1]
+
+    def cut(limit: int) -> list[int]:
+        sizes, i = [], 0
+        while i < len(lengths):
+            j = i + 1
+            while j < len(lengths) and ships(i, j + 1) <= limit:
+                j += 1
+            sizes.append(j - i)
+            i = j
+        return sizes
+
+    low, high = max(lengths, default=0), ships(0, len(lengths))
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if len(cut(middle)) <= parts else (middle + 1, high)
+    sizes = cut(low)
+    while len(sizes) < parts:  # fewer runs fit: halve the largest (halves ship no more)
+        n = sizes.index(max(sizes))
+        sizes[n : n + 1] = [sizes[n] - sizes[n] // 2, sizes[n] // 2]
+    return sizes
+
+
 class LengthBuckets:
     """Regroups planned batches by length within `lookahead` of them (module docstring);
-    `seed` (the stream's seed, epoch and reader) draws the order a group's batches leave in."""
+    `seed` (the stream's seed, epoch and reader) draws the order a group's batches leave in;
+    `max_tokens` (with `packed`: the fields ship packed) cuts groups by elements."""
 
-    def __init__(self, lookahead: int, boundaries: Sequence[int], seed: Sequence[int]) -> None:
+    def __init__(
+        self,
+        lookahead: int,
+        boundaries: Sequence[int],
+        seed: Sequence[int],
+        max_tokens: int | None = None,
+        packed: bool = False,
+    ) -> None:
         self.lookahead, self.boundaries, self.seed = lookahead, list(boundaries), list(seed)
+        self.max_tokens, self.packed = max_tokens, packed
+        self._warned = False
         self.planned = 0  # planned batches taken from the order
         self.group: list[list[int]] = []  # the group's references, in plan order
         self.sizes: list[int] = []  # the group's planned batch sizes
@@ -92,15 +141,40 @@ class LengthBuckets:
     def _give(self, samples: list[Prepared]) -> Iterator[list[Prepared]]:
         """The group's batches not given yet: its samples by length (plan order on ties) cut
         into its sizes, in the group's seeded order."""
-        keys = [self._key(sample_length(items)) for _, items in samples]
+        lengths = [sample_length(items) for _, items in samples]
+        keys = [self._key(n) for n in lengths]
         by_length = sorted(range(len(samples)), key=lambda i: (keys[i], i))
-        cuts = np.cumsum([0, *self.sizes]).tolist()
+        sizes = self.sizes if self.max_tokens is None else self._by_elements(lengths, by_length)
+        cuts = np.cumsum([0, *sizes]).tolist()
         batches = [by_length[cuts[n] : cuts[n + 1]] for n in range(len(self.sizes))]
         first = self.planned - len(self.sizes)  # the group's first planned batch
         turns = np.random.default_rng([*self.seed, first]).permutation(len(batches))
         for n in turns[self.given :].tolist():
             self.given += 1
             yield [samples[i] for i in batches[n]]
+
+    def _by_elements(self, lengths: list[int], by_length: list[int]) -> list[int]:
+        """The group's batch sizes by elements (`balanced_sizes`), the budget checked."""
+        ordered = [lengths[i] for i in by_length]
+        if self.boundaries and not self.packed:  # within a bucket, not by length: a bound
+            ordered = list(itertools.accumulate(ordered, max))
+        sizes = balanced_sizes(ordered, len(self.sizes), self.packed)
+        ends = itertools.accumulate(sizes)
+        largest = max(
+            (sum(ordered[e - n : e]) if self.packed else n * ordered[e - 1])
+            for n, e in zip(sizes, ends, strict=True)
+        )
+        if self.max_tokens is not None and largest > self.max_tokens and not self._warned:
+            self._warned = True
+            log.warning(
+                "length buckets: %d samples cannot make %d batches of at most %d elements (the "
+                "largest ships %d); lower batch_size or raise max_tokens",
+                len(lengths),
+                len(sizes),
+                self.max_tokens,
+                largest,
+            )
+        return sizes
 
     def _key(self, length: int) -> int:
         return bisect.bisect_right(self.boundaries, length) if self.boundaries else length
