@@ -10,9 +10,9 @@ group is cut by elements instead: as many batches as planned, of as many samples
 the largest batch's shipped elements (count × longest padded, the sum packed) the least it can
 be, so a batch of short samples holds more of them than one of long ones and every batch
 stays within the budget wherever the group can; a group that cannot is logged, once a reader.
-A group holds exactly its planned
-batches' samples, so every rank keeps its batch count, every sample is delivered once, and
-stratified batches are refused (regrouping would mix their shares).
+A group holds exactly its planned batches' samples, so every rank keeps its batch count, every
+sample is delivered once, and stratified batches are refused (regrouping would mix their
+shares).
 
 Why our own: webdataset's and Energon's bucketing group whatever the buffer holds, so their
 batches cannot be resumed from the plan; here the plan still says which samples each group
@@ -51,17 +51,18 @@ def sample_length(items: list[dict[str, Any]] | Skip) -> int:
     total = 0
     for item in items:
         for value in item.values():
-            if isinstance(value, Field):
-                real = value.mask.sum() if value.mask is not None else None
-                total += int(real) if real is not None else math.prod(value.values.shape[:-1])
+            if isinstance(value, Field) and value.mask is not None:
+                total += int(value.mask.sum())
+            elif isinstance(value, Field):
+                total += math.prod(value.values.shape[:-1])
     return total
 
 
-def balanced_sizes(lengths: Sequence[int], parts: int, packed: bool) -> list[int]:
+def balanced_sizes(lengths: Sequence[int], parts: int, packed: bool) -> tuple[list[int], int]:
     """The sizes of `parts` consecutive runs of `lengths` (ascending, at least `parts` of
-    them) whose largest shipped elements is the least it can be: a run ships its count times
-    its last (longest) length padded, the sum of its lengths packed. The least such largest
-    is found by bisection over what a greedy cut (each run as long as it fits) can keep."""
+    them) whose largest shipped elements is the least it can be, and that least: a run ships
+    its count times its last (longest) length padded, the sum of its lengths packed. Found by
+    bisection over what a greedy cut (each run as long as it fits) can keep."""
     prefix = np.cumsum([0, *lengths]).tolist()
 
     def ships(i: int, j: int) -> int:
@@ -85,7 +86,7 @@ def balanced_sizes(lengths: Sequence[int], parts: int, packed: bool) -> list[int
     while len(sizes) < parts:  # fewer runs fit: halve the largest (halves ship no more)
         n = sizes.index(max(sizes))
         sizes[n : n + 1] = [sizes[n] - sizes[n] // 2, sizes[n] // 2]
-    return sizes
+    return sizes, low
 
 
 class LengthBuckets:
@@ -158,12 +159,7 @@ class LengthBuckets:
         ordered = [lengths[i] for i in by_length]
         if self.boundaries and not self.packed:  # within a bucket, not by length: a bound
             ordered = list(itertools.accumulate(ordered, max))
-        sizes = balanced_sizes(ordered, len(self.sizes), self.packed)
-        ends = itertools.accumulate(sizes)
-        largest = max(
-            (sum(ordered[e - n : e]) if self.packed else n * ordered[e - 1])
-            for n, e in zip(sizes, ends, strict=True)
-        )
+        sizes, largest = balanced_sizes(ordered, len(self.sizes), self.packed)
         if self.max_tokens is not None and largest > self.max_tokens and not self._warned:
             self._warned = True
             log.warning(
