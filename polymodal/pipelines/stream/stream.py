@@ -169,9 +169,7 @@ class Stream(IterableDataset):
     ) -> None:
         policies = _policies(errors)
         _check_sizes(batch_size, buffer_size, max_member_bytes, clips_per_sample)
-        self.buckets = _bucket_boundaries(buckets, lookahead, batching)
-        if max_tokens is not None and (not self.buckets or max_tokens < 1):
-            raise ValueError(f"max_tokens ({max_tokens}): a positive budget, with buckets")
+        self.buckets = _bucket_boundaries(buckets, lookahead, max_tokens, batching)
         self.lookahead, self.max_tokens = lookahead, max_tokens
         self.mix = _sources(source)
         self.sources = [str(s.path) for s in self.mix]
@@ -559,9 +557,12 @@ def _check_sizes(
 
 
 def _bucket_boundaries(
-    buckets: str | Sequence[int] | None, lookahead: int, batching: str
+    buckets: str | Sequence[int] | None, lookahead: int, max_tokens: int | None, batching: str
 ) -> str | list[int] | None:
-    """`buckets` checked: None (off), "auto" or ascending positive length boundaries."""
+    """`buckets` checked: None (off), "auto" or ascending positive length boundaries, with
+    the options that go with them."""
+    if max_tokens is not None and (buckets is None or max_tokens < 1):
+        raise ValueError(f"max_tokens ({max_tokens}): a positive budget, with buckets")
     if buckets is None:
         return None
     if buckets != "auto" and (
