@@ -1,4 +1,5 @@
-"""Two real processes under torchrun (gloo): uneven shards, no hang, disjoint samples."""
+"""Two real processes under torchrun (gloo): uneven shards, no hang, disjoint samples, with
+batches as planned and regrouped by length buckets."""
 
 import json
 import subprocess
@@ -18,7 +19,8 @@ CHILD = textwrap.dedent(
 
     dist.init_process_group("gloo")
     fields = {"image": get("image")(size=None, extensions=["png"]), "label": get("label")()}
-    loader = Stream(sys.argv[1], fields, batch_size=4, buffer_size=16).loader(num_workers=1)
+    options = json.loads(sys.argv[3])
+    loader = Stream(sys.argv[1], fields, batch_size=4, buffer_size=16, **options).loader(1)
     seen, batches = [], 0
     for epoch in range(2):
         for batch in loader:
@@ -36,7 +38,8 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_over_uneven_shards(tmp_path: Path):
+@pytest.mark.parametrize("options", [{}, {"buckets": "auto", "lookahead": 3}])
+def test_torchrun_two_ranks_over_uneven_shards(tmp_path: Path, options: dict):
     data = tmp_path / "data"
     total = numbered_pngs(data, sizes=[9, 1, 14, 0, 3])  # 27 samples: ranks get 14 each, one repeat
     child = tmp_path / "child.py"
@@ -52,6 +55,7 @@ def test_torchrun_two_ranks_over_uneven_shards(tmp_path: Path):
         str(child),
         str(data),
         str(out),
+        json.dumps(options),
     ]
     subprocess.run(command, check=True, timeout=240, capture_output=True)
     ranks = json.loads(out.read_text())
