@@ -125,9 +125,13 @@ def test_a_bucketed_loader_resumes_to_the_same_batches(clips, taken):
     assert before + [batch_digest(b) for b in resumed] == expected
 
 
-def test_a_resized_bucketed_run_misses_nothing_and_repeats_only_begun_groups(
-    clips, monkeypatch, caplog
+@pytest.mark.parametrize("every_rank", [True, False])
+def test_a_resized_bucketed_run_delivers_the_rest_of_the_epoch(
+    clips, monkeypatch, caplog, every_rank
 ):
+    """Resized inside a group: with every old rank's worker states (what a trainer's
+    checkpoint holds) each sample exactly once; with one rank's alone, none missed and only
+    the begun groups' given batches again, said in the log."""
     states, before = [], []
     for rank in range(2):
         set_rank(monkeypatch, rank, 2)
@@ -136,16 +140,20 @@ def test_a_resized_bucketed_run_misses_nothing_and_repeats_only_begun_groups(
         before += _keys([next(batches) for _ in range(4)])  # a group given, one begun
         states.append(json.loads(json.dumps(old.state_dict())))
         del batches
+    state = {**states[1], "ranks": [s["workers"] for s in states]} if every_rank else states[1]
     set_rank(monkeypatch, 0, 1)
     new = _stream(clips, buckets="auto", lookahead=3).loader(2)
     with caplog.at_level(logging.WARNING):
-        new.load_state_dict(states[1])
+        new.load_state_dict(state)
     after = _keys(list(new))
-    assert "delivered again whole (1 batches" in caplog.text
+    assert len(after) == len(set(after))
     assert sorted(set(before + after)) == sorted(set(_keys(_stream(clips))))
     twice = [k for k, n in Counter(before + after).items() if n > 1]
-    assert 0 < len(twice) <= 2 * 4  # each old rank's one begun batch, at most
-    assert len(after) == len(set(after))
+    if every_rank:
+        assert not twice and not caplog.text
+    else:
+        assert "delivered again whole (1 batches" in caplog.text
+        assert 0 < len(twice) <= 2 * 4  # each old rank's one begun batch, at most
 
 
 def test_bad_buckets_and_lying_states_are_refused(clips):
@@ -161,3 +169,8 @@ def test_bad_buckets_and_lying_states_are_refused(clips):
     state["workers"]["0"]["buckets"]["group"][0][1] = 99
     with pytest.raises(StateError, match=r"buckets.group\[0\]: no sample"):
         _stream(clips, buckets="auto", lookahead=5).loader(0).load_state_dict(state)
+    state = json.loads(json.dumps(loader.state_dict()))
+    lying = dict(state["workers"]["0"], buckets={**state["workers"]["0"]["buckets"], "sent": [99]})
+    with pytest.raises(StateError, match=r"ranks\[0\]\.0\.buckets\.sent: not places"):
+        resized = _stream(clips, buckets="auto", lookahead=5).loader(2)
+        resized.load_state_dict({**state, "ranks": [{"0": lying}]})

@@ -292,10 +292,13 @@ def test_masked_byte_language_modelling_learns(tmp_path, packing):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
-def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, after):
+@pytest.mark.parametrize(
+    ("before", "after", "buckets"), [(2, 1, False), (1, 2, False), (2, 1, True)]
+)
+def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, after, buckets):
     """Checkpoints hold every rank's loader state; `train --resume` under another
-    `--nproc-per-node` goes on with the rest of the epoch (`elastic`) to the planned end."""
+    `--nproc-per-node` goes on with the rest of the epoch (`elastic`) to the planned end, with
+    length buckets too (every rank's begun groups read from the checkpoint)."""
     config = tmp_path / "c.toml"
     config.write_text(
         av_train_toml(data, tmp_path / "run", max_steps=3, epochs=1, checkpoint_every=3)
@@ -305,8 +308,9 @@ def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, a
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command = [*launch, "--nproc-per-node", str(processes), "-m", "polymodal", "train"]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        grouped = ["--set", "data.buckets=auto", "--set", "data.lookahead=2"] if buckets else []
         return subprocess.run(
-            [*command, str(config), "--set", "max_steps=5", *extra],
+            [*command, str(config), "--set", "max_steps=5", *grouped, *extra],
             capture_output=True,
             text=True,
             timeout=300,
@@ -323,6 +327,7 @@ def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, a
         f.write(json.dumps({"step": 3, "marker": True}) + "\n")
     resumed = train(after, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "delivered again whole" not in resumed.stderr  # every rank's groups were read
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 5
     records = [json.loads(line) for line in metrics.open()]
     assert any(r.get("marker") for r in records)

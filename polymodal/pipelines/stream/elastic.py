@@ -12,9 +12,12 @@ marked repeats to equal batch counts per rank), each new reader through its own 
 A state saved inside such a rest-of-epoch resumes again the same way (`parent`).
 
 Length buckets (`stages.buckets`) give a group of `lookahead` planned batches in an order
-that depends on the samples' lengths, which only the rank that read them knows; so a group
-an old reader had begun is owed whole (`saved["lookahead"]`), and its batches given before
-the resize are delivered again: at most `lookahead - 1` batches per old reader, reported.
+that depends on the samples' lengths, which only the rank that read them knows. A group an
+old reader had begun (`saved["lookahead"]`) is owed but for the samples it had given, which
+every rank's state lists (`saved["begun"]`: per old rank and worker, their places in the
+group's plan order; a trainer's checkpoint holds every rank's). Without them (one rank's state
+alone) the group is owed whole: its batches given before the resize come again, at most
+`lookahead - 1` per old reader, and the loader says so.
 
 Cost: replaying each old reader's buffer order up to its saved point, O(samples delivered) on
 integers, once per resume; the remainder is held as runs, O(buffer) per old reader plus one
@@ -143,19 +146,34 @@ class Rest:
 
         spans = [layout.worker_batches(w, workers) for w in range(workers)]
         done = batches_done([stop - first for first, stop in spans], batches)
-        groups = saved.get("lookahead")  # length buckets: a begun group is owed whole
-        if groups:
-            ends = [stop - first for first, stop in spans]
-            done = [n if n == end else n - n % groups for n, end in zip(done, ends, strict=True)]
+        group, begun = saved.get("lookahead", 0), saved.get("begun")  # length buckets
+        composition = layout.composition
         for rank in range(world):
             for worker, (first, stop) in enumerate(spans):
                 ranges = layout.ranges(rank, first, stop)
-                composition = layout.composition
-                emitted = composition.before(first + done[worker]) - composition.before(first)
-                for lane, (start, end) in enumerate(ranges):
-                    order = BufferOrder(end - start, buffer, shuffle_seed(seed, rank, worker, lane))
-                    for _ in range(int(emitted[lane])):
+                orders = [
+                    BufferOrder(end - start, buffer, shuffle_seed(seed, rank, worker, lane))
+                    for lane, (start, end) in enumerate(ranges)
+                ]
+                given = done[worker]
+                whole = given if not group or given == stop - first else given - given % group
+                emitted = composition.before(first + whole) - composition.before(first)
+                for order, count in zip(orders, emitted.tolist(), strict=True):
+                    for _ in range(count):
                         order.step()
+                if whole < given:  # a begun group: the samples it had not given are owed
+                    rows = composition.sizes(first + whole, min(first + whole + group, stop))
+                    places = [  # the group's samples in plan order, as the stream read them
+                        (lane, ranges[lane][0] + position)
+                        for row in rows.tolist()
+                        for lane, count in enumerate(row)
+                        for position in orders[lane].take(count)
+                    ]
+                    sent = set(begun[rank][worker]) if begun else set()
+                    for n, (lane, position) in enumerate(places):
+                        if n not in sent:
+                            keep(lane, position, position + 1)
+                for lane, (order, (start, end)) in enumerate(zip(orders, ranges, strict=True)):
                     for held in sorted(order.slots):
                         keep(lane, start + held, start + held + 1)
                     keep(lane, start + order.read, end)

@@ -329,7 +329,7 @@ class StreamLoader:
                     "workers": saved["workers"],
                     "batches": self.batches,
                     "parent": self.rest,
-                    **self._begun_groups(saved),
+                    **self._begun_groups(state),
                 }
             self.batches, self.worker_states = 0, {}
             log.info(
@@ -348,16 +348,28 @@ class StreamLoader:
         self._loader = None  # workers copy the dataset when they start: start fresh ones
         self._fresh = True
 
-    def _begun_groups(self, saved: Mapping[str, Any]) -> dict[str, int]:
-        """Under length buckets, the rest's `lookahead`: groups the old readers had begun are
-        delivered again whole (see `elastic`); how many batches that repeats is logged."""
+    def _begun_groups(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Under length buckets, what a resize needs of the groups the old readers had begun
+        (see `elastic`): which samples each had given, from every old rank's worker states
+        (`state["ranks"]`, which a trainer's checkpoint adds); without them the begun groups
+        are delivered again whole, which is logged with the batches it repeats."""
         if not self.stream.buckets:
             return {}
+        ranks = state.get("ranks")
+        if ranks is not None:
+            workers = max(1, state["config"]["workers"])
+            chains = [{int(w): chain for w, chain in rank.items()} for rank in ranks]
+            begun = [
+                [((c.get(w) or {}).get("buckets") or {}).get("sent", []) for w in range(workers)]
+                for c in chains
+            ]
+            return {"lookahead": self.stream.lookahead, "begun": begun}
         groups = [chain["buckets"] for chain in self.worker_states.values() if chain]
         repeated = sum(g["given"] for g in groups if g["given"] < len(g["sizes"]))
         log.warning(
-            "elastic resume with length buckets: the groups the old readers had begun are "
-            "delivered again whole (%d batches of this rank's readers, as many on each old rank)",
+            "elastic resume with length buckets from one rank's state: the groups the old "
+            "readers had begun are delivered again whole (%d batches of this rank's readers, "
+            "as many on each old rank); a state with every rank's (`ranks`) resumes exactly",
             repeated,
         )
         return {"lookahead": self.stream.lookahead}

@@ -64,6 +64,8 @@ def check_state(state: Any, stream: Stream, world: int, workers: int) -> None:
     batches = _field(state, "batches", int, where, 0)
     rest = _field(state, "rest", (Mapping, type(None)), where)
     _field(state, "skipped", list, where)
+    if "ranks" in state:
+        _check_ranks(state["ranks"], saved_world, f"{where}.ranks")
     for n, skip in enumerate(state["skipped"]):
         _need(skip, Mapping, f"{where}.skipped[{n}]")
     delivered = state.get("delivered", [0] * len(stream.sources))
@@ -109,6 +111,10 @@ def _check_rest(rest: Mapping[str, Any], where: str) -> None:
         _field(rest, "batches", int, where, 0)
         if "lookahead" in rest:
             _field(rest, "lookahead", int, where, 2)
+        for r, workers in enumerate(_field(rest, "begun", list, where) if "begun" in rest else []):
+            for w, sent in enumerate(_need(workers, list, f"{where}.begun[{r}]")):
+                if not (isinstance(sent, list) and all(type(n) is int and n >= 0 for n in sent)):
+                    raise StateError(f"{where}.begun[{r}][{w}]: not places in a group")
         parent = _field(rest, "parent", (Mapping, type(None)), where)
         if parent is None:
             return
@@ -156,6 +162,26 @@ def _check_worker(
         _check_shuffle(_field(state, name, Mapping, where), stop - start, f"{where}.{name}")
     if stream.buckets:
         _check_buckets(_field(state, "buckets", Mapping, where), stream, part.batches, where)
+
+
+def _check_ranks(ranks: Any, world: int, where: str) -> None:
+    """Every old rank's worker states, as a resize under length buckets reads them: which
+    samples each begun group had given (a lie would leave samples out)."""
+    _need(ranks, list, where)
+    if len(ranks) != world:
+        raise StateError(f"{where}: {len(ranks)} ranks' states for a world of {world}")
+    for r, workers in enumerate(ranks):
+        for w, chain in _need(workers, Mapping, f"{where}[{r}]").items():
+            group = chain.get("buckets") if isinstance(chain, Mapping) else None
+            if not isinstance(group, Mapping):
+                continue
+            sent, size = group.get("sent", []), len(group.get("group") or [])
+            if not (
+                isinstance(sent, list)
+                and all(type(n) is int and 0 <= n < size for n in sent)
+                and len(set(sent)) == len(sent)
+            ):
+                raise StateError(f"{where}[{r}].{w}.buckets.sent: not places in its group")
 
 
 def _check_buckets(state: Mapping[str, Any], stream: Stream, batches: int, where: str) -> None:

@@ -46,11 +46,14 @@ def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
 
 def own_stream_state(state: dict[str, Any], place: Place) -> dict[str, Any]:
     """This rank's loader state of a checkpoint (which holds every rank's); after a change of
-    world size, rank 0's says how far every rank was (they deliver alike)."""
+    world size, rank 0's says how far every rank was (they deliver alike), with every rank's
+    worker states (`ranks`: which samples their length-bucket groups had given)."""
     streams = state.get("streams")
     if streams is None:  # saved before checkpoints held every rank's: rank 0's for all
         return {**state["stream"], "rank": place.rank}
-    return streams[place.rank] if len(streams) == place.world else streams[0]
+    if len(streams) == place.world:
+        return streams[place.rank]
+    return {**streams[0], "ranks": [s["workers"] for s in streams]}
 
 
 def rng_state() -> dict[str, Any]:

@@ -18,9 +18,10 @@ Why our own: webdataset's and Energon's bucketing group whatever the buffer hold
 batches cannot be resumed from the plan; here the plan still says which samples each group
 holds, and the order within it is a function of their decoded lengths and the seed.
 
-State: the planned batches taken, the group's references in plan order and how many of its
-batches were given. A reader resumed inside a group reads and decodes the group again (at
-most `lookahead` batches) and gives the rest, as it would have.
+State: the planned batches taken, the group's references in plan order, how many of its
+batches were given and which of its samples (`sent`, what a resize needs: see `elastic`). A
+reader resumed inside a group reads and decodes the group again (at most `lookahead` batches)
+and gives the rest, as it would have.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class LengthBuckets:
         self.group: list[list[int]] = []  # the group's references, in plan order
         self.sizes: list[int] = []  # the group's planned batch sizes
         self.given = 0  # the group's batches given
+        self.sent: list[int] = []  # the group's samples given (their places in `group`)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -116,11 +118,13 @@ class LengthBuckets:
             "group": self.group,
             "sizes": self.sizes,
             "given": self.given,
+            "sent": list(self.sent),  # a copy: a worker's queue pickles it later
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.planned, self.given = int(state["planned"]), int(state["given"])
         self.group, self.sizes = [list(r) for r in state["group"]], list(state["sizes"])
+        self.sent = list(state.get("sent", []))
 
     def regroup(
         self,
@@ -136,7 +140,7 @@ class LengthBuckets:
             self.planned += len(batches)
             samples = [sample for batch in batches for sample in batch]
             self.group = [[int(v) for v in astuple(ref)] for ref, _ in samples]
-            self.sizes, self.given = [len(batch) for batch in batches], 0
+            self.sizes, self.given, self.sent = [len(batch) for batch in batches], 0, []
             yield from self._give(samples)
 
     def _give(self, samples: list[Prepared]) -> Iterator[list[Prepared]]:
@@ -152,6 +156,7 @@ class LengthBuckets:
         turns = np.random.default_rng([*self.seed, first]).permutation(len(batches))
         for n in turns[self.given :].tolist():
             self.given += 1
+            self.sent += batches[n]
             yield [samples[i] for i in batches[n]]
 
     def _by_elements(self, lengths: list[int], by_length: list[int]) -> list[int]:

@@ -90,6 +90,13 @@ class BufferOrder:
         self.rng.bit_generator.state = state["rng"]
         self._draws, self._draining = list(state["draws"]), bool(state["draining"])
 
+    def take(self, count: int) -> list[int]:
+        """The next `count` positions to emit (fewer at the end)."""
+        taken: list[int] = []
+        while len(taken) < count and (position := self.step()) is not None:
+            taken.append(position)
+        return taken
+
     def step(self) -> int | None:
         """The next position to emit, or None at the end."""
         while len(self.slots) < self.size and self.read < self.length:
