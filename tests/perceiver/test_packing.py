@@ -237,6 +237,23 @@ def test_on_a_gpu_a_pack_is_one_varlen_kernel_with_the_padded_results(names):
     assert float((grads[0] - grads[1]).norm() / grads[1].norm()) < 0.05
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the variable-length kernel needs CUDA")
+def test_on_a_gpu_packed_masked_byte_logits_come_from_one_varlen_kernel():
+    samples = _decoded(["text"])
+    torch.manual_seed(0)
+    model = MaskedLanguageModel(
+        encoder=ENCODER, dim=16, max_length=64, decoder_heads=1, decoder_qk_channels=None
+    )
+    model = model.cuda().eval()
+    packed = collate(samples, packed=["text"])["text"].to("cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.profiler.profile() as profile:
+            together = model(packed.values[:, 0].long(), offsets=packed.offsets).float()
+        alone = [model(collate([s])["text"].values[..., 0].long().cuda())[0] for s in samples]
+    assert any("varlen" in event.name for event in profile.events())
+    torch.testing.assert_close(together, torch.cat(alone).float(), atol=3e-2, rtol=0)
+
+
 def test_positions_of_many_lengths_stay_cached_within_the_bound():
     """Packed samples bring a grid each: the positions cache keeps the most recent ones only,
     and a grid computed again after eviction gives the same features."""
