@@ -174,3 +174,5 @@ def test_bad_buckets_and_lying_states_are_refused(clips):
     with pytest.raises(StateError, match=r"ranks\[0\]\.0\.buckets\.sent: not places"):
         resized = _stream(clips, buckets="auto", lookahead=5).loader(2)
         resized.load_state_dict({**state, "ranks": [{"0": lying}]})
+    with pytest.raises(StateError, match=r"ranks\[0\]: 'w' is not a worker number"):
+        resized.load_state_dict({**state, "ranks": [{"w": state["workers"]["0"]}]})

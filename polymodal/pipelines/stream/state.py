@@ -172,6 +172,8 @@ def _check_ranks(ranks: Any, world: int, where: str) -> None:
         raise StateError(f"{where}: {len(ranks)} ranks' states for a world of {world}")
     for r, workers in enumerate(ranks):
         for w, chain in _need(workers, Mapping, f"{where}[{r}]").items():
+            if not str(w).isdigit():
+                raise StateError(f"{where}[{r}]: {_short(w)} is not a worker number")
             group = chain.get("buckets") if isinstance(chain, Mapping) else None
             if not isinstance(group, Mapping):
                 continue
