@@ -10,6 +10,7 @@ from typing import IO, Any
 from polymodal.datasets.files import (
     DEFAULT_REMOTE,
     HashingReader,
+    Progress,
     Remote,
     describe_failure,
     failure,
@@ -138,8 +139,22 @@ class Reader:
             current = self._open_at(index, ref)
             self._open[ref.source] = current
             gap = 0
-        for _ in range(gap):  # close ahead in the open shard: read on (not decode)
-            next(current.samples)
+        local = not isinstance(current.file, Progress)  # a remote one may be streamed
+        if gap and local and current.hasher is None and current.sidecar is not None:
+            # close ahead in a local shard not read whole: seek past the gap (a resumed
+            # buffer's held samples lie scattered through their shards), not read and parse it
+            current.samples = shard_samples(
+                current.file,
+                index,
+                index.shards[ref.shard],
+                ref.index,
+                _ignore_member,
+                self.max_member_bytes,
+                current.sidecar.offsets,
+            )
+        else:
+            for _ in range(gap):  # close ahead: read on (not decode)
+                next(current.samples)
         place, sample = next(current.samples)
         current.next = ref.index + 1
         if current.sidecar is not None and index.format == "tar":
