@@ -118,14 +118,54 @@ class MultimodalAutoencoder(nn.Module):
         return {name: self.heads[name](out) for name, out in outputs.items()}
 
 
+class ProjectionHead(nn.Module):
+    """A clip's embedding from every one of its latents `[B, N, D]` → `[B, embed_dim]`: each
+    latent narrowed to `channels`, all of them side by side, layer-normed, projected and
+    batch-normed (SimCLR's projection head, read from the whole latent array).
+
+    Why not one learned query (`ClassificationDecoder`), as classification pools: at
+    initialisation its attention averages every clip's latents to nearly the same vector
+    (cosine 0.95 between clips of the spoken digits), so InfoNCE's gradient is mostly noise
+    and the embeddings collapse to one point (cosine 0.999, the loss stuck at log B). Reading
+    every latent keeps what tells the clips apart, and the batch norm keeps the embeddings
+    spread over the batch; narrowing first keeps the projection small for large latent arrays.
+    A batch of one in training is normalised by the running statistics (it has no spread)."""
+
+    def __init__(
+        self, *, num_latents: int, latent_dim: int, embed_dim: int, channels: int = 32
+    ) -> None:
+        super().__init__()
+        self.narrow = nn.Linear(latent_dim, channels)
+        self.norm = nn.LayerNorm(num_latents * channels)
+        self.project = nn.Linear(num_latents * channels, embed_dim)
+        self.spread = nn.BatchNorm1d(embed_dim)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        flat = self.project(self.norm(self.narrow(latents).flatten(1))).float()
+        spread = self.spread
+        return nn.functional.batch_norm(
+            flat,
+            spread.running_mean,
+            spread.running_var,
+            spread.weight,
+            spread.bias,
+            training=self.training and len(flat) > 1,
+            momentum=spread.momentum or 0.1,
+            eps=spread.eps,
+        )
+
+
 class ContrastivePerceiver(nn.Module):
     """Two (or more) fields of a clip embedded apart by one shared encoder, for contrastive
     learning of their correspondence (AVID, CAV-MAE's contrastive half): each field alone goes
-    through its own input adapter and the shared latents, then its own learned query
-    (`ClassificationDecoder`) pools the latents to `embed_dim`. Apart, not fused, so that
-    matching a clip's sound to its picture cannot read one from the other.
+    through its own input adapter and the shared latents, then its own `ProjectionHead` reads
+    the latents to `embed_dim`. Apart, not fused, so that matching a clip's sound to its
+    picture cannot read one from the other. `heads` and the temperature are what
+    `optim.head_lr` trains faster than the shared encoder (see `head_prefixes`).
     `forward(fields)` → (unit-length embeddings per field `[B, embed_dim]` in float32, the
     learned inverse temperature): returned by the forward, so DDP sees it used there."""
+
+    head_prefixes = ("heads.", "log_scale")
 
     def __init__(
         self,
@@ -140,7 +180,11 @@ class ContrastivePerceiver(nn.Module):
         self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
         self.heads = nn.ModuleDict(
             {
-                name: ClassificationDecoder(latent_dim=encoder.latent_dim, num_classes=embed_dim)
+                name: ProjectionHead(
+                    num_latents=encoder.num_latents,
+                    latent_dim=encoder.latent_dim,
+                    embed_dim=embed_dim,
+                )
                 for name in inputs.names
             }
         )
@@ -150,8 +194,9 @@ class ContrastivePerceiver(nn.Module):
         out = {}
         for name in self.heads:
             tokens, mask, _ = self.input({name: fields[name]})
-            pooled = self.heads[name](self.encoder(tokens, mask)).float()
-            out[name] = nn.functional.normalize(pooled, dim=-1)
+            out[name] = nn.functional.normalize(
+                self.heads[name](self.encoder(tokens, mask)), dim=-1
+            )
         return out, self.log_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap: 1/100
 
 

@@ -154,6 +154,27 @@ def test_contrastive_training_learns_which_sound_goes_with_which_picture(tmp_pat
     assert probed["val_accuracy"] >= 0.8, probed
 
 
+def test_contrastive_heads_and_temperature_learn_at_head_lr(tmp_path, clips):
+    """`optim.head_lr` without an init: the projection heads and the temperature in a group
+    of their own, the shared input adapters and encoder at `lr`; each head embeds a training
+    batch of one by its running statistics (a batch norm over one clip would zero it)."""
+    path = tmp_path / "c.toml"
+    path.write_text(av_train_toml(clips, tmp_path / "run", task="contrastive"))
+    trainer = Trainer(load_config(path, ["optim.head_lr=0.03"]), progress=False)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    by_lr: dict[float, set[str]] = {}
+    for group in trainer.optimizer.param_groups:
+        by_lr.setdefault(group["lr"], set()).update(names[id(p)] for p in group["params"])
+    assert len(by_lr) == 2, by_lr.keys()
+    heads = by_lr[max(by_lr)]
+    assert heads and all(n.startswith(("heads.", "log_scale")) for n in heads)
+    assert {n.split(".")[0] for n in by_lr[min(by_lr)]} == {"input", "encoder"}
+    head = trainer.model.heads["audio"].train()
+    model = trainer.config.model
+    one = head(torch.randn(1, model.num_latents, model.latent_dim))
+    assert one.abs().sum() > 0 and torch.isfinite(one).all()
+
+
 @pytest.mark.slow
 def test_two_process_contrastive_training_gathers_negatives_and_scores(tmp_path, clips):
     """Under torchrun with gloo: each rank's loss sees the other's clips as negatives (the

@@ -95,7 +95,7 @@ class OptimConfig:
     warmup_steps: int = 10
     grad_clip: float = 1.0
     accumulate: int = 1
-    head_lr: float = 0.0  # with init: the learning rate of tensors not loaded (0: lr)
+    head_lr: float = 0.0  # new heads' learning rate (0: lr): not loaded by init, or contrastive's
     # kinds of parameters left out of weight decay (see `pipelines.optim.decay_kind`); [] decays all
     no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "latent", "embedding"])
     ema: float = 0.0  # decay of an exponential moving average of the weights, used to

@@ -134,14 +134,21 @@ def parameter_groups(
     init: InitReport | None,
     lr: float,
     head_lr: float,
+    head_prefixes: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """One group at `lr`; with an init and a `head_lr`, the tensors it did not load (new
-    heads) in a group of their own at `head_lr`."""
-    if init is None or not head_lr:
+    """One group at `lr`; with a `head_lr`, the heads in a group of their own at `head_lr`:
+    with an init, the tensors it did not load (new heads); without, the tensors whose names
+    start with one of the model's `head_prefixes` (a contrastive head learns the batch's
+    geometry faster than the shared encoder may move without collapsing)."""
+    if not head_lr or (init is None and not head_prefixes):
         return [{"params": [p for _, p in trainable]}]
-    loaded = set(init.loaded)
-    trunk = [p for name, p in trainable if name in loaded]
-    heads = [p for name, p in trainable if name not in loaded]
+    loaded = set(init.loaded) if init is not None else None
+
+    def is_head(name: str) -> bool:
+        return name not in loaded if loaded is not None else name.startswith(head_prefixes)
+
+    trunk = [p for name, p in trainable if not is_head(name)]
+    heads = [p for name, p in trainable if is_head(name)]
     return [g for g in ({"params": trunk}, {"params": heads, "lr": head_lr}) if g["params"]]
 
 

@@ -170,7 +170,8 @@ class Trainer:
     def _optimiser(self, trainable: list[tuple[str, nn.Parameter]]) -> None:
         o = self.config.optim
         optimizer = {"adamw": torch.optim.AdamW, "lamb": Lamb}[o.name]
-        groups = parameter_groups(trainable, self.init_report, o.lr, o.head_lr)
+        prefixes = getattr(self.model, "head_prefixes", ())
+        groups = parameter_groups(trainable, self.init_report, o.lr, o.head_lr, prefixes)
         self.optimizer = optimizer(
             decay_groups(self.model, groups, o.weight_decay, o.no_decay),
             lr=o.lr,
