@@ -179,7 +179,7 @@ def fewlabel_table(root: Path, share: float) -> None:
     train, val = data / "train", data / "val"
     few = labelled_few(root, share)
     runs = root / "runs"
-    decoded = {  # decoded once (`materialize`): the pretraining's 60 epochs in minutes
+    decoded = {  # decoded once (`materialize`): the pretraining's 100 epochs in minutes
         split: materialized(data / split, root / f"decoded-{split}", "av_contrastive.toml")
         for split in ("train", "val")
     }
