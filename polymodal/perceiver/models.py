@@ -142,15 +142,15 @@ class ProjectionHead(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         flat = self.project(self.norm(self.narrow(latents).flatten(1))).float()
-        spread = self.spread
+        if not (self.training and len(flat) == 1):
+            return self.spread(flat)
+        spread = self.spread  # one clip has no spread to measure: its running statistics
         return nn.functional.batch_norm(
             flat,
             spread.running_mean,
             spread.running_var,
             spread.weight,
             spread.bias,
-            training=self.training and len(flat) > 1,
-            momentum=spread.momentum or 0.1,
             eps=spread.eps,
         )
 
