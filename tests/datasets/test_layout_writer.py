@@ -197,3 +197,28 @@ def test_webdataset_tar_writer_output_indexes_identically(tmp_path):
     with open(tmp_path / "w.tar", "rb") as f:
         keys = [s["__key__"] for _, s in read_tar_samples(f, "w.tar")]
     assert keys == [s["__key__"] for s in SAMPLES]
+
+
+def test_tar_shards_are_the_bytes_tarfile_writes(tmp_path):
+    """Headers are made here, not by `TarFile.addfile` (bench_build.py): the shard must be
+    what tarfile writes in PAX format, byte for byte, for ASCII names up to 100 bytes (a
+    template), a longer or non-ASCII name (tarfile's PAX record), empty and block-sized data."""
+    samples = [
+        *SAMPLES,
+        {"__key__": "k" * 96, "txt": b"a name of exactly 100 bytes"},
+        {"__key__": "k" * 97, "txt": b"101 bytes: a PAX record"},
+        {"__key__": "empty", "txt": b""},
+        {"__key__": "block", "bin": bytes(range(256)) * 2},
+    ]
+    with ShardWriter(tmp_path / "ours", max_samples=100) as writer:
+        for sample in samples:
+            writer.write(sample)
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            body = _body({k: v for k, v in sample.items() if k != "__key__"})
+            for ext in sorted(body):
+                info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+                info.size, info.mode, info.mtime = len(body[ext]), 0o444, 0
+                tar.addfile(info, io.BytesIO(body[ext]))
+    assert (tmp_path / "ours/shard-000000.tar").read_bytes() == expected.getvalue()
