@@ -4,11 +4,13 @@ final name is complete)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
 import os
 import tarfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -44,21 +46,90 @@ def tar_sample_size(key: str, sizes: Mapping[str, int]) -> int:
     return total
 
 
+class _Hasher:
+    """sha256 of what a shard writes, on a thread of its own: hashlib lets go of the GIL for
+    large updates, so the hash (1.4 GB/s here, a third of a build's time on media) runs beside
+    the reading and writing instead of after them. Writes are handed over as immutable bytes,
+    small ones gathered first; at most `LIMIT` bytes wait, so memory stays bounded when the
+    hash falls behind."""
+
+    LIMIT = 64 * 2**20
+    SMALL = 64 * 2**10  # gathered into one update: headers and padding, per member
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self._small = bytearray()
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._waiting = 0
+        self._closed = False
+        self._turn = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="shard-sha256", daemon=True)
+        self._thread.start()
+
+    def update(self, data: bytes) -> None:
+        if len(data) < self.SMALL:
+            self._small += data
+            if len(self._small) < self.SMALL:
+                return
+            data, self._small = bytes(self._small), bytearray()
+        else:
+            self._hand_over(bytes(self._small))
+            self._small = bytearray()
+        self._hand_over(data)
+
+    def _hand_over(self, data: bytes) -> None:
+        if not data:
+            return
+        with self._turn:
+            self._turn.wait_for(lambda: self._waiting < self.LIMIT or not self._pending)
+            self._pending.append(data)
+            self._waiting += len(data)
+            self._turn.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._turn:
+                self._turn.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                data = self._pending[0]
+            self.sha.update(data)
+            with self._turn:
+                self._pending.popleft()
+                self._waiting -= len(data)
+                self._turn.notify_all()
+
+    def close(self) -> None:
+        """Hash what is still waiting and stop the thread."""
+        self._hand_over(bytes(self._small))
+        self._small = bytearray()
+        with self._turn:
+            self._closed = True
+            self._turn.notify_all()
+        self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self.sha.hexdigest()
+
+
 class _HashingFile(io.RawIOBase):
-    """Write-through wrapper that hashes and counts what passes (no second read of a shard).
+    """Write-through wrapper that hashes (`_Hasher`) and counts what passes (no second read
+    of a shard).
 
     Closing it leaves the wrapped file open: the shard fsyncs and renames that one itself.
     """
 
     def __init__(self, f: IO[bytes]) -> None:
         super().__init__()
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+        self.f, self.sha, self.size = f, _Hasher(), 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        data = memoryview(data).cast("B")
+        # a writer may reuse its buffer once write returns (pyarrow): the hash gets bytes
+        data = data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
         self.sha.update(data)
         self.size += len(data)
         return self.f.write(data)
@@ -102,6 +173,7 @@ class Shard:
         """Discard the shard: nothing of it stays on disk."""
         with contextlib.suppress(Exception):  # closing may fail half-way; the file goes anyway
             self._close_body()
+        self.out.sha.close()
         self._file.close()
         tmp_path(self.path).unlink(missing_ok=True)
 
