@@ -208,12 +208,17 @@ class TarShard(Shard):
         self.out.write(bytes(2 * TAR_BLOCK + -end % tarfile.RECORDSIZE))
 
 
+def _tarfile_header(name: str, size: int) -> bytes:
+    """tarfile's own header (PAX format) of a regular member: mode 0444, mtime 0, no owner."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
 def _ustar_template() -> tuple[bytes, int]:
-    """tarfile's header of a member with an empty name and size 0 (mode 0444, mtime 0), with
-    the name, size and checksum fields blanked as the checksum counts them, and that sum."""
-    info = tarfile.TarInfo("")
-    info.mode, info.mtime = 0o444, 0
-    header = bytearray(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    """tarfile's header of a member with an empty name and size 0, with the name, size and
+    checksum fields blanked as the checksum counts them, and that sum."""
+    header = bytearray(_tarfile_header("", 0))
     header[0:100], header[124:136], header[148:156] = bytes(100), bytes(12), b" " * 8
     return bytes(header), sum(header)
 
@@ -230,9 +235,7 @@ def member_header(name: str, size: int) -> bytes:
     CPU after the copy itself (bench_build.py)."""
     encoded = name.encode("utf-8", "surrogateescape")
     if not (name.isascii() and len(encoded) <= 100 and size < _MAX_USTAR_SIZE):
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime = size, 0o444, 0
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        return _tarfile_header(name, size)
     digits = b"%011o\0" % size
     header = bytearray(_TEMPLATE)
     header[0 : len(encoded)] = encoded
