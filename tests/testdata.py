@@ -1,12 +1,15 @@
 """Small real datasets and the helpers several test folders share: numbered PNG shards whose
 pixels and labels encode the sample number, two-class PNG shards, the fields that read them, a
-batch digest for bitwise comparisons, a rank environment, a training config over them and a
-local HTTP server."""
+batch digest for bitwise comparisons, a rank environment, torchrun, a training config over them
+and a local HTTP server."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -80,6 +83,21 @@ def set_rank(monkeypatch: pytest.MonkeyPatch, rank: int, world: int) -> None:
     """This process as `rank` of `world`, as torchrun would say it."""
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", str(world))
+
+
+def torchrun(
+    args: Sequence[str], processes: int = 2, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`args` (a script, or `-m module ...`) under `torchrun --standalone` with gloo, one thread
+    per process. With `check`, a failed launch fails the test with the end of its stderr (a
+    rank's traceback), which a bare CalledProcessError leaves out."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(processes), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-4000:]}"
+    return done
 
 
 def train_toml(tmp_path: Path, train: Path, val: Path | None, **extra: object) -> Path:

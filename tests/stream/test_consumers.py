@@ -11,7 +11,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from testdata import batch_digest, numbered_pngs, png_fields
+from testdata import batch_digest, numbered_pngs, png_fields, torchrun
 from torch.utils.data import DataLoader
 
 from polymodal.pipelines.stream.state import StateError
@@ -215,10 +215,11 @@ def _lightning(tmp_path: Path, dataset: Path, devices: int) -> list[dict]:
     script.write_text(textwrap.dedent(LIGHTNING_SCRIPT))
     out = tmp_path / "seen"
     args = [str(script), str(dataset), str(dataset), str(out), str(devices)]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(devices)]
-    command = [*launch, *args] if devices > 1 else [sys.executable, *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    if devices > 1:
+        torchrun(args, devices, timeout=600)
+    else:
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(Path(f"{out}.{rank}.json").read_text()) for rank in range(devices)]
 
 

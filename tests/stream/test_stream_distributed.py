@@ -2,13 +2,11 @@
 batches as planned and regrouped by length buckets."""
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from testdata import numbered_pngs
+from testdata import numbered_pngs, torchrun
 
 CHILD = textwrap.dedent(
     """
@@ -45,19 +43,7 @@ def test_torchrun_two_ranks_over_uneven_shards(tmp_path: Path, options: dict):
     child = tmp_path / "child.py"
     child.write_text(CHILD)
     out = tmp_path / "out.json"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(child),
-        str(data),
-        str(out),
-        json.dumps(options),
-    ]
-    subprocess.run(command, check=True, timeout=240, capture_output=True)
+    torchrun([str(child), str(data), str(out), json.dumps(options)], timeout=240)
     ranks = json.loads(out.read_text())
     assert [r["batches"] for r in ranks] == [8, 8] and ranks[0]["len"] == 4
     for epoch in (0, 1):

@@ -3,10 +3,7 @@ repeats, retrieval recall, a run that learns which sound goes with which picture
 clips, and a probe of it) and `task = "correspondence"` (its pairs, and a run)."""
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from testdata import torchrun
 from testmedia import av_train_toml
 
 from polymodal.adapters import Batch, Field
@@ -182,12 +180,7 @@ def test_two_process_contrastive_training_gathers_negatives_and_scores(tmp_path,
     validation ranks every clip of both ranks against all of them."""
     path = tmp_path / "c.toml"
     path.write_text(av_train_toml(clips, tmp_path / "run", task="contrastive", max_steps=3))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "-m", "polymodal", "train", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
+    summary = json.loads(torchrun(["-m", "polymodal", "train", str(path)]).stdout)
     assert summary["steps"] == 3
     assert summary["val_samples"] == ShardIndex.load(clips / "val").samples
     assert 0 <= summary["val_audio_to_video_recall_at_5"] <= 1

@@ -2,7 +2,6 @@
 SIGKILL, a checkpoint on SIGTERM, two-process evaluation, and the demo."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from testdata import REPO
+from testdata import REPO, torchrun
 from testmedia import av_train_toml
 
 from polymodal.cli import main
@@ -159,22 +158,7 @@ def test_sigterm_writes_a_checkpoint(tmp_path, data):
 @pytest.mark.slow
 def test_two_process_evaluation_counts_every_sample_once(tmp_path, data):
     (tmp_path / "c.toml").write_text(av_train_toml(data, tmp_path / "run", max_steps=3, epochs=1))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "polymodal",
-        "train",
-        str(tmp_path / "c.toml"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        command, check=True, capture_output=True, text=True, timeout=240, env=env
-    ).stdout
+    out = torchrun(["-m", "polymodal", "train", str(tmp_path / "c.toml")], timeout=240).stdout
     summary = json.loads(out)  # one document for the run, from rank 0 (once one per rank)
     assert summary["val_samples"] == ShardIndex.load(data / "val").samples
 
@@ -305,17 +289,9 @@ def test_resume_after_changing_the_number_of_processes(tmp_path, data, before, a
     )
 
     def train(processes: int, *extra: str) -> subprocess.CompletedProcess:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command = [*launch, "--nproc-per-node", str(processes), "-m", "polymodal", "train"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         grouped = ["--set", "data.buckets=auto", "--set", "data.lookahead=2"] if buckets else []
-        return subprocess.run(
-            [*command, str(config), "--set", "max_steps=5", *grouped, *extra],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
+        command = ["-m", "polymodal", "train", str(config), "--set", "max_steps=5"]
+        return torchrun([*command, *grouped, *extra], processes, check=False)
 
     first = train(before, "--set", "max_steps=3")
     assert first.returncode == 0, first.stderr[-2000:]
