@@ -32,6 +32,8 @@ _KEY_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 MAX_MEMBER_BYTES = 2**30  # no tar member is read into memory beyond this
 ERROR_KEY = "__error__"  # a sample that must not be used carries the reason here
+TAR_BLOCK = 512
+_USTAR = b"ustar\x0000"  # a POSIX ustar header's magic and version
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -158,31 +160,144 @@ def read_tar_samples(
     offset = start
     head = _Head(fileobj)
     try:
-        with tarfile.open(fileobj=cast(IO[bytes], head), mode="r|") as tar:
-            for info in tar:
-                parts = _member_parts(info)
-                if parts is None:  # a folder: normal in tars made by hand
-                    continue
-                if isinstance(parts, str):
-                    report(Problem(f"{url}:{info.name}", parts))
-                    continue
-                key, ext = parts
-                if current is None or key != current["__key__"]:
-                    if current is not None:
-                        finished.add(current["__key__"])
-                        yield offset, current
-                    if key in finished:
-                        raise SplitSampleError(
-                            f"{url}: sample {key!r} comes back at byte {start + info.offset} "
-                            "after another sample: the members of a sample must be adjacent"
-                        )
-                    offset = start + info.offset
-                    current = {"__key__": key, "__url__": url}
-                _read_member(tar, info, current, key, ext, url, max_member_bytes)
+        for at, info, read in tar_members(head, start):
+            parts = _member_parts(info)
+            if parts is None:  # a folder: normal in tars made by hand
+                continue
+            if isinstance(parts, str):
+                report(Problem(f"{url}:{info.name}", parts))
+                continue
+            key, ext = parts
+            if current is None or key != current["__key__"]:
+                if current is not None:
+                    finished.add(current["__key__"])
+                    yield offset, current
+                if key in finished:
+                    raise SplitSampleError(
+                        f"{url}: sample {key!r} comes back at byte {at} after another "
+                        "sample: the members of a sample must be adjacent"
+                    )
+                offset = at
+                current = {"__key__": key, "__url__": url}
+            _read_member(info, read, current, key, ext, url, max_member_bytes)
     except tarfile.ReadError as exc:
         raise _damaged(url, head, offset, exc) from exc
     if current is not None:
         yield offset, current
+
+
+Member = tuple[int, tarfile.TarInfo, Callable[[], bytes]]
+
+
+def tar_members(f: Readable, start: int = 0) -> Iterator[Member]:
+    """`(offset, header, read)` of each member of a tar stream read from byte `start`:
+    `read()` gives the member's data (read only when called; what is not read is skipped).
+
+    Plain members (a POSIX ustar header of a regular file, as our shards and webdataset's
+    have throughout) are parsed here; from the first other header on (PAX or GNU records,
+    folders, links, the end of the archive, damage) the rest of the stream is tarfile's, with
+    all its checks. Why not tarfile throughout: its header parsing is most of the cost of
+    reading small samples (4,000 headers: 0.10 s by tarfile, 0.03 s here; bench_stream)."""
+    offset = start
+    while True:
+        header = f.read(TAR_BLOCK)
+        plain = _plain_member(header)
+        if plain is None:
+            if offset > start and not _readable_header(header):
+                return  # as tarfile ends a stream at a header it cannot read, past the first
+            yield from _tarfile_members(_Prepended(header, f), offset)
+            return
+        name, size = plain
+        info = tarfile.TarInfo(name)
+        info.size, info.offset = size, offset
+        taken = 0
+
+        def read(size: int = size) -> bytes:
+            nonlocal taken
+            data = f.read(size)
+            taken = len(data)
+            if taken != size:
+                raise tarfile.ReadError("unexpected end of data")
+            return data
+
+        yield offset, info, read
+        _skip(f, size - taken + -size % TAR_BLOCK)
+        offset += TAR_BLOCK + size + -size % TAR_BLOCK
+
+
+def _plain_member(header: bytes) -> tuple[str, int] | None:
+    """`(name, size)` of a POSIX ustar header of a regular file with a good checksum and
+    octal numbers, as tarfile reads it (utf-8 names, prefix joined); None for anything else."""
+    if len(header) != TAR_BLOCK or header[257:265] != _USTAR or header[156] not in b"0\x00":
+        return None
+    try:
+        checksum = int(_field(header[148:156]) or b"0", 8)
+        size = int(_field(header[124:136]) or b"0", 8)
+    except ValueError:
+        return None
+    if checksum != sum(header) - sum(header[148:156]) + 8 * 32:
+        return None
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    name = f"{prefix}/{name}" if prefix else name
+    if header[156] == 0 and name.endswith("/"):  # an old-style folder: tarfile's to read
+        return None
+    return name, size
+
+
+def _readable_header(header: bytes) -> bool:
+    """Whether tarfile reads `header` as a member (not the end, nor damage)."""
+    try:
+        tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+def _field(raw: bytes) -> bytes:
+    """A numeric header field as tarfile reads it: up to the first NUL, spaces stripped."""
+    return raw.split(b"\0", 1)[0].strip()
+
+
+def _skip(f: Readable, n: int) -> None:
+    """Read and drop `n` bytes in bounded pieces (a refused member is never held whole)."""
+    while n > 0:
+        got = len(f.read(min(n, 2**20)))
+        if not got:
+            raise tarfile.ReadError("unexpected end of data")
+        n -= got
+
+
+class _Prepended:
+    """A stream with bytes already read put back in front of it."""
+
+    def __init__(self, first: bytes, f: Readable) -> None:
+        self.first, self.f = first, f
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.first:
+            return self.f.read(n)
+        if n < 0:
+            data, self.first = self.first + self.f.read(), b""
+            return data
+        data, self.first = self.first[:n], self.first[n:]
+        return data + self.f.read(n - len(data)) if len(data) < n else data
+
+
+def _tarfile_members(f: Readable, start: int) -> Iterator[Member]:
+    """tarfile's reading of the rest of a stream, which is byte `start` of the tar."""
+    with tarfile.open(fileobj=cast(IO[bytes], f), mode="r|") as tar:
+        for info in tar:
+            # the data straight from the stream, which sits at the member's data (as
+            # `extractfile` would, without its two file objects per member); the iterator
+            # skips what is not read and the padding after it
+            def read(info: tarfile.TarInfo = info) -> bytes:
+                data = cast(IO[bytes], tar.fileobj).read(info.size)
+                if len(data) != info.size:
+                    raise tarfile.ReadError("unexpected end of data")
+                return data
+
+            yield start + info.offset, info, read
 
 
 def _member_parts(info: tarfile.TarInfo) -> tuple[str, str] | str | None:
@@ -199,8 +314,8 @@ def _member_parts(info: tarfile.TarInfo) -> tuple[str, str] | str | None:
 
 
 def _read_member(
-    tar: tarfile.TarFile,
     info: tarfile.TarInfo,
+    read: Callable[[], bytes],
     sample: dict[str, Any],
     key: str,
     ext: str,
@@ -218,13 +333,7 @@ def _read_member(
         sample[ERROR_KEY] = f"{key}.{ext}: {refusal}"
         sample[ext] = b""
         return
-    # the data straight from the stream, which sits at the member's data (as `extractfile`
-    # would, without its two file objects per member: a third of the time of reading a
-    # materialised shard); the tar iterator skips the padding after it
-    data = cast(IO[bytes], tar.fileobj).read(info.size)
-    if len(data) != info.size:
-        raise tarfile.ReadError("unexpected end of data")
-    sample[ext] = data
+    sample[ext] = read()
 
 
 def _damaged(url: str, head: _Head, offset: int, exc: tarfile.ReadError) -> tarfile.ReadError:

@@ -17,9 +17,7 @@ from typing import IO, Any
 
 from .files import tmp_path
 from .index import ShardInfo, ShardStats, write_sidecar
-from .layout import check_key
-
-TAR_BLOCK = 512
+from .layout import TAR_BLOCK, check_key
 
 
 def members(sample: Mapping[str, Any]) -> dict[str, bytes]:

@@ -8,12 +8,14 @@ from webdataset.writer import TarWriter
 
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.layout import (
+    TAR_BLOCK,
     DuplicateExtensionError,
     Problem,
     SplitSampleError,
     check_key,
     read_tar_samples,
     split_name,
+    tar_members,
 )
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.writer import ShardWriter
@@ -222,3 +224,49 @@ def test_tar_shards_are_the_bytes_tarfile_writes(tmp_path):
                 info.size, info.mode, info.mtime = len(body[ext]), 0o444, 0
                 tar.addfile(info, io.BytesIO(body[ext]))
     assert (tmp_path / "ours/shard-000000.tar").read_bytes() == expected.getvalue()
+
+
+@pytest.mark.parametrize("format_", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_members_reads_what_tarfile_reads(format_):
+    """The reader parses plain ustar headers itself and hands the rest to tarfile: every
+    member's offset, name, type, size and data agree with tarfile's, whatever the mix
+    (a prefix-split name, long names as GNU or PAX records, folders, links, empty and
+    block-sized members)."""
+    members = [
+        ("a.jpg", b"1" * 700),
+        ("deep/" * 20 + "b.txt", b"prefix or a long-name record"),
+        ("ünï/" + "long" * 20 + ".txt", b"x" * 512),
+        ("folder/", None),
+        ("c.cls", b""),
+        ("link", "a.jpg"),
+        ("d.txt", b"last"),
+    ]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=format_) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+            elif isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data
+            else:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if isinstance(data, bytes) else None)
+    raw = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        expected = [
+            (i.offset, i.name, i.type, i.size, tar.extractfile(i).read() if i.isreg() else None)
+            for i in tar
+        ]
+    got = [
+        (at, info.name, info.type, info.size, read() if info.isreg() else None)
+        for at, info, read in tar_members(io.BytesIO(raw))
+    ]
+    assert got == expected
+    unended = raw[: expected[-1][0] + 2 * TAR_BLOCK]  # the last member, no end-of-archive blocks
+    assert [name for _, info, _ in tar_members(io.BytesIO(unended)) for name in [info.name]] == [
+        e[1] for e in expected
+    ]
+    cut = raw[: expected[0][0] + TAR_BLOCK + 100]  # inside the first member's data
+    with pytest.raises(tarfile.ReadError, match="unexpected end"):
+        [read() for _, _, read in tar_members(io.BytesIO(cut))]
