@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from bench_packing import steps_table  # sibling scripts
-from bench_perceiver import build
+from bench_perceiver import build, flop_counter
 from bench_train import ceiling, kinetics_clips, task_config, trainer_rate
 
 from polymodal.datasets.build import build as build_dataset
@@ -131,9 +131,7 @@ def sdpa_kernel(step: Callable[[], None]) -> str:
 
 
 def counted_flops(model: torch.nn.Module, pixels: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         fwd_bwd(model, pixels, False)()
     return float(counter.get_total_flops())
 
