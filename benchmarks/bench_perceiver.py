@@ -5,14 +5,19 @@
 Config: 256 latents × 512, one cross-attention, 6 self-attention layers (8 heads), batch 8,
 2 torch threads, fp32, CPU. Each measurement runs in its own process so that peak memory
 (the process's maximum RSS) belongs to one model and one input size. Also: our forward time
-against the input size M (it must grow linearly), and achieved GFLOP/s (counted with
-`torch.utils.flop_counter`) against this machine's fp32 GEMM rate.
+against the input size M (it must grow linearly), and the share of this machine's fp32 GEMM
+rate it achieves (FLOPs counted with `torch.utils.flop_counter`, the CPU's fused attention
+included), with torch's default allocation (as every row above) and with large tensors on
+transparent huge pages (`THP_MEM_ALLOC_ENABLE=1`). Why the second: torch takes each tensor
+over 32 MB from fresh pages and hands them back when freed, so every step faults its large
+activations in again, 4 KB at a time; at 224² that is about a third of fwd+bwd here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -68,9 +73,16 @@ def measure(which: str, side: int, backward: bool, repeats: int) -> dict[str, fl
     return {"seconds": statistics.median(times), "peak_mb": peak_mb}
 
 
-def child(args: list[str]) -> dict[str, float]:
+def child(args: list[str], huge_pages: bool = False) -> dict[str, float]:
+    """One measurement in a fresh process; `huge_pages`: its large tensors on transparent huge
+    pages (torch's `THP_MEM_ALLOC_ENABLE=1`, not its default)."""
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": str(int(huge_pages))}
     out = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -155,14 +167,16 @@ def main() -> None:
         previous = (side * side, seconds)
     peak = gemm_gflops()
     print(f"\nfp32 GEMM (2048², 2 threads): {peak:.0f} GFLOP/s")
+    print(f"  {'ours':>12s} {'GFLOP':>6s} {'4 KB pages':>16s} {'huge pages':>16s}")
     for side, backward in ((64, False), (64, True), (224, True)):
         flops = counted_gflops(side, backward)
-        seconds = child(["ours", str(side), ["0", "1"][backward], str(args.repeats)])["seconds"]
-        print(
-            f"  ours {'fwd+bwd' if backward else 'fwd'} at {side}²: {flops:.0f} GFLOP in "
-            f"{seconds:.3f} s = {flops / seconds:.0f} GFLOP/s ({100 * flops / seconds / peak:.0f}% "
-            "of GEMM)"
-        )
+        mode = ["ours", str(side), ["0", "1"][backward], str(args.repeats)]
+        cells = []
+        for huge in (False, True):
+            seconds = child(mode, huge)["seconds"]
+            cells.append(f"{seconds:6.3f} s {100 * flops / seconds / peak:4.0f}%")
+        name = f"{'fwd+bwd' if backward else 'fwd'} {side}²"
+        print(f"  {name:>12s} {flops:6.0f} {cells[0]:>16s} {cells[1]:>16s}")
 
 
 if __name__ == "__main__":
