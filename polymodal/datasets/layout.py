@@ -214,11 +214,8 @@ def tar_members(f: Readable, start: int = 0) -> Iterator[Member]:
 
         def read(size: int = size) -> bytes:
             nonlocal taken
-            data = f.read(size)
-            taken = len(data)
-            if taken != size:
-                raise tarfile.ReadError("unexpected end of data")
-            return data
+            taken = size
+            return _read_exactly(f, size)
 
         yield offset, info, read
         _skip(f, size - taken + -size % TAR_BLOCK)
@@ -255,8 +252,17 @@ def _readable_header(header: bytes) -> bool:
 
 
 def _field(raw: bytes) -> bytes:
-    """A numeric header field as tarfile reads it: up to the first NUL, spaces stripped."""
+    """A numeric header field as tarfile reads it (its `nti`, which typeshed does not
+    publish): up to the first NUL, spaces stripped."""
     return raw.split(b"\0", 1)[0].strip()
+
+
+def _read_exactly(f: Readable, n: int) -> bytes:
+    """`n` bytes of a member's data, or the error tarfile gives for a stream cut short."""
+    data = f.read(n)
+    if len(data) != n:
+        raise tarfile.ReadError("unexpected end of data")
+    return data
 
 
 def _skip(f: Readable, n: int) -> None:
@@ -292,10 +298,7 @@ def _tarfile_members(f: Readable, start: int) -> Iterator[Member]:
             # `extractfile` would, without its two file objects per member); the iterator
             # skips what is not read and the padding after it
             def read(info: tarfile.TarInfo = info) -> bytes:
-                data = cast(IO[bytes], tar.fileobj).read(info.size)
-                if len(data) != info.size:
-                    raise tarfile.ReadError("unexpected end of data")
-                return data
+                return _read_exactly(cast(Readable, tar.fileobj), info.size)
 
             yield start + info.offset, info, read
 
