@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -64,3 +66,48 @@ def test_pin_memory_pins_every_tensor():
     batch = collate([_sample("a", 4), _sample("b", 2)]).pin_memory()
     assert all(f.values.is_pinned() and f.mask.is_pinned() for f in batch.values())
     assert batch.repeated.is_pinned()
+
+
+class _CollatedInWorker(torch.utils.data.Dataset):
+    """Collates two samples inside a DataLoader worker and says, as plain values (which the
+    trip to the main process cannot change), whether the batch was made in shared memory."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> dict:
+        batch = collate([_sample("a", 5), _sample("b", 3)])
+        audio = batch["audio"]
+        return {
+            "shared": [audio.values.is_shared(), batch["cloud"].values.is_shared()],
+            "audio": audio.values.tolist(),
+            "mask": audio.mask.tolist(),
+        }
+
+
+@pytest.mark.parametrize("workers,cores", [(1, 1), (1, 2)])
+def test_a_worker_makes_batches_in_shared_memory_only_when_no_core_is_idle(workers, cores):
+    """With as many workers as cores, the batch is made in shared memory (its trip to the main
+    process then copies nothing); with a core to spare, in plain memory. Same values either
+    way."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < cores:
+        pytest.skip(f"needs {cores} cores")
+    expected = collate([_sample("a", 5), _sample("b", 3)])["audio"]
+    os.sched_setaffinity(0, available[:cores])  # the workers inherit it
+    try:
+        loader = torch.utils.data.DataLoader(
+            _CollatedInWorker(), batch_size=None, num_workers=workers
+        )
+        (got,) = list(loader)
+    finally:
+        os.sched_setaffinity(0, available)
+    assert got["shared"] == [workers >= cores] * 2
+    assert got["audio"] == expected.values.tolist() and got["mask"] == expected.mask.tolist()
+
+
+def test_an_unpadded_mask_is_one_shared_true():
+    """No padding: the mask is all True without B×M bytes behind it, and reads like any mask."""
+    mask = collate([_sample("a", 4), _sample("b", 4)])["image"].mask
+    assert mask.shape == (2, 6) and mask.all() and mask.untyped_storage().nbytes() == 1
+    assert (mask & torch.tensor([True, False] * 3)).sum() == 6
