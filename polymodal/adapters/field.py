@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 Grid = tuple[int, ...]
+
+# tensors whose storage is at most this many bytes travel inside a batch's pickle
+INLINE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -74,6 +77,10 @@ class Field:
 
     def pin_memory(self) -> Field:
         return self._map(lambda t: t.pin_memory())
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        parts = (self.values, self.coords, self.mask, self.offsets)
+        return _field_from_pickle, (self.grid, *(_to_pickle(t) for t in parts))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Field:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -165,6 +172,11 @@ class Batch(MutableMapping[str, Field]):
         """The samples where `keep` (bool `[B]`) is True, e.g. without the padding repeats."""
         return self._like({name: f.rows(keep) for name, f in self.fields.items()}, keep)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        present = {name: _to_pickle(p) for name, p in self.present.items()}
+        tensors = (_to_pickle(self.repeated), _to_pickle(self.sources))
+        return _batch_from_pickle, (self.fields, self.keys, present, self.meta, *tensors)
+
     def pin_memory(self) -> Batch:
         batch = self._like({name: f.pin_memory() for name, f in self.fields.items()})
         batch.repeated = batch.repeated.pin_memory()
@@ -173,3 +185,56 @@ class Batch(MutableMapping[str, Field]):
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         fields = {name: f.to(device, non_blocking) for name, f in self.fields.items()}
         return self._like(fields, device=device)
+
+
+class _Inline(NamedTuple):
+    """A small CPU tensor as bytes, with its dtype and layout (see `_to_pickle`)."""
+
+    data: bytes
+    dtype: torch.dtype
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+
+def _to_pickle(t: torch.Tensor | None) -> torch.Tensor | _Inline | None:
+    """A small CPU tensor as `_Inline` bytes; others as they are. A DataLoader worker sends
+    every tensor of a batch through shared memory, each its own segment that the main process
+    maps and unmaps, about 0.1 ms of its time apiece; a batch carries several tiny ones (labels,
+    flags, an unpadded field's one-byte mask), which cost nothing inside the pickle."""
+    if t is None or t.device.type != "cpu" or t.untyped_storage().nbytes() > INLINE_BYTES:
+        return t
+    data = torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).numpy().tobytes()
+    return _Inline(data, t.dtype, tuple(t.shape), t.stride(), int(t.storage_offset()))
+
+
+def _from_pickle(t: torch.Tensor | _Inline | None) -> torch.Tensor | None:
+    if not isinstance(t, _Inline):
+        return t
+    storage = torch.empty(0, dtype=t.dtype)
+    if t.data:
+        storage = torch.frombuffer(bytearray(t.data), dtype=t.dtype)
+    return storage.as_strided(t.size, t.stride, t.offset)
+
+
+def _field_from_pickle(grid: Grid | list[Grid] | None, *tensors: Any) -> Field:
+    values, coords, mask, offsets = tensors
+    return Field(_tensor(values), grid, *(_from_pickle(t) for t in (coords, mask, offsets)))
+
+
+def _batch_from_pickle(
+    fields: dict[str, Field],
+    keys: list[str],
+    present: dict[str, torch.Tensor | _Inline],
+    meta: list[dict[str, Any]],
+    repeated: torch.Tensor | _Inline,
+    sources: torch.Tensor | _Inline,
+) -> Batch:
+    flags = {name: _tensor(p) for name, p in present.items()}
+    return Batch(fields, keys, _tensor(repeated), flags, meta, _tensor(sources))
+
+
+def _tensor(t: torch.Tensor | _Inline) -> torch.Tensor:
+    out = _from_pickle(t)
+    assert out is not None
+    return out

@@ -111,3 +111,52 @@ def test_an_unpadded_mask_is_one_shared_true():
     mask = collate([_sample("a", 4), _sample("b", 4)])["image"].mask
     assert mask.shape == (2, 6) and mask.all() and mask.untyped_storage().nbytes() == 1
     assert (mask & torch.tensor([True, False] * 3)).sum() == 6
+
+
+class _BatchFromWorker(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield collate([_sample("a", 5), _sample("b", 3)])
+
+
+def test_a_batch_sent_by_a_worker_keeps_every_tensor_and_ships_tiny_ones_inline():
+    """Through a real worker: every tensor arrives equal (values, masks, flags, coordinates,
+    a padded and an unpadded mask); the tiny ones travel inside the pickle, not as shared
+    memory segments of their own, while big ones still go through shared memory."""
+    big = torch.arange(70_000, dtype=torch.int32)[:, None]
+    expected = collate([_sample("a", 5), _sample("b", 3)])
+    (got,) = list(torch.utils.data.DataLoader(_BatchFromWorker(), batch_size=None, num_workers=1))
+    assert got.keys == expected.keys and got.repeated.tolist() == expected.repeated.tolist()
+    assert got.sources.tolist() == expected.sources.tolist()
+    for name, field in expected.items():
+        for part in ("values", "coords", "mask"):
+            want, have = getattr(field, part), getattr(got[name], part)
+            assert (want is None) == (have is None)
+            if want is not None:
+                assert have.dtype == want.dtype and torch.equal(have, want), (name, part)
+                assert not have.is_shared()
+        assert got[name].grid == field.grid
+    flags = torch.arange(70_000) % 2 == 1
+    field = Field(values=big, mask=flags[:3])  # a small view of a big storage: sent as is
+    loader = torch.utils.data.DataLoader([field], batch_size=None, num_workers=1)
+    sent = next(iter(loader))
+    assert sent.values.is_shared() and sent.values.equal(big)
+    assert sent.mask.is_shared() and sent.mask.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.ones((), dtype=torch.bool).expand(3, 4),
+        torch.arange(12, dtype=torch.bfloat16).view(3, 4)[1:, ::2],
+        torch.zeros(0, 5),
+        torch.tensor([[1, -2]], dtype=torch.int64),
+    ],
+    ids=["expanded", "strided-view", "empty", "int64"],
+)
+def test_a_pickled_field_keeps_small_tensors_exactly(tensor):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(Field(values=tensor, grid=(1,), mask=tensor)))
+    for got in (again.values, again.mask):
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape
+        assert got.stride() == tensor.stride() and torch.equal(got, tensor)
