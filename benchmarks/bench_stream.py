@@ -6,7 +6,8 @@
 of batches of 64 with 0, 1 and 2 DataLoader workers: our Stream (image adapter, resize 256 /
 crop 224, shuffle buffer 1000), and `WebDataset(...).shuffle(1000).decode("pil")` +
 torchvision `Resize(256), CenterCrop(224), PILToTensor` + `.batched(64)`. Also: a bare loop
-reading the tar and decoding with the same adapter (no stages) against our Stream in-process,
+reading the tar and decoding with the same adapter (no stages) against our Stream in-process
+(and the same loop stacking each 64 images, to show what batching itself costs),
 the time to the first batch after resuming at step k against re-decoding k steps, and what the
 reader's checks against the index cost (each sample's offset and key hash against its
 sidecar, one sidecar read a shard): a label-only epoch (no media decode, so the checks are
@@ -73,15 +74,22 @@ def webdataset_pipeline(data: Path, workers: int) -> int:
     return sum(len(b[1]) for b in loader)
 
 
-def bare_loop(data: Path) -> int:
+def bare_loop(data: Path, stack: bool = False) -> int:
+    """Read and decode every sample with the same adapters, and nothing else; with `stack`,
+    also `torch.stack` each 64 decoded images into a batch, the one copy any batching makes."""
     index = ShardIndex.load(data)
     image, label = fields().values()
-    n = 0
+    n, pending = 0, []
     for shard in index.shards:
         for sample in read_shard(index, shard):
-            image.decode(sample)
+            pixels = image.decode(sample).values
             label.decode(sample)
             n += 1
+            if stack:
+                pending.append(pixels)
+                if len(pending) == BATCH:
+                    torch.stack(pending)
+                    pending = []
     return n
 
 
@@ -156,10 +164,13 @@ def main() -> None:
             mine = rate(lambda w=workers: ours(data, w), args.repeats)
             print(f"  {workers:7d} {theirs:11.0f} {mine:10.0f} {mine / theirs:6.2f}×")
         bare = rate(lambda: bare_loop(data), args.repeats)
+        stacked = rate(lambda: bare_loop(data, stack=True), args.repeats)
         stream = rate(lambda: ours(data, 0), args.repeats)
         print(
             f"\nbare read+decode loop {bare:.0f}/s, Stream in-process {stream:.0f}/s: stage "
-            f"overhead {100 * (1 - stream / bare):.1f}%"
+            f"overhead {100 * (1 - stream / bare):.1f}%\n"
+            f"bare loop that also stacks batches {stacked:.0f}/s: overhead beyond batching "
+            f"{100 * (1 - stream / stacked):.1f}%"
         )
         k = (args.samples // BATCH) * 3 // 4
         extra, decode_k = resume_cost(data, k)

@@ -160,10 +160,11 @@ def check_separate(inputs: Iterable[str | Path], output: str | Path, *, folders:
 
 
 class HashingReader:
-    """Read-through wrapper that hashes and counts what passes and keeps the last `tail_size`
-    bytes, so checking a shard's checksum and end costs no second read."""
+    """Read-through wrapper that hashes and counts what passes and, when asked, keeps the last
+    `tail_size` bytes, so checking a shard's checksum and end costs no second read. (A reader
+    that needs no tail skips keeping one: it reads a tar a header or a member at a time.)"""
 
-    def __init__(self, f: IO[bytes], tail_size: int = 1024) -> None:
+    def __init__(self, f: IO[bytes], tail_size: int = 0) -> None:
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
         self.tail, self.tail_size = b"", tail_size
 
@@ -171,7 +172,8 @@ class HashingReader:
         data = self.f.read(n)
         self.sha.update(data)
         self.size += len(data)
-        self.tail = (self.tail + data[-self.tail_size :])[-self.tail_size :]
+        if self.tail_size:
+            self.tail = (self.tail + data[-self.tail_size :])[-self.tail_size :]
         return data
 
     def drain(self) -> None:
