@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from .files import tmp_path
+from .files import start_writeback, tmp_path
 from .index import ShardInfo, ShardStats, write_sidecar
 from .layout import TAR_BLOCK, check_key
 
@@ -42,6 +42,10 @@ def tar_sample_size(key: str, sizes: Mapping[str, int]) -> int:
         pax = len(name.encode()) > 100 or not name.isascii()
         total += TAR_BLOCK * (1 + 2 * pax) + -(-size // TAR_BLOCK) * TAR_BLOCK
     return total
+
+
+# a shard's bytes are sent on to the disk this often while it is written (see `start_writeback`)
+WRITEBACK_BYTES = 2**20
 
 
 class _Hasher:
@@ -121,6 +125,7 @@ class _HashingFile(io.RawIOBase):
     def __init__(self, f: IO[bytes]) -> None:
         super().__init__()
         self.f, self.sha, self.size = f, _Hasher(), 0
+        self.unsynced = 0
 
     def writable(self) -> bool:
         return True
@@ -130,7 +135,13 @@ class _HashingFile(io.RawIOBase):
         data = data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
         self.sha.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        written = self.f.write(data)
+        self.unsynced += len(data)
+        if self.unsynced >= WRITEBACK_BYTES:  # the disk writes while the next MB is made
+            self.f.flush()
+            start_writeback(self.f.fileno())
+            self.unsynced = 0
+        return written
 
     def tell(self) -> int:
         return self.size

@@ -270,3 +270,29 @@ def test_tar_members_reads_what_tarfile_reads(format_):
     cut = raw[: expected[0][0] + TAR_BLOCK + 100]  # inside the first member's data
     with pytest.raises(tarfile.ReadError, match="unexpected end"):
         [read() for _, _, read in tar_members(io.BytesIO(cut))]
+
+
+def test_a_shard_bigger_than_the_writeback_step_is_written_whole(tmp_path, monkeypatch):
+    """A shard's bytes go on to the disk while it is written (`start_writeback` every
+    `WRITEBACK_BYTES`, a real `sync_file_range` on Linux): the shard still holds exactly what
+    was written, with the hash the index records."""
+    import os
+    import sys
+
+    from polymodal.datasets import files, shard
+
+    if sys.platform == "linux":
+        assert files._SYNC_FILE_RANGE is not None  # the binding is there and is used
+    calls = []
+    real = shard.start_writeback
+    monkeypatch.setattr(shard, "start_writeback", lambda fd: calls.append(fd) or real(fd))
+    monkeypatch.setattr(shard, "WRITEBACK_BYTES", 64 * 1024)
+    payloads = [os.urandom(50_000) for _ in range(10)]
+    with ShardWriter(tmp_path, max_samples=None, max_bytes=None) as writer:
+        for n, data in enumerate(payloads):
+            writer.write({"__key__": f"s{n}", "bin": data})
+    (info,) = ShardIndex.load(tmp_path).shards
+    assert len(calls) >= 4  # about one a 64 KB written
+    read = list(wds.WebDataset([str(tmp_path / info.name)], shardshuffle=False))
+    assert [s["bin"] for s in read] == payloads
+    assert hashlib.sha256((tmp_path / info.name).read_bytes()).hexdigest() == info.sha256
