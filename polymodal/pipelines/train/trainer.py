@@ -172,10 +172,15 @@ class Trainer:
         optimizer = {"adamw": torch.optim.AdamW, "lamb": Lamb}[o.name]
         prefixes = getattr(self.model, "head_prefixes", ())
         groups = parameter_groups(trainable, self.init_report, o.lr, o.head_lr, prefixes)
+        # torch's fused AdamW: one kernel a parameter, where the default on a CPU is a Python
+        # loop of a dozen ops each (~75 parameters here): the demo's CPU step +9.7% (846.6 vs
+        # 771.9 samples/s, medians of 5 alternated runs of bench_train's ceiling)
+        fused = {"fused": True} if o.name == "adamw" else {}
         self.optimizer = optimizer(
             decay_groups(self.model, groups, o.weight_decay, o.no_decay),
             lr=o.lr,
             weight_decay=o.weight_decay,
+            **fused,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(self.config.optim.warmup_steps, self.total_steps)
