@@ -14,12 +14,16 @@ random in every form. For each task and form:
   three passes, and its ratio to the mp4 decode rate;
 - the trainer's samples/s and data-wait share with 0, 1 and 2 DataLoader workers (after 5
   warm-up steps), and the ratio to the in-memory ceiling measured just before it; medians of
-  `--repeats` such pairs (a shared machine's speed drifts by a third from minute to minute).
+  `--repeats` such pairs (a shared machine's speed drifts by a third from minute to minute);
+- the CPU-budget limit: the most samples/s the machine's cores allow when every sample costs
+  the step's CPU (measured on the ceiling) plus the data path's (one core at its clips/s),
+  whatever the split between workers and step.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -146,9 +150,9 @@ def trainer_rate(config: TrainConfig, steps: int, clips: int) -> tuple[float, fl
     return summary["samples_per_s"], summary["data_wait"]
 
 
-def ceiling(config: TrainConfig, steps: int) -> float:
+def ceiling(config: TrainConfig, steps: int) -> tuple[float, float]:
     """The same model and optimiser (and precision) on batches already on the trainer's
-    device: no data loading at all."""
+    device, no data loading at all: (samples/s, this process's CPU seconds per sample)."""
     trainer = Trainer(config, progress=False)
     device = trainer.device
     batches = [b.to(device) for _, b in zip(range(8), trainer.train_loader, strict=False)]
@@ -159,7 +163,7 @@ def ceiling(config: TrainConfig, steps: int) -> float:
         if step == 5:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            start, samples = time.perf_counter(), 0
+            start, cpu, samples = time.perf_counter(), time.process_time(), 0
         batch = batches[step % len(batches)]
         optimizer.zero_grad()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -169,7 +173,7 @@ def ceiling(config: TrainConfig, steps: int) -> float:
         samples += batch.size
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return samples / (time.perf_counter() - start)
+    return samples / (time.perf_counter() - start), (time.process_time() - cpu) / samples
 
 
 def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None:
@@ -193,7 +197,7 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
         f"  {'form':>15s} {'bytes/sample':>12s} {'clips/s/core':>12s} {'× mp4':>6s}   "
         + "  ".join(f"{f'{w} workers: samples/s wait × ceiling':>34s}" for w in (0, 1, 2))
     )
-    ceilings = []
+    ceilings, step_cpu, limits = [], [], []
     for form in FORMS:
         rate = data_path_rate(base, data[form.data], form.clips)
         mp4_rate = mp4_rate or rate
@@ -202,7 +206,10 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
             runs = []
             for repeat in range(repeats):
                 name = f"{form.name}-{workers}-{repeat}".replace(" ", "").replace(",", "")
-                top = ceiling(task_config(task, data["mp4"], root / f"ceiling-{name}", 0), steps)
+                top, cpu = ceiling(
+                    task_config(task, data["mp4"], root / f"ceiling-{name}", 0), steps
+                )
+                step_cpu.append(cpu)
                 config = task_config(task, data[form.data], root / name, workers)
                 speed, wait = trainer_rate(config, steps, form.clips)
                 runs.append((speed, wait, speed / top))
@@ -214,10 +221,19 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
             f"{rate / mp4_rate:5.1f}×   " + "  ".join(cells),
             flush=True,
         )
+        limits.append((form.name, rate))
+    top, cpu = statistics.median(ceilings), statistics.median(step_cpu)
     print(
-        f"  in-memory ceiling: median {statistics.median(ceilings):.1f} samples/s "
-        f"(from {min(ceilings):.1f} to {max(ceilings):.1f})"
+        f"  in-memory ceiling: median {top:.1f} samples/s (from {min(ceilings):.1f} to "
+        f"{max(ceilings):.1f}), {1000 * cpu:.2f} ms of CPU a sample"
     )
+    cores = len(os.sched_getaffinity(0))
+    for name, rate in limits:
+        limit = cores / (cpu + 1 / rate)
+        print(
+            f"  CPU-budget limit, {name}: {limit:.1f} samples/s ({limit / top:.2f}× the "
+            f"ceiling): {cores} cores shared by the step's CPU and the data path's"
+        )
 
 
 def main() -> None:
