@@ -2,15 +2,16 @@
 
     .venv/bin/python benchmarks/bench_perceiver.py [--repeats 3]
 
-Config: 256 latents × 512, one cross-attention, 6 self-attention layers (8 heads), batch 8,
-2 torch threads, fp32, CPU. Each measurement runs in its own process so that peak memory
-(the process's maximum RSS) belongs to one model and one input size. Also: our forward time
-against the input size M (it must grow linearly), and the share of this machine's fp32 GEMM
-rate it achieves (FLOPs counted with `torch.utils.flop_counter`, the CPU's fused attention
-included), with torch's default allocation (as every row above) and with large tensors on
-transparent huge pages (`THP_MEM_ALLOC_ENABLE=1`). Why the second: torch takes each tensor
-over 32 MB from fresh pages and hands them back when freed, so every step faults its large
-activations in again, 4 KB at a time; at 224² that is about a third of fwd+bwd here.
+Config: 256 latents × 512, one cross-attention, 6 self-attention layers (8 heads), batch 8, 2
+torch threads, fp32, CPU. Each measurement runs in its own process so that peak memory (the
+process's maximum RSS) belongs to one model and one input size; "net" is that peak less the RSS
+just before the first step (the interpreter, both libraries and the shared weights). Also: our
+forward time against the input size M (it must grow linearly), and the share of this machine's
+fp32 GEMM rate it achieves (FLOPs counted with `torch.utils.flop_counter`, the CPU's fused
+attention included), with torch's default allocation (as every row above) and with large
+tensors on transparent huge pages (`THP_MEM_ALLOC_ENABLE=1`). Why the second: torch takes each
+tensor over 32 MB from fresh pages and hands them back when freed, so every step faults its
+large activations in again, 4 KB at a time; at 224² that is about a third of fwd+bwd here.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def build(which: str, tiny: bool = False) -> torch.nn.Module:
 
 
 def measure(which: str, side: int, backward: bool, repeats: int) -> dict[str, float]:
-    """Median seconds per step and peak RSS (MB) for one model, input size and mode."""
+    """Median seconds per step, peak RSS (MB) and the peak beyond the RSS just before the first
+    step (`net_mb`: what the pass itself takes, without the interpreter, the imported libraries
+    and the weights, which both models share) for one model, input size and mode."""
     torch.set_num_threads(2)
     model = build(which)
     model.train(backward)
@@ -62,6 +65,7 @@ def measure(which: str, side: int, backward: bool, repeats: int) -> dict[str, fl
         if backward:
             out.sum().backward()
 
+    before_mb = _rss_mb()
     with torch.set_grad_enabled(backward):
         step()
         times = []
@@ -70,7 +74,13 @@ def measure(which: str, side: int, backward: bool, repeats: int) -> dict[str, fl
             step()
             times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": statistics.median(times), "peak_mb": peak_mb}
+    return {"seconds": statistics.median(times), "peak_mb": peak_mb, "net_mb": peak_mb - before_mb}
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux: `/proc/self/statm`)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def child(args: list[str], huge_pages: bool = False) -> dict[str, float]:
@@ -143,7 +153,8 @@ def main() -> None:
     )
     print(
         f"  {'inputs':>8s} {'pass':>9s} {'HF s':>7s} {'ours s':>7s} {'speed-up':>9s} "
-        f"{'HF MB':>7s} {'ours MB':>8s} {'mem ratio':>9s}"
+        f"{'HF MB':>7s} {'ours MB':>8s} {'mem ratio':>9s} {'HF net':>7s} {'ours net':>8s} "
+        f"{'net ratio':>9s}"
     )
     for side in (64, 224):
         for backward in (False, True):
@@ -154,7 +165,9 @@ def main() -> None:
                 f"  {side * side:8d} {'fwd+bwd' if backward else 'fwd':>9s} "
                 f"{theirs['seconds']:7.3f} {ours['seconds']:7.3f} "
                 f"{theirs['seconds'] / ours['seconds']:8.2f}× {theirs['peak_mb']:7.0f} "
-                f"{ours['peak_mb']:8.0f} {ours['peak_mb'] / theirs['peak_mb']:8.2f}×"
+                f"{ours['peak_mb']:8.0f} {ours['peak_mb'] / theirs['peak_mb']:8.2f}× "
+                f"{theirs['net_mb']:7.0f} {ours['net_mb']:8.0f} "
+                f"{ours['net_mb'] / theirs['net_mb']:8.2f}×"
             )
     print("\nours, forward time against input size M: linear means a constant cost per extra 1k")
     previous = None
