@@ -209,7 +209,7 @@ def trainer_table(root: Path, device: torch.device, sizes: Sizes) -> torch.Tenso
         runs = []
         for repeat in range(sizes.repeats):
             run = f"{workers}-{repeat}"
-            top = ceiling(kinetics_config(root, "mp4", f"c{run}", 0, precision), sizes.steps)
+            top, _ = ceiling(kinetics_config(root, "mp4", f"c{run}", 0, precision), sizes.steps)
             config = kinetics_config(root, "materialised", f"t{run}", workers, precision)
             speed, wait = trainer_rate(config, sizes.steps, 1)
             runs.append((speed, wait, top))
