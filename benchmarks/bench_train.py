@@ -23,7 +23,6 @@ random in every form. For each task and form:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -37,6 +36,7 @@ from polymodal.codecs.containers import set_decode_threads
 from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_media
+from polymodal.machine import cores as machine_cores
 from polymodal.perceiver import EncoderConfig
 from polymodal.pipelines import preprocess
 from polymodal.pipelines.stream.fields import FieldSpec
@@ -227,7 +227,7 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
         f"  in-memory ceiling: median {top:.1f} samples/s (from {min(ceilings):.1f} to "
         f"{max(ceilings):.1f}), {1000 * cpu:.2f} ms of CPU a sample"
     )
-    cores = len(os.sched_getaffinity(0))
+    cores = machine_cores()
     for name, rate in limits:
         limit = cores / (cpu + 1 / rate)
         print(

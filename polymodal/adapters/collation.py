@@ -5,7 +5,6 @@ carried along."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from polymodal.adapters.field import Batch, Field, Grid
+from polymodal.machine import cores
 
 
 def collate(
@@ -161,7 +161,7 @@ def _batch_tensor(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     thread's copy runs beside the next batch's decoding, and making shared pages in the worker
     measured 9% slower at 1 worker on 2 cores, so the batch is made in plain memory."""
     info = get_worker_info()
-    if info is None or info.num_workers < len(os.sched_getaffinity(0)):
+    if info is None or info.num_workers < cores():
         return like.new_empty(shape)
     storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
     return like.new(storage).view(shape)

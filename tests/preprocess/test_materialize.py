@@ -24,8 +24,8 @@ from polymodal.codecs.decoded import MAGIC, decode_decoded, encode_decoded
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.synthetic import encode_media
 from polymodal.datasets.writer import ShardWriter
+from polymodal.machine import cores
 from polymodal.pipelines import preprocess
-from polymodal.pipelines.stream.loader import cores
 from polymodal.pipelines.stream.place import Place
 from polymodal.pipelines.stream.stream import Stream
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from polymodal.adapters import Batch
 from polymodal.codecs.containers import set_decode_threads
+from polymodal.machine import cores
 from polymodal.pipelines.stream.partition import batch_worker
 from polymodal.pipelines.stream.place import Place
 from polymodal.pipelines.stream.stages import StreamError, usable_batch
@@ -67,14 +67,6 @@ def _short(value: Any) -> str:
     """A value for an error message, cut to a line."""
     text = repr(value)
     return text if len(text) <= 90 else text[:87] + "..."
-
-
-def cores() -> int:
-    """CPU cores this process may run on (its affinity, which containers and `taskset` set)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _limit_threads(threads: int, worker_id: int) -> None:
