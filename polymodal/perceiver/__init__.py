@@ -27,6 +27,7 @@ from .io import (
 )
 from .models import (
     ContrastivePerceiver,
+    FusionPerceiver,
     MaskedLanguageModel,
     MultimodalAutoencoder,
     OpticalFlow,
@@ -83,6 +84,7 @@ __all__ = [
     "FourierPositions",
     "FourierQueries",
     "FramePairInput",
+    "FusionPerceiver",
     "GridInput",
     "ImageStemInput",
     "LabelInput",

@@ -200,6 +200,58 @@ class ContrastivePerceiver(nn.Module):
         return out, self.log_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap: 1/100
 
 
+class FusionPerceiver(nn.Module):
+    """Late fusion, for labels that compare the fields (is the spoken digit the drawn one?):
+    each field is read apart by the shared encoder, as `ContrastivePerceiver` reads it, into a
+    distribution over `concepts` (a `ProjectionHead` and a softmax), and the logits are a
+    linear map of every field's log distribution and of the log chance that all fields name
+    the same concept (Σₖ Πf pf(k), scaled so that uniform distributions give 0).
+
+    Why: early fusion (`Perceiver` over every field's tokens at once) stays at chance on such
+    labels, even after 60 epochs of the spoken digits' match task, because a label independent
+    of each field alone gives no gradient towards reading either one; the agreement term is
+    what lets a comparison be learnt (Hsu et al.'s meta classification likelihood learns
+    classes from same / different pairs that way), and `task = "correspondence"` teaches it
+    from unlabelled clips. `forward(fields)` → logits `[B, num_classes]`; every field must be
+    in the batch."""
+
+    def __init__(
+        self,
+        *,
+        inputs: MultimodalInput,
+        encoder: EncoderConfig,
+        num_classes: int,
+        concepts: int = 16,
+    ) -> None:
+        super().__init__()
+        self.input = inputs
+        self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
+        self.readers = nn.ModuleDict(
+            {
+                name: ProjectionHead(
+                    num_latents=encoder.num_latents,
+                    latent_dim=encoder.latent_dim,
+                    embed_dim=concepts,
+                )
+                for name in inputs.names
+            }
+        )
+        self.classifier = nn.Linear(len(inputs.names) * concepts + 1, num_classes)
+
+    def forward(self, fields: Mapping[str, tuple]) -> torch.Tensor:
+        missing = [name for name in self.readers if name not in fields]
+        if missing:
+            raise ValueError(f"late fusion compares every field: {', '.join(missing)} missing")
+        read = []
+        for name, reader in self.readers.items():
+            tokens, mask, _ = self.input({name: fields[name]})
+            read.append(reader(self.encoder(tokens, mask)).log_softmax(-1))
+        concepts = read[0].shape[-1]
+        together = torch.stack(read).sum(0).logsumexp(-1, keepdim=True)
+        agreement = together + (len(read) - 1) * math.log(concepts)
+        return self.classifier(torch.cat([*read, agreement], -1))
+
+
 class OpticalFlow(nn.Module):
     """Perceiver IO optical flow: the input tokens themselves are the decoder's queries, one per
     pixel, decoded to `(dx, dy)` and divided by `rescale`; `forward(values, (2, H, W))` →

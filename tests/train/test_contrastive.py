@@ -207,10 +207,25 @@ def test_correspondence_pairs_every_clip_with_another_clip_never_itself(tmp_path
 
 
 @pytest.mark.slow
-def test_correspondence_training_tells_matched_from_mismatched_clips(tmp_path, clips):
+@pytest.mark.parametrize("fusion", ["early", "late"])
+def test_correspondence_training_tells_matched_from_mismatched_clips(tmp_path, clips, fusion):
     """Whether the sound is this picture's: on the demo clips a class ties colour to pitch, so
-    3 of 4 apart pairs differ in class (the 4th cannot be told: its ceiling is 0.875)."""
+    3 of 4 apart pairs differ in class (the 4th cannot be told: its ceiling is 0.875). Late
+    fusion reads each sense apart into concepts and compares them."""
     path = tmp_path / "c.toml"
     path.write_text(av_train_toml(clips, tmp_path / "run", task="correspondence", epochs=12))
-    summary = Trainer(load_config(path), progress=False).run()
+    summary = Trainer(load_config(path, [f"fusion={fusion}"]), progress=False).run()
     assert summary["val_accuracy"] >= 0.65, summary  # chance: 0.5
+
+
+def test_late_fusion_is_checked_and_compares_every_field(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(av_train_toml(tmp_path, tmp_path / "run", task="correspondence"))
+    with pytest.raises(ConfigError, match="fusion: expected early or late, got 'middle'"):
+        load_config(path, ["fusion=middle"])
+    with pytest.raises(ConfigError, match="fusion_concepts: must be at least 2"):
+        load_config(path, ["fusion=late", "fusion_concepts=1"])
+    model = make_task(load_config(path, ["fusion=late"])).model()
+    audio = Field(torch.zeros(2, 1600, 1, dtype=torch.int16), (1600,))
+    with pytest.raises(ValueError, match="late fusion compares every field: video missing"):
+        model({"audio": (audio,)})

@@ -129,16 +129,20 @@ def test_packing_refuses_the_tasks_and_mixing_that_need_padding(tmp_path, tones)
         Stream(tones / "train", {"audio": "audio"}, packed=["video"])
 
 
-@pytest.mark.parametrize("task", ["contrastive", "correspondence"])
-def test_the_pairing_tasks_give_a_packed_batch_the_padded_loss(tmp_path, task):
+@pytest.mark.parametrize(
+    "task, fusion",
+    [("contrastive", "early"), ("correspondence", "early"), ("correspondence", "late")],
+)
+def test_the_pairing_tasks_give_a_packed_batch_the_padded_loss(tmp_path, task, fusion):
     """Contrastive embeds each field apart and correspondence re-pairs rows (`Field.rows` of
-    a packed field): both through the packed path, on real mp4 clips, equal to padding."""
+    a packed field), early or late fused: all through the packed path, on real mp4 clips,
+    equal to padding."""
     make_clips(tmp_path / "clips", samples=6, classes=2)
     quiet = {"progress": False, "print_": lambda _: None}
     build(tmp_path / "clips", tmp_path / "data", split="val=0.5", **quiet)
     path = tmp_path / "c.toml"
     path.write_text(av_train_toml(tmp_path / "data", tmp_path / "run", task=task))
-    made = make_task(load_config(path, ["data.packing=true"]))
+    made = make_task(load_config(path, ["data.packing=true", f"fusion={fusion}"]))
     files = sorted((tmp_path / "clips").rglob("*.mp4"))
     samples = [
         {

@@ -128,6 +128,11 @@ class TrainConfig:
     subsample: int = 2048  # autoencode: output queries per field per training step
     mask_probability: float = 0.15  # mlm: share of bytes masked
     embed_dim: int = 128  # contrastive: width of each field's embedding
+    # classification, multilabel, correspondence: how the fields meet. early: the latents read
+    # every field's tokens at once; late: each field is read apart, then the fields' latents
+    # attend to one another (`fusion_layers` self-attentions), for labels that compare them
+    fusion: str = "early"
+    fusion_concepts: int = 16
     epochs: int = 1
     max_steps: int = 0  # 0: epochs decide
     precision: str = "fp32"  # fp32 | bf16
@@ -187,6 +192,8 @@ class TrainConfig:
                 f"data.fields: task {self.task} pairs exactly two fields (a clip's sound and "
                 f"picture, say), got {len(self.data.fields)}: {', '.join(self.data.fields)}"
             )
+        if self.fusion not in ("early", "late"):
+            raise ConfigError(f"fusion: expected early or late, got {self.fusion!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision: expected fp32 or bf16, got {self.precision!r}")
         if self.init_mismatch not in ("error", "reinit"):
@@ -293,6 +300,7 @@ class TrainConfig:
             ("subsample", self.subsample, self.subsample >= 1, "positive"),
             ("mask_probability", self.mask_probability, 0 < self.mask_probability < 1, "in (0, 1)"),
             ("embed_dim", self.embed_dim, self.embed_dim >= 1, "positive"),
+            ("fusion_concepts", self.fusion_concepts, self.fusion_concepts >= 2, "at least 2"),
             ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "positive"),
             ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, "positive"),
             (

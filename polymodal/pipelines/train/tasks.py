@@ -32,6 +32,7 @@ from polymodal.errors import ConfigError
 from polymodal.perceiver import (
     ContrastivePerceiver,
     FourierQueries,
+    FusionPerceiver,
     MaskedLanguageModel,
     MultimodalAutoencoder,
     MultimodalDecoder,
@@ -82,6 +83,23 @@ class Task:
     def model(self) -> nn.Module:
         raise NotImplementedError
 
+    def classifier(self, num_classes: int) -> nn.Module:
+        """The fields fused to `num_classes` logits, early or late (`config.fusion`)."""
+        inputs = self.multimodal_input()
+        if self.config.fusion == "late":
+            return FusionPerceiver(
+                inputs=inputs,
+                encoder=self.config.model,
+                num_classes=num_classes,
+                concepts=self.config.fusion_concepts,
+            )
+        return Perceiver(
+            input_channels=inputs.channels,
+            num_classes=num_classes,
+            encoder=self.config.model,
+            input=inputs,
+        )
+
     def loss(
         self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
     ) -> torch.Tensor:
@@ -123,13 +141,7 @@ class ClassificationTask(Task):
         return {**self.adapters, TARGET: target}
 
     def model(self) -> nn.Module:
-        inputs = self.multimodal_input()
-        return Perceiver(
-            input_channels=inputs.channels,
-            num_classes=self.config.data.num_classes,
-            encoder=self.config.model,
-            input=inputs,
-        )
+        return self.classifier(self.config.data.num_classes)
 
     def targets(self, batch: Batch) -> torch.Tensor:
         values = batch[TARGET].values[:, 0]
@@ -401,10 +413,7 @@ class CorrespondenceTask(Task):
         self.pair = sorted(adapters)  # config.validate: exactly two
 
     def model(self) -> nn.Module:
-        inputs = self.multimodal_input()
-        return Perceiver(
-            input_channels=inputs.channels, num_classes=1, encoder=self.config.model, input=inputs
-        )
+        return self.classifier(1)
 
     def pairs(
         self, batch: Batch, rng: np.random.Generator
