@@ -15,11 +15,14 @@ with its wall time per row; the data stays in `--out` (not in git):
   `av_fewlabel.toml` from scratch on them, (b) `av_contrastive.toml` pretrained on all the
   training clips without labels (decoded once first: `materialize`), then `av_fewlabel.toml`
   from it, (c) the same with the pretrained weights frozen (a probe), (d) `av_small.toml`
-  with every label, and logistic regression on the 10 %; and the pretraining's retrieval
-  recall@1 both ways on the held-out clips against chance.
+  with every label, (e) `av_fewlabel.toml` from `av_correspondence.toml` pretrained on all
+  the training clips without labels, and logistic regression on the 10 %; and the
+  contrastive pretraining's retrieval recall@1 both ways on the held-out clips against
+  chance.
 - `fusion`: the spoken digits' `match` mode (is the spoken digit the drawn one?), where each
-  sense alone is at chance: `av_small.toml` (2 classes) on audio+video, audio alone, video
-  alone.
+  sense alone is at chance: `av_fusion.toml` (late fusion) from `av_correspondence.toml`
+  pretrained on the digit clips without labels, and `av_small.toml` (2 classes, early fusion)
+  on audio+video, audio alone, video alone.
 """
 
 from __future__ import annotations
@@ -186,6 +189,7 @@ def fewlabel_table(root: Path, share: float) -> None:
     pretrain, summary = trained(
         "av_contrastive.toml", decoded["train"], decoded["val"], runs / "contrastive"
     )
+    correspondence = pretrained_correspondence(root)
     retrieval = evaluate_checkpoint(pretrain, runs / "contrastive", split=str(held))
     rows = baselines(few, val, held, (BOTH,))
     rows[0] = (f"{rows[0][0]}, {share:.0%} labels", *rows[0][1:])
@@ -203,6 +207,12 @@ def fewlabel_table(root: Path, share: float) -> None:
             "av_fewlabel.toml",
             "probe",
             (*few_sets, "freeze=['input', 'encoder']"),
+        ),
+        (
+            "(e) av_correspondence, then av_fewlabel",
+            "av_fewlabel.toml",
+            "finetune-correspondence",
+            (f"init={correspondence}",),
         ),
     ):
         rows.append((name, *recipe(example, few, val, held, runs / run, None, *sets)))
@@ -222,9 +232,45 @@ def fewlabel_table(root: Path, share: float) -> None:
     )
 
 
-def fusion_table(root: Path) -> None:
+def pretrained_correspondence(digits: Path) -> Path:
+    """`av_correspondence.toml` trained on the spoken digits' training clips, decoded once,
+    without their labels: clips whose sound and picture belong together."""
+    decoded = {
+        split: materialized(
+            digits / "data" / split, digits / f"decoded-{split}", "av_correspondence.toml"
+        )
+        for split in ("train", "val")
+    }
+    run = digits / "runs" / "correspondence"
+    trained("av_correspondence.toml", decoded["train"], decoded["val"], run)
+    return run
+
+
+def fusion_table(root: Path, digits: Path) -> None:
     data, held = root / "data", root / "test"
-    rows = []
+    pretrained = pretrained_correspondence(digits)
+    decoded = {
+        split: materialized(data / split, root / f"decoded-{split}", "av_fusion.toml")
+        for split in ("train", "val")
+    }
+    rows = [
+        (
+            name,
+            *recipe(
+                "av_fusion.toml",
+                decoded["train"],
+                decoded["val"],
+                held,
+                root / "runs" / run,
+                None,
+                f"init={init}",
+            ),
+        )
+        for name, run, init in (
+            ("av_fusion from scratch", "av_fusion-scratch", "''"),
+            ("av_fusion from av_correspondence (no labels)", "av_fusion", pretrained),
+        )
+    ]
     for name, drop in (("audio + video", None), ("audio alone", "video"), ("video alone", "audio")):
         run = root / "runs" / f"av_small-{drop or 'all'}"
         row = recipe(
@@ -248,8 +294,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-learning-"))
-    if {"digits", "fewlabel"} & set(args.tables):
-        digits = spoken_data(out, "digits", SpokenDigits(), args.train, args.test)
+    digits = spoken_data(out, "digits", SpokenDigits(), args.train, args.test)  # fusion too
     for table in args.tables:
         started = time.perf_counter()
         if table == "digits":
@@ -258,7 +303,7 @@ def main() -> None:
             fewlabel_table(digits, args.share)
         else:
             match = SpokenDigits(mode="match")
-            fusion_table(spoken_data(out, "match", match, args.train, args.test))
+            fusion_table(spoken_data(out, "match", match, args.train, args.test), digits)
         print(f"({table}: {time.perf_counter() - started:.0f} s)")
 
 
