@@ -155,13 +155,43 @@ class ProjectionHead(nn.Module):
         )
 
 
-class ContrastivePerceiver(nn.Module):
-    """Two (or more) fields of a clip embedded apart by one shared encoder, for contrastive
-    learning of their correspondence (AVID, CAV-MAE's contrastive half): each field alone goes
-    through its own input adapter and the shared latents, then its own `ProjectionHead` reads
-    the latents to `embed_dim`. Apart, not fused, so that matching a clip's sound to its
-    picture cannot read one from the other. `heads` and the temperature are what
-    `optim.head_lr` trains faster than the shared encoder (see `head_prefixes`).
+class FieldsApart(nn.Module):
+    """The shared encoder reading each field of a sample alone, then each field's own
+    `ProjectionHead` reading its latents to `width` channels: what contrastive learning and
+    late fusion both start from. Apart, not fused, so that no field's reading can see another
+    field. `read(fields)` → `{name: [B, width]}` in float32; every field must be in the batch."""
+
+    def __init__(self, *, inputs: MultimodalInput, encoder: EncoderConfig, width: int) -> None:
+        super().__init__()
+        self.input = inputs
+        self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
+        self.heads = nn.ModuleDict(
+            {
+                name: ProjectionHead(
+                    num_latents=encoder.num_latents,
+                    latent_dim=encoder.latent_dim,
+                    embed_dim=width,
+                )
+                for name in inputs.names
+            }
+        )
+
+    def read(self, fields: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
+        missing = [name for name in self.heads if name not in fields]
+        if missing:
+            raise ValueError(f"each field is read apart: {', '.join(missing)} missing")
+        out = {}
+        for name, head in self.heads.items():
+            tokens, mask, _ = self.input({name: fields[name]})
+            out[name] = head(self.encoder(tokens, mask))
+        return out
+
+
+class ContrastivePerceiver(FieldsApart):
+    """Two (or more) fields of a clip embedded apart (`FieldsApart`), for contrastive
+    learning of their correspondence (AVID, CAV-MAE's contrastive half), so that matching a
+    clip's sound to its picture cannot read one from the other. `heads` and the temperature
+    are what `optim.head_lr` trains faster than the shared encoder (see `head_prefixes`).
     `forward(fields)` → (unit-length embeddings per field `[B, embed_dim]` in float32, the
     learned inverse temperature): returned by the forward, so DDP sees it used there."""
 
@@ -175,45 +205,27 @@ class ContrastivePerceiver(nn.Module):
         embed_dim: int = 128,
         temperature: float = 0.07,
     ) -> None:
-        super().__init__()
-        self.input = inputs
-        self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
-        self.heads = nn.ModuleDict(
-            {
-                name: ProjectionHead(
-                    num_latents=encoder.num_latents,
-                    latent_dim=encoder.latent_dim,
-                    embed_dim=embed_dim,
-                )
-                for name in inputs.names
-            }
-        )
+        super().__init__(inputs=inputs, encoder=encoder, width=embed_dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
     def forward(self, fields: Mapping[str, tuple]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        out = {}
-        for name in self.heads:
-            tokens, mask, _ = self.input({name: fields[name]})
-            out[name] = nn.functional.normalize(
-                self.heads[name](self.encoder(tokens, mask)), dim=-1
-            )
+        out = {name: nn.functional.normalize(e, dim=-1) for name, e in self.read(fields).items()}
         return out, self.log_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap: 1/100
 
 
-class FusionPerceiver(nn.Module):
+class FusionPerceiver(FieldsApart):
     """Late fusion, for labels that compare the fields (is the spoken digit the drawn one?):
-    each field is read apart by the shared encoder, as `ContrastivePerceiver` reads it, into a
-    distribution over `concepts` (a `ProjectionHead` and a softmax), and the logits are a
-    linear map of every field's log distribution and of the log chance that all fields name
-    the same concept (Σₖ Πf pf(k), scaled so that uniform distributions give 0).
+    each field is read apart (`FieldsApart`) into a distribution over `concepts` (its head and
+    a softmax), and the logits are a linear map of every field's log distribution and of the
+    log chance that all fields name the same concept (Σₖ Πf pf(k), scaled so that uniform
+    distributions give 0).
 
     Why: early fusion (`Perceiver` over every field's tokens at once) stays at chance on such
     labels, even after 60 epochs of the spoken digits' match task, because a label independent
     of each field alone gives no gradient towards reading either one; the agreement term is
     what lets a comparison be learnt (Hsu et al.'s meta classification likelihood learns
     classes from same / different pairs that way), and `task = "correspondence"` teaches it
-    from unlabelled clips. `forward(fields)` → logits `[B, num_classes]`; every field must be
-    in the batch."""
+    from unlabelled clips. `forward(fields)` → logits `[B, num_classes]`."""
 
     def __init__(
         self,
@@ -223,29 +235,11 @@ class FusionPerceiver(nn.Module):
         num_classes: int,
         concepts: int = 16,
     ) -> None:
-        super().__init__()
-        self.input = inputs
-        self.encoder = PerceiverEncoder(input_dim=inputs.channels, config=encoder)
-        self.readers = nn.ModuleDict(
-            {
-                name: ProjectionHead(
-                    num_latents=encoder.num_latents,
-                    latent_dim=encoder.latent_dim,
-                    embed_dim=concepts,
-                )
-                for name in inputs.names
-            }
-        )
+        super().__init__(inputs=inputs, encoder=encoder, width=concepts)
         self.classifier = nn.Linear(len(inputs.names) * concepts + 1, num_classes)
 
     def forward(self, fields: Mapping[str, tuple]) -> torch.Tensor:
-        missing = [name for name in self.readers if name not in fields]
-        if missing:
-            raise ValueError(f"late fusion compares every field: {', '.join(missing)} missing")
-        read = []
-        for name, reader in self.readers.items():
-            tokens, mask, _ = self.input({name: fields[name]})
-            read.append(reader(self.encoder(tokens, mask)).log_softmax(-1))
+        read = [logits.log_softmax(-1) for logits in self.read(fields).values()]
         concepts = read[0].shape[-1]
         together = torch.stack(read).sum(0).logsumexp(-1, keepdim=True)
         agreement = together + (len(read) - 1) * math.log(concepts)

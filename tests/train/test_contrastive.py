@@ -227,5 +227,5 @@ def test_late_fusion_is_checked_and_compares_every_field(tmp_path):
         load_config(path, ["fusion=late", "fusion_concepts=1"])
     model = make_task(load_config(path, ["fusion=late"])).model()
     audio = Field(torch.zeros(2, 1600, 1, dtype=torch.int16), (1600,))
-    with pytest.raises(ValueError, match="late fusion compares every field: video missing"):
+    with pytest.raises(ValueError, match="each field is read apart: video missing"):
         model({"audio": (audio,)})
