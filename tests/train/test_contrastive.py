@@ -225,6 +225,10 @@ def test_late_fusion_is_checked_and_compares_every_field(tmp_path):
         load_config(path, ["fusion=middle"])
     with pytest.raises(ConfigError, match="fusion_concepts: must be at least 2"):
         load_config(path, ["fusion=late", "fusion_concepts=1"])
+    with pytest.raises(ConfigError, match="fusion: late serves classification, multilabel and"):
+        load_config(path, ["fusion=late", "task=contrastive"])
+    with pytest.raises(ConfigError, match=r"data\.fields\.audio is optional"):
+        load_config(path, ["fusion=late", "data.fields.audio.optional=true"])
     model = make_task(load_config(path, ["fusion=late"])).model()
     audio = Field(torch.zeros(2, 1600, 1, dtype=torch.int16), (1600,))
     with pytest.raises(ValueError, match="each field is read apart: video missing"):

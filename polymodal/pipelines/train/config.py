@@ -129,8 +129,9 @@ class TrainConfig:
     mask_probability: float = 0.15  # mlm: share of bytes masked
     embed_dim: int = 128  # contrastive: width of each field's embedding
     # classification, multilabel, correspondence: how the fields meet. early: the latents read
-    # every field's tokens at once; late: each field is read apart, then the fields' latents
-    # attend to one another (`fusion_layers` self-attentions), for labels that compare them
+    # every field's tokens at once; late: each field is read apart into a distribution over
+    # `fusion_concepts` concepts, and the classifier also sees whether they agree (for labels
+    # that compare the fields: `FusionPerceiver`)
     fusion: str = "early"
     fusion_concepts: int = 16
     epochs: int = 1
@@ -192,8 +193,7 @@ class TrainConfig:
                 f"data.fields: task {self.task} pairs exactly two fields (a clip's sound and "
                 f"picture, say), got {len(self.data.fields)}: {', '.join(self.data.fields)}"
             )
-        if self.fusion not in ("early", "late"):
-            raise ConfigError(f"fusion: expected early or late, got {self.fusion!r}")
+        self._check_fusion()
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision: expected fp32 or bf16, got {self.precision!r}")
         if self.init_mismatch not in ("error", "reinit"):
@@ -287,6 +287,24 @@ class TrainConfig:
                 raise ConfigError(
                     f"augment.{mixing[0]}: data.fields.{name} ({spec.adapter}) cannot be mixed"
                 )
+
+    def _check_fusion(self) -> None:
+        """Late fusion reads every field of every sample apart, into a classifier."""
+        if self.fusion not in ("early", "late"):
+            raise ConfigError(f"fusion: expected early or late, got {self.fusion!r}")
+        if self.fusion == "early":
+            return
+        if self.task not in ("classification", "multilabel", "correspondence"):
+            raise ConfigError(
+                f"fusion: late serves classification, multilabel and correspondence, "
+                f"not {self.task}"
+            )
+        optional = [name for name, spec in self.data.fields.items() if spec.optional]
+        if optional:
+            raise ConfigError(
+                f"fusion: late compares every field of every sample; data.fields."
+                f"{optional[0]} is optional (a sample without it has nothing to compare)"
+            )
 
     def _ranges(self) -> list[tuple[str, Any, bool, str]]:
         """(field, value, whether it is in range, the range in words) for every number."""
