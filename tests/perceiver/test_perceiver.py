@@ -262,3 +262,31 @@ def test_factored_inputs_normalise_and_project_like_the_concatenation():
     grads = torch.autograd.grad(ours.square().sum(), [features, norm.weight, linear.weight])
     expected = torch.autograd.grad(reference.square().sum(), [features, norm.weight, linear.weight])
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected, strict=True))
+
+
+def test_batch_whitening_decorrelates_even_a_collapsed_batch_and_evaluates_per_sample():
+    from polymodal.perceiver.models import BatchWhitening
+
+    torch.manual_seed(0)
+    whiten = BatchWhitening(8)
+    # what a collapsed reading looks like: one direction of variation (~100× the variance of
+    # any other; still far above `eps`, which keeps noise from being blown up without bound)
+    direction = torch.randn(8)
+    collapsed = torch.randn(256, 1) * direction + 0.3 * torch.randn(256, 8) + 3.0
+    collapsed.requires_grad_(True)
+    out = whiten(collapsed)
+    centred = out - out.mean(0)
+    cov = centred.T @ centred / (len(out) - 1)
+    assert out.mean(0).abs().max() < 1e-4
+    assert torch.allclose(cov, torch.eye(8), atol=0.02)  # every direction spread, not one
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), collapsed)
+    assert torch.isfinite(grad).all()
+    for _ in range(60):  # the running statistics follow the batches
+        whiten(torch.randn(256, 1) * direction + 0.3 * torch.randn(256, 8) + 3.0)
+    whiten.eval()
+    fresh = torch.randn(512, 1) * direction + 0.3 * torch.randn(512, 8) + 3.0
+    evaluated = whiten(fresh)
+    assert torch.allclose(evaluated.T.cov(), torch.eye(8), atol=0.15)
+    assert torch.allclose(whiten(fresh[:1]), evaluated[:1], atol=1e-5)  # a sample alone
+    whiten.train()
+    assert torch.allclose(whiten(fresh[:1]), evaluated[:1], atol=1e-5)  # too few to measure
