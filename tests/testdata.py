@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -77,6 +77,18 @@ def batch_digest(batch: Any) -> list:
         out.append(hashlib.sha256(field.values.numpy().tobytes()).hexdigest())
         out.append(hashlib.sha256(field.mask.numpy().tobytes()).hexdigest())
     return out
+
+
+def tree_digests(directory: Path, skip: Callable[[Path], bool] = lambda p: False) -> dict[str, str]:
+    """Every file under `directory`, by relative path, as its size and sha256: two trees
+    compared this way name the files that differ, where comparing their bytes prints
+    megabytes of tar padding and hides which file it was."""
+
+    def digest(path: Path) -> str:
+        return f"{path.stat().st_size} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+    files = (p for p in sorted(directory.rglob("*")) if p.is_file() and not skip(p))
+    return {str(p.relative_to(directory)): digest(p) for p in files}
 
 
 def set_rank(monkeypatch: pytest.MonkeyPatch, rank: int, world: int) -> None:

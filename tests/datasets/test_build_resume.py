@@ -9,18 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testdata import tree_digests as _tree
 
 from polymodal.datasets.build import build
 
 TRIALS = 5
-
-
-def _tree(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

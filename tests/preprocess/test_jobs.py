@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testdata import REPO
+from testdata import REPO, tree_digests
 
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.reader import read_shard
@@ -69,13 +69,9 @@ def source(tmp_path_factory) -> Path:
     return src
 
 
-def _tree(directory: Path) -> dict[str, bytes]:
+def _tree(directory: Path) -> dict[str, str]:
     """Every file a job writes, except what records timings (the summary, task records)."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != SUMMARY_NAME and JOB_DIR not in p.parts
-    }
+    return tree_digests(directory, lambda p: p.name == SUMMARY_NAME or JOB_DIR in p.parts)
 
 
 def _keys(directory: Path) -> list[str]:
@@ -176,7 +172,7 @@ def slow_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def slow_reference(source, slow_env, tmp_path_factory) -> dict[str, bytes]:
+def slow_reference(source, slow_env, tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("pre") / "slow"
     subprocess.run(_command(source, out), check=True, capture_output=True, env=slow_env)
     return _tree(out)
