@@ -16,13 +16,13 @@ with its wall time per row; the data stays in `--out` (not in git):
   training clips without labels (decoded once first: `materialize`), then `av_fewlabel.toml`
   from it, (c) the same with the pretrained weights frozen (a probe), (d) `av_small.toml`
   with every label, (e) `av_fewlabel.toml` from `av_correspondence.toml` pretrained on all
-  the training clips without labels, and logistic regression on the 10 %; and the
-  contrastive pretraining's retrieval recall@1 both ways on the held-out clips against
-  chance.
+  the training clips without labels, (f) its probe, and logistic regression on the 10 %;
+  and the contrastive pretraining's retrieval recall@1 both ways on the held-out clips
+  against chance.
 - `fusion`: the spoken digits' `match` mode (is the spoken digit the drawn one?), where each
-  sense alone is at chance: `av_fusion.toml` (late fusion) from `av_correspondence.toml`
-  pretrained on the digit clips without labels, and `av_small.toml` (2 classes, early fusion)
-  on audio+video, audio alone, video alone.
+  sense alone is at chance: `av_fusion.toml` (late fusion) from scratch and from
+  `av_correspondence.toml` pretrained on the digit clips without labels, and `av_small.toml`
+  (2 classes, early fusion) on audio+video, audio alone, video alone.
 """
 
 from __future__ import annotations
@@ -213,6 +213,12 @@ def fewlabel_table(root: Path, share: float) -> None:
             "av_fewlabel.toml",
             "finetune-correspondence",
             (f"init={correspondence}",),
+        ),
+        (
+            "(f) probe: (e) with the encoder frozen",
+            "av_fewlabel.toml",
+            "probe-correspondence",
+            (f"init={correspondence}", "freeze=['input', 'encoder']"),
         ),
     ):
         rows.append((name, *recipe(example, few, val, held, runs / run, None, *sets)))
