@@ -287,8 +287,8 @@ class FusionPerceiver(FieldsApart):
         self.classifier = nn.Linear(len(inputs.names) * concepts + 1, num_classes)
         # Only the agreement speaks at first (weight 1 in every logit: a softmax over classes
         # sees no change, a single logit, correspondence's, starts as the log chance that the
-        # fields agree). Each field alone says nothing of a comparison; random weights on it
-        # would only add noise that training first removes by flattening the readings.
+        # fields agree). Each field alone says nothing of a comparison, so its weights start
+        # at 0 rather than as noise the loss must first unlearn.
         with torch.no_grad():
             self.classifier.weight.zero_()
             self.classifier.weight[:, -1] = 1.0
