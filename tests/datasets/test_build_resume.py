@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testdata import tree_digests as _tree
+from testdata import tree_digests
 
 from polymodal.datasets.build import build
 
@@ -39,7 +39,7 @@ def _command(src: Path, out: Path) -> list[str]:
 def test_killed_builds_resume_to_identical_bytes(source, tmp_path):
     reference = tmp_path / "reference"
     subprocess.run(_command(source, reference), check=True, capture_output=True)
-    expected = _tree(reference)
+    expected = tree_digests(reference)
     shards = len(list(reference.rglob("*.tar")))
     assert "train/index.json" in expected and "val/index.json" in expected
     rng = np.random.default_rng(1)
@@ -63,7 +63,7 @@ def test_killed_builds_resume_to_identical_bytes(source, tmp_path):
             for split in ("train", "val"):
                 assert not (out / split / "index.json").exists() or _complete(out / split)
         subprocess.run(_command(source, out), check=True, capture_output=True)
-        assert _tree(out) == expected, f"trial {trial}"
+        assert tree_digests(out) == expected, f"trial {trial}"
     assert interrupted >= TRIALS - 1, "the kills should land before the build finishes"
 
 
@@ -84,13 +84,13 @@ def _complete(directory: Path) -> bool:
 def test_in_process_resume_reuses_finished_shards(source, tmp_path):
     out = tmp_path / "out"
     build(source, out, shard_samples=50, progress=False)
-    expected = _tree(out)
+    expected = tree_digests(out)
     (out / "index.json").unlink()
     (out / "shard-000002.tar").unlink()
     (out / "shard-000003.tar.tmp").write_bytes(b"half a shard")
     report = build(source, out, shard_samples=50, progress=False)
     assert report.written_shards == 1
-    assert _tree(out) == expected
+    assert tree_digests(out) == expected
 
 
 def test_a_killed_runs_temporaries_at_the_top_of_the_output_go(tmp_path):
@@ -125,5 +125,5 @@ def test_a_ray_build_is_the_local_build_and_resumes_after_its_driver_is_killed(s
     left = len(list(out.rglob("*.tar")))
     rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert _tree(out) == _tree(reference)
+    assert tree_digests(out) == tree_digests(reference)
     assert left >= 3

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from testdata import png_fields
+from testdata import png_fields, tree_digests
 from testmedia import gnu_sparse_member, index_doc, peak_memory_growth_mb, write_index_doc
 
 from polymodal.adapters import DecodeError, get
@@ -40,10 +40,6 @@ def _keys(loader) -> list[str]:
     return [k for b in loader for k, r in zip(b.keys, b.repeated.tolist(), strict=True) if not r]
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
 def _edit_index(directory: Path, edit, version: int = 2) -> None:
     """Edit the index as a version-1 document, and write it back in layout `version`."""
     doc = index_doc(directory)
@@ -58,7 +54,7 @@ def test_preprocess_refuses_an_output_around_its_input(tmp_path, capsys):
     """The issue's case: `preprocess D/train D --op split --overwrite` deleted D/train."""
     root = tmp_path / "D"
     _dataset(root / "train")
-    before = _files(root)
+    before = tree_digests(root)
     for dst in (root, root / "train", root / "train" / "out"):
         code = main(["preprocess", str(root / "train"), str(dst), "--op", "split:val=0.25"])
         assert code == 2
@@ -66,7 +62,7 @@ def test_preprocess_refuses_an_output_around_its_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "contains the input" in err and "is the input" in err and "inside the input" in err
     assert "Traceback" not in err
-    assert _files(root) == before  # nothing deleted, nothing written
+    assert tree_digests(root) == before  # nothing deleted, nothing written
 
 
 def test_build_refuses_an_output_that_overlaps_its_source(tmp_path, capsys):
@@ -74,13 +70,13 @@ def test_build_refuses_an_output_that_overlaps_its_source(tmp_path, capsys):
     (src / "inner").mkdir(parents=True)
     for i in range(3):
         (src / "inner" / f"img{i}.png").write_bytes(encode_image(np.zeros((4, 4, 3), np.uint8)))
-    before = _files(src)
+    before = tree_digests(src)
     cases = [(src, src), (src, src / "out"), (src / "inner", src)]
     for source, out in cases:
         assert main(["build", str(source), str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.count("polymodal build: the output") == 3 and "Traceback" not in err
-    assert _files(src) == before
+    assert tree_digests(src) == before
     manifest = tmp_path / "list.csv"  # a manifest's files are inputs too
     manifest.write_text("path\nsrc/inner/img0.png\n")
     assert main(["build", str(manifest), str(src / "inner")]) == 2
@@ -444,10 +440,10 @@ def test_a_garbage_sidecar_makes_a_seek_fail_clearly(tmp_path):
 
 def test_a_contact_sheet_is_never_written_into_the_dataset(tmp_path, capsys):
     data = _dataset(tmp_path / "data", shards=1)
-    before = _files(data)
+    before = tree_digests(data)
     assert main(["inspect", str(data), "--preview", str(data / "shard-000000.tar")]) == 2
     assert "inside the input" in capsys.readouterr().err
-    assert _files(data) == before
+    assert tree_digests(data) == before
     assert main(["inspect", str(data), "--preview", str(tmp_path / "sheet.png")]) == 0
 
 
