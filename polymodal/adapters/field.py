@@ -75,6 +75,28 @@ class Field:
             mask=None if self.mask is None else self.mask[index],
         )
 
+    def padded(self, length: int | None = None) -> Field:
+        """A packed field padded again: `values` `[B, length, C]` (and `coords`), zero after
+        each sample's own elements, and the `mask` of real ones. `length` defaults to the
+        longest sample's; a model part that needs a fixed grid per sample (the autoencoder's
+        targets) or one call over the batch (`FieldInput`'s per-element modules) reads this."""
+        if self.offsets is None:
+            raise ValueError("padded() unpacks a packed field (one with offsets)")
+        lengths = self.offsets.diff()
+        longest = int(lengths.max()) if len(lengths) else 0
+        length = longest if length is None else length
+        if longest > length:
+            raise ValueError(f"a packed sample of {longest} elements does not fit {length}")
+        real = (torch.arange(length) < lengths[:, None]).to(self.values.device)
+
+        def spread(packed: torch.Tensor) -> torch.Tensor:
+            out = packed.new_zeros((len(lengths), length, *packed.shape[1:]))
+            out[real] = packed
+            return out
+
+        coords = None if self.coords is None else spread(self.coords)
+        return Field(values=spread(self.values), grid=self.grid, coords=coords, mask=real)
+
     def pin_memory(self) -> Field:
         return self._map(lambda t: t.pin_memory())
 

@@ -76,19 +76,10 @@ class FieldInput(nn.Module):
         (`per_element`: byte embeddings with learned positions, points), which padding does
         not change. One call a batch instead of one per distinct length (a GPU launches each)."""
         assert field.offsets is not None
-        lengths = field.offsets.diff()
-        longest = int(lengths.max()) if len(lengths) else 0
-        if longest == 0:
+        if not int(field.offsets[-1]):
             raise ValueError("a packed field with no elements in any sample")
-        real = (torch.arange(longest) < lengths[:, None]).to(field.values.device)
-
-        def padded(packed: torch.Tensor) -> torch.Tensor:
-            out = packed.new_zeros((len(lengths), longest, *packed.shape[1:]))
-            out[real] = packed
-            return out
-
-        parts = {"values": padded(field.values), "grid": None, "mask": real}
-        if field.coords is not None:
-            parts["coords"] = padded(field.coords)
+        padded = field.padded()
+        parts = {"values": padded.values, "mask": padded.mask, "coords": padded.coords}
+        parts["grid"] = None
         tokens, _ = self.module(*(parts[name] for name in self.arguments))
-        return PackedTokens(tokens[real], field.offsets)
+        return PackedTokens(tokens[padded.mask], field.offsets)

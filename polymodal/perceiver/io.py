@@ -73,6 +73,28 @@ def patchify(values: torch.Tensor, grid: Sequence[int], patch: Sequence[int]) ->
     return patches.reshape(batch, math.prod(n // p for n, p in zip(grid, patch, strict=True)), -1)
 
 
+def pad_to_patches(
+    values: torch.Tensor, grid: Sequence[int], patch: Sequence[int], mask: torch.Tensor | None
+) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+    """Values `[B, prod(grid), C]` zero-padded along every axis to whole patches, with the
+    grid and the element mask that come out. A sample of its own length (a clip of its
+    natural length, a picture at its own size) ends in a part-patch: padded, it is one token,
+    as it is inside a batch padded to a longer sample, so the sample alone, packed or padded
+    gives the same tokens."""
+    whole = [-(-n // p) * p for n, p in zip(grid, patch, strict=True)]
+    if whole == list(grid):
+        return values, whole, mask
+    batch, channels = values.shape[0], values.shape[-1]
+    inside = (slice(None), *(slice(0, n) for n in grid))
+    out = values.new_zeros((batch, *whole, channels))
+    out[inside] = values.view(batch, *grid, channels)
+    if mask is not None:
+        real = mask.new_zeros((batch, *whole))
+        real[inside] = mask.view(batch, *grid)
+        mask = real.flatten(1)
+    return out.flatten(1, -2), whole, mask
+
+
 class GridInput(nn.Module):
     """Values on a grid (image `(H, W)`, video `(T, H, W)`, audio `(L,)`) → patch tokens with
     Fourier (or learned) positions concatenated, kept factored (`FactoredInputs`) so that the
@@ -113,6 +135,7 @@ class GridInput(nn.Module):
     def forward(
         self, values: torch.Tensor, grid: Sequence[int], mask: torch.Tensor | None = None
     ) -> tuple[Tokens, torch.Tensor | None]:
+        values, grid, mask = pad_to_patches(values, grid, self.patch, mask)
         x = values.float() * self.scale + self.offset
         tokens = patchify(x, grid, self.patch)
         token_grid = [n // p for n, p in zip(grid, self.patch, strict=True)]
@@ -125,16 +148,21 @@ class GridInput(nn.Module):
     def pack(self, values: torch.Tensor, lengths: torch.Tensor) -> PackedTokens | None:
         """A pack of 1-d samples (`values` `[T, C]`, sample lengths `[B]` on the CPU) in one
         pass: whole patches never straddle two samples, so the pack cuts into patches as it
-        lies; each sample gets its own grid's positions. None for other grids, learned
-        positions or a length the patch does not divide (`FieldInput` then goes sample by
-        sample, and `patchify` names the bad length)."""
+        lies (a sample's last part-patch zero-padded, see `pad_to_patches`); each sample gets
+        its own grid's positions. None for other grids or learned positions (`FieldInput`
+        then goes sample by sample)."""
         (size,) = self.patch if len(self.patch) == 1 else (0,)
         if not isinstance(self.positions, FourierPositions) or not size or not lengths.any():
             return None
-        if (lengths % size).any():
-            return None
+        whole = -(-lengths // size) * size  # each sample's last part-patch zero-padded
+        if (whole != lengths).any():
+            shift = (whole.cumsum(0) - whole) - (lengths.cumsum(0) - lengths)
+            at = torch.arange(len(values)) + shift.repeat_interleave(lengths)
+            padded = values.new_zeros((int(whole.sum()), *values.shape[1:]))
+            padded[at.to(values.device)] = values
+            values = padded
         x = values.float() * self.scale + self.offset
-        grids = [(n,) for n in (lengths // size).tolist()]
+        grids = [(n,) for n in (whole // size).tolist()]
         return packed_on_grids(x.reshape(-1, size * x.shape[-1]), grids, self.positions)
 
 

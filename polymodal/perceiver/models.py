@@ -111,9 +111,7 @@ class MultimodalAutoencoder(nn.Module):
         indices: dict[str, torch.Tensor | None] | None = None,
         chunk_size: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        tokens, mask, _ = self.input(fields)
-        if isinstance(tokens, PackedTokens):
-            raise ValueError("the autoencoder decodes every input element: give padded batches")
+        tokens, mask, _ = self.input(fields)  # packed or padded: the latents are per sample
         outputs = self.decoder(self.encoder(tokens, mask), indices, chunk_size)
         return {name: self.heads[name](out) for name, out in outputs.items()}
 

@@ -35,15 +35,16 @@ def _media(i: int, rng: np.random.Generator) -> dict:
     }
 
 
-# field → (adapter, encoder options)
+# field → (adapter, encoder options); the waveform's and the picture's patches do not divide
+# every sample's length or side: its last part-patch is one more token, zero-padded
 CASES = {
-    "waveform": (lambda: get("audio")(duration=None), {"samples_per_patch": 80, "num_bands": 4}),
+    "waveform": (lambda: get("audio")(duration=None), {"samples_per_patch": 96, "num_bands": 4}),
     "logmel": (
         lambda: get("audio")(duration=None),
         {"features": "logmel", "n_mels": 16, "patch": (2, 8), "num_bands": 4},
     ),
     "video": (lambda: get("video")(num_frames=4, fps=None, size=16), {"num_bands": 4}),
-    "image": (lambda: get("image")(size=None), {"patch_size": 2, "num_bands": 4}),
+    "image": (lambda: get("image")(size=None), {"patch_size": 3, "num_bands": 4}),
     "cloud": (lambda: get("pointcloud")(num_points=None), {"num_bands": 4}),
     "text": (lambda: get("text")(max_length=64), {"dim": 16}),
 }

@@ -5,6 +5,7 @@ import json
 import logging
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,31 +119,21 @@ def test_a_run_with_length_buckets_pays_little_padding_and_learns(tmp_path, tone
         load_config(path, ["data.max_tokens=40000"])
 
 
-def test_packing_refuses_the_tasks_and_mixing_that_need_padding(tmp_path, tones):
+def test_packing_refuses_mixing_that_needs_padding(tmp_path, tones):
     path = tmp_path / "p.toml"
     path.write_text(_toml(tones, tmp_path / "run", True))
-    with pytest.raises(ConfigError, match=r"data\.packing: task autoencode"):
-        load_config(path, ["task=autoencode"])
     with pytest.raises(ConfigError, match=r"augment\.mixup: mixes samples"):
         load_config(path, ["augment.mixup=0.4"])
     with pytest.raises(ValueError, match=r"packed names \['video'\], not fields \(\['audio'\]\)"):
         Stream(tones / "train", {"audio": "audio"}, packed=["video"])
 
 
-@pytest.mark.parametrize(
-    "task, fusion",
-    [("contrastive", "early"), ("correspondence", "early"), ("correspondence", "late")],
-)
-def test_the_pairing_tasks_give_a_packed_batch_the_padded_loss(tmp_path, task, fusion):
-    """Contrastive embeds each field apart and correspondence re-pairs rows (`Field.rows` of
-    a packed field), early or late fused: all through the packed path, on real mp4 clips,
-    equal to padding."""
+def _decoded_clips(tmp_path: Path, task: str, *sets: str) -> tuple[Any, list[dict]]:
+    """The task of a small audio-video run and its fields decoded from six real mp4 clips."""
     make_clips(tmp_path / "clips", samples=6, classes=2)
-    quiet = {"progress": False, "print_": lambda _: None}
-    build(tmp_path / "clips", tmp_path / "data", split="val=0.5", **quiet)
     path = tmp_path / "c.toml"
     path.write_text(av_train_toml(tmp_path / "data", tmp_path / "run", task=task))
-    made = make_task(load_config(path, ["data.packing=true", f"fusion={fusion}"]))
+    made = make_task(load_config(path, ["data.packing=true", *sets]))
     files = sorted((tmp_path / "clips").rglob("*.mp4"))
     samples = [
         {
@@ -151,10 +142,54 @@ def test_the_pairing_tasks_give_a_packed_batch_the_padded_loss(tmp_path, task, f
         }
         for f in files
     ]
+    return made, samples
+
+
+@pytest.mark.parametrize(
+    "task, fusion",
+    [
+        ("contrastive", "early"),
+        ("correspondence", "early"),
+        ("correspondence", "late"),
+        ("autoencode", "early"),
+    ],
+)
+def test_packed_batches_give_the_padded_loss(tmp_path, task, fusion):
+    """Contrastive embeds each field apart, correspondence re-pairs rows (`Field.rows` of a
+    packed field), early or late fused, and the autoencoder decodes its fixed grids from
+    packed latents: all through the packed path, on real mp4 clips, equal to padding."""
+    made, samples = _decoded_clips(tmp_path, task, f"fusion={fusion}", "subsample=40")
     padded, packed = collate(samples), collate(samples, packed=made.inputs)
     assert all(packed[n].offsets is not None for n in made.inputs)
     torch.manual_seed(0)
     model = made.model().eval()
+    losses, sums = [], []
     with torch.no_grad():
-        losses = [made.loss(model, b, np.random.default_rng(3)) for b in (padded, packed)]
+        for b in (padded, packed):
+            torch.manual_seed(1)  # the autoencoder's query subset
+            losses.append(made.loss(model, b, np.random.default_rng(3)))
+            sums.append(made.sums(model, b))
     torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
+    assert sums[1].keys() == sums[0].keys()
+    for name, value in sums[0].items():
+        assert sums[1][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+
+
+def test_a_packed_clip_shorter_than_the_grid_is_reconstructed_on_the_grid(tmp_path):
+    """Clips of 4 frames and 1 s packed for an autoencoder of 8 frames and 1.5 s: the targets
+    are the padded batch's (the clip, then zeros), and the packed batch trains and
+    evaluates on the grid. (Its loss is not the padded one: positions span each sample's own
+    grid, see `pad_to_patches`, and a padded sample's span the batch's.)"""
+    longer = ["data.fields.video.options.num_frames=8", "data.fields.audio.options.duration=1.5"]
+    made, samples = _decoded_clips(tmp_path, "autoencode", *longer)
+    padded, packed = collate(samples), collate(samples, packed=made.inputs)
+    for name, output in made.outputs.items():
+        assert len(packed[name].values) < padded[name].mask.numel()  # each clip short of it
+        torch.testing.assert_close(output.target(packed[name]), output.target(padded[name]))
+    model = made.model()
+    loss = made.loss(model, packed)
+    loss.backward()
+    assert loss.isfinite() and all(p.grad is not None for p in model.encoder.parameters())
+    with torch.no_grad():
+        sums = made.sums(model.eval(), packed)
+    assert all(sums[f"{n}_n"] == padded[n].values.numel() for n in made.outputs)

@@ -229,17 +229,10 @@ class TrainConfig:
         return self.resolve_seeds()
 
     def _check_packing(self) -> None:
-        """Packing feeds the encoder and the decoders that answer per sample (and mlm's, per
-        byte of each sample's own length); the autoencoder's decoder answers a fixed grid per
-        field, and mixing pairs samples element by element: both need padding."""
+        """Packing feeds the encoder and every decoder (the autoencoder's targets are padded
+        again to their grid); mixing pairs samples element by element, which needs padding."""
         if not self.data.packing:
             return
-        if self.task == "autoencode":
-            raise ConfigError(
-                "data.packing: task autoencode decodes a fixed grid of every field and needs "
-                "padded batches; packing serves classification, multilabel, contrastive, "
-                "correspondence and mlm"
-            )
         mixing = [name for name in ("mixup", "cutmix") if getattr(self.augment, name)]
         if mixing:
             raise ConfigError(

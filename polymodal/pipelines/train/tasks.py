@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.adapters import Adapter, Batch, LabelAdapter
+from polymodal.adapters import Adapter, Batch, Field, LabelAdapter
 from polymodal.adapters.text import MASK, NUM_SPECIAL, VOCAB_SIZE, TextAdapter
 from polymodal.errors import ConfigError
 from polymodal.perceiver import (
@@ -213,6 +213,7 @@ class _Reconstruction:
             )
         self.grid, self.patch, self.channels = spec.grid, spec.patch, spec.channels
         self.scale, self.offset, self.dtype = spec.scale, spec.offset, spec.dtype
+        self.length = math.prod(spec.grid)  # elements a sample has on the grid
         bands = int(encoder.get("num_bands", 16))
         if spec.patch is None:
             self.queries = FourierQueries(shape=spec.grid, num_bands=bands)
@@ -220,7 +221,11 @@ class _Reconstruction:
             cells = tuple(g // p for g, p in zip(spec.grid, spec.patch, strict=True))
             self.queries = FourierQueries(shape=cells, num_bands=bands, max_resolution=spec.grid)
 
-    def target(self, values: torch.Tensor) -> torch.Tensor:
+    def target(self, field: Field) -> torch.Tensor:
+        """`[B, M, C]` targets on the grid. A packed field is padded again to the grid: a
+        sample shorter than the grid (a clip of fewer frames) has zeros after its own elements,
+        as its padded batch has, so packing gives the padded loss."""
+        values = field.values if field.offsets is None else field.padded(self.length).values
         x = values.float() * self.scale + self.offset
         return patchify(x, self.grid, self.patch) if self.patch else x
 
@@ -267,7 +272,7 @@ class AutoencodeTask(Task):
         outputs = net(model_inputs(batch, self.inputs), indices)
         total = torch.zeros((), device=batch[self.inputs[0]].values.device)
         for name, out in outputs.items():
-            target = self.outputs[name].target(batch[name].values)[:, indices[name]]
+            target = self.outputs[name].target(batch[name])[:, indices[name]]
             weight = self.config.loss_weights.get(name, 1.0)
             total = total + weight * F.mse_loss(out.float(), target)
         return total
@@ -276,7 +281,7 @@ class AutoencodeTask(Task):
         outputs = model(model_inputs(batch, self.inputs), chunk_size=4096)
         sums: dict[str, float] = {}
         for name, out in outputs.items():
-            target = self.outputs[name].target(batch[name].values)
+            target = self.outputs[name].target(batch[name])
             sums[f"{name}_se"] = (out.float() - target).square().sum().item()
             sums[f"{name}_n"] = target.numel()
         sums["total"] = len(batch.keys)
