@@ -291,10 +291,17 @@ class FusionPerceiver(FieldsApart):
             self.classifier.weight.zero_()
             self.classifier.weight[:, -1] = 1.0
 
-    def forward(self, fields: Mapping[str, tuple]) -> torch.Tensor:
+    def forward(
+        self, fields: Mapping[str, tuple], rows: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits of the batch's samples; with `rows`, of the pairs they name: row `i` combines
+        field f's reading of sample `rows[f][i]` (correspondence's pairs of one clip's sound
+        with another's picture), each field read once, not once per pair it is in."""
         read = [
             self.whiten[name](logits).log_softmax(-1) for name, logits in self.read(fields).items()
         ]
+        if rows is not None:
+            read = [r[rows[name]] for r, name in zip(read, self.heads, strict=True)]
         concepts = read[0].shape[-1]
         together = torch.stack(read).sum(0).logsumexp(-1, keepdim=True)
         agreement = together + (len(read) - 1) * math.log(concepts)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from testdata import torchrun
 from testmedia import av_train_toml
 
-from polymodal.adapters import Batch, Field
+from polymodal.adapters import Batch, Field, collate
 from polymodal.cli import main
 from polymodal.datasets.build import build
 from polymodal.datasets.index import ShardIndex
@@ -193,17 +193,46 @@ def test_correspondence_pairs_every_clip_with_another_clip_never_itself(tmp_path
     values = torch.arange(6, dtype=torch.float32)[:, None, None]  # each clip: its own number
     keys = ["a", "b", "c", "d", "e", "c"]  # the last is a padding repeat of "c"
     batch = Batch({n: Field(values, (1,)) for n in ("audio", "video")}, keys)
-    inputs, targets, weights = task.pairs(batch, np.random.default_rng(3))
-    audio = inputs["audio"][0].values.flatten().tolist()
-    video = inputs["video"][0].values.flatten().tolist()
+    rows, targets, weights = task.pairs(batch, np.random.default_rng(3))
+    audio, video = rows["audio"].tolist(), rows["video"].tolist()
     assert audio == [0, 1, 2, 3, 4, 5] * 2 and video[:6] == [0, 1, 2, 3, 4, 5]
     apart = video[6:]
     assert all(apart[i] != i for i in range(6)) and sorted(apart) == [0, 1, 2, 3, 4, 5]
     assert targets.tolist() == [1] * 6 + [0] * 6
     left_out = [keys[i] == keys[int(apart[i])] for i in range(6)]  # "c" with its own repeat
     assert weights.tolist() == [1] * 6 + [0.0 if same else 1.0 for same in left_out]
-    again = task.pairs(batch, np.random.default_rng(3))[0]["video"][0].values
-    assert again.flatten().tolist() == video  # a seeded draw: a resumed run draws the same
+    again = task.pairs(batch, np.random.default_rng(3))[0]["video"]
+    assert again.tolist() == video  # a seeded draw: a resumed run draws the same
+
+
+def test_late_fusion_reads_each_field_once_and_pairs_the_readings(tmp_path):
+    """Correspondence's pairs, late fused, from each clip's fields read once: the logits of
+    every pair equal those of the pairs' own fields read as a batch (in training, with the
+    batch's whitening and batch norm, and in evaluation)."""
+    make_clips(tmp_path / "clips", samples=6, classes=2)
+    path = tmp_path / "c.toml"
+    path.write_text(av_train_toml(tmp_path, tmp_path / "run", task="correspondence"))
+    task = make_task(load_config(path, ["fusion=late"]))
+    files = sorted((tmp_path / "clips").rglob("*.mp4"))
+    batch = collate(
+        [
+            {
+                "__key__": f.stem,
+                **{n: a.decode({"mp4": f.read_bytes()}) for n, a in task.fields().items()},
+            }
+            for f in files
+        ]
+    )
+    torch.manual_seed(0)
+    model = task.model()
+    rows, _, _ = task.pairs(batch, np.random.default_rng(3))
+    for train in (True, False):
+        model.train(train)
+        with torch.no_grad():
+            once, _, _ = task.pair_logits(model, batch, np.random.default_rng(3))
+            each = model({n: (batch[n].rows(at),) for n, at in rows.items()})[:, 0]
+        torch.testing.assert_close(once, each, atol=1e-5, rtol=1e-5)
+    assert once.std() > 0.01  # pairs told apart, not one logit for all
 
 
 @pytest.mark.slow

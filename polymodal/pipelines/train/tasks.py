@@ -422,8 +422,9 @@ class CorrespondenceTask(Task):
 
     def pairs(
         self, batch: Batch, rng: np.random.Generator
-    ) -> tuple[dict[str, tuple], torch.Tensor, torch.Tensor]:
-        """The model's inputs of the together and apart pairs, their targets and weights."""
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The together and apart pairs (each field's rows of the batch, on its device),
+        their targets and weights."""
         n = batch.size
         cycle = torch.from_numpy(rng.permutation(n))
         partner = torch.empty_like(cycle)
@@ -433,25 +434,34 @@ class CorrespondenceTask(Task):
         same = torch.tensor([keys[i] == keys[j] for i, j in enumerate(partner.tolist())])
         mine = torch.arange(n)
         first, second = self.pair
-        inputs = {
-            first: (batch[first].rows(torch.cat([mine, mine]).to(device)),),
-            second: (batch[second].rows(torch.cat([mine, partner]).to(device)),),
-        }
+        rows = {first: torch.cat([mine, mine]), second: torch.cat([mine, partner])}
         targets = torch.cat([torch.ones(n), torch.zeros(n)]).to(device)
         weights = torch.cat([torch.ones(n), (~same).float()]).to(device)
-        return inputs, targets, weights
+        return {name: at.to(device) for name, at in rows.items()}, targets, weights
+
+    def pair_logits(
+        self, net: nn.Module, batch: Batch, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`pairs` through the model: late fused, each field of the batch is read once and
+        its readings paired (half the encoder's work of reading every pair); early fused,
+        the pairs' tokens, which the encoder reads together."""
+        rows, targets, weights = self.pairs(batch, rng)
+        if self.config.fusion == "late":  # a FusionPerceiver (`classifier`)
+            logits = net(model_inputs(batch, self.inputs), rows)
+        else:
+            logits = net({name: (batch[name].rows(at),) for name, at in rows.items()})
+        return logits.float()[:, 0], targets, weights
 
     def loss(
         self, net: nn.Module, batch: Batch, rng: np.random.Generator | None = None
     ) -> torch.Tensor:
-        inputs, targets, weights = self.pairs(batch, rng or np.random.default_rng(0))
-        logits = net(inputs).float()[:, 0]
+        logits, targets, weights = self.pair_logits(net, batch, rng or np.random.default_rng(0))
         losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         return (losses * weights).sum() / weights.sum()
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
-        inputs, targets, weights = self.pairs(batch, np.random.default_rng(0))
-        right = ((model(inputs).float()[:, 0] > 0) == targets.bool()).float()
+        logits, targets, weights = self.pair_logits(model, batch, np.random.default_rng(0))
+        right = ((logits > 0) == targets.bool()).float()
         return {
             "correct": (right * weights).sum().item(),
             "pairs": weights.sum().item(),
