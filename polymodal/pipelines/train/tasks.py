@@ -224,7 +224,7 @@ class _Reconstruction:
     def target(self, field: Field) -> torch.Tensor:
         """`[B, M, C]` targets on the grid. A packed field is padded again to the grid: a
         sample shorter than the grid (a clip of fewer frames) has zeros after its own elements,
-        as its padded batch has, so packing gives the padded loss."""
+        the targets its padded batch has."""
         values = field.values if field.offsets is None else field.padded(self.length).values
         x = values.float() * self.scale + self.offset
         return patchify(x, self.grid, self.patch) if self.patch else x
