@@ -119,9 +119,12 @@ def test_a_run_with_length_buckets_pays_little_padding_and_learns(tmp_path, tone
         load_config(path, ["data.max_tokens=40000"])
 
 
-def test_packing_refuses_mixing_that_needs_padding(tmp_path, tones):
+def test_packing_refuses_mixing_and_autoencoding_natural_lengths(tmp_path, tones, capsys):
     path = tmp_path / "p.toml"
     path.write_text(_toml(tones, tmp_path / "run", True))
+    # clips of their natural lengths have no grid to reconstruct: one line, exit 2
+    assert main(["train", str(path), "--set", "task=autoencode"]) == 2
+    assert "data.fields.audio: task autoencode reconstructs a fixed grid" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"augment\.mixup: mixes samples"):
         load_config(path, ["augment.mixup=0.4"])
     with pytest.raises(ValueError, match=r"packed names \['video'\], not fields \(\['audio'\]\)"):

@@ -207,9 +207,10 @@ class _Reconstruction:
     def __init__(self, name: str, adapter: Adapter, encoder: Mapping[str, Any]) -> None:
         spec = adapter.reconstruction(encoder)
         if spec is None:
-            raise ValueError(
-                f"data.fields.{name}: a {type(adapter).__name__} field cannot be reconstructed "
-                "(fixed-size video, image and audio can be)"
+            raise ConfigError(
+                f"data.fields.{name}: task autoencode reconstructs a fixed grid; this "
+                f"{type(adapter).__name__} has none (video and pictures with a size, audio "
+                "with a duration in seconds have one)"
             )
         self.grid, self.patch, self.channels = spec.grid, spec.patch, spec.channels
         self.scale, self.offset, self.dtype = spec.scale, spec.offset, spec.dtype
