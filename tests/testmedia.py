@@ -11,11 +11,13 @@ import tarfile
 import textwrap
 import wave
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from polymodal.adapters import Field
+from polymodal.adapters import Adapter, Field
+from polymodal.pipelines.train.demo import make_clips
 
 
 def frame_levels(field: Field) -> np.ndarray:
@@ -109,6 +111,16 @@ AV_AUGMENTED = {
         "warmup_steps = 2\nema = 0.9\n[augment]\nmixup = 0.4\ncutmix = 1.0\nlabel_smoothing = 0.1"
     ),
 }
+
+
+def decoded_clips(folder: Path, fields: Mapping[str, Adapter], samples: int = 6) -> list[dict]:
+    """`samples` real mp4 clips of 2 classes made in `folder` (`make_clips`), each decoded by
+    every adapter of `fields`: samples as a Stream's decode gives them, for `collate`."""
+    make_clips(folder, samples=samples, classes=2)
+    return [
+        {"__key__": f.stem, **{n: a.decode({"mp4": f.read_bytes()}) for n, a in fields.items()}}
+        for f in sorted(folder.rglob("*.mp4"))
+    ]
 
 
 def av_train_toml(data: Path, run_dir: Path, augmented: bool = False, **top: object) -> str:

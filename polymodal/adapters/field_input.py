@@ -79,7 +79,11 @@ class FieldInput(nn.Module):
         if not int(field.offsets[-1]):
             raise ValueError("a packed field with no elements in any sample")
         padded = field.padded()
-        parts = {"values": padded.values, "mask": padded.mask, "coords": padded.coords}
-        parts["grid"] = None
+        parts = {
+            "values": padded.values,
+            "grid": None,
+            "mask": padded.mask,
+            "coords": padded.coords,
+        }
         tokens, _ = self.module(*(parts[name] for name in self.arguments))
         return PackedTokens(tokens[padded.mask], field.offsets)

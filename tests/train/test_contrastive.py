@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from testdata import torchrun
-from testmedia import av_train_toml
+from testmedia import av_train_toml, decoded_clips
 
 from polymodal.adapters import Batch, Field, collate
 from polymodal.cli import main
@@ -209,20 +209,10 @@ def test_late_fusion_reads_each_field_once_and_pairs_the_readings(tmp_path):
     """Correspondence's pairs, late fused, from each clip's fields read once: the logits of
     every pair equal those of the pairs' own fields read as a batch (in training, with the
     batch's whitening and batch norm, and in evaluation)."""
-    make_clips(tmp_path / "clips", samples=6, classes=2)
     path = tmp_path / "c.toml"
     path.write_text(av_train_toml(tmp_path, tmp_path / "run", task="correspondence"))
     task = make_task(load_config(path, ["fusion=late"]))
-    files = sorted((tmp_path / "clips").rglob("*.mp4"))
-    batch = collate(
-        [
-            {
-                "__key__": f.stem,
-                **{n: a.decode({"mp4": f.read_bytes()}) for n, a in task.fields().items()},
-            }
-            for f in files
-        ]
-    )
+    batch = collate(decoded_clips(tmp_path / "clips", task.fields()))
     torch.manual_seed(0)
     model = task.model()
     rows, _, _ = task.pairs(batch, np.random.default_rng(3))

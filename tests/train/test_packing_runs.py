@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from testmedia import av_train_toml
+from testmedia import av_train_toml, decoded_clips
 
 from polymodal.adapters import collate
 from polymodal.cli import main
@@ -19,7 +19,6 @@ from polymodal.datasets.synthetic import encode_audio
 from polymodal.errors import ConfigError
 from polymodal.pipelines.stream.stream import Stream
 from polymodal.pipelines.train.config import load_config
-from polymodal.pipelines.train.demo import make_clips
 from polymodal.pipelines.train.tasks import make_task
 from polymodal.pipelines.train.trainer import Trainer
 
@@ -133,18 +132,10 @@ def test_packing_refuses_mixing_and_autoencoding_natural_lengths(tmp_path, tones
 
 def _decoded_clips(tmp_path: Path, task: str, *sets: str) -> tuple[Any, list[dict]]:
     """The task of a small audio-video run and its fields decoded from six real mp4 clips."""
-    make_clips(tmp_path / "clips", samples=6, classes=2)
     path = tmp_path / "c.toml"
     path.write_text(av_train_toml(tmp_path / "data", tmp_path / "run", task=task))
     made = make_task(load_config(path, ["data.packing=true", *sets]))
-    files = sorted((tmp_path / "clips").rglob("*.mp4"))
-    samples = [
-        {
-            "__key__": f.stem,
-            **{n: a.decode({"mp4": f.read_bytes()}) for n, a in made.fields().items()},
-        }
-        for f in files
-    ]
+    samples = decoded_clips(tmp_path / "clips", made.fields())
     return made, samples
 
 
