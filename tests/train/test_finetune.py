@@ -127,6 +127,8 @@ def test_fine_tuning_on_new_classes_loads_the_trunk(runs, tmp_path, capsys):
     assert init["loaded"] and init["reinitialised"] == report.reinitialised
     with pytest.raises(ConfigError, match="freeze: no parameter starts with 'nope'"):
         Trainer(load_config(tuned, ["freeze=['nope']"]), progress=False)
+    with pytest.raises(ConfigError, match=r"'decoder' would keep \d+ parameters at their random"):
+        Trainer(load_config(tuned, ["freeze=['decoder']"]), progress=False)  # not loaded
     assert root.exists()
 
 

@@ -5,7 +5,7 @@ are frozen, the learning-rate groups of a fine-tune, and the schedule (warm-up, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -111,17 +111,27 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-def freeze(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Parameter]]:
+def freeze(
+    model: nn.Module, prefixes: list[str], fresh: Collection[str] = ()
+) -> list[tuple[str, nn.Parameter]]:
     """Stop training the parameters whose names start with one of `prefixes` (each must name
-    some); the (name, parameter) pairs still trained."""
+    some); the (name, parameter) pairs still trained. `fresh` names the parameters `init` did
+    not load: freezing one would keep random weights for good (a probe of a pretraining of
+    other sizes, its tensors re-initialised under `init_mismatch = "reinit"`), so it is refused."""
     for prefix in prefixes:
-        named = [p for name, p in model.named_parameters() if name.startswith(prefix)]
+        named = [(name, p) for name, p in model.named_parameters() if name.startswith(prefix)]
         if not named:
             parts = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
             raise ConfigError(
                 f"freeze: no parameter starts with {prefix!r} (the model has {parts})"
             )
-        for parameter in named:
+        random = [name for name, _ in named if name in fresh]
+        if random:
+            raise ConfigError(
+                f"freeze: {prefix!r} would keep {len(random)} parameters at their random start "
+                f"({', '.join(random[:3])}): init did not load them (another model's sizes?)"
+            )
+        for _, parameter in named:
             parameter.requires_grad_(False)
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:

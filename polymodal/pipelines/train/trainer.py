@@ -150,7 +150,9 @@ class Trainer:
         self.init_report = (
             apply_init(self.model, config.init, config.init_mismatch) if config.init else None
         )
-        trainable = freeze(self.model, config.freeze)
+        report = self.init_report
+        fresh = set(report.reinitialised + report.new) if report else set()
+        trainable = freeze(self.model, config.freeze, fresh)
         self.model.to(self.device)
         self.net: nn.Module = self.model
         if self.distributed:
