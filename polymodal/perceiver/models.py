@@ -237,6 +237,11 @@ class ContrastivePerceiver(FieldsApart):
     learning of their correspondence (AVID, CAV-MAE's contrastive half), so that matching a
     clip's sound to its picture cannot read one from the other. `heads` and the temperature
     are what `optim.head_lr` trains faster than the shared encoder (see `head_prefixes`).
+    Each field's embeddings are whitened across the batch (`BatchWhitening`, over each rank's
+    share; a share of at most `embed_dim` clips falls back to the running statistics) before
+    they are made unit length: with batch norm alone, a rerun of `av_contrastive.toml` on the
+    spoken digits stayed at train loss 4.05 (log 64 = 4.16) and val recall@1 0.004 (chance
+    0.003) after 100 epochs; whitened (`embed_dim = 32` < the batch of 64), 2.07 and 0.013.
     `forward(fields)` → (unit-length embeddings per field `[B, embed_dim]` in float32, the
     learned inverse temperature): returned by the forward, so DDP sees it used there."""
 
@@ -251,10 +256,14 @@ class ContrastivePerceiver(FieldsApart):
         temperature: float = 0.07,
     ) -> None:
         super().__init__(inputs=inputs, encoder=encoder, width=embed_dim)
+        self.whiten = nn.ModuleDict({name: BatchWhitening(embed_dim) for name in inputs.names})
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
     def forward(self, fields: Mapping[str, tuple]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        out = {name: nn.functional.normalize(e, dim=-1) for name, e in self.read(fields).items()}
+        out = {
+            name: nn.functional.normalize(self.whiten[name](e), dim=-1)
+            for name, e in self.read(fields).items()
+        }
         return out, self.log_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap: 1/100
 
 

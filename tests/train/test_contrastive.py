@@ -145,11 +145,17 @@ def test_contrastive_training_learns_which_sound_goes_with_which_picture(tmp_pat
     report = json.loads((tmp_path / "probe" / "init.json").read_text())
     assert {n.split(".")[0] for n in report["loaded"]} == {"input", "encoder"}
     assert {n.split(".")[0] for n in report["new"]} == {"decoder"}
-    assert {n.split(".")[0] for n in report["unused"]} == {"heads", "log_scale"}
+    assert {n.split(".")[0] for n in report["unused"]} == {"heads", "whiten", "log_scale"}
     pretrained = torch.load(best_pt, weights_only=True)["model"]
     after = torch.load(tmp_path / "probe/checkpoints/best.pt", weights_only=True)["model"]
     assert all(torch.equal(after[n], pretrained[n]) for n in report["loaded"])
     assert probed["val_accuracy"] >= 0.8, probed
+    # late-fused, as the pretraining read each field: its heads' projections and whitening
+    # (embed_dim wide) give way to concept heads, the input adapters and encoder load
+    late = ["fusion=late", "init_mismatch=reinit", "data.num_classes=0"]
+    report = Trainer(load_config(probe, late), progress=False).init_report
+    assert {"input", "encoder"} <= {n.split(".")[0] for n in report.loaded}
+    assert {n.split(".")[0] for n in report.reinitialised} == {"heads", "whiten"}
 
 
 def test_contrastive_heads_and_temperature_learn_at_head_lr(tmp_path, clips):

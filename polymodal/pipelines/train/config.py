@@ -127,7 +127,7 @@ class TrainConfig:
     loss_weights: dict[str, float] = field(default_factory=dict)  # autoencode: per field
     subsample: int = 2048  # autoencode: output queries per field per training step
     mask_probability: float = 0.15  # mlm: share of bytes masked
-    embed_dim: int = 128  # contrastive: width of each field's embedding
+    embed_dim: int = 32  # contrastive: width of each field's embedding, whitened: < batch
     # classification, multilabel, correspondence: how the fields meet. early: the latents read
     # every field's tokens at once; late: each field is read apart into a distribution over
     # `fusion_concepts` concepts, and the classifier also sees whether they agree (for labels
