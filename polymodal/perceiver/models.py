@@ -204,7 +204,10 @@ class FieldsApart(nn.Module):
     """The shared encoder reading each field of a sample alone, then each field's own
     `ProjectionHead` reading its latents to `width` channels: what contrastive learning and
     late fusion both start from. Apart, not fused, so that no field's reading can see another
-    field. `read(fields)` → `{name: [B, width]}` in float32; every field must be in the batch."""
+    field. Each reading is whitened across the batch (`BatchWhitening`, over each rank's share;
+    a share of at most `width` samples falls back to the running statistics): unwhitened,
+    both uses collapsed (see `BatchWhitening` and `ContrastivePerceiver`). `read(fields)` →
+    `{name: [B, width]}` in float32; every field must be in the batch."""
 
     def __init__(self, *, inputs: MultimodalInput, encoder: EncoderConfig, width: int) -> None:
         super().__init__()
@@ -220,6 +223,7 @@ class FieldsApart(nn.Module):
                 for name in inputs.names
             }
         )
+        self.whiten = nn.ModuleDict({name: BatchWhitening(width) for name in inputs.names})
 
     def read(self, fields: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
         missing = [name for name in self.heads if name not in fields]
@@ -228,7 +232,7 @@ class FieldsApart(nn.Module):
         out = {}
         for name, head in self.heads.items():
             tokens, mask, _ = self.input({name: fields[name]})
-            out[name] = head(self.encoder(tokens, mask))
+            out[name] = self.whiten[name](head(self.encoder(tokens, mask)))
         return out
 
 
@@ -237,11 +241,10 @@ class ContrastivePerceiver(FieldsApart):
     learning of their correspondence (AVID, CAV-MAE's contrastive half), so that matching a
     clip's sound to its picture cannot read one from the other. `heads` and the temperature
     are what `optim.head_lr` trains faster than the shared encoder (see `head_prefixes`).
-    Each field's embeddings are whitened across the batch (`BatchWhitening`, over each rank's
-    share; a share of at most `embed_dim` clips falls back to the running statistics) before
-    they are made unit length: with batch norm alone, a rerun of `av_contrastive.toml` on the
-    spoken digits stayed at train loss 4.05 (log 64 = 4.16) and val recall@1 0.004 (chance
-    0.003) after 100 epochs; whitened (`embed_dim = 32` < the batch of 64), 2.07 and 0.013.
+    The embeddings are whitened (`FieldsApart`) before they are made unit length: with batch
+    norm alone, a rerun of `av_contrastive.toml` on the spoken digits stayed at train loss
+    4.05 (log 64 = 4.16) and val recall@1 0.004 (chance 0.003) after 100 epochs; whitened
+    (`embed_dim = 32` < the batch of 64), 2.07 and 0.013.
     `forward(fields)` → (unit-length embeddings per field `[B, embed_dim]` in float32, the
     learned inverse temperature): returned by the forward, so DDP sees it used there."""
 
@@ -256,23 +259,19 @@ class ContrastivePerceiver(FieldsApart):
         temperature: float = 0.07,
     ) -> None:
         super().__init__(inputs=inputs, encoder=encoder, width=embed_dim)
-        self.whiten = nn.ModuleDict({name: BatchWhitening(embed_dim) for name in inputs.names})
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
     def forward(self, fields: Mapping[str, tuple]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        out = {
-            name: nn.functional.normalize(self.whiten[name](e), dim=-1)
-            for name, e in self.read(fields).items()
-        }
+        out = {name: nn.functional.normalize(e, dim=-1) for name, e in self.read(fields).items()}
         return out, self.log_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap: 1/100
 
 
 class FusionPerceiver(FieldsApart):
     """Late fusion, for labels that compare the fields (is the spoken digit the drawn one?):
     each field is read apart (`FieldsApart`) into a distribution over `concepts` (its head,
-    whitened across the batch by `BatchWhitening`, and a softmax), and the logits are a linear
-    map of every field's log distribution and of the log chance that all fields name the same
-    concept (Σₖ Πf pf(k), scaled so that uniform distributions give 0).
+    whitened across the batch, and a softmax), and the logits are a linear map of every
+    field's log distribution and of the log chance that all fields name the same concept
+    (Σₖ Πf pf(k), scaled so that uniform distributions give 0).
 
     Why: early fusion (`Perceiver` over every field's tokens at once) stays at chance on such
     labels, even after 60 epochs of the spoken digits' match task, because a label independent
@@ -290,7 +289,6 @@ class FusionPerceiver(FieldsApart):
         concepts: int = 16,
     ) -> None:
         super().__init__(inputs=inputs, encoder=encoder, width=concepts)
-        self.whiten = nn.ModuleDict({name: BatchWhitening(concepts) for name in inputs.names})
         self.classifier = nn.Linear(len(inputs.names) * concepts + 1, num_classes)
         # Only the agreement speaks at first (weight 1 in every logit: a softmax over classes
         # sees no change, a single logit, correspondence's, starts as the log chance that the
@@ -306,9 +304,7 @@ class FusionPerceiver(FieldsApart):
         """Logits of the batch's samples; with `rows`, of the pairs they name: row `i` combines
         field f's reading of sample `rows[f][i]` (correspondence's pairs of one clip's sound
         with another's picture), each field read once, not once per pair it is in."""
-        read = [
-            self.whiten[name](logits).log_softmax(-1) for name, logits in self.read(fields).items()
-        ]
+        read = [logits.log_softmax(-1) for logits in self.read(fields).values()]
         if rows is not None:
             read = [r[rows[name]] for r, name in zip(read, self.heads, strict=True)]
         concepts = read[0].shape[-1]
