@@ -20,7 +20,9 @@ model and equal samples per step. Datasets made with real encoders:
 
 Columns: the padding share of the elements shipped, the most elements one batch ships (what
 sets a step's memory), samples/s (median over `--repeats`, the
-forms taking turns), the ratio to padded from the same run, the peak memory of a
+forms taking turns), the ratio to padded from the same run, its bound (the ratio were a step's
+time proportional to the elements it ships: padded's shipped over this form's; the latents'
+self-attention, the same for every sample, keeps a form below it), the peak memory of a
 pass (CUDA only: the CPU has no per-pass counter), and the cross-attention's kernel (`varlen`:
 one variable-length flash kernel over the pack, on CUDA under bf16 autocast; `sdpa`: SDPA with
 a mask, or once per packed sample).
@@ -149,8 +151,14 @@ def one_pass(name: str, data: list[Batch], device: torch.device) -> tuple[float,
     return time.perf_counter() - started, float("nan"), kernel
 
 
-def padding_share(data: list[Batch]) -> float:
+def elements(data: list[Batch]) -> tuple[int, int]:
+    """Real and shipped elements, over every batch."""
     real, shipped = map(sum, zip(*(b.elements(["x"]) for b in data), strict=True))
+    return real, shipped
+
+
+def padding_share(data: list[Batch]) -> float:
+    real, shipped = elements(data)
     return 1 - real / shipped
 
 
@@ -169,7 +177,7 @@ def steps_table(
 ) -> None:
     print(f"\n{title}: {samples} samples, {size} a batch, buckets over {lookahead}, on {device}")
     head = f"{'data':<8} {'form':<7} {'padding':>8} {'largest':>8} {'samples/s':>10} {'ratio':>6}"
-    print(f"{head} {'peak MiB':>9} {'attention':>9}")
+    print(f"{head} {'bound':>6} {'peak MiB':>9} {'attention':>9}")
     for name in DATASETS:
         kinds = ["padded", "packed"] if name in FIXED else ["padded", "buckets", "budget", "packed"]
         forms = {form: batches(name, samples, size, form, lookahead) for form in kinds}
@@ -186,7 +194,9 @@ def steps_table(
             print(
                 f"{name:<8} {form:<7} {padding_share(forms[form]):>8.1%} "
                 f"{largest(forms[form]):>8} {rate[form]:>10.1f} "
-                f"{rate[form] / rate['padded']:>6.2f} {peaks[form]:>9.0f} {kernels[form]:>9}",
+                f"{rate[form] / rate['padded']:>6.2f} "
+                f"{elements(forms['padded'])[1] / elements(forms[form])[1]:>6.2f} "
+                f"{peaks[form]:>9.0f} {kernels[form]:>9}",
                 flush=True,
             )
 
