@@ -125,8 +125,9 @@ def decoded_clips(folder: Path, fields: Mapping[str, Adapter], samples: int = 6)
 
 def av_train_toml(data: Path, run_dir: Path, augmented: bool = False, **top: object) -> str:
     """A small audio+video classification run over `data/train` and `data/val` (2 classes,
-    batches of 8, 8 latents × 32); `augmented`: with every augmentation switched on; `top` adds
-    top-level keys."""
+    batches of 8, 8 latents × 32; contrastive embeddings and late fusion's concepts 4 wide, so
+    that they are whitened across the batch); `augmented`: with every augmentation switched
+    on; `top` adds top-level keys."""
     head = "\n".join(f"{k} = {json.dumps(v)}" for k, v in top.items())
     text = head + _AV_BODY.format(train=data / "train", val=data / "val", run_dir=run_dir)
     for plain, augmentation in AV_AUGMENTED.items() if augmented else ():
@@ -137,6 +138,8 @@ def av_train_toml(data: Path, run_dir: Path, augmented: bool = False, **top: obj
 
 _AV_BODY = textwrap.dedent("""
         run_dir = "{run_dir}"
+        embed_dim = 4
+        fusion_concepts = 4
         [data]
         train = "{train}"
         val = "{val}"

@@ -170,7 +170,10 @@ class BatchWhitening(nn.Module):
     statistics) to 0.804. So running statistics use `running_eps`, a stretch of at most ~3×
     (the same weights: 0.886); training at that eps instead learnt slower (val 0.56 against
     0.82 after 25 epochs). The eigendecomposition is in float64: its gradient divides by the
-    gaps between eigenvalues."""
+    gaps between eigenvalues. A batch is whitened by its biased covariance, as batch norm
+    normalises by the biased variance: so a batch in which every clip appears twice (the pairs
+    `task = "correspondence"` makes) is whitened as the clips once, which lets late fusion
+    read each clip once."""
 
     running_mean: torch.Tensor
     running_cov: torch.Tensor
@@ -188,10 +191,10 @@ class BatchWhitening(nn.Module):
         if self.training and len(x) > x.shape[1]:
             mean = x.mean(0)
             centred = x - mean
-            cov = centred.T @ centred / (len(x) - 1)
+            cov = centred.T @ centred / len(x)  # biased, as batch norm normalises a batch
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)
-                self.running_cov.lerp_(cov, self.momentum)
+                self.running_cov.lerp_(cov * len(x) / (len(x) - 1), self.momentum)
             eps = self.eps
         else:
             mean, cov, eps = self.running_mean, self.running_cov, self.running_eps
@@ -255,7 +258,7 @@ class ContrastivePerceiver(FieldsApart):
         *,
         inputs: MultimodalInput,
         encoder: EncoderConfig,
-        embed_dim: int = 128,
+        embed_dim: int = 32,
         temperature: float = 0.07,
     ) -> None:
         super().__init__(inputs=inputs, encoder=encoder, width=embed_dim)

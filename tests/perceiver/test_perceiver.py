@@ -289,7 +289,8 @@ def test_batch_whitening_decorrelates_even_a_collapsed_batch_and_evaluates_per_s
     whiten.eval()
     fresh = collapsed(512)
     evaluated = whiten(fresh)
-    assert torch.allclose(evaluated.T.cov(), out.T.cov().detach(), atol=0.15)
+    # running_eps shrinks each direction to about 1 / 1.1; 512 samples add about ±0.06
+    assert torch.allclose(evaluated.T.cov(), out.T.cov().detach(), atol=0.2)
     assert torch.allclose(whiten(fresh[:1]), evaluated[:1], atol=1e-5)  # a sample alone
     whiten.train()
     assert torch.allclose(whiten(fresh[:1]), evaluated[:1], atol=1e-5)  # too few to measure

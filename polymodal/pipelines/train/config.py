@@ -194,6 +194,7 @@ class TrainConfig:
                 f"picture, say), got {len(self.data.fields)}: {', '.join(self.data.fields)}"
             )
         self._check_fusion()
+        self._check_whitening()
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision: expected fp32 or bf16, got {self.precision!r}")
         if self.init_mismatch not in ("error", "reinit"):
@@ -280,6 +281,25 @@ class TrainConfig:
                 raise ConfigError(
                     f"augment.{mixing[0]}: data.fields.{name} ({spec.adapter}) cannot be mixed"
                 )
+
+    def _check_whitening(self) -> None:
+        """Contrastive embeddings and late fusion's concept readings are whitened across each
+        rank's batch (`BatchWhitening`), which needs more clips than channels. A batch of at
+        most that many falls back to running statistics that then never move: nothing is
+        whitened, silently, and unwhitened contrastive pretraining stayed at chance. Batches
+        cut by `max_tokens` vary in size and are not checked."""
+        if self.task == "contrastive":
+            name, width = "embed_dim", self.embed_dim
+        elif self.fusion == "late":
+            name, width = "fusion_concepts", self.fusion_concepts
+        else:
+            return
+        if not self.data.max_tokens and width >= self.data.batch_size:
+            raise ConfigError(
+                f"{name}: {width} channels are whitened across each batch, which needs more "
+                f"clips than channels; data.batch_size is {self.data.batch_size} (per rank): "
+                f"make {name} smaller or the batch larger"
+            )
 
     def _check_fusion(self) -> None:
         """Late fusion reads every field of every sample apart, into a classifier."""
