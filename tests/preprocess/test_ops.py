@@ -173,7 +173,7 @@ def x264_options(mp4: bytes) -> dict[str, str]:
 
 def test_media_ops_are_deterministic(clip):
     """Reruns give the same bytes. x264 runs on one thread and without its macroblock tree:
-    with it, identical frames on one thread now and then came out as other bytes (0.3 % of
+    with it, identical frames on one thread now and then came out as other bytes (0.2 % of
     the job test's clips under load), so a killed job's rerun task rewrote a shard unlike the
     first run's."""
     op = make_op("cut_clips:seconds=1,size=64,fps=12")
