@@ -4,8 +4,9 @@ encode each window (`transcode`). Byte-level codec work, torch-free.
 Output is byte-identical on every run and machine with the same PyAV build: encoders run on one
 thread (x264 and libvpx output depends on the thread count; a job gets its parallelism from
 workers, one sample per core), frames are scaled on one swscale thread (`video.scaled`),
-timestamps are rewritten from zero, and no wall-clock metadata is written. Decoded sizes are
-bounded (`max_seconds`, `max_pixels`) before anything is decoded.
+x264 runs without its macroblock tree (`video_options`), timestamps are rewritten from zero,
+and muxers write no wall-clock metadata, random ids or versions (`MUXER_OPTIONS`). Decoded
+sizes are bounded (`max_seconds`, `max_pixels`) before anything is decoded.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ VIDEO_CODECS = {
 # audio file type → (FFmpeg muxer, encoder)
 AUDIO_FORMATS = {"flac": ("flac", "flac"), "wav": ("wav", "pcm_s16le")}
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+# Muxers write no random ids or library versions: Matroska / WebM drew a new random track
+# UID for every file (each vp9 transcode of one clip came out as other bytes, 40 of 40).
+MUXER_OPTIONS = {"fflags": "+bitexact"}
 _CHUNK = 4096  # audio samples per frame handed to an encoder (PyAV regroups to its frame size)
 _FULL_SLACK = 0.01  # seconds an audio clip may fall short of its length and still count as full
 
@@ -272,7 +276,7 @@ class _Output:
         audio: tuple[str, int, str] | None,
     ) -> None:
         self.buf = io.BytesIO()
-        self.container = av.open(self.buf, mode="w", format=muxer)
+        self.container = av.open(self.buf, mode="w", format=muxer, options=MUXER_OPTIONS)
         self.frames = 0
         self.vstream: av.VideoStream | None = None
         self.astream: av.AudioStream | None = None
