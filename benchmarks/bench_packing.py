@@ -157,11 +157,6 @@ def elements(data: list[Batch]) -> tuple[int, int]:
     return real, shipped
 
 
-def padding_share(data: list[Batch]) -> float:
-    real, shipped = elements(data)
-    return 1 - real / shipped
-
-
 def largest(data: list[Batch]) -> int:
     """The most elements one batch ships: what sets a step's memory."""
     return max(b.elements(["x"])[1] for b in data)
@@ -190,12 +185,12 @@ def steps_table(
                 seconds, peaks[form], kernels[form] = one_pass(name, forms[form], device)
                 times[form].append(seconds)
         rate = {form: samples / statistics.median(t) for form, t in times.items()}
-        for form in forms:
+        counts = {form: elements(data) for form, data in forms.items()}  # (real, shipped)
+        for form, (real, shipped) in counts.items():
             print(
-                f"{name:<8} {form:<7} {padding_share(forms[form]):>8.1%} "
+                f"{name:<8} {form:<7} {1 - real / shipped:>8.1%} "
                 f"{largest(forms[form]):>8} {rate[form]:>10.1f} "
-                f"{rate[form] / rate['padded']:>6.2f} "
-                f"{elements(forms['padded'])[1] / elements(forms[form])[1]:>6.2f} "
+                f"{rate[form] / rate['padded']:>6.2f} {counts['padded'][1] / shipped:>6.2f} "
                 f"{peaks[form]:>9.0f} {kernels[form]:>9}",
                 flush=True,
             )
@@ -254,7 +249,7 @@ def learning_table(root: Path, count: int, epochs: int, seeds: list[int]) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=192)  # 96 × 3: ratios ±0.15 a run
+    parser.add_argument("--samples", type=int, default=192)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--digits", type=int, default=480)
