@@ -5,7 +5,9 @@
 Config: 256 latents × 512, one cross-attention, 6 self-attention layers (8 heads), batch 8, 2
 torch threads, fp32, CPU. Each measurement runs in its own process so that peak memory (the
 process's maximum RSS) belongs to one model and one input size; "net" is that peak less the RSS
-just before the first step (the interpreter, both libraries and the shared weights). Also: our
+just before the first step (the interpreter, both libraries and the shared weights); the last
+columns are ours with its cross-attention projecting keys and values (`projected`, as before it
+attended the inputs themselves), and how much faster ours is than that. Also: our
 forward time against the input size M (it must grow linearly), and the share of this machine's
 fp32 GEMM rate it achieves (FLOPs counted with `torch.utils.flop_counter`, the CPU's fused
 attention included), with torch's default allocation (as every row above) and with large
@@ -31,10 +33,16 @@ import torch
 
 def build(which: str, tiny: bool = False) -> torch.nn.Module:
     """The benchmark's model, HF's or ours with the same weights (`tiny`: 32 latents × 64 and
-    two self-attention layers, for `bench_gpu.py --tiny`)."""
+    two self-attention layers, for `bench_gpu.py --tiny`). `ours-projected` is ours with every
+    cross-attention projecting its keys and values, as before it learned to attend the inputs
+    themselves (`Attention.folding_pays`): what that saves, in the same run."""
     from transformers import PerceiverConfig, PerceiverForImageClassificationFourier
 
+    from polymodal.perceiver import Attention
     from polymodal.perceiver.hf import from_hf
+
+    if which == "ours-projected":
+        Attention.folding_pays = lambda *_: False  # type: ignore[method-assign]
 
     torch.manual_seed(0)
     config = PerceiverConfig(
@@ -48,7 +56,7 @@ def build(which: str, tiny: bool = False) -> torch.nn.Module:
         num_labels=1000,
     )
     theirs = PerceiverForImageClassificationFourier(config)
-    return from_hf(theirs) if which == "ours" else theirs
+    return theirs if which == "hf" else from_hf(theirs)
 
 
 def measure(which: str, side: int, backward: bool, repeats: int) -> dict[str, float]:
@@ -61,7 +69,7 @@ def measure(which: str, side: int, backward: bool, repeats: int) -> dict[str, fl
     pixels = torch.randn(8, 3, side, side)
 
     def step() -> None:
-        out = model(pixels) if which == "ours" else model(inputs=pixels).logits
+        out = model(inputs=pixels).logits if which == "hf" else model(pixels)
         if backward:
             out.sum().backward()
 
@@ -154,12 +162,13 @@ def main() -> None:
     print(
         f"  {'inputs':>8s} {'pass':>9s} {'HF s':>7s} {'ours s':>7s} {'speed-up':>9s} "
         f"{'HF MB':>7s} {'ours MB':>8s} {'mem ratio':>9s} {'HF net':>7s} {'ours net':>8s} "
-        f"{'net ratio':>9s}"
+        f"{'net ratio':>9s}   {'projected s':>11s} {'net MB':>7s} {'ours ×':>7s}"
     )
     for side in (64, 224):
         for backward in (False, True):
             mode = ["0", "1"][backward]
             theirs = child(["hf", str(side), mode, str(args.repeats)])
+            projected = child(["ours-projected", str(side), mode, str(args.repeats)])
             ours = child(["ours", str(side), mode, str(args.repeats)])
             print(
                 f"  {side * side:8d} {'fwd+bwd' if backward else 'fwd':>9s} "
@@ -167,7 +176,9 @@ def main() -> None:
                 f"{theirs['seconds'] / ours['seconds']:8.2f}× {theirs['peak_mb']:7.0f} "
                 f"{ours['peak_mb']:8.0f} {ours['peak_mb'] / theirs['peak_mb']:8.2f}× "
                 f"{theirs['net_mb']:7.0f} {ours['net_mb']:8.0f} "
-                f"{ours['net_mb'] / theirs['net_mb']:8.2f}×"
+                f"{ours['net_mb'] / theirs['net_mb']:8.2f}×   "
+                f"{projected['seconds']:11.3f} {projected['net_mb']:7.0f} "
+                f"{projected['seconds'] / ours['seconds']:6.2f}×"
             )
     print("\nours, forward time against input size M: linear means a constant cost per extra 1k")
     previous = None

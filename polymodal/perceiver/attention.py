@@ -12,6 +12,11 @@ per sample: sample `i`'s queries see only its own keys, which is exact for the e
 cross-attention, since a Perceiver's latents are per sample. On a GPU in half precision that is
 one variable-length flash kernel over the pack (`varlen_attn` with `cu_seqlens`), elsewhere one
 SDPA per sample.
+
+Where it costs less, a cross-attention attends its normed inputs themselves, the key and value
+projections moved onto the queries and the output (`Attention.attend_inputs`): the encoder's
+few latents reading many narrow input tokens never build keys and values as wide as the
+latents. The choice is a function of the shapes alone (`Attention.folding_pays`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ class FactoredInputs:
     def shape(self) -> torch.Size:
         batch, length, channels = self.features.shape
         return torch.Size((batch, length, channels + self.positions.shape[-1]))
+
+    @property
+    def projected_width(self) -> float:
+        """What `norm_project` costs per token and output channel: the features and the mean,
+        and the positions once a batch."""
+        batch, _, features = self.features.shape
+        return features + 1 + self.positions.shape[-1] / batch
 
     def materialize(self) -> torch.Tensor:
         pos = self.positions.to(self.features.dtype).expand(self.features.shape[0], -1, -1)
@@ -124,15 +136,59 @@ class Attention(nn.Module):
         self.value = nn.Linear(kv_dim, v_channels)
         self.output = nn.Linear(v_channels, out_dim or q_dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, channels = x.shape
-        return x.view(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
-
     def forward(
         self, x_q: torch.Tensor, x_kv: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`x_q` [B, N, q_dim], `x_kv` [B, M, kv_dim], `mask` [B, M] (True = attend)."""
-        return self.attend(self.query(x_q), self.key(x_kv), self.value(x_kv), mask)
+        q, k, v = self.query(x_q), self.key(x_kv), self.value(x_kv)
+        return self.output(self.attend(q, k, v, mask))
+
+    def folding_pays(self, queries: int, projected_width: float) -> bool:
+        """Whether `attend_inputs` costs fewer multiply-adds per input token than projecting
+        the keys and values: `2·heads·N·kv_dim` against `(qk + v)·(N + projected_width)`,
+        where `projected_width` is what projecting one token costs per output channel
+        (`kv_dim`, or less for `FactoredInputs`, whose positions are projected once a batch).
+        A function of shapes only, so a model takes the same path at every step."""
+        kv_dim = self.key.in_features
+        widths = self.key.out_features + self.value.out_features
+        return 2 * self.num_heads * queries * kv_dim < widths * (queries + projected_width)
+
+    def attend_inputs(
+        self,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`attend(q, key(kv), value(kv), ...)` without projecting the keys and values.
+
+        `q·(x·Wkᵀ + bk) = (q·Wk)·x + q·bk`, and `q·bk` is the same for every key of a query,
+        which softmax ignores; `Σ p·(x·Wvᵀ + bv) = (Σ p·x)·Wvᵀ + bv`, since a query's
+        probabilities sum to 1. So each head's queries are taken into the input space
+        (`q_h·W_k,h`, `kv_dim` wide) and all heads attend to the normed inputs themselves at
+        once, as `heads·N` queries; the value projection follows per head. The `[B, M, qk]` and
+        `[B, M, v]` keys and values (at 224² with one head 512 wide, two tensors of 0.8 GB and
+        most of the cross-attention's work, at batch 8) are never made. Exact up to rounding.
+        """
+        heads, (batch, queries, width) = self.num_heads, q.shape
+        head = width // heads
+        keys = self.key.weight.view(heads, head, -1)  # [h, d, kv_dim]
+        q = torch.einsum("bnhd,hdc->bhnc", q.view(batch, queries, heads, head), keys)
+        kv = kv.to(q.dtype)  # under autocast, as a projection would give it (one kernel's dtype)
+        attended = self.attend(
+            q.reshape(batch, heads * queries, -1), kv, kv, mask, offsets, heads=1, scale=head**-0.5
+        )
+        values = self.value.weight.view(heads, -1, kv.shape[-1])  # [h, dv, kv_dim]
+        out = attended.view(batch, heads, queries, -1)
+        out = torch.einsum("bhnc,hdc->bnhd", out, values).flatten(2) + self.value.bias
+        empty = None if offsets is None else offsets.diff() == 0
+        if mask is not None:
+            empty = ~mask.any(dim=-1)
+        if empty is not None:  # a query with no keys gets zeros, as `attend` gives it
+            out = out.masked_fill(empty.to(out.device)[:, None, None], 0.0)
+        # The key bias cannot change any output (its true gradient is zero); it stays in the
+        # graph, times zero, so that DistributedDataParallel finds every parameter used.
+        return out + 0.0 * self.key.bias.sum()
 
     def attend(
         self,
@@ -141,49 +197,69 @@ class Attention(nn.Module):
         v: torch.Tensor,
         mask: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
+        *,
+        heads: int | None = None,
+        scale: float | None = None,
     ) -> torch.Tensor:
-        """Attention of projected queries, keys and values, then the output projection.
-        With `offsets`, `k` and `v` are packed `[T, C]` and query row `i` attends to
-        `offsets[i]:offsets[i + 1]` only."""
+        """Attention of projected queries, keys and values over `heads` heads (default
+        `num_heads`), before the output projection; `scale` defaults to SDPA's
+        `1 / sqrt(head width)`. With `offsets`, `k` and `v` are packed `[T, C]` and query row
+        `i` attends to `offsets[i]:offsets[i + 1]` only."""
+        heads = heads or self.num_heads
+        dropout = self.dropout if self.training else 0.0
         if offsets is not None:
-            if varlen_usable(q, k, v, self.num_heads, self.dropout if self.training else 0.0):
-                return self.output(self._attend_varlen(q, k, v, offsets))
-            return self.output(self._attend_packed(q, k, v, offsets))
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            if varlen_usable(q, k, v, heads, dropout):
+                return self._attend_varlen(q, k, v, offsets, heads, scale)
+            return self._attend_packed(q, k, v, offsets, heads, scale)
+        q, k, v = _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
         attn_mask, empty = None, None
         if mask is not None:
             empty = ~mask.any(dim=-1)  # queries with nothing to attend to
             attn_mask = (mask | empty[:, None])[:, None, None, :]  # keep softmax finite
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale
         )
         out = out.transpose(1, 2).flatten(2)
         if empty is not None:
             out = out.masked_fill(empty[:, None, None], 0.0)
-        return self.output(out)
+        return out
 
     def _attend_packed(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        offsets: torch.Tensor,
+        heads: int,
+        scale: float | None,
     ) -> torch.Tensor:
         """One SDPA per sample over its own span: the work is Σ N·M_i, not B·N·max M (a
         block mask over the whole pack would cost B·N·T). An empty span gives zeros. The
         spans are taken with `split` / `unbind`, whose backward joins the gradients once;
         slicing each would allocate a gradient of the whole pack per sample."""
-        heads = self.num_heads
         lengths = offsets.diff().tolist()
         keys = k.view(k.shape[0], heads, -1).transpose(0, 1).split(lengths, dim=1)  # [H, M_i, d]
         values = v.view(v.shape[0], heads, -1).transpose(0, 1).split(lengths, dim=1)
         dropout = self.dropout if self.training else 0.0
         out = []
-        for query, key, value in zip(self._heads(q).unbind(0), keys, values, strict=True):
+        for query, key, value in zip(_split_heads(q, heads).unbind(0), keys, values, strict=True):
             if key.shape[1] == 0:
                 out.append(query.new_zeros(heads, query.shape[1], value.shape[-1]))
                 continue
-            out.append(F.scaled_dot_product_attention(query, key, value, dropout_p=dropout))
+            attended = F.scaled_dot_product_attention(
+                query, key, value, dropout_p=dropout, scale=scale
+            )
+            out.append(attended)
         return torch.stack(out).transpose(1, 2).flatten(2)
 
     def _attend_varlen(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        offsets: torch.Tensor,
+        heads: int,
+        scale: float | None,
     ) -> torch.Tensor:
         """The whole pack in one variable-length flash kernel (`cu_seqlens`): every sample's
         `N` queries against its own span, no per-sample launches. An empty span gives zeros."""
@@ -194,7 +270,6 @@ class Attention(nn.Module):
         if longest == 0:
             return q.new_zeros(batch, queries, v.shape[-1])
         cu_q = torch.arange(0, (batch + 1) * queries, queries, dtype=torch.int32)
-        heads = self.num_heads
         out = varlen_attn(
             q.reshape(batch * queries, heads, -1),
             k.view(k.shape[0], heads, -1),
@@ -203,6 +278,7 @@ class Attention(nn.Module):
             offsets.to(q.device, torch.int32),
             queries,
             longest,
+            scale=scale,
         )
         assert isinstance(out, torch.Tensor)  # no auxiliary outputs asked for
         out = out.view(batch, queries, -1)
@@ -210,6 +286,12 @@ class Attention(nn.Module):
         if bool(empty.any()):
             out = out.masked_fill(empty.to(q.device)[:, None, None], 0.0)
         return out
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """`[B, L, C]` → `[B, heads, L, C / heads]` (a view)."""
+    batch, length, channels = x.shape
+    return x.view(batch, length, heads, channels // heads).transpose(1, 2)
 
 
 def varlen_usable(
@@ -314,17 +396,20 @@ class CrossAttention(PreNormBlock):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         attention = self.attention
-        if isinstance(x_kv, PackedTokens):
-            kv = self.kv_norm(x_kv.tokens)
-            k, v, offsets = attention.key(kv), attention.value(kv), x_kv.offsets
-            q = attention.query(self.q_norm(x_q))
-            return self.finish(x_q, attention.attend(q, k, v, None, offsets))
+        q = attention.query(self.q_norm(x_q))
+        queries = q.shape[1]
         if isinstance(x_kv, FactoredInputs):
-            k, v = x_kv.norm_project(self.kv_norm, attention.key, attention.value)
+            if not attention.folding_pays(queries, x_kv.projected_width):
+                k, v = x_kv.norm_project(self.kv_norm, attention.key, attention.value)
+                return self.finish(x_q, attention.output(attention.attend(q, k, v, mask)))
+            x_kv = x_kv.materialize()
+        offsets = x_kv.offsets if isinstance(x_kv, PackedTokens) else None
+        kv = self.kv_norm(x_kv.tokens if isinstance(x_kv, PackedTokens) else x_kv)
+        if attention.folding_pays(queries, kv.shape[-1]):
+            attended = attention.attend_inputs(q, kv, mask, offsets)
         else:
-            kv = self.kv_norm(x_kv)
-            k, v = attention.key(kv), attention.value(kv)
-        return self.finish(x_q, attention.attend(attention.query(self.q_norm(x_q)), k, v, mask))
+            attended = attention.attend(q, attention.key(kv), attention.value(kv), mask, offsets)
+        return self.finish(x_q, attention.output(attended))
 
 
 class SelfAttention(PreNormBlock):

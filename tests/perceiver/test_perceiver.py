@@ -111,7 +111,12 @@ def test_classifier_shapes_and_gradients_reach_every_parameter():
     assert logits.shape == (3, 5)
     logits.square().sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    assert not missing
+    # A key bias shifts all of a query's logits alike, which softmax ignores: its gradient is
+    # zero, exactly so where the cross-attention attends the inputs without projecting them.
+    assert missing == [
+        "encoder.cross_attends.0.attention.key.bias",
+        "decoder.cross_attention.attention.key.bias",
+    ]
 
 
 def test_query_subsampling_and_chunked_decoding_agree_with_the_full_output():
@@ -244,6 +249,54 @@ def test_compiles_without_graph_breaks_in_the_attention_path():
     mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
     assert torch.allclose(compiled_self(x), block(x), atol=1e-5)
     assert torch.allclose(compiled_cross(x, kv, mask), cross(x, kv, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_attending_the_inputs_equals_projecting_the_keys_and_values(heads, monkeypatch):
+    from polymodal.perceiver.attention import FactoredInputs, PackedTokens
+
+    cross = CrossAttention(q_dim=8, kv_dim=6, num_heads=heads, qk_channels=8, v_channels=4)
+    cross.double()  # exact up to rounding: compared in double precision
+    for parameter in cross.parameters():  # biases and norms away from their zero / one init
+        torch.nn.init.normal_(parameter)
+    x_q = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(3, 7, 6, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4, [False] * 7])  # row 2: no keys
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
+    positions = torch.randn(7, 4, dtype=torch.float64)
+    inputs = {  # made anew for each pass: a pass's backward frees its graph
+        "tensor": lambda: (kv, None),
+        "masked": lambda: (kv, mask),
+        "packed": lambda: (PackedTokens(kv[mask], offsets), None),
+        "factored": lambda: (FactoredInputs(kv[..., :2], positions), None),
+    }
+    params = dict(cross.named_parameters())
+    for make in inputs.values():
+        results = []
+        for fold in (True, False):
+            monkeypatch.setattr(Attention, "folding_pays", lambda *_, fold=fold: fold)
+            x_kv, m = make()
+            out = cross(x_q, x_kv, m)
+            grads = torch.autograd.grad(out.square().sum(), [x_q, kv, *params.values()])
+            results.append((out, dict(zip(["x_q", "kv", *params], grads, strict=True))))
+        (folded, folded_grads), (projected, projected_grads) = results
+        assert torch.allclose(folded, projected, rtol=1e-10, atol=1e-10)
+        if m is not None:  # no keys: the output projection's bias, then the MLP
+            assert torch.allclose(folded[2], cross.finish(x_q[2], cross.attention.output.bias))
+        for name, grad in folded_grads.items():
+            if name == "attention.key.bias":  # softmax ignores it: zero, not left out
+                assert not grad.any() and projected_grads[name].abs().max() < 1e-9
+            else:
+                assert torch.allclose(grad, projected_grads[name], rtol=1e-10, atol=1e-9), name
+
+
+def test_folding_is_chosen_where_it_saves_work():
+    """One head, few latents and narrow inputs (the image encoder) attend the inputs; eight
+    heads of latents as wide as the queries (a decoder reading latents) project them."""
+    encoder = Attention(q_dim=512, kv_dim=261, num_heads=1)
+    assert encoder.folding_pays(queries=256, projected_width=261)
+    decoder = Attention(q_dim=512, kv_dim=512, num_heads=8)
+    assert not decoder.folding_pays(queries=2048, projected_width=512)
 
 
 def test_factored_inputs_normalise_and_project_like_the_concatenation():
