@@ -259,12 +259,9 @@ class StreamLoader:
             self.delivered = [0] * len(self.stream.sources)
             self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
         workers = max(1, self.num_workers)
-        rest = self._rest()
-        counts = epoch_counts(self.stream, self.place, workers, self.epoch, rest)
+        counts = epoch_counts(self.stream, self.place, workers, self.epoch, self._rest())
         total = sum(counts)
-        # mid-epoch, as the workers see it: they have states, or the epoch is a resized rest
-        resumed = bool(self.worker_states) or rest is not None
-        items, expected = self._items(workers * max(counts), resumed)
+        items, expected = self._items(workers * max(counts))
         waiting: dict[int, deque] = {w: deque() for w in range(workers)}
         received = 0
         try:
@@ -316,7 +313,7 @@ class StreamLoader:
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
         self.rest, self._fresh = None, True
 
-    def _items(self, per_epoch: int, resumed: bool) -> tuple[Iterator[_Item], int | None]:
+    def _items(self, per_epoch: int) -> tuple[Iterator[_Item], int | None]:
         """The workers' items for this epoch, and how many make it (None: until the
         iteration ends). The DataLoader iteration of the last epoch goes on where it ended
         at this epoch's start (its workers are already decoding this epoch, see
@@ -324,10 +321,10 @@ class StreamLoader:
         handed out only after the fillers behind it, so an iteration left after its last batch
         stands at the next epoch's start. Anything else (the first epoch, a resume, a
         `set_epoch`, an epoch left half-way) starts a new iteration at this epoch."""
-        if self._live is None or self._live_epoch != self.epoch or resumed:
+        if self._live is None or self._live_epoch != self.epoch or self.batches or self.rest:
             self._epochs.epoch.value = self.epoch
             self._live = iter(self._data_loader())
-            self._live_epoch = None if resumed else self.epoch
+            self._live_epoch = self.epoch if not (self.batches or self.rest) else None
         if self._live_epoch is None:  # a resumed epoch: its iteration ends with it
             return self._live, None
         if per_epoch == 0:  # an epoch without batches: the workers went on to the next
