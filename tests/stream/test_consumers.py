@@ -7,8 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
-from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -16,7 +14,6 @@ import pytest
 from testdata import batch_digest, numbered_pngs, png_fields, torchrun
 from torch.utils.data import DataLoader
 
-from polymodal.pipelines.stream.loader import epoch_counts
 from polymodal.pipelines.stream.state import StateError
 from polymodal.pipelines.stream.stream import Stream
 
@@ -133,38 +130,6 @@ def test_every_iteration_is_a_full_new_epoch(dataset, consume):
     assert epochs == _epochs(reference, list)  # the same epochs as a loader run out each time
 
 
-def _note_decoded(log: Path, sample):
-    with open(log, "a") as f:  # one short append a sample, from either worker
-        f.write(sample["__key__"] + "\n")
-    return sample
-
-
-def test_workers_go_on_into_the_next_epoch(dataset, tmp_path):
-    """While the last batches of an epoch are used, the workers already decode the next
-    epoch's first ones (one DataLoader iteration across epochs, not a stall at each start),
-    and every epoch is still the one a new loader gives, with the two workers' batch counts
-    unequal (6 and 5, so one sends a filler)."""
-    log = tmp_path / "decoded"
-
-    def stream() -> Stream:
-        return Stream(dataset, png_fields(), batch_size=5).map(partial(_note_decoded, log))
-
-    loader = stream().loader(2)
-    assert epoch_counts(loader.stream, loader.place, 2, 0) == [6, 5]
-    first = list(loader)
-    used = sum(b.size for b in first)  # padding repeats included: each was decoded
-    deadline = time.monotonic() + 30
-    while len(log.read_text().split()) == used and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(log.read_text().split()) > used  # epoch 1 began before it was asked for
-    epochs = [_real_keys(first), *_epochs(loader, list, count=2)]
-    for epoch, keys in enumerate(epochs):
-        fresh = stream().loader(2)
-        fresh.set_epoch(epoch)
-        assert keys == _real_keys(fresh)
-    assert sorted(epochs[2]) == sorted(epochs[0]) and len(epochs[2]) == TOTAL
-
-
 def test_a_loop_left_half_way_and_set_epoch(dataset):
     loader = Stream(dataset, png_fields(), batch_size=4).loader(0)
     reference = Stream(dataset, png_fields(), batch_size=4).loader(0)
@@ -189,7 +154,6 @@ import json, sys
 import lightning as L
 import torch
 from polymodal.adapters import get
-from polymodal.pipelines.stream.loader import epoch_counts
 from polymodal.pipelines.stream.state import StateError
 from polymodal.pipelines.stream.stream import Stream
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -38,28 +38,9 @@ BATCH_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch befo
 ELASTIC = {"world", "workers"}  # what a resumed run may change (`elastic`)
 
 
-class _Item(NamedTuple):
-    """What a DataLoader worker sends: a batch of `epoch` with its chain state and skips, or,
-    with `state` None, a filler that keeps the workers' epochs in step (see `_EpochDataset`)."""
-
-    epoch: int
-    worker: int
-    batch: Batch | None
-    state: dict[str, Any] | None
-    skips: list[dict[str, str]]
-
-
 class _EpochDataset(IterableDataset):
     """What DataLoader workers run: the epoch comes from shared memory (workers persist
-    across epochs), resume states from the loader, once.
-
-    An iteration that starts at an epoch's start goes on into the epochs after it, so the
-    workers decode the next epoch's first batches while the last ones of this epoch are
-    stepped on (a new DataLoader iteration per epoch stalled the trainer at every epoch's
-    start while the workers filled their shuffle buffers). After its batches, each worker
-    sends fillers up to the most batches any worker has that epoch: the DataLoader takes one
-    item from each worker in turn, so equal counts keep every epoch's items before the next
-    epoch's. An iteration that resumes mid-epoch ends with that epoch."""
+    across epochs), resume states from the loader, once."""
 
     def __init__(self, stream: Stream, place: Place) -> None:
         super().__init__()
@@ -68,37 +49,18 @@ class _EpochDataset(IterableDataset):
         # (epoch, worker states, the rest of the epoch that is left after an elastic resume)
         self.resume: tuple[int, dict[int, Any], dict[str, Any] | None] | None = None
 
-    def __iter__(self) -> Iterator[_Item]:
+    def __iter__(self) -> Iterator[tuple[int, Batch | None, dict[str, Any], list[dict[str, str]]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         place = self.place.reader(worker, workers)
         epoch = self.epoch.value
-        states: dict[int, Any] = {}
-        rest = None
+        state, rest = None, None
         if self.resume is not None and self.resume[0] == epoch:
-            states, rest = self.resume[1], self.stream.remainder(epoch, self.resume[2])
+            state = self.resume[1].get(worker)
+            rest = self.stream.remainder(epoch, self.resume[2])
         self.resume = None  # this copy resumes once; later epochs start from the beginning
-        if states or rest is not None:
-            for batch, state, skips in self.stream.worker_batches(
-                epoch, place, states.get(worker), rest
-            ):
-                yield _Item(epoch, worker, batch, state, [s.as_dict() for s in skips])
-            return
-        while True:
-            sent = 0
-            for batch, state, skips in self.stream.worker_batches(epoch, place):
-                yield _Item(epoch, worker, batch, state, [s.as_dict() for s in skips])
-                sent += 1
-            for _ in range(max(epoch_counts(self.stream, self.place, workers, epoch)) - sent):
-                yield _Item(epoch, worker, None, None, [])
-            epoch += 1
-
-
-def epoch_counts(
-    stream: Stream, place: Place, workers: int, epoch: int, rest: Rest | None = None
-) -> list[int]:
-    """Batches of each of a rank's `workers` readers in `epoch` (or in its `rest`)."""
-    return [stream.slice(place.reader(w, workers), rest, epoch).batches for w in range(workers)]
+        for batch, new_state, skips in self.stream.worker_batches(epoch, place, state, rest):
+            yield worker, batch, new_state, [s.as_dict() for s in skips]
 
 
 def _short(value: Any) -> str:
@@ -203,8 +165,6 @@ class StreamLoader:
         self._logged: set[str] = set()
         self.report_epoch = 0
         self._loader: DataLoader | None = None
-        self._live: Iterator[_Item] | None = None  # the DataLoader iteration under way
-        self._live_epoch: int | None = None  # the epoch it goes on with, None: none
 
     @property
     def dataset(self) -> Stream:
@@ -254,42 +214,35 @@ class StreamLoader:
             self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
             self._epochs.resume, self.rest = None, None
         self._fresh = False
+        self._epochs.epoch.value = self.epoch
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
             self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
             self.delivered = [0] * len(self.stream.sources)
             self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
         workers = max(1, self.num_workers)
-        counts = epoch_counts(self.stream, self.place, workers, self.epoch, self._rest())
+        rest = self._rest()
+        counts = [
+            self.stream.slice(self.place.reader(w, workers), rest, self.epoch).batches
+            for w in range(workers)
+        ]
         total = sum(counts)
-        items, expected = self._items(workers * max(counts))
         waiting: dict[int, deque] = {w: deque() for w in range(workers)}
-        received = 0
+        delivered = iter(self._data_loader())
         try:
-            for item in items:
-                if item.epoch != self.epoch:
-                    raise StreamError(
-                        f"epoch {self.epoch}: worker {item.worker} sent a batch of epoch "
-                        f"{item.epoch} after {self.batches} of {total} batches"
-                    )
-                received += 1
-                if item.state is not None:
-                    waiting[item.worker].append(item)
+            for worker, batch, state, skips in delivered:
+                waiting[worker].append((batch, state, skips))
                 while self.batches < total and waiting[due := batch_worker(counts, self.batches)]:
-                    if self.batches == total - 1 and expected and received < expected:
-                        break  # the last batch waits for the fillers behind it (see `_items`)
-                    item = waiting[due].popleft()
-                    self._note_skips(item.skips)
-                    batch = usable_batch(item.batch, item.skips, self.epoch)
-                    self.worker_states[due] = item.state
+                    batch, state, skips = waiting[due].popleft()
+                    self._note_skips(skips)
+                    batch = usable_batch(batch, skips, self.epoch)
+                    self.worker_states[due] = state
                     self.batches += 1
                     self._count(batch)
                     yield batch
-                if received == expected:
-                    break
             died = None
         except (RuntimeError, EOFError, ConnectionError) as exc:
             quiet = _quiet_sigchld()  # PyTorch's handler would raise again for the dead one
-            if not (is_dead_worker(exc) or _timed_out(exc) or _a_worker_died(self._live)):
+            if not (is_dead_worker(exc) or _timed_out(exc) or _a_worker_died(delivered)):
                 _restore_sigchld(quiet)
                 raise
             if _timed_out(exc):
@@ -298,11 +251,11 @@ class StreamLoader:
             else:
                 died = str(exc) if is_dead_worker(exc) else "a DataLoader worker died mid-batch"
                 hint = "out of memory, or a decoder crashed"
-        if died is not None:  # out of the except block: nothing keeps the iterator alive
-            getattr(self._live, "_shutdown_workers", lambda: None)()
+        if died is not None:  # out of the except block: nothing keeps `delivered` alive
+            getattr(delivered, "_shutdown_workers", lambda: None)()
             _restore_sigchld(quiet)
-            del items
-            self._live, self._loader = None, None
+            del delivered
+            self._loader = None
             raise StreamError(
                 f"epoch {self.epoch}, after batch {self.batches}: {died} ({hint} on a sample; "
                 "the state saved so far resumes)"
@@ -312,34 +265,6 @@ class StreamLoader:
         self._summarise()
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
         self.rest, self._fresh = None, True
-
-    def _items(self, per_epoch: int) -> tuple[Iterator[_Item], int | None]:
-        """The workers' items for this epoch, and how many make it (None: until the
-        iteration ends). The DataLoader iteration of the last epoch goes on where it ended
-        at this epoch's start (its workers are already decoding this epoch, see
-        `_EpochDataset`), and holds `per_epoch` items of each epoch: the epoch's last batch is
-        handed out only after the fillers behind it, so an iteration left after its last batch
-        stands at the next epoch's start. Anything else (the first epoch, a resume, a
-        `set_epoch`, an epoch left half-way) starts a new iteration at this epoch."""
-        if self._live is None or self._live_epoch != self.epoch or self.batches or self.rest:
-            self._epochs.epoch.value = self.epoch
-            self._live = iter(self._data_loader())
-            self._live_epoch = self.epoch if not (self.batches or self.rest) else None
-        if self._live_epoch is None:  # a resumed epoch: its iteration ends with it
-            return self._live, None
-        if per_epoch == 0:  # an epoch without batches: the workers went on to the next
-            self._live_epoch = self.epoch + 1
-            return iter(()), 0
-        self._live_epoch = None  # until this epoch's items are all taken
-        return self._until_epoch_end(self._live, per_epoch), per_epoch
-
-    def _until_epoch_end(self, live: Iterator[_Item], per_epoch: int) -> Iterator[_Item]:
-        for received, item in enumerate(live, 1):
-            if received == per_epoch:
-                self._live_epoch = self.epoch + 1  # the iteration stands at the next epoch
-            yield item
-            if received == per_epoch:
-                return
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch `epoch`, from its first batch."""
@@ -412,7 +337,7 @@ class StreamLoader:
         self.skipped, self.report_epoch = list(state["skipped"]), self.epoch
         self.delivered = list(state.get("delivered", [0] * len(self.stream.sources)))
         self._epochs.resume = (self.epoch, dict(self.worker_states), self.rest)
-        self._loader, self._live = None, None  # workers copy the dataset when they start
+        self._loader = None  # workers copy the dataset when they start: start fresh ones
         self._fresh = True
 
     def _begun_groups(self, state: Mapping[str, Any]) -> dict[str, Any]:
