@@ -397,15 +397,17 @@ class CrossAttention(PreNormBlock):
     ) -> torch.Tensor:
         attention = self.attention
         q = attention.query(self.q_norm(x_q))
-        queries = q.shape[1]
-        if isinstance(x_kv, FactoredInputs):
-            if not attention.folding_pays(queries, x_kv.projected_width):
+        if isinstance(x_kv, FactoredInputs):  # set against the factored projection's cost
+            fold = attention.folding_pays(q.shape[1], x_kv.projected_width)
+            if not fold:
                 k, v = x_kv.norm_project(self.kv_norm, attention.key, attention.value)
                 return self.finish(x_q, attention.output(attention.attend(q, k, v, mask)))
             x_kv = x_kv.materialize()
+        else:
+            fold = attention.folding_pays(q.shape[1], x_kv.shape[-1])
         offsets = x_kv.offsets if isinstance(x_kv, PackedTokens) else None
         kv = self.kv_norm(x_kv.tokens if isinstance(x_kv, PackedTokens) else x_kv)
-        if attention.folding_pays(queries, kv.shape[-1]):
+        if fold:
             attended = attention.attend_inputs(q, kv, mask, offsets)
         else:
             attended = attention.attend(q, attention.key(kv), attention.value(kv), mask, offsets)
