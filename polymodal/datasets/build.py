@@ -5,8 +5,8 @@ A build is a plan, then one task per shard, then the index:
 1. **Plan** (a pure function of the source and the options): list the samples, with where each
    member's bytes come from and how many there are, reject what cannot be used, shuffle with
    the seed, assign splits by key hash, cut each split into shards by count and bytes.
-2. **Tasks**: each shard is written by one task (a local process pool with `workers > 1`) under
-   a temporary name and renamed when complete, with its sidecar.
+2. **Tasks**: each task writes a run of consecutive shards (a local process pool with
+   `workers > 1`), each under a temporary name and renamed when complete, with its sidecar.
 3. **Index**: `rejects.jsonl`, the shard table (`index.arrow`), then `index.json` last, in each
    split's folder.
 
@@ -23,6 +23,7 @@ import logging
 import tarfile
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,14 @@ from .index import (
 from .layout import ERROR_KEY, Problem, read_tar_samples
 from .output import fingerprint, finished_shard, prepare_output
 from .pool import run_tasks
-from .shard import TAR_BLOCK, shard_name
+from .shard import TAR_BLOCK, Shard, shard_name
 from .sources import PlannedSample, SourcePlan, plan_source
-from .splits import assign_splits, cut_shards, parse_splits
+from .splits import assign_splits, cut_runs, cut_shards, parse_splits
 from .writer import open_shard, schema
 
 log = logging.getLogger("polymodal.build")
+
+RUN_BYTES = 64 * 2**20  # shards one task writes in a row, at most (`shard_runs`)
 
 
 @dataclass
@@ -94,9 +97,34 @@ class ShardTask:
     classes: list[str] | None = None  # the label names a Parquet shard's metadata carries
 
 
-def write_shard(task: ShardTask) -> ShardInfo:
-    """Write one planned shard atomically; a member that became unreadable since planning
-    drops its sample, reported in the shard's sidecar (so a resumed build reports it too)."""
+def write_shards(tasks: list[ShardTask]) -> list[ShardInfo]:
+    """Write a run of planned shards atomically, each committed (fsync, sidecar, rename) on a
+    thread while the next one is written: a commit mostly waits on the disk, and with small
+    shards those waits cost a third of the build (4 MB shards: two fsyncs a shard,
+    `benchmarks/bench_build.py`). Returns only when every shard of the run is in place, so the
+    driver never indexes a shard that is not on disk.
+
+    A member that became unreadable since planning drops its sample, reported in the shard's
+    sidecar (so a resumed build reports it too)."""
+    infos: list[ShardInfo] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-commit") as committer:
+        committing: Future[ShardInfo] | None = None
+        for task in tasks:
+            shard, info = _sealed_shard(task)
+            if committing is not None:
+                try:
+                    infos.append(committing.result())
+                except BaseException:
+                    shard.abort()
+                    raise
+            committing = committer.submit(shard.commit, info)
+        if committing is not None:
+            infos.append(committing.result())
+    return infos
+
+
+def _sealed_shard(task: ShardTask) -> tuple[Shard, ShardInfo]:
+    """One planned shard written and hashed under its temporary name (`Shard.seal`)."""
     shard = open_shard(task.directory, task.name, task.shard_format, task.extensions, task.classes)
     problems = []
     try:
@@ -107,7 +135,7 @@ def write_shard(task: ShardTask) -> ShardInfo:
                 problems.append(Problem(sample.key, f"unreadable: {exc}", sample.key).as_dict())
                 continue
             shard.add({"__key__": sample.key, **body})
-        return shard.finish(problems)
+        return shard, shard.seal(problems)
     except BaseException:
         shard.abort()
         raise
@@ -239,6 +267,16 @@ def _build_into(
     return report
 
 
+def shard_runs(
+    tasks: list[ShardTask], slots: int, run_bytes: int = RUN_BYTES
+) -> list[list[ShardTask]]:
+    """The shard tasks in runs of consecutive shards (`write_shards`), each of up to
+    `run_bytes`, and never fewer than four runs a slot of the engine while there are tasks
+    enough, so that every worker stays busy to the end."""
+    most = -(-len(tasks) // (4 * max(1, slots)))
+    return cut_runs(tasks, most, run_bytes, lambda t: sum(s.tar_size for s in t.samples))
+
+
 def _write_split(
     directory: Path,
     shards: list[list[PlannedSample]],
@@ -264,17 +302,18 @@ def _write_split(
     bar = tqdm(total=total, unit="sample", disable=not progress or not tasks, desc=directory.name)
     written = {"bytes": 0, "start": time.perf_counter()}
 
-    def on_done(task: ShardTask, info: ShardInfo) -> None:
-        infos[task.name] = info
-        written["bytes"] += info.bytes
+    def on_done(run: list[ShardTask], run_infos: list[ShardInfo]) -> None:
+        for task, info in zip(run, run_infos, strict=True):
+            infos[task.name] = info
+            written["bytes"] += info.bytes
+            bar.update(len(task.samples))
         rate = written["bytes"] / max(time.perf_counter() - written["start"], 1e-9) / 2**20
         bar.set_postfix_str(f"{written['bytes'] / 2**20:.1f} MB, {rate:.1f} MB/s", refresh=False)
-        bar.update(len(task.samples))
 
     try:
         if tasks:
             with runner:
-                runner.map(write_shard, tasks, on_done)
+                runner.map(write_shards, shard_runs(tasks, runner.slots), on_done)
     finally:
         bar.close()
     ordered = [infos[shard_name("shard", n, shard_format)] for n in range(len(shards))]

@@ -26,6 +26,10 @@ class Engine(Protocol):
         """Run `fn(task)` for every task; call `on_done(task, result)` in the driver as each
         finishes (in completion order)."""
 
+    @property
+    def slots(self) -> int:
+        """How many tasks it runs at once (known once entered)."""
+
     def __enter__(self) -> Engine: ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -43,6 +47,10 @@ class LocalEngine:
         self, fn: Callable[[Any], Any], tasks: list[Any], on_done: Callable[[Any, Any], None]
     ) -> None:
         run_tasks(fn, tasks, self.workers, on_done, retries=self.retries)
+
+    @property
+    def slots(self) -> int:
+        return self.workers
 
     def __enter__(self) -> LocalEngine:
         return self
@@ -92,6 +100,12 @@ class RayEngine:
             )
             self._started = True
         return self
+
+    @property
+    def slots(self) -> int:
+        import ray
+
+        return self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def __exit__(self, *exc: object) -> None:
         if self._started:

@@ -158,6 +158,7 @@ class Shard:
         self._file = open(tmp_path(self.path), "wb")  # noqa: SIM115 (closed by finish/abort)
         self.out = _HashingFile(self._file)
         self.stats = ShardStats()
+        self._sealed = False
 
     def add(self, sample: Mapping[str, Any]) -> None:
         """Append one sample (its members and `__key__`)."""
@@ -167,21 +168,38 @@ class Shard:
         raise NotImplementedError
 
     def finish(self, problems: list[dict[str, str]] | None = None) -> ShardInfo:
-        """Complete the shard: close, fsync, write the sidecar, rename into place. `problems`
-        are inputs dropped while writing it, kept in the sidecar for the build's report."""
+        """Complete the shard: `seal`, then `commit`. `problems` are inputs dropped while
+        writing it, kept in the sidecar for the build's report."""
+        return self.commit(self.seal(problems))
+
+    def seal(self, problems: list[dict[str, str]] | None = None) -> ShardInfo:
+        """End the body and hash it: every byte is written, none yet durable or in place.
+        What is left (`commit`) mostly waits on the disk, so a writer of many shards can
+        commit one while it writes the next (`build.write_shards`)."""
         self._close_body()
+        self._sealed = True
         self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        info = self.stats.info(self.name, self.out.size, self.out.sha.hexdigest(), problems or [])
-        write_sidecar(self.directory, info, self.stats.offsets, self.stats.keys)
-        os.replace(tmp_path(self.path), self.path)
+        start_writeback(self._file.fileno())
+        return self.stats.info(self.name, self.out.size, self.out.sha.hexdigest(), problems or [])
+
+    def commit(self, info: ShardInfo) -> ShardInfo:
+        """Make the sealed shard complete: fsync, write the sidecar, rename into place; on
+        failure nothing of it stays."""
+        try:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            write_sidecar(self.directory, info, self.stats.offsets, self.stats.keys)
+            os.replace(tmp_path(self.path), self.path)
+        except BaseException:
+            self.abort()
+            raise
         return info
 
     def abort(self) -> None:
         """Discard the shard: nothing of it stays on disk."""
-        with contextlib.suppress(Exception):  # closing may fail half-way; the file goes anyway
-            self._close_body()
+        if not self._sealed:
+            with contextlib.suppress(Exception):  # closing may fail half-way; the file goes
+                self._close_body()
         self.out.sha.close()
         self._file.close()
         tmp_path(self.path).unlink(missing_ok=True)

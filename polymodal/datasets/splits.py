@@ -3,11 +3,14 @@ so a sample never changes split between builds), and where each shard is cut."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from polymodal.seeds import stable_fraction
 
 from .sources import PlannedSample
+
+Item = TypeVar("Item")
 
 
 def parse_splits(text: str | None) -> dict[str, float]:
@@ -57,18 +60,26 @@ def cut_shards(
 ) -> list[list[PlannedSample]]:
     """Consecutive runs of samples, each within the count and byte caps (a sample larger than
     `max_bytes` gets a shard of its own)."""
-    shards: list[list[PlannedSample]] = []
-    current: list[PlannedSample] = []
-    size = 0
-    for sample in samples:
-        grow = sample.tar_size
-        full = max_samples is not None and len(current) >= max_samples
-        full = full or (max_bytes is not None and size + grow > max_bytes)
+    return cut_runs(samples, max_samples, max_bytes, lambda sample: sample.tar_size)
+
+
+def cut_runs(
+    items: Sequence[Item], max_count: int | None, max_bytes: int | None, size: Callable[[Item], int]
+) -> list[list[Item]]:
+    """Consecutive runs of `items`, each within the count and byte caps (`size` bytes an item;
+    an item over `max_bytes` gets a run of its own)."""
+    runs: list[list[Item]] = []
+    current: list[Item] = []
+    total = 0
+    for item in items:
+        grow = size(item)
+        full = max_count is not None and len(current) >= max_count
+        full = full or (max_bytes is not None and total + grow > max_bytes)
         if current and full:
-            shards.append(current)
-            current, size = [], 0
-        current.append(sample)
-        size += grow
+            runs.append(current)
+            current, total = [], 0
+        current.append(item)
+        total += grow
     if current:
-        shards.append(current)
-    return shards
+        runs.append(current)
+    return runs

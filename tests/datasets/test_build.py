@@ -247,3 +247,58 @@ def test_uppercase_and_duplicate_extensions(tmp_path):
     plan = plan_source(src)
     assert [s.key for s in plan.samples] == ["a"]
     assert plan.problems[0].reason == "duplicate extension 'jpg'" and plan.problems[0].key == "a"
+
+
+def test_a_commit_that_fails_in_a_run_leaves_only_complete_shards(class_folders, tmp_path):
+    """Shards are written in runs, each committed (fsync, sidecar, rename) while the next is
+    written. A build of 24 one-sample shards is cut short after shard 1 (index and later shards
+    deleted); the rerun's commit of shard 2 fails (its sidecar's name is taken by a folder)
+    while shard 3 is being written beside it. The build stops with the error: shards 0 and 1
+    are as they were, nothing of shard 2 or 3 is left, and there is no index. Once the folder
+    is gone a rerun writes only what is missing and ends as the clean build did."""
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    build(class_folders, clean, shard_samples=1, progress=False)
+    build(class_folders, out, shard_samples=1, progress=False)
+    (out / "index.json").unlink()
+    for n in range(2, 24):
+        (out / f"shard-{n:06d}.tar").unlink()
+        (out / f".shard-{n:06d}.tar.idx").unlink()
+    blocker = out / ".shard-000002.tar.idx"
+    blocker.mkdir()
+    with pytest.raises(IsADirectoryError):
+        build(class_folders, out, shard_samples=1, progress=False)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    kept = [".shard-000000.tar.idx", ".shard-000001.tar.idx", blocker.name]
+    assert sorted(p.name for p in out.glob(".*.idx")) == kept
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert not (out / "index.json").exists()
+    blocker.rmdir()
+    report = build(class_folders, out, shard_samples=1, progress=False)
+    assert report.written_shards == 22
+    assert sorted(os.listdir(out)) == sorted(os.listdir(clean))
+    for name in os.listdir(clean):
+        assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+def test_shard_runs_keep_every_slot_busy_and_stay_within_their_bytes(class_folders):
+    """Runs are consecutive shards, at most `run_bytes` each (a larger shard alone), each as
+    long as those caps allow, and at least four a slot while there are shards enough."""
+    from polymodal.datasets.build import ShardTask, shard_runs
+    from polymodal.datasets.splits import cut_shards
+
+    samples = plan_source(class_folders).samples
+    shards = cut_shards(samples, 1, None)
+    tasks = [ShardTask(class_folders, f"s{n}", "tar", ["jpg"], s) for n, s in enumerate(shards)]
+    size = {id(t): t.samples[0].tar_size for t in tasks}
+    for slots in (1, 2, 3, 8, 64):
+        runs = shard_runs(tasks, slots)
+        assert [t for run in runs for t in run] == tasks
+        assert max(len(r) for r in runs) == -(-len(tasks) // (4 * slots))
+        assert len(runs) >= min(len(tasks), 4 * slots)
+    run_bytes = 3 * max(size.values())
+    runs = shard_runs(tasks, 1, run_bytes)
+    assert [t for run in runs for t in run] == tasks and len(runs) > 4
+    for run, after in zip(runs, [*runs[1:], []], strict=True):
+        used = sum(size[id(t)] for t in run)
+        assert used <= run_bytes
+        assert not after or len(run) == 6 or used + size[id(after[0])] > run_bytes
