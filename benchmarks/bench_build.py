@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
+import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -71,15 +72,31 @@ def raw_tar_copy(src: Path, out: Path) -> None:
         tar.close()
 
 
-def timed(fn: Callable[[Path], object], work: Path, repeats: int) -> list[float]:
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended: a
+    build's worker pool ends within the build."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn: Callable[[Path], object], work: Path, repeats: int) -> list[tuple[float, float]]:
+    """(wall seconds, CPU seconds) of each repeat."""
     seconds = []
     for r in range(repeats):
         out = work / f"out{r}"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         fn(out)
-        seconds.append(time.perf_counter() - start)
+        seconds.append((time.perf_counter() - start, cpu_seconds() - cpu))
         shutil.rmtree(out)
     return seconds
+
+
+def median_run(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The run of median wall time, with its CPU time."""
+    return sorted(runs)[len(runs) // 2]
 
 
 def switched_off(what: str) -> contextlib.AbstractContextManager[Any]:
@@ -131,28 +148,32 @@ def main() -> None:
             ),
             "  1 worker, 256 MB shards": lambda out: build(work / "src", out, progress=False),
         }
-        rows = {
-            name: statistics.median(timed(fn, work, args.repeats)) for name, fn in cases.items()
-        }
+        rows = {name: median_run(timed(fn, work, args.repeats)) for name, fn in cases.items()}
         single = cases["polymodal build, 1 worker"]
         for name in ("fsync", "sha256"):
             with switched_off(name):
-                rows[f"  1 worker without {name}"] = statistics.median(
-                    timed(single, work, args.repeats)
-                )
-    base = rows["tarfile copy (baseline)"]
+                rows[f"  1 worker without {name}"] = median_run(timed(single, work, args.repeats))
+    base = rows["tarfile copy (baseline)"][0]
     print(
         f"{samples} samples ({args.images} JPEGs, {args.clips} clips), {total / 2**20:.1f} MB, "
-        f"4 MB shards; median of {args.repeats}"
+        f"4 MB shards; median of {args.repeats}; cores: CPU seconds over wall seconds"
     )
-    print(f"  {'what':30s} {'seconds':>8s} {'samples/s':>10s} {'MB/s':>8s} {'× baseline':>11s}")
-    for name, seconds in rows.items():
+    print(
+        f"  {'what':30s} {'seconds':>8s} {'samples/s':>10s} {'MB/s':>8s} {'× baseline':>11s} "
+        f"{'CPU s':>6s} {'cores':>6s}"
+    )
+    for name, (seconds, cpu) in rows.items():
         print(
             f"  {name:30s} {seconds:8.2f} {samples / seconds:10.0f} "
-            f"{total / 2**20 / seconds:8.1f} {base / seconds:10.2f}×"
+            f"{total / 2**20 / seconds:8.1f} {base / seconds:10.2f}× "
+            f"{cpu:6.2f} {cpu / seconds:6.2f}"
         )
-    one, two = rows["polymodal build, 1 worker"], rows["polymodal build, 2 workers"]
-    print(f"  2 workers vs 1 worker: {one / two:.2f}×")
+    (one, one_cpu), (two, _) = rows["polymodal build, 1 worker"], rows["polymodal build, 2 workers"]
+    cores = os.cpu_count() or 1
+    print(
+        f"  2 workers vs 1 worker: {one / two:.2f}× (at most {cores * one / one_cpu:.2f}× on "
+        f"{cores} cores: 1 worker keeps {one_cpu / one:.2f} busy)"
+    )
     print(
         "  (the hash runs on a thread of its own beside the copy, and each shard's fsync on "
         "another while the next shard is written: with 1 worker the build uses a second core; "
