@@ -362,6 +362,34 @@ def test_a_replaced_shard_is_reported_by_the_stream_and_validate(tmp_path):
     assert len(_keys(loader)) == 4 and loader.report()["skipped"] == 4
 
 
+def test_a_shard_changed_after_it_was_verified_is_reported_again(tmp_path):
+    """A process hashes a local shard once a version of the file: a second epoch of an
+    unchanged dataset reads without hashing, and a shard whose bytes change afterwards (the
+    same size, even with its mtime set back) is hashed again and reported."""
+    import os
+
+    from polymodal.pipelines.stream.stages import read
+
+    data = _dataset(tmp_path / "data", shards=2)
+    stream = Stream(data, png_fields(), batch_size=4, shuffle=False)
+    loader = stream.loader(0)
+    assert len(_keys(loader)) == 8 and loader.report()["skipped"] == 0
+    index = ShardIndex.load(data)
+    verified = {v[0]: digest for v, digest in read._VERIFIED.items() if v[0].startswith(str(data))}
+    assert verified == {index.url(s): s.sha256 for s in index.shards}
+    shard = data / "shard-000000.tar"
+    before = shard.stat()
+    raw = bytearray(shard.read_bytes())
+    raw[raw.index(b"k0001.cls") + 512] = ord("7")  # the label's data block: same size
+    shard.write_bytes(bytes(raw))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # its mtime set back
+    stream.set_epoch(1)
+    loader = stream.loader(0)
+    assert len(_keys(loader)) == 8
+    checks = [s for s in loader.report()["samples"] if s["stage"] == "check"]
+    assert [c["key"] for c in checks] == ["shard-000000.tar"] and "sha256" in checks[0]["reason"]
+
+
 def test_past_the_checked_count_the_reader_reports_a_changed_shard(tmp_path, monkeypatch):
     """A large index is not `stat`ed shard by shard when the Stream is made; the reader checks
     each shard it opens, so a shard cut short is still reported, its samples repeats."""

@@ -3,6 +3,7 @@ the sidecar's offsets across shards, retries with backoff, every check against t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -27,6 +28,16 @@ from polymodal.pipelines.stream.stages.base import ShardChanged, ShardUnavailabl
 
 SKIP_AHEAD = 64  # samples a reader reads past rather than reopen its shard at an offset
 
+# A local shard file's version: (path, device, inode, size, mtime and ctime in ns). Changing a
+# file's bytes changes its mtime and ctime, and replacing it its inode; ctime cannot be set
+# back by `touch`. Maps to the sha256 its bytes had.
+Version = tuple[str, int, int, int, int, int]
+# Versions whose sha256 this process computed, while reading them whole (oldest dropped past
+# the bound): a persistent DataLoader worker reading the same shards epoch after epoch hashes
+# each version once (sha256 was an eighth of the CPU of the decode-once data path).
+_VERIFIED: dict[Version, str] = {}
+MAX_VERIFIED = 2**16
+
 
 @dataclass
 class _OpenShard:
@@ -40,6 +51,7 @@ class _OpenShard:
     file: IO[bytes]
     hasher: HashingReader | None
     sidecar: Sidecar | None
+    version: Version | None = None
 
 
 class Reader:
@@ -53,7 +65,8 @@ class Reader:
     sample), so a shard replaced since it was indexed fails at its first foreign sample,
     whoever reads it, the rest of it reported as skipped; and, after the shard's last indexed
     sample, that no sample follows and (for a shard read from its first byte) that the sha256
-    is the index's, each disagreement a note delivered with the next batch's skips. A sample
+    is the index's, each disagreement a note delivered with the next batch's skips. A local
+    file's sha256 is computed once a version of it (`Version`) per process. A sample
     whose key an earlier sample has (`ShardIndex.duplicates`) is skipped, reported, so a key
     comes once an epoch. A transient error
     (timeout, dropped connection) reopens the shard at the sample it reached, up to
@@ -175,11 +188,12 @@ class Reader:
                     "since it was indexed (`polymodal validate` checks it; index it again)"
                 )
             sidecar = _sidecar(index, shard, needed=bool(ref.index))
-            hasher = None
+            hasher, version = None, file_version(url, f)
             if ref.index == 0 and index.format == "tar":  # read whole: its sha256 is checked
-                hasher = HashingReader(f)
+                if version is None or _VERIFIED.get(version) != shard.sha256:
+                    hasher = HashingReader(f)
                 url, limit = index.url(shard), self.max_member_bytes
-                samples = read_tar_samples(hasher, url, 0, _ignore_member, limit)
+                samples = read_tar_samples(hasher or f, url, 0, _ignore_member, limit)
             else:
                 offsets = None if sidecar is None else sidecar.offsets
                 samples = shard_samples(
@@ -188,7 +202,7 @@ class Reader:
         except BaseException:
             f.close()
             raise
-        return _OpenShard(ref.shard, ref.index, samples, f, hasher, sidecar)
+        return _OpenShard(ref.shard, ref.index, samples, f, hasher, sidecar, version)
 
     def _check_end(self, source: int, shard: ShardInfo, url: str) -> None:
         """After a shard's last indexed sample: nothing may follow, and a shard read whole
@@ -210,6 +224,8 @@ class Reader:
             elif current.hasher is not None:
                 current.hasher.drain()
                 digest = current.hasher.sha.hexdigest()
+                if digest == shard.sha256 and current.version is not None:
+                    _remember(current.version, digest)
                 if digest != shard.sha256:
                     self._note(
                         source,
@@ -238,6 +254,23 @@ class Reader:
         self._last_failed[where[0]] = where[1]
         self._close(where[0])
         return Skip(key, "read", reason, url, source=where[0])
+
+
+def file_version(url: str, f: IO[bytes]) -> Version | None:
+    """The version of a local shard file (see `Version`); None for a remote one."""
+    if is_remote(url):
+        return None
+    try:
+        st = os.fstat(f.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return (url, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _remember(version: Version, digest: str) -> None:
+    if len(_VERIFIED) >= MAX_VERIFIED:
+        del _VERIFIED[next(iter(_VERIFIED))]
+    _VERIFIED[version] = digest
 
 
 def _sidecar(index: ShardIndex, shard: ShardInfo, needed: bool) -> Sidecar | None:
