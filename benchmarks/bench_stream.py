@@ -12,6 +12,11 @@ the time to the first batch after resuming at step k against re-decoding k steps
 reader's checks against the index cost (each sample's offset and key hash against its
 sidecar, one sidecar read a shard): a label-only epoch (no media decode, so the checks are
 all there is to see) with them, against the same epoch with them switched off.
+
+Contenders compared with each other run in turns, a median of `--repeats` each. The Stream
+hashes a local shard once a version of the file per process: its repeated epochs here, and
+the DataLoader workers forked after them, read verified shards without hashing them again,
+as a training process's later epochs do (the first epoch of a fresh process hashes all).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -93,14 +99,19 @@ def bare_loop(data: Path, stack: bool = False) -> int:
     return n
 
 
-def rate(fn, repeats: int) -> float:
-    fn()  # warm-up: page cache, imports, worker start-up paths
-    rates = []
+def in_turns(contenders: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
+    """Median samples/s of each contender (a function returning the samples it delivered),
+    after a warm-up each (page cache, imports, worker start-up paths), taken in turns (a, b,
+    c, a, b, c, ...) so that the machine's drift falls on all of them alike."""
+    for fn in contenders.values():
+        fn()
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            n = fn()
+            rates[name].append(n / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def resume_cost(data: Path, k: int) -> tuple[float, float]:
@@ -122,28 +133,24 @@ def resume_cost(data: Path, k: int) -> tuple[float, float]:
 
 
 def index_check_cost(data: Path, repeats: int) -> tuple[float, float]:
-    """(samples/s with the reader's index checks, without): label-only epochs, in-process,
-    taken in turns (with, without, with, ...) so that warm-up and drift fall on both."""
+    """(samples/s with the reader's index checks, without): label-only epochs, in-process."""
     from polymodal.pipelines.stream.stages import read
-
-    def epoch() -> int:
-        loader = Stream(data, {"label": get("label")()}, batch_size=BATCH).loader(0)
-        return sum(len(b.keys) for b in loader)
 
     saved = read._check_sample, read._sidecar
     off = (lambda *a: None), (lambda *a, **k: None)
-    epoch()  # warm-up
-    rates: dict[bool, list[float]] = {True: [], False: []}
-    try:
-        for _ in range(max(3, repeats)):
-            for checked in (True, False):
-                read._check_sample, read._sidecar = saved if checked else off
-                start = time.perf_counter()
-                n = epoch()
-                rates[checked].append(n / (time.perf_counter() - start))
-    finally:
-        read._check_sample, read._sidecar = saved
-    return statistics.median(rates[True]), statistics.median(rates[False])
+
+    def epoch(checked: bool) -> int:
+        read._check_sample, read._sidecar = saved if checked else off
+        try:
+            loader = Stream(data, {"label": get("label")()}, batch_size=BATCH).loader(0)
+            return sum(len(b.keys) for b in loader)
+        finally:
+            read._check_sample, read._sidecar = saved
+
+    rates = in_turns(
+        {"with": lambda: epoch(True), "without": lambda: epoch(False)}, max(3, repeats)
+    )
+    return rates["with"], rates["without"]
 
 
 def main() -> None:
@@ -160,12 +167,24 @@ def main() -> None:
         )
         print(f"  {'workers':>7s} {'webdataset':>11s} {'polymodal':>10s} {'ratio':>7s}")
         for workers in (0, 1, 2):
-            theirs = rate(lambda w=workers: webdataset_pipeline(data, w), args.repeats)
-            mine = rate(lambda w=workers: ours(data, w), args.repeats)
+            pair = in_turns(
+                {
+                    "theirs": lambda w=workers: webdataset_pipeline(data, w),
+                    "ours": lambda w=workers: ours(data, w),
+                },
+                args.repeats,
+            )
+            theirs, mine = pair["theirs"], pair["ours"]
             print(f"  {workers:7d} {theirs:11.0f} {mine:10.0f} {mine / theirs:6.2f}×")
-        bare = rate(lambda: bare_loop(data), args.repeats)
-        stacked = rate(lambda: bare_loop(data, stack=True), args.repeats)
-        stream = rate(lambda: ours(data, 0), args.repeats)
+        loops = in_turns(
+            {
+                "bare": lambda: bare_loop(data),
+                "stacked": lambda: bare_loop(data, stack=True),
+                "stream": lambda: ours(data, 0),
+            },
+            args.repeats,
+        )
+        bare, stacked, stream = loops["bare"], loops["stacked"], loops["stream"]
         print(
             f"\nbare read+decode loop {bare:.0f}/s, Stream in-process {stream:.0f}/s: stage "
             f"overhead {100 * (1 - stream / bare):.1f}%\n"
