@@ -188,8 +188,9 @@ class Reader:
                     "since it was indexed (`polymodal validate` checks it; index it again)"
                 )
             sidecar = _sidecar(index, shard, needed=bool(ref.index))
-            hasher, version = None, file_version(url, f)
+            hasher, version = None, None
             if ref.index == 0 and index.format == "tar":  # read whole: its sha256 is checked
+                version = file_version(url, f)
                 if version is None or _VERIFIED.get(version) != shard.sha256:
                     hasher = HashingReader(f)
                 url, limit = index.url(shard), self.max_member_bytes
