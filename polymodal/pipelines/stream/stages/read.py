@@ -4,6 +4,7 @@ the sidecar's offsets across shards, retries with backoff, every check against t
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -36,6 +37,7 @@ Version = tuple[str, int, int, int, int, int]
 # the bound): a persistent DataLoader worker reading the same shards epoch after epoch hashes
 # each version once (sha256 was an eighth of the CPU of the decode-once data path).
 _VERIFIED: dict[Version, str] = {}
+_VERIFIED_LOCK = threading.Lock()  # readers may run in threads of one process
 MAX_VERIFIED = 2**16
 
 
@@ -269,9 +271,10 @@ def file_version(url: str, f: IO[bytes]) -> Version | None:
 
 
 def _remember(version: Version, digest: str) -> None:
-    if len(_VERIFIED) >= MAX_VERIFIED:
-        del _VERIFIED[next(iter(_VERIFIED))]
-    _VERIFIED[version] = digest
+    with _VERIFIED_LOCK:
+        if len(_VERIFIED) >= MAX_VERIFIED:
+            del _VERIFIED[next(iter(_VERIFIED))]
+        _VERIFIED[version] = digest
 
 
 def _sidecar(index: ShardIndex, shard: ShardInfo, needed: bool) -> Sidecar | None:
