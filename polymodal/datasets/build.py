@@ -110,7 +110,7 @@ def write_shards(tasks: list[ShardTask]) -> list[ShardInfo]:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-commit") as committer:
         committing: Future[ShardInfo] | None = None
         for task in tasks:
-            shard, info = _sealed_shard(task)
+            shard, info = _sealed_shard(task, writeback=len(tasks) == 1)
             if committing is not None:
                 try:
                     infos.append(committing.result())
@@ -123,9 +123,11 @@ def write_shards(tasks: list[ShardTask]) -> list[ShardInfo]:
     return infos
 
 
-def _sealed_shard(task: ShardTask) -> tuple[Shard, ShardInfo]:
-    """One planned shard written and hashed under its temporary name (`Shard.seal`)."""
-    shard = open_shard(task.directory, task.name, task.shard_format, task.extensions, task.classes)
+def _sealed_shard(task: ShardTask, writeback: bool) -> tuple[Shard, ShardInfo]:
+    """One planned shard written and hashed under its temporary name (`Shard.seal`);
+    `writeback`: see `Shard`."""
+    args = (task.directory, task.name, task.shard_format, task.extensions, task.classes)
+    shard = open_shard(*args, writeback=writeback)
     problems = []
     try:
         for sample in task.samples:

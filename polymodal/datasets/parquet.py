@@ -40,8 +40,9 @@ class ParquetShard(Shard):
         name: str,
         extensions: Iterable[str],
         classes: Sequence[str] | None = None,
+        writeback: bool = True,
     ) -> None:
-        super().__init__(directory, name)
+        super().__init__(directory, name, writeback)
         self.extensions = sorted(extensions)
         self.kinds = {ext: _feature_kind(ext) for ext in self.extensions}
         columns = [pa.field("__key__", pa.string(), nullable=False)]

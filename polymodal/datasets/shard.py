@@ -122,10 +122,10 @@ class _HashingFile(io.RawIOBase):
     Closing it leaves the wrapped file open: the shard fsyncs and renames that one itself.
     """
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], writeback: bool = True) -> None:
         super().__init__()
         self.f, self.sha, self.size = f, _Hasher(), 0
-        self.unsynced = 0
+        self.unsynced, self.writeback = 0, writeback
 
     def writable(self) -> bool:
         return True
@@ -137,7 +137,7 @@ class _HashingFile(io.RawIOBase):
         self.size += len(data)
         written = self.f.write(data)
         self.unsynced += len(data)
-        if self.unsynced >= WRITEBACK_BYTES:  # the disk writes while the next MB is made
+        if self.writeback and self.unsynced >= WRITEBACK_BYTES:  # the disk writes meanwhile
             self.f.flush()
             start_writeback(self.f.fileno())
             self.unsynced = 0
@@ -152,11 +152,17 @@ class Shard:
 
     suffix = ""
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, writeback: bool = True) -> None:
+        """`writeback`: send each MB on to the disk as soon as it is written, so the disk
+        works while the next is made; a shard committed beside the next one's writing
+        (`build.write_shards`) leaves it all to its commit, which keeps that submission
+        work off the writer (4 MB shards, 1 worker: 0.64 -> 0.79× a tarfile copy, alternated
+        in one process; 256 MB shards, each alone in its run, were as fast or faster with
+        it: 1.29 against 1.00×, 0.86 against 0.85×, in two runs)."""
         self.directory, self.name = Path(directory), name
         self.path = self.directory / name
         self._file = open(tmp_path(self.path), "wb")  # noqa: SIM115 (closed by finish/abort)
-        self.out = _HashingFile(self._file)
+        self.out = _HashingFile(self._file, writeback)
         self.stats = ShardStats()
         self._sealed = False
 

@@ -36,12 +36,14 @@ def open_shard(
     shard_format: str,
     extensions: Iterable[str],
     classes: Sequence[str] | None = None,
+    writeback: bool = True,
 ) -> Shard:
-    """A new shard of `shard_format`; Parquet needs its columns (and class names) up front."""
+    """A new shard of `shard_format`; Parquet needs its columns (and class names) up front.
+    `writeback`: see `Shard`."""
     if shard_format == "tar":
-        return TarShard(directory, name)
+        return TarShard(directory, name, writeback)
     if shard_format == "parquet":
-        return ParquetShard(directory, name, extensions, classes)
+        return ParquetShard(directory, name, extensions, classes, writeback)
     raise ValueError(f"shard format must be 'tar' or 'parquet', got {shard_format!r}")
 
 
