@@ -6,13 +6,13 @@ A folder of 256² JPEGs and 10 s 320×240 h264/aac clips of noise (5 MB each at 
 MB with the defaults), made here, built into 4 MB tar shards with 1 and 2 workers (hashing,
 offsets, sidecars, fsync, atomic renames, index), against reading every file and adding it to
 4 MB tars with Python's `tarfile` (no index, no fsync); and once with `build`'s default 256
-MB shards. Rates are medians over repeats, with the page cache warm for every contender.
+MB shards. Rates are medians over repeats, the contenders taking turns, with the page cache warm
+for every contender.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import os
 import resource
@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 from polymodal.datasets.build import build
@@ -82,32 +81,38 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def timed(fn: Callable[[Path], object], work: Path, repeats: int) -> list[tuple[float, float]]:
-    """(wall seconds, CPU seconds) of each repeat."""
-    seconds = []
-    for r in range(repeats):
-        out = work / f"out{r}"
-        start, cpu = time.perf_counter(), cpu_seconds()
-        fn(out)
-        seconds.append((time.perf_counter() - start, cpu_seconds() - cpu))
-        shutil.rmtree(out)
-    return seconds
+def in_turns(
+    cases: dict[str, Callable[[Path], object]], work: Path, repeats: int
+) -> dict[str, tuple[float, float]]:
+    """(wall seconds, CPU seconds) of each case's median run, the cases taking turns (a, b,
+    c, a, b, c, ...) so that the machine's drift (and the disk's writing back of the case
+    before) falls on all of them alike."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            out = work / "out"
+            start, cpu = time.perf_counter(), cpu_seconds()
+            fn(out)
+            runs[name].append((time.perf_counter() - start, cpu_seconds() - cpu))
+            shutil.rmtree(out)
+    return {name: sorted(r)[len(r) // 2] for name, r in runs.items()}
 
 
-def median_run(runs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The run of median wall time, with its CPU time."""
-    return sorted(runs)[len(runs) // 2]
-
-
-def switched_off(what: str) -> contextlib.AbstractContextManager[Any]:
-    """The build with every fsync (`fsync`: shards, sidecars, index) or the shards' sha256
-    (`sha256`) made a no-op, to state what each costs (the index's hashes are then wrong:
-    these builds are thrown away)."""
+def switched_off(what: str, fn: Callable[[Path], object]) -> Callable[[Path], object]:
+    """`fn` with every fsync (`fsync`: shards, sidecars, index) or the shards' sha256
+    (`sha256`) made a no-op while it runs, to state what each costs (the index's hashes are
+    then wrong: these builds are thrown away)."""
     from polymodal.datasets import shard
 
-    if what == "fsync":
-        return mock.patch.object(shard.os, "fsync", lambda fd: None)
-    return mock.patch.object(shard._Hasher, "update", lambda self, data: None)
+    def run(out: Path) -> object:
+        if what == "fsync":
+            patch = mock.patch.object(shard.os, "fsync", lambda fd: None)
+        else:
+            patch = mock.patch.object(shard._Hasher, "update", lambda self, data: None)
+        with patch:
+            return fn(out)
+
+    return run
 
 
 def main() -> None:
@@ -148,15 +153,14 @@ def main() -> None:
             ),
             "  1 worker, 256 MB shards": lambda out: build(work / "src", out, progress=False),
         }
-        rows = {name: median_run(timed(fn, work, args.repeats)) for name, fn in cases.items()}
         single = cases["polymodal build, 1 worker"]
         for name in ("fsync", "sha256"):
-            with switched_off(name):
-                rows[f"  1 worker without {name}"] = median_run(timed(single, work, args.repeats))
+            cases[f"  1 worker without {name}"] = switched_off(name, single)
+        rows = in_turns(cases, work, args.repeats)
     base = rows["tarfile copy (baseline)"][0]
     print(
         f"{samples} samples ({args.images} JPEGs, {args.clips} clips), {total / 2**20:.1f} MB, "
-        f"4 MB shards; median of {args.repeats}; cores: CPU seconds over wall seconds"
+        f"4 MB shards; median of {args.repeats} in turns; cores: CPU seconds over wall seconds"
     )
     print(
         f"  {'what':30s} {'seconds':>8s} {'samples/s':>10s} {'MB/s':>8s} {'× baseline':>11s} "
