@@ -1,6 +1,6 @@
 """Building a sharded dataset from a folder tree, a manifest, or a Hugging Face Parquet export.
 
-A build is a plan, then one task per shard, then the index:
+A build is a plan, then tasks that write its shards, then the index:
 
 1. **Plan** (a pure function of the source and the options): list the samples, with where each
    member's bytes come from and how many there are, reject what cannot be used, shuffle with
