@@ -96,7 +96,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
         self.config, self.resume, self.progress = config.resolve_seeds(), resume, progress
-        self.place = join_world()
+        self.place, self.owns_world = join_world()
         self.rank, self.world = self.place.rank, self.place.world
         self.distributed = self.world > 1
         self.device = torch.device(
@@ -258,10 +258,16 @@ class Trainer:
         it runs (a second trainer on it is refused, naming this one)."""
         lock = OwnerLock(self.run_dir, "train").acquire() if self.rank == 0 else None
         try:
-            return self._run()
+            summary = self._run()
         finally:
             if lock is not None:
                 lock.release()
+        if self.owns_world:  # every rank got here after the same step
+            # leave together: a rank whose process ends with the gloo group still up can
+            # abort in its teardown ("terminate called without an active exception")
+            dist.barrier()
+            dist.destroy_process_group()
+        return summary
 
     def _run(self) -> dict[str, Any]:
         config = self.config
@@ -492,12 +498,14 @@ class Clock:
         return 1 - self.tokens / self.shipped if self.shipped else 0.0
 
 
-def join_world() -> Place:
-    """This process's place, detected once; under torchrun (`WORLD_SIZE` > 1) the process
-    group is joined first (nccl on GPU, gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+def join_world() -> tuple[Place, bool]:
+    """This process's place, detected once, and whether it joined the process group now:
+    under torchrun (`WORLD_SIZE` > 1) the group is joined first (nccl on GPU, gloo on CPU)
+    unless the caller joined it already (and then leaves it)."""
+    joins = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if joins:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Place.detect()
+    return Place.detect(), joins
 
 
 def seed_everything(seed: int) -> None:
