@@ -501,7 +501,7 @@ class Clock:
 def join_world() -> tuple[Place, bool]:
     """This process's place, detected once, and whether it joined the process group now:
     under torchrun (`WORLD_SIZE` > 1) the group is joined first (nccl on GPU, gloo on CPU)
-    unless the caller joined it already (and then leaves it)."""
+    unless the caller joined it already (the group is then the caller's to leave)."""
     joins = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if joins:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
