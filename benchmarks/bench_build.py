@@ -15,17 +15,17 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
+
+from turns import in_turns, median_run  # a sibling script: standard library only
 
 from polymodal.datasets.build import build
 
@@ -72,31 +72,14 @@ def raw_tar_copy(src: Path, out: Path) -> None:
         tar.close()
 
 
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its children that have ended: a
-    build's worker pool ends within the build."""
-    own, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def into_fresh_folder(work: Path, fn: Callable[[Path], object]) -> Callable[[], object]:
+    """`fn` writing into `work/out`, removed after each run."""
 
+    def run() -> object:
+        fn(work / "out")
+        shutil.rmtree(work / "out")
 
-def in_turns(
-    cases: dict[str, Callable[[Path], object]], work: Path, repeats: int
-) -> dict[str, tuple[float, float]]:
-    """(wall seconds, CPU seconds) of each case's median run, the cases taking turns (a, b,
-    c, a, b, c, ...) so that the machine's drift (and the disk's writing back of the case
-    before) falls on all of them alike."""
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            out = work / "out"
-            start, cpu = time.perf_counter(), cpu_seconds()
-            fn(out)
-            runs[name].append((time.perf_counter() - start, cpu_seconds() - cpu))
-            shutil.rmtree(out)
-    return {name: sorted(r)[len(r) // 2] for name, r in runs.items()}
+    return run
 
 
 class _NoHash:
@@ -167,8 +150,9 @@ def main() -> None:
         single = cases["polymodal build, 1 worker"]
         for name in ("fsync", "sha256"):
             cases[f"  1 worker without {name}"] = switched_off(name, single)
-        rows = in_turns(cases, work, args.repeats)
-    base = rows["tarfile copy (baseline)"][0]
+        runs = in_turns({n: into_fresh_folder(work, fn) for n, fn in cases.items()}, args.repeats)
+        rows = {name: median_run(r) for name, r in runs.items()}
+    base = rows["tarfile copy (baseline)"].wall
     print(
         f"{samples} samples ({args.images} JPEGs, {args.clips} clips), {total / 2**20:.1f} MB, "
         f"4 MB shards; median of {args.repeats} in turns; cores: CPU seconds over wall seconds"
@@ -177,13 +161,15 @@ def main() -> None:
         f"  {'what':30s} {'seconds':>8s} {'samples/s':>10s} {'MB/s':>8s} {'× baseline':>11s} "
         f"{'CPU s':>6s} {'cores':>6s}"
     )
-    for name, (seconds, cpu) in rows.items():
+    for name, row in rows.items():
+        seconds, cpu = row.wall, row.cpu
         print(
             f"  {name:30s} {seconds:8.2f} {samples / seconds:10.0f} "
             f"{total / 2**20 / seconds:8.1f} {base / seconds:10.2f}× "
             f"{cpu:6.2f} {cpu / seconds:6.2f}"
         )
-    (one, one_cpu), (two, _) = rows["polymodal build, 1 worker"], rows["polymodal build, 2 workers"]
+    one, one_cpu = rows["polymodal build, 1 worker"].wall, rows["polymodal build, 1 worker"].cpu
+    two = rows["polymodal build, 2 workers"].wall
     cores = os.cpu_count() or 1
     print(
         f"  2 workers vs 1 worker: {one / two:.2f}× (at most {cores * one / one_cpu:.2f}× on "

@@ -22,16 +22,15 @@ as a training process's later epochs do (the first epoch of a fresh process hash
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 from torchvision import transforms
+from turns import in_turns, median_rate  # a sibling script
 
 from polymodal.adapters import get
 from polymodal.datasets.build import build
@@ -99,21 +98,6 @@ def bare_loop(data: Path, stack: bool = False) -> int:
     return n
 
 
-def in_turns(contenders: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
-    """Median samples/s of each contender (a function returning the samples it delivered),
-    after a warm-up each (page cache, imports, worker start-up paths), taken in turns (a, b,
-    c, a, b, c, ...) so that the machine's drift falls on all of them alike."""
-    for fn in contenders.values():
-        fn()
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            n = fn()
-            rates[name].append(n / (time.perf_counter() - start))
-    return {name: statistics.median(r) for name, r in rates.items()}
-
-
 def resume_cost(data: Path, k: int) -> tuple[float, float]:
     """(seconds to the first batch after resuming at step k, seconds to decode k steps)."""
     loader = Stream(data, fields(), batch_size=BATCH, buffer_size=1000).loader(0)
@@ -147,10 +131,10 @@ def index_check_cost(data: Path, repeats: int) -> tuple[float, float]:
         finally:
             read._check_sample, read._sidecar = saved
 
-    rates = in_turns(
-        {"with": lambda: epoch(True), "without": lambda: epoch(False)}, max(3, repeats)
+    runs = in_turns(
+        {"with": lambda: epoch(True), "without": lambda: epoch(False)}, max(3, repeats), True
     )
-    return rates["with"], rates["without"]
+    return median_rate(runs["with"]), median_rate(runs["without"])
 
 
 def main() -> None:
@@ -173,8 +157,9 @@ def main() -> None:
                     "ours": lambda w=workers: ours(data, w),
                 },
                 args.repeats,
+                warm_up=True,
             )
-            theirs, mine = pair["theirs"], pair["ours"]
+            theirs, mine = median_rate(pair["theirs"]), median_rate(pair["ours"])
             print(f"  {workers:7d} {theirs:11.0f} {mine:10.0f} {mine / theirs:6.2f}×")
         loops = in_turns(
             {
@@ -183,8 +168,9 @@ def main() -> None:
                 "stream": lambda: ours(data, 0),
             },
             args.repeats,
+            warm_up=True,
         )
-        bare, stacked, stream = loops["bare"], loops["stacked"], loops["stream"]
+        bare, stacked, stream = (median_rate(loops[n]) for n in ("bare", "stacked", "stream"))
         print(
             f"\nbare read+decode loop {bare:.0f}/s, Stream in-process {stream:.0f}/s: stage "
             f"overhead {100 * (1 - stream / bare):.1f}%\n"

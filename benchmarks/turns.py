@@ -1,0 +1,61 @@
+"""Contenders timed in turns (a, b, c, a, b, c, ...), so that a shared machine's drift falls
+on all of them alike: how the benchmarks here compare things measured in one run. Standard
+library only, so that a benchmark importing it loads neither torch nor PyAV (see
+`bench_build.make_source`)."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Run(Generic[T]):
+    """One run of a contender: wall seconds, CPU seconds, and what it returned."""
+
+    wall: float
+    cpu: float
+    result: T
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended (a
+    build's worker pool ends within the build)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def in_turns(
+    contenders: Mapping[str, Callable[[], T]], repeats: int, warm_up: bool = False
+) -> dict[str, list[Run[T]]]:
+    """`repeats` runs of each contender, taken in turns; with `warm_up`, one untimed run of
+    each first (page cache, imports, worker start-up paths)."""
+    if warm_up:
+        for fn in contenders.values():
+            fn()
+    runs: dict[str, list[Run[T]]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start, cpu = time.perf_counter(), cpu_seconds()
+            result = fn()
+            runs[name].append(Run(time.perf_counter() - start, cpu_seconds() - cpu, result))
+    return runs
+
+
+def median_rate(runs: list[Run[int]]) -> float:
+    """The median of a contender's items (its result) per wall second."""
+    return statistics.median(r.result / r.wall for r in runs)
+
+
+def median_run(runs: list[Run[T]]) -> Run[T]:
+    """The run of median wall time (its CPU time with it)."""
+    return sorted(runs, key=lambda r: r.wall)[len(runs) // 2]
