@@ -5,6 +5,7 @@ carried along."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ def collate(
     samples: Sequence[Mapping[str, Any]],
     optional: Sequence[str] = (),
     packed: Sequence[str] = (),
+    memory: BatchMemory | None = None,
 ) -> Batch:
     """Stack decoded samples (field name → `Field`, plus `__key__` / `__repeated__` and
     `__meta__`, `__source__`) into a Batch.
@@ -28,7 +30,8 @@ def collate(
     (mask False) and `batch.present[name]` says which samples have it; any other field must
     be in every sample. A field named in `packed` is not padded but packed: its samples'
     elements one after another, with `offsets` (see `Field`); a sample without it (optional)
-    has an empty span.
+    has an empty span. `memory`: where the batch's tensors are made (`BatchMemory`, memory
+    of earlier batches nothing holds any more; default: fresh memory).
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
@@ -43,7 +46,7 @@ def collate(
     fields = {}
     for name in names:
         join = _pack_field if name in packed else _collate_field
-        fields[name] = join([s.get(name) for s in samples], name)
+        fields[name] = join([s.get(name) for s in samples], name, memory)
     present = {name: torch.tensor([name in s for s in samples]) for name in optional}
     repeated = torch.tensor([bool(s.get("__repeated__", False)) for s in samples])
     meta = [dict(s.get("__meta__", {})) for s in samples]
@@ -51,16 +54,16 @@ def collate(
     return Batch(fields, keys, repeated, present, meta if any(meta) else [], sources)
 
 
-def _collate_field(given: list[Field | None], name: str) -> Field:
+def _collate_field(given: list[Field | None], name: str, memory: BatchMemory | None) -> Field:
     template = next(f for f in given if f is not None)
     items = [f if f is not None else _absent(template) for f in given]
     shapes = {tuple(f.values.shape[1:]) for f in items}
     dtypes = {f.values.dtype for f in items}
     if len(shapes) > 1 or len(dtypes) > 1:
         raise ValueError(f"field {name!r}: cannot batch channel shapes {shapes} / dtypes {dtypes}")
-    length = max(len(f.values) for f in items)
-    values = _stack_padded([f.values for f in items], length)
-    if all(f.mask is None and len(f.values) == length for f in items):
+    length = max(f.values.shape[0] for f in items)
+    values = _stack_padded([f.values for f in items], length, memory)
+    if all(f.mask is None and f.values.shape[0] == length for f in items):
         # no padding: one True seen everywhere (read-only), not B×M bytes to fill and to send
         mask = torch.ones((), dtype=torch.bool).expand(len(items), length)
     else:
@@ -70,17 +73,18 @@ def _collate_field(given: list[Field | None], name: str) -> Field:
                 for f in items
             ],
             length,
+            memory,
         )
     coords = None
     if items[0].coords is not None:
         present = [f.coords for f in items if f.coords is not None]
         if len(present) < len(items):
             raise ValueError(f"field {name!r}: some samples have coordinates, some do not")
-        coords = _stack_padded(present, length)
+        coords = _stack_padded(present, length, memory)
     return Field(values=values, grid=_collate_grid(items, length), coords=coords, mask=mask)
 
 
-def _pack_field(given: list[Field | None], name: str) -> Field:
+def _pack_field(given: list[Field | None], name: str, memory: BatchMemory | None) -> Field:
     """The samples' elements concatenated, without padding; each keeps its own grid."""
     given = [f if f is None else _unpadded(f, name) for f in given]
     items = [f for f in given if f is not None]
@@ -96,7 +100,7 @@ def _pack_field(given: list[Field | None], name: str) -> Field:
     values = [f.values for f in items]
     return Field(
         values=torch.cat(
-            values, out=_batch_tensor(values[0], (sum(lengths), *values[0].shape[1:]))
+            values, out=_batch_tensor(values[0], (sum(lengths), *values[0].shape[1:]), memory)
         ),
         grid=[g if isinstance(g, tuple) else (n,) for g, n in zip(grids, lengths, strict=True)],
         coords=coords,
@@ -139,12 +143,14 @@ def _absent(template: Field) -> Field:
     return Field(values=values, grid=grid, coords=coords, mask=torch.zeros(0, dtype=torch.bool))
 
 
-def _stack_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+def _stack_padded(
+    tensors: list[torch.Tensor], length: int, memory: BatchMemory | None = None
+) -> torch.Tensor:
     """Stack along a new batch axis, zero-padding the first axis to `length`. One copy per
     tensor into a preallocated batch: `torch.stack` when sizes agree, else a zeroed buffer
     (4× faster than `pad_sequence` on image-sized fields)."""
-    out = _batch_tensor(tensors[0], (len(tensors), length, *tensors[0].shape[1:]))
-    if all(len(t) == length for t in tensors):
+    out = _batch_tensor(tensors[0], (len(tensors), length, *tensors[0].shape[1:]), memory)
+    if all(t.shape[0] == length for t in tensors):
         return torch.stack(tensors, out=out)
     out.zero_()
     for i, t in enumerate(tensors):
@@ -152,19 +158,66 @@ def _stack_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
     return out
 
 
-def _batch_tensor(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """An empty batch tensor of `like`'s dtype. A batch a DataLoader worker sends is moved to
-    shared memory on the way, in the worker's queue thread, which copies every tensor not
-    already there. Where the workers leave no core idle, that copy costs the worker's own time,
-    so the batch is made in shared memory at once (as torch's `default_collate` does): +6% at
-    2 workers on 2 cores (`benchmarks/bench_stream.py`). With a core to spare the queue
-    thread's copy runs beside the next batch's decoding, and making shared pages in the worker
-    measured 9% slower at 1 worker on 2 cores, so the batch is made in plain memory."""
+def _batch_tensor(
+    like: torch.Tensor, shape: tuple[int, ...], memory: BatchMemory | None = None
+) -> torch.Tensor:
+    """An empty batch tensor of `like`'s dtype (its plain memory from `memory` when given).
+    A batch a DataLoader worker sends is moved to shared memory on the way, in the worker's
+    queue thread, which copies every tensor not already there. Where the workers leave no
+    core idle, that copy costs the worker's own time, so the batch is made in shared memory
+    at once (as torch's `default_collate` does): +6% at 2 workers on 2 cores
+    (`benchmarks/bench_stream.py`). With a core to spare the queue thread's copy runs beside
+    the next batch's decoding, and making shared pages in the worker measured 9% slower at 1
+    worker on 2 cores, so the batch is made in plain memory."""
     info = get_worker_info()
     if info is None or info.num_workers < cores():
-        return like.new_empty(shape)
+        return like.new_empty(shape) if memory is None else memory.tensor(like, shape)
     storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
     return like.new(storage).view(shape)
+
+
+class BatchMemory:
+    """Plain memory for batch tensors, used again once nothing holds the batch it was given to.
+
+    Why: a batch of 64 crops of 224² is 9.6 MB, allocated afresh each batch; the allocator
+    hands such blocks back to the system when freed, so every batch faulted its 2,352 pages in
+    again, one at a time: 2-4 ms a batch on this project's 2-core machine, twice the copy of
+    the crops into it. A buffer is handed out again only when its reference count says that
+    no tensor, view or array is left on it (a tensor made by `torch.frombuffer` holds its
+    buffer until the last view of its storage is gone; a batch sent to another process moves
+    to shared memory and lets go of it). Tensors under `min_bytes` come from the allocator's
+    heap, already faulted in. At most `keep` buffers are kept: one of another size that
+    nothing holds makes room for a new size (batches padded to their longest sample differ
+    in size), and past that a batch tensor gets memory of its own."""
+
+    def __init__(self, keep: int = 8, min_bytes: int = 2**18) -> None:
+        self.keep, self.min_bytes = keep, min_bytes
+        self._buffers: list[bytearray] = []
+
+    def tensor(self, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        size = math.prod(shape) * like.element_size()
+        if size < max(1, self.min_bytes):
+            return like.new_empty(shape)
+        free = [b for b in self._buffers if sys.getrefcount(b) == _UNHELD]
+        buffer = next((b for b in free if len(b) == size), None)
+        if buffer is None:
+            if len(self._buffers) >= self.keep:
+                if not free:
+                    return like.new_empty(shape)
+                del self._buffers[next(i for i, b in enumerate(self._buffers) if b is free[0])]
+            buffer = bytearray(size)
+            self._buffers.append(buffer)
+        return torch.frombuffer(buffer, dtype=like.dtype).view(shape)
+
+    @property
+    def bytes(self) -> int:
+        """The memory it keeps, held by batches or free."""
+        return sum(len(b) for b in self._buffers)
+
+
+# what `sys.getrefcount` says of a buffer held by `BatchMemory` alone, as its list
+# comprehension sees it: its list, the comprehension's variable and the call's argument
+_UNHELD = 3
 
 
 def _collate_grid(items: list[Field], length: int) -> Grid | list[Grid] | None:

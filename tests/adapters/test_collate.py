@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from polymodal.adapters import Batch, Field, collate
+from polymodal.adapters.collation import BatchMemory
 
 
 def _sample(key, length, repeated=False, mask=None):
@@ -160,3 +161,39 @@ def test_a_pickled_field_keeps_small_tensors_exactly(tensor):
     for got in (again.values, again.mask):
         assert got.dtype == tensor.dtype and got.shape == tensor.shape
         assert got.stride() == tensor.stride() and torch.equal(got, tensor)
+
+
+def test_batch_memory_is_used_again_only_once_nothing_holds_it():
+    """Batches made in a `BatchMemory`: a row view, a NumPy array or a whole batch still held
+    keeps its memory from the batches made after it; memory nothing holds any more is used
+    again; at most `keep` buffers are kept, whatever the sizes."""
+
+    def batch(n: int, memory: BatchMemory) -> Batch:
+        return collate([_sample(f"{n}a", 4 + n % 5), _sample(f"{n}b", 4)], memory=memory)
+
+    def size(b: Batch) -> int:
+        tensors = [t for f in b.values() for t in (f.values, f.mask, f.coords) if t is not None]
+        return sum(t.untyped_storage().nbytes() for t in tensors)
+
+    roomy = BatchMemory(keep=100, min_bytes=1)
+    row = batch(1, roomy)["audio"].values[0]  # the batch is gone, one row of it is not
+    array = batch(2, roomy)["image"].values.numpy()
+    held = [batch(n, roomy) for n in range(3, 13)]  # two of each of five sizes
+    expected = [collate([_sample(f"{n}a", 4 + n % 5), _sample(f"{n}b", 4)]) for n in range(3, 13)]
+    for n in range(20):
+        batch(n, roomy)  # made and let go: the memory nothing holds any more
+    assert row[:, 0].tolist() == [1, 2, 3, 4, 5]
+    assert (array[0] == 6).all() and (array[1] == 4).all()
+    for got, want in zip(held, expected, strict=True):
+        for name in want:
+            assert torch.equal(got[name].values, want[name].values)
+            assert torch.equal(got[name].mask, want[name].mask)
+
+    fresh = BatchMemory(keep=100, min_bytes=1)
+    for n in range(40):  # each made and let go before the next: the same buffers again
+        batch(n % 2, fresh)
+    assert fresh.bytes <= size(batch(0, fresh)) + size(batch(1, fresh))  # shared sizes once
+
+    small = BatchMemory(keep=3, min_bytes=1)
+    kept = [batch(n, small) for n in range(20)]
+    assert 0 < small.bytes <= 3 * max(size(b) for b in kept)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from polymodal.adapters import Batch, collate
+from polymodal.adapters.collation import BatchMemory
 from polymodal.pipelines.stream.stages.base import Skip
 
 
@@ -27,6 +28,7 @@ class Batcher:
     ) -> None:
         self.filler, self.optional, self.packed = filler, tuple(optional), tuple(packed)
         self.batches = 0
+        self.memory = BatchMemory()  # one reader's epoch: its batches' memory, used again
 
     def state_dict(self) -> dict[str, int]:
         return {"batches": self.batches}
@@ -44,4 +46,4 @@ class Batcher:
             return None, skips
         filler = [{**item, "__repeated__": True} for item in repeat]
         flat = [i for items in samples for i in (filler if isinstance(items, Skip) else items)]
-        return collate(flat, self.optional, self.packed), skips
+        return collate(flat, self.optional, self.packed, self.memory), skips

@@ -39,6 +39,8 @@ class Decode:
         self.optional, self.meta, self.max_meta_bytes = set(optional), tuple(meta), max_meta_bytes
         self.clips = clips_per_sample
         self.skipped = 0
+        # the fields that draw (random crops, clip starts): only they need the sample's seeds
+        self.draws = {name for name, adapter in fields.items() if adapter.uses_rng}
 
     def state_dict(self) -> dict[str, int]:
         return {"skipped": self.skipped}
@@ -52,22 +54,18 @@ class Decode:
             self.skipped += 1
             return raw
         key = raw["__key__"]
-        # a sample given more than once in an epoch (a source repeated by its rule) draws anew
-        # each time: its draw number is part of the seed after the first
-        seed = stable_seed(
-            key if not ref.draw else f"{key}@{ref.draw}", self.seed * 1_000_003 + self.epoch
-        )
-        # clip 0 draws as a one-clip stream does; the others from seeds of their own
-        seeds = [seed] + [stable_seed(f"{key}#{j}", seed) for j in range(1, self.clips)]
+        seeds = self._seeds(key, ref.draw) if self.draws else []
         items: list[dict[str, Any]] = [
-            {"__key__": key, "__repeated__": ref.repeated, "__source__": ref.source} for _ in seeds
+            {"__key__": key, "__repeated__": ref.repeated, "__source__": ref.source}
+            for _ in range(self.clips)
         ]
+        unseeded = [None] * self.clips
         try:
             for name, adapter in self.fields.items():
                 if name in self.optional and not any(e in raw for e in adapter.extensions):
                     continue  # an optional field this sample does not have
                 # one generator per field, equally seeded: audio and video cut the same moment
-                rngs = [_generator(s) if adapter.uses_rng else None for s in seeds]
+                rngs = [_generator(s) for s in seeds] if name in self.draws else unseeded
                 for item, field in zip(items, adapter.decode_clips(raw, rngs), strict=True):
                     item[name] = field
             metadata = {ext: self._meta(key, ext, raw[ext]) for ext in self.meta if ext in raw}
@@ -81,6 +79,14 @@ class Decode:
             for item in items:
                 item["__meta__"] = metadata
         return items
+
+    def _seeds(self, key: str, draw: int) -> list[int]:
+        """The seeds of a sample's clips' generators, from the run's seed, the epoch and the
+        key (and the draw: a sample given more than once in an epoch, by a source repeated by
+        its rule, draws anew each time after the first)."""
+        seed = stable_seed(key if not draw else f"{key}@{draw}", self.seed * 1_000_003 + self.epoch)
+        # clip 0 draws as a one-clip stream does; the others from seeds of their own
+        return [seed] + [stable_seed(f"{key}#{j}", seed) for j in range(1, self.clips)]
 
     def _meta(self, key: str, ext: str, data: bytes) -> Any:
         """A metadata member as it rides along: JSON decoded, text as a string; bounded."""
