@@ -186,6 +186,9 @@ class Batch(MutableMapping[str, Field]):
             if f.offsets is not None or f.mask is None:
                 count = math.prod(f.values.shape[:-1])
                 real, shipped = real + count, shipped + count
+            elif f.mask.numel() and not any(f.mask.stride()):  # one value seen everywhere
+                one = bool(f.mask[(0,) * f.mask.dim()])  # (an unpadded batch's: no B×M sum)
+                real, shipped = real + one * f.mask.numel(), shipped + f.mask.numel()
             else:
                 real, shipped = real + int(f.mask.sum()), shipped + f.mask.numel()
         return real, shipped

@@ -353,7 +353,7 @@ class Trainer:
                 epoch_ended = self.train_loader.epoch
             batch = batch.to(self.device, non_blocking=True)
             seed = self._micro_seed(micro)
-            torch.manual_seed(seed)  # dropout, SpecAugment, masks: a function of the step
+            seed_step(seed, self.device)  # dropout, SpecAugment, masks: a function of the step
             with autocast:
                 loss = self.task.loss(self.net, batch, np.random.default_rng(seed))
             (loss / config.optim.accumulate).backward()
@@ -506,6 +506,16 @@ def join_world() -> tuple[Place, bool]:
     if joins:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return Place.detect(), joins
+
+
+def seed_step(seed: int, device: torch.device) -> None:
+    """torch's generators a step draws from, the CPU's and the run's device's, seeded with
+    `seed`: what `torch.manual_seed` does for the devices a run uses, without calling on every
+    backend torch knows (0.4 ms a step; the demo's whole step is 30 ms on this CPU)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 def seed_everything(seed: int) -> None:
