@@ -181,14 +181,15 @@ class BatchMemory:
 
     Why: a batch of 64 crops of 224² is 9.6 MB, allocated afresh each batch; the allocator
     hands such blocks back to the system when freed, so every batch faulted its 2,352 pages in
-    again, one at a time: 2-4 ms a batch on this project's 2-core machine, twice the copy of
-    the crops into it. A buffer is handed out again only when its reference count says that
-    no tensor, view or array is left on it (a tensor made by `torch.frombuffer` holds its
-    buffer until the last view of its storage is gone; a batch sent to another process moves
-    to shared memory and lets go of it). Tensors under `min_bytes` come from the allocator's
-    heap, already faulted in. At most `keep` buffers are kept: one of another size that
-    nothing holds makes room for a new size (batches padded to their longest sample differ
-    in size), and past that a batch tensor gets memory of its own."""
+    again, one at a time: 2-4 ms a batch on this project's 2-core machine, where copying 9.6
+    MB into memory used before takes 1 ms. A buffer is handed out again only when its
+    reference count says that no tensor, view or array is left on it (a tensor made by
+    `torch.frombuffer` holds its buffer until the last view of its storage is gone; a batch
+    sent to another process moves to shared memory and lets go of it). Tensors under
+    `min_bytes` come from the allocator's heap, already faulted in. At most `keep` buffers are
+    kept: one of another size that nothing holds makes room for a new size (batches padded to
+    their longest sample differ in size), and past that a batch tensor gets memory of its
+    own."""
 
     def __init__(self, keep: int = 8, min_bytes: int = 2**18) -> None:
         self.keep, self.min_bytes = keep, min_bytes
@@ -198,7 +199,8 @@ class BatchMemory:
         size = math.prod(shape) * like.element_size()
         if size < max(1, self.min_bytes):
             return like.new_empty(shape)
-        free = [b for b in self._buffers if sys.getrefcount(b) == _UNHELD]
+        counts = _references(self._buffers)
+        free = [b for b, n in zip(self._buffers, counts, strict=True) if n == _UNHELD]
         buffer = next((b for b in free if len(b) == size), None)
         if buffer is None:
             if len(self._buffers) >= self.keep:
@@ -215,9 +217,16 @@ class BatchMemory:
         return sum(len(b) for b in self._buffers)
 
 
-# what `sys.getrefcount` says of a buffer held by `BatchMemory` alone, as its list
-# comprehension sees it: its list, the comprehension's variable and the call's argument
-_UNHELD = 3
+def _references(buffers: list[bytearray]) -> list[int]:
+    """Each buffer's reference count, as this function sees it."""
+    return [sys.getrefcount(b) for b in buffers]
+
+
+# The count of a buffer its list alone holds, measured rather than assumed: what the count of
+# a free buffer reads depends on the interpreter (its list, the loop's variable and the call's
+# argument on CPython 3.11; later interpreters may borrow the variable's reference). A buffer
+# a tensor is made on reads at least one more, the reference its storage holds.
+_UNHELD = _references([bytearray(1)])[0]
 
 
 def _collate_grid(items: list[Field], length: int) -> Grid | list[Grid] | None:
