@@ -197,3 +197,25 @@ def test_batch_memory_is_used_again_only_once_nothing_holds_it():
     small = BatchMemory(keep=3, min_bytes=1)
     kept = [batch(n, small) for n in range(20)]
     assert 0 < small.bytes <= 3 * max(size(b) for b in kept)
+
+
+class _BigBatchesFromMemory(torch.utils.data.IterableDataset):
+    """Batches over `BatchMemory`'s bound in size, each of its own value, made as fast as the
+    worker can: the buffer of one is handed out again while earlier ones travel."""
+
+    def __iter__(self):
+        memory = BatchMemory()
+        for n in range(12):
+            field = Field(values=torch.full((70_000, 3), n, dtype=torch.uint8), grid=(70_000,))
+            yield collate([{"__key__": str(n), "x": field}] * 2, memory=memory)
+
+
+def test_batches_a_worker_makes_in_batch_memory_arrive_intact():
+    """Through a real worker (plain memory where a core is idle, shared where none is): every
+    batch arrives with its own values, none overwritten by a later batch made in the same
+    buffer."""
+    loader = torch.utils.data.DataLoader(_BigBatchesFromMemory(), batch_size=None, num_workers=1)
+    got = [(batch.keys[0], batch["x"].values) for batch in loader]  # all held, then checked
+    assert [key for key, _ in got] == [str(n) for n in range(12)]
+    for n, (_, values) in enumerate(got):
+        assert values.shape == (2, 70_000, 3) and bool((values == n).all())
