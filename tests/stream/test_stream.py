@@ -378,3 +378,41 @@ def test_a_field_the_data_lacks_is_refused_when_the_stream_is_made(dataset):
     with pytest.raises(MissingMember, match=r"field 'audio': the dataset .* has no flac / wav"):
         Stream(dataset, fields)
     assert Stream(dataset, fields, optional=["audio"]).total == sum(SHARD_SIZES)
+
+
+class _DecodeLog:
+    """A stream transform that notes when each sample passed it (in a file: it runs in the
+    DataLoader workers)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, sample: dict) -> dict:
+        with open(self.path, "a") as f:
+            f.write(f"{time.monotonic()} {sample['__key__']}\n")
+        return sample
+
+
+def test_workers_begin_the_next_epoch_while_the_last_batch_is_used(dataset, tmp_path):
+    """With workers, the next epoch's samples are decoded while the consumer still holds the
+    last batch of this one (they would otherwise wait, idle, for the next iteration); the
+    epochs keep their batches, each sample once an epoch and the order of an uninterrupted
+    run, and `set_epoch` afterwards still gives the epoch it names."""
+    log = tmp_path / "decoded.txt"
+    fields = png_fields()
+    loader = Stream(dataset, fields, batch_size=4, buffer_size=8).map(_DecodeLog(log)).loader(1)
+    first = [list(b.keys) for b in loader]
+    held_from = time.monotonic()  # the consumer steps on the epoch's last batch
+    time.sleep(1.0)
+    asked = time.monotonic()
+    second = [list(b.keys) for b in loader]
+    times = [float(line.split()[0]) for line in log.read_text().splitlines()]
+    assert any(held_from < t < asked for t in times)  # decoded while the last batch was held
+    total = sum(SHARD_SIZES)
+    for epoch in (first, second):
+        keys = [k for batch in epoch for k in batch]
+        assert sorted(set(keys)) == [f"k{i:04d}" for i in range(total)]
+    fresh = Stream(dataset, fields, batch_size=4, buffer_size=8).loader(0)
+    assert [[list(b.keys) for b in fresh] for _ in range(2)] == [first, second]
+    loader.set_epoch(0)
+    assert [list(b.keys) for b in loader] == first

@@ -165,6 +165,8 @@ class StreamLoader:
         self._logged: set[str] = set()
         self.report_epoch = 0
         self._loader: DataLoader | None = None
+        # (epoch, the DataLoader's iterator already started on it): see `_start_next`
+        self._next: tuple[int, Iterator[Any]] | None = None
 
     @property
     def dataset(self) -> Stream:
@@ -227,7 +229,11 @@ class StreamLoader:
         ]
         total = sum(counts)
         waiting: dict[int, deque] = {w: deque() for w in range(workers)}
-        delivered = iter(self._data_loader())
+        started, self._next = self._next, None
+        if started is not None and started[0] == self.epoch and not self.batches and rest is None:
+            delivered = started[1]  # the workers began this epoch already (`_start_next`)
+        else:
+            delivered = iter(self._data_loader())
         try:
             for worker, batch, state, skips in delivered:
                 waiting[worker].append((batch, state, skips))
@@ -238,7 +244,11 @@ class StreamLoader:
                     self.worker_states[due] = state
                     self.batches += 1
                     self._count(batch)
+                    if self.batches == total:
+                        self._start_next()
                     yield batch
+                if self._next is not None:  # the workers are on the next epoch already
+                    break
             died = None
         except (RuntimeError, EOFError, ConnectionError) as exc:
             quiet = _quiet_sigchld()  # PyTorch's handler would raise again for the dead one
@@ -266,8 +276,21 @@ class StreamLoader:
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
         self.rest, self._fresh = None, True
 
+    def _start_next(self) -> None:
+        """Once the epoch's last batch is in, the persistent workers start the next epoch,
+        while the consumer still steps on that batch: otherwise each epoch began with the
+        workers idle until the next iteration asked (the shuffle buffer filled, the first
+        batch decoded), 15-38 ms of waiting an epoch in `benchmarks/bench_train.py`'s demo.
+        The next iteration takes them up if it is that epoch from its start; `set_epoch`, a
+        loaded state or an elastic rest start the workers again, as before."""
+        if not self.num_workers:  # in this process nothing runs ahead
+            return
+        self._epochs.epoch.value = self.epoch + 1
+        self._next = (self.epoch + 1, iter(self._data_loader()))
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch `epoch`, from its first batch."""
+        self._next = None
         self.epoch, self.batches, self.worker_states = epoch, 0, {}
         self._epochs.resume, self.rest = None, None
         self._fresh = True
@@ -338,6 +361,7 @@ class StreamLoader:
         self.delivered = list(state.get("delivered", [0] * len(self.stream.sources)))
         self._epochs.resume = (self.epoch, dict(self.worker_states), self.rest)
         self._loader = None  # workers copy the dataset when they start: start fresh ones
+        self._next = None
         self._fresh = True
 
     def _begun_groups(self, state: Mapping[str, Any]) -> dict[str, Any]:
