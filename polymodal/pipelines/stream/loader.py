@@ -286,7 +286,13 @@ class StreamLoader:
         if not self.num_workers:  # in this process nothing runs ahead
             return
         self._epochs.epoch.value = self.epoch + 1
-        self._next = (self.epoch + 1, iter(self._data_loader()))
+        try:
+            self._next = (self.epoch + 1, iter(self._data_loader()))
+        except (RuntimeError, EOFError, ConnectionError):
+            # a worker that died or hung: not this epoch's failure, whose batches are all in
+            # (this one is still to be handed out); the next iteration restarts the workers
+            # and reports it there
+            self._next = None
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch `epoch`, from its first batch."""
