@@ -144,7 +144,7 @@ def _absent(template: Field) -> Field:
 
 
 def _stack_padded(
-    tensors: list[torch.Tensor], length: int, memory: BatchMemory | None = None
+    tensors: list[torch.Tensor], length: int, memory: BatchMemory | None
 ) -> torch.Tensor:
     """Stack along a new batch axis, zero-padding the first axis to `length`. One copy per
     tensor into a preallocated batch: `torch.stack` when sizes agree, else a zeroed buffer
@@ -159,7 +159,7 @@ def _stack_padded(
 
 
 def _batch_tensor(
-    like: torch.Tensor, shape: tuple[int, ...], memory: BatchMemory | None = None
+    like: torch.Tensor, shape: tuple[int, ...], memory: BatchMemory | None
 ) -> torch.Tensor:
     """An empty batch tensor of `like`'s dtype (its plain memory from `memory` when given).
     A batch a DataLoader worker sends is moved to shared memory on the way, in the worker's

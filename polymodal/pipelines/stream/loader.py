@@ -218,22 +218,12 @@ class StreamLoader:
         self._fresh = False
         self._epochs.epoch.value = self.epoch
         if self.batches == 0:  # a new epoch (not a resumed one): a new report
-            self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
-            self.delivered = [0] * len(self.stream.sources)
-            self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
-        workers = max(1, self.num_workers)
+            self._new_report()
         rest = self._rest()
-        counts = [
-            self.stream.slice(self.place.reader(w, workers), rest, self.epoch).batches
-            for w in range(workers)
-        ]
+        counts = self._worker_batches(rest)  # each worker's batches this epoch
         total = sum(counts)
-        waiting: dict[int, deque] = {w: deque() for w in range(workers)}
-        started, self._next = self._next, None
-        if started is not None and started[0] == self.epoch and not self.batches and rest is None:
-            delivered = started[1]  # the workers began this epoch already (`_start_next`)
-        else:
-            delivered = iter(self._data_loader())
+        waiting: dict[int, deque] = {w: deque() for w in range(len(counts))}
+        delivered = self._delivery(rest)
         try:
             for worker, batch, state, skips in delivered:
                 waiting[worker].append((batch, state, skips))
@@ -275,6 +265,27 @@ class StreamLoader:
         self._summarise()
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
         self.rest, self._fresh = None, True
+
+    def _new_report(self) -> None:
+        """Skips and deliveries counted afresh for a new epoch, the excluded shards first."""
+        self.skipped, self.report_epoch, self._logged = [], self.epoch, set()
+        self.delivered = [0] * len(self.stream.sources)
+        self._note_skips([s.as_dict() for e in self.stream.excluded for s in e.values()])
+
+    def _worker_batches(self, rest: Rest | None) -> list[int]:
+        workers = max(1, self.num_workers)
+        return [
+            self.stream.slice(self.place.reader(w, workers), rest, self.epoch).batches
+            for w in range(workers)
+        ]
+
+    def _delivery(self, rest: Rest | None) -> Iterator[Any]:
+        """The DataLoader's iterator over this epoch: the one `_start_next` began when this
+        is that epoch from its start, else the workers started on it now."""
+        started, self._next = self._next, None
+        if started is not None and started[0] == self.epoch and not self.batches and rest is None:
+            return started[1]
+        return iter(self._data_loader())
 
     def _start_next(self) -> None:
         """Once the epoch's last batch is in, the persistent workers start the next epoch,
