@@ -64,12 +64,15 @@ def test_nothing_readable_is_one_clear_error_from_the_loader(tmp_path):
         list(loader)
 
 
-def test_a_dead_worker_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize("where", ["main thread", "other thread"])
+def test_a_dead_worker_is_one_clear_error(tmp_path, where):
     """A worker killed mid-epoch (as by the out-of-memory killer) is a StreamError in the
-    iterating process. Run in a child: PyTorch's SIGCHLD handler is process-wide state."""
+    iterating process, soon, not after the 600 s batch timeout. Run in a child: PyTorch's
+    SIGCHLD handler is process-wide state. From another thread PyTorch sets no handler, so
+    only the loader's own look at its workers can tell."""
     data = two_class_pngs(tmp_path / "data")
     script = textwrap.dedent(f"""
-        import os, signal
+        import os, signal, threading, time
         from polymodal.adapters import get
         from polymodal.pipelines.stream.stream import Stream, StreamError
 
@@ -81,10 +84,21 @@ def test_a_dead_worker_is_one_clear_error(tmp_path):
 
         fields = {{"image": KillerImage(size=None, extensions=["png"]), "label": get("label")()}}
         loader = Stream({str(data)!r}, fields, batch_size=2, shuffle=False).loader(2)
-        try:
-            list(loader)
-        except StreamError as exc:
-            print("STREAM ERROR", exc)
+
+        def run():
+            try:
+                list(loader)
+            except StreamError as exc:
+                print("STREAM ERROR", exc)
+
+        start = time.monotonic()
+        if {where!r} == "main thread":
+            run()
+        else:
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join()
+        print("SECONDS", round(time.monotonic() - start))
         print("BATCHES", loader.state_dict()["batches"], "OF", len(loader))
         """)
     result = subprocess.run(
@@ -93,6 +107,8 @@ def test_a_dead_worker_is_one_clear_error(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "STREAM ERROR" in result.stdout and "out of memory, or a decoder" in result.stdout
     assert "OF 6" in result.stdout and "BATCHES 6" not in result.stdout
+    seconds = int(result.stdout.split("SECONDS ")[1].split()[0])
+    assert seconds < 60, result.stdout
 
 
 class _HangingImage(type(get("image")())):

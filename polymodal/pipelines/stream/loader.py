@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("polymodal.stream")
 BATCH_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch before it is hung
+# How often a wait for a batch looks whether a worker died (see `StreamLoader._patiently`).
+WORKER_CHECK = 5.0
 ELASTIC = {"world", "workers"}  # what a resumed run may change (`elastic`)
 
 
@@ -225,7 +227,7 @@ class StreamLoader:
         waiting: dict[int, deque] = {w: deque() for w in range(len(counts))}
         delivered = self._delivery(rest)
         try:
-            for worker, batch, state, skips in delivered:
+            for worker, batch, state, skips in self._patiently(delivered):
                 waiting[worker].append((batch, state, skips))
                 while self.batches < total and waiting[due := batch_worker(counts, self.batches)]:
                     batch, state, skips = waiting[due].popleft()
@@ -265,6 +267,32 @@ class StreamLoader:
         self._summarise()
         self.epoch, self.batches, self.worker_states = self.epoch + 1, 0, {}
         self.rest, self._fresh = None, True
+
+    def _patiently(self, delivered: Iterator[Any]) -> Iterator[Any]:
+        """The DataLoader's items, waiting up to `batch_timeout` for each, `WORKER_CHECK` at a
+        time. With a timeout, PyTorch's DataLoader learns of a dead worker from its SIGCHLD
+        handler, or only when the timeout runs out, and the handler is not always there: PyTorch
+        sets none when the loader is iterated from another thread, and a CI run once waited past
+        its test's 120 s for a killed worker in the main thread. At each slice's end the
+        DataLoader looks at its workers itself (a dead one is its RuntimeError). The slice is
+        the iterator's own timeout (`_timeout`, which PyTorch reads at every wait) only while a
+        batch is awaited: the wait for restarted workers (`iter()` on a used DataLoader) keeps
+        the whole one."""
+        since = time.monotonic()
+        while True:
+            delivered._timeout = min(self.batch_timeout, WORKER_CHECK)  # type: ignore[attr-defined]
+            try:
+                item = next(delivered)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                if _timed_out(exc) and time.monotonic() - since < self.batch_timeout:
+                    continue
+                raise
+            finally:
+                delivered._timeout = self.batch_timeout  # type: ignore[attr-defined]
+            yield item
+            since = time.monotonic()
 
     def _new_report(self) -> None:
         """Skips and deliveries counted afresh for a new epoch, the excluded shards first."""
