@@ -79,13 +79,16 @@ def check_sizes(**sizes: tuple[int, int]) -> None:
 
 class FourierPositions(nn.Module):
     """Fourier features of a grid, built on the device and cached per (shape, device, dtype),
-    the `CACHED` most recently used: samples of their own lengths (packed batches) bring a
-    grid each, which a cache without bound would keep for the whole run.
+    the most recently used up to `CACHE_BYTES` in all (the newest is kept whatever its size:
+    a model of one large grid computes it once). Samples of their own lengths (packed
+    batches) bring a grid each, which a cache without bound would keep for the whole run; a
+    bound in entries would hold speech's hundreds of short grids no better than a few
+    pictures' grids of 50 MB each.
 
     `max_resolution` defaults to the grid's own shape, as the reference does.
     """
 
-    CACHED = 128
+    CACHE_BYTES = 64 * 2**20
 
     def __init__(
         self,
@@ -100,6 +103,7 @@ class FourierPositions(nn.Module):
         self.num_bands, self.concat_pos, self.sine_only = num_bands, concat_pos, sine_only
         self.max_resolution = tuple(max_resolution) if max_resolution else None
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
 
     def channels(self, d: int) -> int:
         return fourier_channels(d, self.num_bands, self.concat_pos, self.sine_only)
@@ -118,8 +122,10 @@ class FourierPositions(nn.Module):
             positions, self.num_bands, resolution, self.concat_pos, self.sine_only
         ).to(dtype)
         self._cache[key] = features
-        if len(self._cache) > self.CACHED:
-            self._cache.popitem(last=False)
+        self._cached_bytes += features.nbytes
+        while self._cached_bytes > self.CACHE_BYTES and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= evicted.nbytes
         return features
 
     def of(self, positions: torch.Tensor, max_resolution: Sequence[int]) -> torch.Tensor:

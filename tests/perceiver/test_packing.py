@@ -255,14 +255,21 @@ def test_on_a_gpu_packed_masked_byte_logits_come_from_one_varlen_kernel():
     torch.testing.assert_close(together, torch.cat(alone).float(), atol=3e-2, rtol=0)
 
 
-def test_positions_of_many_lengths_stay_cached_within_the_bound():
-    """Packed samples bring a grid each: the positions cache keeps the most recent ones only,
-    and a grid computed again after eviction gives the same features."""
-    positions = FourierPositions(num_bands=4)
-    first = positions((3,), torch.device("cpu")).clone()
-    for length in range(4, 4 + 2 * FourierPositions.CACHED):
-        positions((length,), torch.device("cpu"))
-    assert len(positions._cache) == FourierPositions.CACHED
-    recent = positions((length,), torch.device("cpu"))
-    assert recent is positions((length,), torch.device("cpu"))  # a hit, not a recomputation
-    assert torch.equal(positions((3,), torch.device("cpu")), first)
+def test_positions_of_many_lengths_stay_cached_within_the_bound(monkeypatch):
+    """Packed samples bring a grid each: the positions cache keeps the most recent ones up
+    to its bound in bytes, a grid computed again after eviction gives the same features, and
+    one grid larger than the bound is still kept (a model of one large grid computes it once)."""
+    monkeypatch.setattr(FourierPositions, "CACHE_BYTES", 100_000)
+    positions = FourierPositions(num_bands=4)  # 9 channels of float32: 36 bytes a position
+    cpu = torch.device("cpu")
+    first = positions((3,), cpu).clone()
+    for length in range(4, 400):
+        positions((length,), cpu)
+    held = [t.nbytes for t in positions._cache.values()]
+    assert sum(held) <= 100_000 < 36 * sum(range(3, 400))  # what was made: 2.9 MB
+    assert len(held) > 5  # many small grids, not a fixed few
+    recent = positions((399,), cpu)
+    assert recent is positions((399,), cpu)  # a hit, not a recomputation
+    assert torch.equal(positions((3,), cpu), first)
+    large = positions((4000,), cpu)  # 144,000 bytes: over the bound alone
+    assert len(positions._cache) == 1 and positions((4000,), cpu) is large
