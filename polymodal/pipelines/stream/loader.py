@@ -278,6 +278,9 @@ class StreamLoader:
         the iterator's own timeout (`_timeout`, which PyTorch reads at every wait) only while a
         batch is awaited: the wait for restarted workers (`iter()` on a used DataLoader) keeps
         the whole one."""
+        if not self.num_workers:  # batches made in this process: no worker to die
+            yield from delivered
+            return
         since = time.monotonic()
         while True:
             delivered._timeout = min(self.batch_timeout, WORKER_CHECK)  # type: ignore[attr-defined]
