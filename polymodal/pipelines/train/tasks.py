@@ -515,7 +515,10 @@ def retrieval_recall(
         for start in range(0, len(queries), 1024):  # N × 1024 similarities at a time
             chunk = queries[start : start + 1024]
             sims = chunk @ keys.T
-            own = (chunk * keys[start : start + len(chunk)]).sum(-1, keepdim=True)
+            # a clip's own similarity read from the same product: computed apart, it differs
+            # from its entry in `sims` by rounding, and the clip then outranked itself
+            rows = torch.arange(len(chunk), device=sims.device)
+            own = sims[rows, start + rows][:, None]
             ranks.append((sims > own).sum(-1))
         rank = torch.cat(ranks)
         for k in ks:
