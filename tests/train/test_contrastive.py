@@ -134,8 +134,11 @@ def clips(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_contrastive_training_learns_which_sound_goes_with_which_picture(tmp_path, clips, capsys):
     path = tmp_path / "c.toml"
-    path.write_text(av_train_toml(clips, tmp_path / "run", task="contrastive", epochs=12))
-    config = load_config(path, ["data.batch_size=16"])  # 8 clips whiten 4 channels noisily
+    text = av_train_toml(clips, tmp_path / "run", task="contrastive", epochs=12)
+    # 8 clips whiten 4 channels noisily; in the file, so that `evaluate` batches as the run did
+    path.write_text(text.replace("batch_size = 8", "batch_size = 16"))
+    config = load_config(path)
+    assert config.data.batch_size == 16
     summary = Trainer(config, progress=False).run()
     run = tmp_path / "run"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
