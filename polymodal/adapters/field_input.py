@@ -30,17 +30,17 @@ class FieldInput(nn.Module):
         return self.module(*(getattr(field, name) for name in self.arguments))
 
     def _packed(self, field: Field) -> PackedTokens:
-        """The pack in one pass where the module can (`per_element`, or its own `pack`: 1-d
-        grids, log-mel); else samples of one shape go through the module together (images of
-        one size, clips of one length) and each sample's tokens take its place in the pack.
-        One pass matters on a GPU, which launches each call's kernels."""
+        """The pack in one pass where the module can (its own `pack`: bytes, 1-d grids,
+        log-mel; or `per_element`, padded); else samples of one shape go through the module
+        together (images of one size, clips of one length) and each sample's tokens take its
+        place in the pack. One pass matters on a GPU, which launches each call's kernels."""
         assert field.offsets is not None
-        if getattr(self.module, "per_element", False):
-            return self._packed_padded(field)
         pack = getattr(self.module, "pack", None)
         made = pack(field.values, field.offsets.diff()) if pack is not None else None
         if made is not None:
             return made
+        if getattr(self.module, "per_element", False):
+            return self._packed_padded(field)
         bounds = field.offsets.tolist()
         grids = field.grid if isinstance(field.grid, list) else [field.grid] * (len(bounds) - 1)
         groups: dict[tuple, list[int]] = {}

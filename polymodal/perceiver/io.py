@@ -507,6 +507,20 @@ class TextInput(nn.Module):
         ids = values[..., 0].long()
         return self.embeddings(ids) + self.positions(ids.shape[1]), mask
 
+    def pack(self, values: torch.Tensor, lengths: torch.Tensor) -> PackedTokens | None:
+        """A pack of byte strings (`values` `[T, 1]`, sample lengths `[B]` on the CPU) in one
+        pass without padding: each byte's embedding plus the position of its index within its
+        own string. Padding the pack to its longest string first made the embeddings, their
+        sum and its backward as large as the padded batch that packing saves. None for an
+        empty pack."""
+        if not lengths.any():
+            return None
+        table = self.positions(int(lengths.max()))
+        starts = (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
+        index = (torch.arange(len(values)) - starts).to(values.device)
+        tokens = self.embeddings(values[:, 0].long()) + table[index]
+        return PackedTokens(tokens, torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]))
+
 
 class LabelInput(nn.Module):
     """Class ids `[B, 1, 1]`, or multi-hot / scores `[B, 1, K]` → one `K`-wide float token."""

@@ -273,3 +273,27 @@ def test_positions_of_many_lengths_stay_cached_within_the_bound(monkeypatch):
     assert torch.equal(positions((3,), cpu), first)
     large = positions((4000,), cpu)  # 144,000 bytes: over the bound alone
     assert len(positions._cache) == 1 and positions((4000,), cpu) is large
+
+
+def test_a_pack_of_byte_strings_is_embedded_without_padding():
+    """A short string packed with a long one: its bytes are embedded in the pack as it lies,
+    each with the position of its index in its own string (as alone), and nothing in the pass
+    or its backward is as large as the pack padded to its longest string."""
+    from torch.profiler import profile
+
+    adapter = get("text")(max_length=2048)
+    samples = [{"text": adapter.decode({"__key__": k, "txt": t})} for k, t in [("a", b"hi")] * 3]
+    samples.append({"text": adapter.decode({"__key__": "b", "txt": b"x" * 2000})})
+    field = collate(samples, packed=["text"])["text"]
+    encoder = adapter.encoder(dim=8)
+    with profile(record_shapes=True) as prof:
+        packed, _ = encoder(field)
+        packed.tokens.square().sum().backward()
+    assert packed.tokens.shape == (2006, 8) and packed.offsets.tolist() == [0, 2, 4, 6, 2006]
+    for i, sample in enumerate(samples):
+        alone, _ = encoder(collate([sample])["text"])
+        span = packed.tokens[packed.offsets[i] : packed.offsets[i + 1]]
+        assert torch.equal(span, alone[0])
+    padded = 4 * 2000 * 8
+    largest = max((np.prod(s) for e in prof.events() for s in e.input_shapes or [] if s), default=0)
+    assert largest < padded, largest
