@@ -31,7 +31,7 @@ class FieldInput(nn.Module):
 
     def _packed(self, field: Field) -> PackedTokens:
         """The pack in one pass where the module can (its own `pack`: bytes, 1-d grids,
-        log-mel; or `per_element`, padded); else samples of one shape go through the module
+        log-mel; or `per_element`: points); else samples of one shape go through the module
         together (images of one size, clips of one length) and each sample's tokens take its
         place in the pack. One pass matters on a GPU, which launches each call's kernels."""
         assert field.offsets is not None
@@ -40,7 +40,7 @@ class FieldInput(nn.Module):
         if made is not None:
             return made
         if getattr(self.module, "per_element", False):
-            return self._packed_padded(field)
+            return self._packed_as_one(field)
         bounds = field.offsets.tolist()
         grids = field.grid if isinstance(field.grid, list) else [field.grid] * (len(bounds) - 1)
         groups: dict[tuple, list[int]] = {}
@@ -70,20 +70,18 @@ class FieldInput(nn.Module):
             torch.tensor([0, *lengths]).cumsum(0),
         )
 
-    def _packed_padded(self, field: Field) -> PackedTokens:
-        """The whole pack through the module in one call, padded, keeping the real tokens: for
-        a module whose token of an element depends on that element and its index alone
-        (`per_element`: byte embeddings with learned positions, points), which padding does
-        not change. One call a batch instead of one per distinct length (a GPU launches each)."""
+    def _packed_as_one(self, field: Field) -> PackedTokens:
+        """The whole pack through the module as one sample, for a module whose token of an
+        element depends on that element alone (`per_element`: points), which neither its
+        neighbours nor its index in the pack change: no padding, one call a batch."""
         assert field.offsets is not None
         if not int(field.offsets[-1]):
             raise ValueError("a packed field with no elements in any sample")
-        padded = field.padded()
         parts = {
-            "values": padded.values,
+            "values": field.values[None],
             "grid": None,
-            "mask": padded.mask,
-            "coords": padded.coords,
+            "mask": None,
+            "coords": None if field.coords is None else field.coords[None],
         }
         tokens, _ = self.module(*(parts[name] for name in self.arguments))
-        return PackedTokens(tokens[padded.mask], field.offsets)
+        return PackedTokens(tokens[0], field.offsets)

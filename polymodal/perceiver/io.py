@@ -472,7 +472,7 @@ class ImageStemInput(nn.Module):
 class PointCloudInput(nn.Module):
     """Points `[B, N, 3 + F]` with coordinates in [-1, 1] → points + Fourier of coordinates."""
 
-    per_element = True  # a point's token is its own: a packed batch may run padded (FieldInput)
+    per_element = True  # a point's token is its own: a pack runs as one sample (FieldInput)
 
     def __init__(self, *, features: int = 0, num_bands: int = 64, max_resolution: int = 64) -> None:
         super().__init__()
@@ -491,8 +491,6 @@ class PointCloudInput(nn.Module):
 
 class TextInput(nn.Module):
     """Byte ids `[B, L, 1]` → embeddings + learned positions (Perceiver IO's language input)."""
-
-    per_element = True  # a byte's token is its id's and its index's: padding changes neither
 
     def __init__(self, *, vocab_size: int = 262, dim: int = 768, max_length: int = 2048) -> None:
         super().__init__()

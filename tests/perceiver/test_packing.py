@@ -275,25 +275,35 @@ def test_positions_of_many_lengths_stay_cached_within_the_bound(monkeypatch):
     assert len(positions._cache) == 1 and positions((4000,), cpu) is large
 
 
-def test_a_pack_of_byte_strings_is_embedded_without_padding():
-    """A short string packed with a long one: its bytes are embedded in the pack as it lies,
-    each with the position of its index in its own string (as alone), and nothing in the pass
-    or its backward is as large as the pack padded to its longest string."""
+@pytest.mark.parametrize("name", ["text", "cloud"])
+def test_a_pack_is_made_as_it_lies_without_padding(name):
+    """Three short samples packed with a long one: bytes embedded each with the position of
+    its index in its own string, points each its own token. Each span equals the sample's
+    tokens alone, and nothing in the pass (or its backward) is as large as the pack padded to
+    its longest sample."""
     from torch.profiler import profile
 
-    adapter = get("text")(max_length=2048)
-    samples = [{"text": adapter.decode({"__key__": k, "txt": t})} for k, t in [("a", b"hi")] * 3]
-    samples.append({"text": adapter.decode({"__key__": "b", "txt": b"x" * 2000})})
-    field = collate(samples, packed=["text"])["text"]
-    encoder = adapter.encoder(dim=8)
+    rng = np.random.default_rng(0)
+    adapter, member, options = {
+        "text": (get("text")(max_length=2048), lambda n: {"txt": b"x" * n}, {"dim": 8}),
+        "cloud": (
+            get("pointcloud")(num_points=None),
+            lambda n: {"ply": encode_ply(rng.normal(size=(n, 3)))},
+            {"num_bands": 4},
+        ),
+    }[name]
+    samples = [{name: adapter.decode({"__key__": f"s{n}", **member(n)})} for n in (2, 3, 2, 2000)]
+    field = collate(samples, packed=[name])[name]
+    encoder = adapter.encoder(**options)
     with profile(record_shapes=True) as prof:
         packed, _ = encoder(field)
-        packed.tokens.square().sum().backward()
-    assert packed.tokens.shape == (2006, 8) and packed.offsets.tolist() == [0, 2, 4, 6, 2006]
+        if packed.tokens.requires_grad:
+            packed.tokens.square().sum().backward()
+    assert packed.offsets.tolist() == [0, 2, 5, 7, 2007] and len(packed.tokens) == 2007
     for i, sample in enumerate(samples):
-        alone, _ = encoder(collate([sample])["text"])
+        alone, _ = encoder(collate([sample])[name])
         span = packed.tokens[packed.offsets[i] : packed.offsets[i + 1]]
         assert torch.equal(span, alone[0])
-    padded = 4 * 2000 * 8
+    padded = 4 * 2000 * encoder.channels
     largest = max((np.prod(s) for e in prof.events() for s in e.input_shapes or [] if s), default=0)
     assert largest < padded, largest
