@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from polymodal.adapters.registry import available
 
-from .card import write_card
+from .card import CARD_NAME, write_card
 from .engines import Engine, make_engine
 from .files import (
     DEFAULT_REMOTE,
@@ -233,7 +233,7 @@ def _build_into(
     owns."""
     rejects = [p.as_dict() for p in plan.problems]
     report = BuildReport({}, 0, 0, 0, 0, 0, 0.0)
-    remove_temporaries(out, [REJECTS_NAME])  # a killed run's, beside the split folders
+    remove_temporaries(out, [REJECTS_NAME, CARD_NAME])  # a killed run's, beside the splits
     if plan.split_of is not None:
         groups = {
             name: [s for s in samples if plan.split_of[s.key] == name]

@@ -94,8 +94,8 @@ def test_in_process_resume_reuses_finished_shards(source, tmp_path):
 
 
 def test_a_killed_runs_temporaries_at_the_top_of_the_output_go(tmp_path):
-    """A kill while `rejects.jsonl` (beside the split folders) was being written left its
-    temporary behind forever; the rerun removes it."""
+    """A kill while `rejects.jsonl` or the dataset card (`README.md`, beside the split
+    folders) was being written left its temporary behind forever; the rerun removes it."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
@@ -103,8 +103,10 @@ def test_a_killed_runs_temporaries_at_the_top_of_the_output_go(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "rejects.jsonl.4242.tmp").write_bytes(b"")
+    (out / "README.md.4243.tmp").write_bytes(b"")
     build(src, out, split="val=0.5", progress=False, print_=lambda _: None)
-    assert not list(out.rglob("*.tmp")) and (out / "rejects.jsonl").exists()
+    assert not list(out.rglob("*.tmp"))
+    assert (out / "rejects.jsonl").exists() and (out / "README.md").exists()
 
 
 @pytest.mark.slow
