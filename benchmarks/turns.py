@@ -35,16 +35,22 @@ def cpu_seconds() -> float:
 
 
 def in_turns(
-    contenders: Mapping[str, Callable[[], T]], repeats: int, warm_up: bool = False
+    contenders: Mapping[str, Callable[[], T]],
+    repeats: int,
+    warm_up: bool = False,
+    before: Callable[[], object] | None = None,
 ) -> dict[str, list[Run[T]]]:
     """`repeats` runs of each contender, taken in turns; with `warm_up`, one untimed run of
-    each first (page cache, imports, worker start-up paths)."""
+    each first (page cache, imports, worker start-up paths); `before`, untimed before every
+    run (clearing what the last run left, which no contender should pay for)."""
     if warm_up:
         for fn in contenders.values():
             fn()
     runs: dict[str, list[Run[T]]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            if before is not None:
+                before()
             start, cpu = time.perf_counter(), cpu_seconds()
             result = fn()
             runs[name].append(Run(time.perf_counter() - start, cpu_seconds() - cpu, result))
