@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 
 from polymodal.cli import main
-from polymodal.datasets.build import build
+from polymodal.datasets.build import COMMITS, build
 from polymodal.datasets.index import ShardIndex
 from polymodal.datasets.reader import read_shard
 from polymodal.datasets.sources import plan_source
@@ -251,12 +251,13 @@ def test_uppercase_and_duplicate_extensions(tmp_path):
 
 def test_a_commit_that_fails_in_a_run_leaves_only_complete_shards(class_folders, tmp_path):
     """Shards are written in runs, each committed (hash, fsync, sidecar, rename) while the
-    next ones are written, two commits at a time. A build of 24 one-sample shards is cut short
+    next ones are written, `COMMITS` at a time. A build of 24 one-sample shards is cut short
     after shard 1 (index and later shards deleted); the rerun's commit of shard 2 fails (its
-    sidecar's name is taken by a folder) while shard 3 is committed and shard 4 written
-    beside it. The build stops with the error: shards 0 and 1 are as they were, shard 3 is
-    complete, nothing of shard 2 or 4 is left, and there is no index. Once the folder is gone
-    a rerun writes only what is missing and ends as the clean build did."""
+    sidecar's name is taken by a folder) while the next `COMMITS - 1` shards are committed
+    and one more written beside it. The build stops with the error: shards 0 and 1 are as they
+    were, those committed beside shard 2 are complete, nothing of shard 2 or of the one being
+    written is left, and there is no index. Once the folder is gone a rerun writes only what
+    is missing and ends as the clean build did."""
     clean, out = tmp_path / "clean", tmp_path / "out"
     build(class_folders, clean, shard_samples=1, progress=False)
     build(class_folders, out, shard_samples=1, progress=False)
@@ -268,7 +269,8 @@ def test_a_commit_that_fails_in_a_run_leaves_only_complete_shards(class_folders,
     blocker.mkdir()
     with pytest.raises(IsADirectoryError):
         build(class_folders, out, shard_samples=1, progress=False)
-    complete = ["shard-000000.tar", "shard-000001.tar", "shard-000003.tar"]
+    beside = range(3, 3 + COMMITS - 1)
+    complete = [f"shard-{n:06d}.tar" for n in (0, 1, *beside)]
     assert sorted(p.name for p in out.glob("*.tar")) == complete
     kept = sorted([*(f".{name}.idx" for name in complete), blocker.name])
     assert sorted(p.name for p in out.glob(".*.idx")) == kept
@@ -276,7 +278,7 @@ def test_a_commit_that_fails_in_a_run_leaves_only_complete_shards(class_folders,
     assert not (out / "index.json").exists()
     blocker.rmdir()
     report = build(class_folders, out, shard_samples=1, progress=False)
-    assert report.written_shards == 21
+    assert report.written_shards == 24 - len(complete)
     assert sorted(os.listdir(out)) == sorted(os.listdir(clean))
     for name in os.listdir(clean):
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
