@@ -9,8 +9,8 @@ offsets, sidecars, fsync, atomic renames, index), against reading every file and
 MB shards. Rates are medians over repeats, the contenders taking turns, with the page cache warm
 for every contender. The last run's output is removed before each run, untimed: a build's
 shards are on disk, a copy's still in the page cache, so deleting them costs more, which
-no build pays (1 worker: 0.60-0.62× untimed against 0.50-0.55× timed; before shards were
-hashed on the commit thread, 0.43-0.48× against 0.40-0.46×).
+no build pays (1 worker, shards hashed on two commit threads: 0.60-0.62× untimed against
+0.50-0.55× timed; hashed on the writer, one commit thread: 0.43-0.48× against 0.40-0.46×).
 """
 
 from __future__ import annotations
