@@ -21,8 +21,11 @@ model and equal samples per step. Datasets made with real encoders:
 Columns: the padding share of the elements shipped, the most elements one batch ships (what
 sets a step's memory), samples/s (median over `--repeats`, the
 forms taking turns), the ratio to padded from the same run, its bound (the ratio were a step's
-time proportional to the elements it ships: padded's shipped over this form's; the latents'
-self-attention, the same for every sample, keeps a form below it), the peak memory of a
+time proportional to the elements it ships: padded's shipped over this form's), `floor`: the
+bound once what a step costs whatever its inputs is counted (the latents' self-attention, the
+decoder, the optimizer: a pass over the same batches with every sample cut to a sliver,
+`FLOOR`, timed in the same turns; the rest of padded's time taken as proportional to the
+elements shipped), the peak memory of a
 pass (CUDA only: the CPU has no per-pass counter), and the cross-attention's kernel (`varlen`:
 one variable-length flash kernel over the pack, on CUDA under bf16 autocast; `sdpa`: SDPA with
 a mask, or once per packed sample).
@@ -95,16 +98,24 @@ DATASETS: dict[str, tuple[Callable[[int], dict[str, bytes]], Callable, dict]] = 
     "images": (image, lambda: get("image")(size=None), {"patch_size": 8, "num_bands": 16}),
 }
 FIXED = {"images": lambda: get("image")(size=128)}  # the padded form's adapter, where it differs
+# Every sample cut to a sliver (a few tokens): a pass over these batches costs what a step
+# costs whatever its inputs' lengths (the latents, the decoder, the optimizer), the floor
+# under every form's time.
+FLOOR = {
+    "speech": lambda: get("audio")(sample_rate=RATE, duration=0.05),
+    "bytes": lambda: get("text")(max_length=16),
+    "images": lambda: get("image")(size=16),
+}
 BY_ELEMENTS = 2**62  # a budget no batch reaches: the cut by elements alone, with no warning
 
 
 def batches(name: str, samples: int, size: int, form: str, lookahead: int) -> list[Batch]:
     """The dataset's samples decoded and batched `size` at a time in `form`: `padded`,
     `packed`, `buckets` (padded, regrouped by length within `lookahead` batches by the
-    stream's own stage, `stages.buckets.LengthBuckets`) or `budget` (the same, cut by
-    elements: `max_tokens`)."""
+    stream's own stage, `stages.buckets.LengthBuckets`), `budget` (the same, cut by
+    elements: `max_tokens`) or `floor` (padded, each sample cut to a sliver: `FLOOR`)."""
     make, adapter, _ = DATASETS[name]
-    decode = adapter() if form == "packed" else FIXED.get(name, adapter)()
+    decode = {"packed": adapter, "floor": FLOOR[name]}.get(form, FIXED.get(name, adapter))()
     decoded = [{"__key__": str(i), "x": decode.decode(make(i))} for i in range(samples)]
     planned = [decoded[i : i + size] for i in range(0, samples, size)]
     if form in ("buckets", "budget"):
@@ -172,10 +183,11 @@ def steps_table(
 ) -> None:
     print(f"\n{title}: {samples} samples, {size} a batch, buckets over {lookahead}, on {device}")
     head = f"{'data':<8} {'form':<7} {'padding':>8} {'largest':>8} {'samples/s':>10} {'ratio':>6}"
-    print(f"{head} {'bound':>6} {'peak MiB':>9} {'attention':>9}")
+    print(f"{head} {'bound':>6} {'floor':>6} {'peak MiB':>9} {'attention':>9}")
     for name in DATASETS:
         kinds = ["padded", "packed"] if name in FIXED else ["padded", "buckets", "budget", "packed"]
         forms = {form: batches(name, samples, size, form, lookahead) for form in kinds}
+        forms["floor"] = batches(name, samples, size, "floor", lookahead)
         one_pass(name, forms["padded"][:1], device)  # warm-up: kernels, caches, allocator
         times: dict[str, list[float]] = {form: [] for form in forms}
         peaks: dict[str, float] = {}
@@ -184,16 +196,20 @@ def steps_table(
             for form in list(forms)[:: 1 if r % 2 == 0 else -1]:
                 seconds, peaks[form], kernels[form] = one_pass(name, forms[form], device)
                 times[form].append(seconds)
-        rate = {form: samples / statistics.median(t) for form, t in times.items()}
-        counts = {form: elements(data) for form, data in forms.items()}  # (real, shipped)
+        median = {form: statistics.median(t) for form, t in times.items()}
+        padded, floor = median["padded"], median.pop("floor")
+        counts = {form: elements(forms[form]) for form in median}  # (real, shipped)
         for form, (real, shipped) in counts.items():
+            share = shipped / counts["padded"][1]
             print(
                 f"{name:<8} {form:<7} {1 - real / shipped:>8.1%} "
-                f"{largest(forms[form]):>8} {rate[form]:>10.1f} "
-                f"{rate[form] / rate['padded']:>6.2f} {counts['padded'][1] / shipped:>6.2f} "
+                f"{largest(forms[form]):>8} {samples / median[form]:>10.1f} "
+                f"{padded / median[form]:>6.2f} {1 / share:>6.2f} "
+                f"{padded / (floor + (padded - floor) * share):>6.2f} "
                 f"{peaks[form]:>9.0f} {kernels[form]:>9}",
                 flush=True,
             )
+        print(f"{name:<8} {'floor':<7} a pass over slivers: {floor / padded:.0%} of padded's time")
 
 
 def spoken_dataset(root: Path, count: int) -> Path:
