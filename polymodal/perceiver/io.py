@@ -178,6 +178,23 @@ def packed_on_grids(
     return PackedTokens(tokens, torch.tensor([0, *counts]).cumsum(0))
 
 
+def reflected_rows(values: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """A pack of waveforms (`values` `[T, C]`, sample lengths `[B]` on the CPU) as rows
+    `[B, max L + 2·pad, C]`, sample `i` at `pad .. pad + L_i` and reflected `pad` samples past
+    each of its own ends, as `torch.stft(center=True)` pads a clip alone; zeros after."""
+    batch, width, device = len(lengths), int(lengths.max()) + 2 * pad, values.device
+    at = torch.arange(width)
+    body = (at >= pad) & (at < (lengths + pad)[:, None])
+    rows = values.new_zeros((batch, width, values.shape[-1]))
+    rows[body.to(device)] = values  # row by row, in the pack's order
+    rows[:, :pad] = rows[:, pad + 1 : 2 * pad + 1].flip(1)  # x[pad] .. x[1]
+    # past each end, reflected: x[L - 2] .. x[L - 1 - pad]
+    ends = (lengths + pad)[:, None] + at[None, :pad]
+    which = torch.arange(batch)[:, None]
+    rows[which, ends] = rows[which, ends - 2 - 2 * at[None, :pad]]
+    return rows
+
+
 def spec_augment(
     x: torch.Tensor,
     *,
@@ -279,7 +296,7 @@ class LogMelInput(nn.Module):
         }
         self.positions = FourierPositions(num_bands=num_bands)
         self.channels = channels * math.prod(self.patch) + self.positions.channels(2)
-        self.pack_on_cpu = False  # see `pack`
+        self.rows_on_cpu = False  # see `pack`
 
     def log_mel(self, waveforms: torch.Tensor, *, center: bool) -> torch.Tensor:
         """`log(mel + 1e-6)` `[..., n_mels, frames]` of waveforms `[..., L]` (int16 scale):
@@ -315,37 +332,33 @@ class LogMelInput(nn.Module):
             return standardise(logmel[:, :frames], None if real is None else real[:, :frames])
 
     def pack(self, values: torch.Tensor, lengths: torch.Tensor) -> PackedTokens | None:
-        """A pack of waveforms (`values` `[T, C]`, sample lengths `[B]` on the CPU) in one
-        pass, each sample's tokens those it has alone: every sample is reflect-padded at its
-        own ends (what `torch.stft(center=True)` does to a clip alone) into a row of one
-        batch, the frames are taken without centring, and each sample keeps its own frames,
-        statistics and positions. None when a sample is too short to reflect-pad (`FieldInput`
-        then goes sample by sample, where the STFT says why), and on a CPU unless
-        `pack_on_cpu`: there one STFT per sample does less work (Σ L, not B × max L; 1.5–3.5× the
-        samples/s on speech of 1 to 10 s), while a GPU pays for each sample's launches (the
-        one pass is 1.2–2.3× faster on an H200)."""
-        if not (values.is_cuda or self.pack_on_cpu):
-            return None
+        """A pack of waveforms (`values` `[T, C]`, sample lengths `[B]` on the CPU), each
+        sample's tokens those it has alone: its own frames (the STFT's `center=True` reflect
+        padding at its own ends), statistics and positions; SpecAugment, patches and
+        positions go over the whole pack at once.
+
+        On a CPU each clip's log-mel and statistics are taken alone: Σ L of work on pieces
+        that stay in cache (the input pass over speech of 1 to 10 s took half the time of
+        the rows below). On a GPU, which pays for each clip's launches, every clip is
+        reflect-padded at its own ends into a row of one batch and framed without centring:
+        B × max L of work, but one pass (1.2–2.3× faster on an H200); `rows_on_cpu` takes
+        that path on a CPU too. None when a sample is too short to reflect-pad (`FieldInput`
+        then goes sample by sample, where the STFT says why)."""
         pad = self.mel.spectrogram.n_fft // 2
         if not len(lengths) or int(lengths.min()) <= pad:
             return None
-        batch, width, device = len(lengths), int(lengths.max()) + 2 * pad, values.device
-        at = torch.arange(width)
-        body = (at >= pad) & (at < (lengths + pad)[:, None])  # sample i at pad .. pad + L_i
-        rows = values.new_zeros((batch, width, values.shape[-1]))
-        rows[body.to(device)] = values  # row by row, in the pack's order
-        rows[:, :pad] = rows[:, pad + 1 : 2 * pad + 1].flip(1)  # x[pad] .. x[1]
-        # past each end, reflected: x[L - 2] .. x[L - 1 - pad]
-        ends = (lengths + pad)[:, None] + at[None, :pad]
-        which = torch.arange(batch)[:, None]
-        rows[which, ends] = rows[which, ends - 2 - 2 * at[None, :pad]]
-        with torch.autocast(values.device.type, enabled=False):
-            # each row is reflect-padded at its own sample's ends above: no centring
-            logmel = self.log_mel(rows.transpose(1, 2), center=False).permute(0, 3, 2, 1)
-            frames = (lengths // self.hop + 1) // self.patch[0] * self.patch[0]  # as alone
-            longest = int(frames.max())
-            real = torch.arange(longest)[None, :] < frames[:, None]
-            x = standardise(logmel[:, :longest], real.to(values.device))
+        frames = (lengths // self.hop + 1) // self.patch[0] * self.patch[0]  # as alone
+        longest = int(frames.max())
+        real = torch.arange(longest)[None, :] < frames[:, None]
+        if values.is_cuda or self.rows_on_cpu:
+            rows = reflected_rows(values, lengths, pad)
+            with torch.autocast(values.device.type, enabled=False):
+                # each row is reflect-padded at its own sample's ends: no centring
+                logmel = self.log_mel(rows.transpose(1, 2), center=False).permute(0, 3, 2, 1)
+                x = standardise(logmel[:, :longest], real.to(values.device))
+        else:  # each clip standardised alone too, while it is in cache
+            clips = values.split(lengths.tolist())
+            x = nn.utils.rnn.pad_sequence([self.spectrogram(c[None])[0] for c in clips], True)
         if self.training and (self.masks["time_masks"] or self.masks["freq_masks"]):
             x = spec_augment(x, **self.masks, frames=frames)
         batch, _, bins, channels = x.shape

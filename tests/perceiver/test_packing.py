@@ -99,19 +99,20 @@ def test_a_packed_texts_masked_byte_logits_are_its_logits_alone():
     torch.testing.assert_close(together, in_padding, atol=1e-5, rtol=0)
 
 
-def test_log_mel_packed_in_one_pass_is_each_clip_alone():
-    """The one-pass log-mel (each clip reflect-padded at its own ends in one STFT batch), which
-    a GPU runs, checked here on the CPU, where packs go clip by clip unless asked."""
+@pytest.mark.parametrize("rows", [False, True], ids=["clip-by-clip-stft", "rows-stft"])
+def test_log_mel_packed_in_one_pass_is_each_clip_alone(rows):
+    """The one-pass log-mel pack: each clip's STFT alone (a CPU's way), or every clip
+    reflect-padded at its own ends into one STFT batch of rows (a GPU's, asked for here on the
+    CPU), then the frames, statistics and positions of the whole pack at once."""
     samples = _decoded(["logmel"])
     model = _model(["logmel"])
     module = model.input.inputs["logmel"].module
     packed = collate(samples, packed=["logmel"])["logmel"]
-    assert module.pack(packed.values, packed.offsets.diff()) is None  # a CPU: clip by clip
-    module.pack_on_cpu = True
+    module.rows_on_cpu = rows
+    assert module.pack(packed.values, packed.offsets.diff()) is not None
     with torch.no_grad():
         together = model({"logmel": (packed,)})
         alone = torch.cat([model({"logmel": (collate([s])["logmel"],)}) for s in samples])
-    assert module.pack(packed.values, packed.offsets.diff()) is not None
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
