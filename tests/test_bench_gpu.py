@@ -47,11 +47,16 @@ def test_every_table_runs_and_measures_something():
         assert re.search(r"pinned\s+\d+\.\d", transfer)
     else:
         assert "no CUDA device: not measured" in transfer
-    packing = table_rows(out, "5. packing")
+    rows = table_rows(out, "5. packing")
+    floors = [row for row in rows if row[1] == "floor"]  # each dataset's pass over slivers
+    packing = [row for row in rows if row[1] != "floor"]
+    assert [row[0] for row in floors] == ["speech", "bytes", "images"]
+    assert all(0 < float(row[6].rstrip("%")) for row in floors)
     forms = [row[1] for row in packing[:4]]
     assert all(row[0] == "speech" for row in packing[:4])
     assert forms == ["padded", "buckets", "budget", "packed"]
     assert len(packing) == 10 and all(float(row[4]) > 0 for row in packing)
+    assert all(float(row[7]) > 0 for row in packing)  # the bound the floor sets
     padding = [float(row[2].rstrip("%")) for row in packing[:4]]  # padding shares
     assert padding[0] > 10 and padding[1] < padding[0] and padding[3] == 0
     largest = [int(row[3]) for row in packing[:4]]  # a batch's most elements
