@@ -51,7 +51,7 @@ def test_every_table_runs_and_measures_something():
     floors = [row for row in rows if row[1] == "floor"]  # each dataset's pass over slivers
     packing = [row for row in rows if row[1] != "floor"]
     assert [row[0] for row in floors] == ["speech", "bytes", "images"]
-    assert all(0 < float(row[6].rstrip("%")) for row in floors)
+    assert all(float(row[6].rstrip("%")) > 0 for row in floors)
     forms = [row[1] for row in packing[:4]]
     assert all(row[0] == "speech" for row in packing[:4])
     assert forms == ["padded", "buckets", "budget", "packed"]
