@@ -240,12 +240,16 @@ def standardise(logmel: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor
         mean = logmel.mean(dim=(1, 2, 3), keepdim=True)
         std = logmel.std(dim=(1, 2, 3), keepdim=True)
         return (logmel - mean) / (std + 1e-5)
-    weight = real[:, :, None, None].to(logmel.dtype).expand_as(logmel)
-    count = weight.sum(dim=(1, 2, 3), keepdim=True)
-    mean = (logmel * weight).sum(dim=(1, 2, 3), keepdim=True) / count.clamp(min=1)
-    spread = ((logmel - mean) ** 2 * weight).sum(dim=(1, 2, 3), keepdim=True)
+    # Sums per frame first (`[B, T]`), then over the real frames: the spectrogram is read
+    # three times and written twice, where weighting it element by element took eight passes.
+    weight = real.to(logmel.dtype)
+    count = (weight.sum(1) * logmel[0, 0].numel())[:, None, None, None]
+    mean = (logmel.sum(dim=(2, 3)) * weight).sum(1)[:, None, None, None] / count.clamp(min=1)
+    centred = logmel - mean
+    squares = torch.linalg.vector_norm(centred, dim=(2, 3)).square()
+    spread = (squares * weight).sum(1)[:, None, None, None]
     std = (spread / (count - 1).clamp(min=1)).sqrt()  # unbiased, as `Tensor.std`
-    return (logmel - mean) / (std + 1e-5)
+    return centred / (std + 1e-5)
 
 
 class LogMelInput(nn.Module):
