@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import CrossAttention
@@ -83,7 +84,8 @@ class LearnedQueries(nn.Module):
     def forward(
         self, batch: int, device: torch.device, indices: torch.Tensor | None = None
     ) -> torch.Tensor:
-        table = self.table if indices is None else self.table[indices]
+        # a lookup, not `table[indices]`, whose backward is an accumulating `index_put_`
+        table = self.table if indices is None else F.embedding(indices, self.table)
         return table.expand(batch, -1, -1)
 
 

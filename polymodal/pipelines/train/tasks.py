@@ -335,7 +335,11 @@ class MaskedLMTask(Task):
     ) -> torch.Tensor:
         masked, ids, chosen, layout = self._masked(batch)
         logits = net(masked, *layout)
-        return F.cross_entropy(logits[chosen].float(), ids[chosen])
+        # the masked bytes by `index_select`: a boolean index's backward is an accumulating
+        # `index_put_` over every byte's logits (32,000 × 262: 8.1 against 4.8 ms fwd+bwd)
+        at = chosen.flatten().nonzero()[:, 0]
+        picked = logits.flatten(0, -2).index_select(0, at)
+        return F.cross_entropy(picked.float(), ids.flatten().index_select(0, at))
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         generator = torch.Generator().manual_seed(0)  # the same masks every evaluation
