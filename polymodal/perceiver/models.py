@@ -404,7 +404,7 @@ class MaskedLanguageModel(nn.Module):
         latents = self.encoder(tokens)
         out = self.decoder(latents, indices=torch.arange(longest, device=ids.device))
         # each sample's own positions, taken by `index_select`: a boolean index's backward is
-        # an accumulating `index_put_`, several times slower on a CPU
+        # an accumulating `index_put_`, slower on a CPU (see `MaskedLMTask.loss`)
         real = torch.arange(longest, device=ids.device) < lengths[:, None].to(ids.device)
         out = out.flatten(0, 1).index_select(0, real.flatten().nonzero()[:, 0])
         return out @ self.input.embeddings.weight.T + self.bias
