@@ -178,6 +178,13 @@ def packed_on_grids(
     return PackedTokens(tokens, torch.tensor([0, *counts]).cumsum(0))
 
 
+def masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`x[mask]` (the rows of `x` where the boolean `mask` over its leading dimensions is
+    True) by `index_select`: a boolean index's backward is an accumulating `index_put_` over
+    the whole of `x` (32,000 × 262 logits, 15 % taken: 8.1 against 4.8 ms fwd+bwd on a CPU)."""
+    return x.flatten(0, mask.dim() - 1).index_select(0, mask.flatten().nonzero()[:, 0])
+
+
 def reflected_rows(values: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
     """A pack of waveforms (`values` `[T, C]`, sample lengths `[B]` on the CPU) as rows
     `[B, max L + 2·pad, C]`, sample `i` at `pad .. pad + L_i` and reflected `pad` samples past

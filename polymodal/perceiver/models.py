@@ -30,6 +30,7 @@ from .io import (
     LabelInput,
     MultimodalInput,
     TextInput,
+    masked_rows,
 )
 
 
@@ -403,10 +404,8 @@ class MaskedLanguageModel(nn.Module):
             tokens = PackedTokens(self.input.embeddings.weight[:0], offsets)
         latents = self.encoder(tokens)
         out = self.decoder(latents, indices=torch.arange(longest, device=ids.device))
-        # each sample's own positions, taken by `index_select`: a boolean index's backward is
-        # an accumulating `index_put_`, slower on a CPU (see `MaskedLMTask.loss`)
         real = torch.arange(longest, device=ids.device) < lengths[:, None].to(ids.device)
-        out = out.flatten(0, 1).index_select(0, real.flatten().nonzero()[:, 0])
+        out = masked_rows(out, real)  # each sample's own positions
         return out @ self.input.embeddings.weight.T + self.bias
 
 
