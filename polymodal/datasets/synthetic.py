@@ -29,6 +29,7 @@ CONTAINERS = {
     "opus": ("opus", "libopus", None),
     "m4a": ("ipod", "aac", None),
     "aac": ("adts", "aac", None),
+    "ac3": ("ac3", "ac3", None),
     "mp4": ("mp4", "aac", "libx264"),
     "mov": ("mov", "aac", "libx264"),
     "mkv": ("matroska", "libopus", "libx264"),

@@ -1,3 +1,6 @@
+import io
+import wave
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +86,38 @@ def test_whole_file_is_bounded_by_max_seconds():
     assert _decode(data, "flac", duration=None).values.shape == (48000, 1)
     with pytest.raises(DecodeError, match="max_seconds"):
         _decode(data, "flac", duration=None, max_seconds=2.0)
+
+
+def _wav(frames: bytes, channels: int, rate: int) -> bytes:
+    """A 16-bit PCM WAV (the standard library's writer, no channel mask) holding `frames`."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_pcm_wav_at_the_adapters_rate_is_its_own_samples(channels):
+    """A WAV states no channel order ("1 channels"): it is taken as the adapter's layout of
+    as many channels, sample for sample (the resampler passes its frames through)."""
+    written = np.random.default_rng(channels).integers(-30000, 30000, (16000, channels), np.int16)
+    data = _wav(written.tobytes(), channels, 16000)
+    field = _decode(data, "wav", channels=channels, duration=None)
+    assert np.array_equal(field.values.numpy(), written)
+
+
+def test_compressed_audio_stored_as_pcm_in_a_wav_is_still_found():
+    """FFmpeg probes a PCM WAV's samples for AC3 or DTS stored as PCM; that probe now stops
+    at the first packet (`containers.WAV_PROBE`), where such a stream starts. AC3 (FFmpeg's
+    encoder) written as the samples of a 16-bit stereo WAV must decode as AC3, not as noise."""
+    ac3 = encode_audio(tone(440, 2.0, 44100, channels=2), 44100, "ac3")
+    data = _wav(ac3 + bytes(-len(ac3) % 4), 2, 44100)
+    samples = _decode(data, "wav", duration=None).values[:, 0].numpy().astype(np.float32)
+    assert abs(peak_hz(samples / 32768, 16000) - 440) <= 2
+    assert 0.3 < np.abs(samples / 32768).max() <= 0.6  # the tone, not the bytes as noise
 
 
 def test_zero_length_audio_raises():
