@@ -15,6 +15,7 @@ random in every form. For each task and form:
 - the trainer's samples/s and data-wait share with 0, 1 and 2 DataLoader workers (after a
   warm-up epoch), and the ratio to the in-memory ceiling measured just before it; medians of
   `--repeats` such pairs (a shared machine's speed drifts by a third from minute to minute);
+  and with 2 workers, the step on the cores they leave (`data.step_threads`, at least one);
 - the CPU-budget limit: the most samples/s the machine's cores allow when every sample costs
   the step's CPU (measured on the ceiling) plus the data path's (one core at its clips/s),
   whatever the split between workers and step.
@@ -192,6 +193,7 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
     )
     data = {"mp4": root / "mp4", "materialised": root / "materialised"}
     mp4_rate = 0.0
+    leave = max(1, machine_cores() - 2)  # the cores 2 workers leave the step
     print(
         f"\n{task} task (audio + video, batch {base.data.batch_size}), {steps} steps, "
         f"{torch.get_num_threads()} torch threads, medians of {repeats} runs"
@@ -199,21 +201,24 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
     print(
         f"  {'form':>15s} {'bytes/sample':>12s} {'clips/s/core':>12s} {'× mp4':>6s}   "
         + "  ".join(f"{f'{w} workers: samples/s wait × ceiling':>34s}" for w in (0, 1, 2))
+        + f"  {f'2 workers, step on {leave} thread(s)':>34s}"
     )
     ceilings, step_cpu, limits = [], [], []
     for form in FORMS:
         rate = data_path_rate(base, data[form.data], form.clips)
         mp4_rate = mp4_rate or rate
         cells = []
-        for workers in (0, 1, 2):
+        for workers, threads in ((0, 0), (1, 0), (2, 0), (2, leave)):
             runs = []
             for repeat in range(repeats):
-                name = f"{form.name}-{workers}-{repeat}".replace(" ", "").replace(",", "")
+                name = f"{form.name}-{workers}-{threads}-{repeat}"
+                name = name.replace(" ", "").replace(",", "")
                 top, cpu = ceiling(
                     task_config(task, data["mp4"], root / f"ceiling-{name}", 0), steps
                 )
                 step_cpu.append(cpu)
                 config = task_config(task, data[form.data], root / name, workers)
+                config.data.step_threads = threads
                 speed, wait = trainer_rate(config, steps, form.clips)
                 runs.append((speed, wait, speed / top))
                 ceilings.append(top)

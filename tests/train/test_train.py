@@ -48,6 +48,7 @@ def test_invalid_configs_fail_naming_the_field(tmp_path, data):
         (["task=regression"], "task: expected one of classification"),
         (["data.batch_size=0"], "data.batch_size: must be positive"),
         (["optim.lr=fast"], "optim.lr: expected float"),
+        (["data.step_threads=-1"], "data.step_threads: must be at least 0"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -75,6 +76,21 @@ def test_training_learns_and_writes_its_run(tmp_path, data):
     assert len(list((run / "checkpoints").glob("step-*.pt"))) <= 2  # rotated
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert best["best"] == max(r["val_accuracy"] for r in records if "val_accuracy" in r)
+
+
+def test_the_step_runs_on_step_threads_and_gives_them_back(tmp_path, data):
+    """`data.step_threads = 1` beside a DataLoader worker: every forward of the training run
+    sees one torch thread, and the process has its own count again afterwards."""
+    path = tmp_path / "c.toml"
+    path.write_text(av_train_toml(data, tmp_path / "run", epochs=1))
+    config = load_config(path, ["data.workers=1", "data.step_threads=1"])
+    before = torch.get_num_threads()
+    trainer = Trainer(config, progress=False)
+    seen: list[int] = []
+    trainer.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    trainer.run()
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
 
 
 def _final_weights(run: Path, part: str = "model") -> dict[str, torch.Tensor]:

@@ -79,6 +79,9 @@ class DataConfig:
     max_tokens: int = 0
     workers: int = 0
     threads: int = 0  # FFmpeg threads per DataLoader worker (0: cores // workers)
+    # torch threads of the training step (0: torch's own count, one per core); see README's
+    # "Decode once" section for when fewer pay (workers decoding media on a few cores)
+    step_threads: int = 0
     clips_per_sample: int = 1  # training items cut from one decode of a sample (divides batch_size)
     buffer_size: int = 500
     seed: int | None = None  # orders the data; None: the run's `seed`
@@ -385,6 +388,7 @@ def _data_ranges(d: DataConfig) -> list[tuple[str, Any, bool, str]]:
         ("data.batch_size", d.batch_size, d.batch_size >= 1, "positive"),
         ("data.workers", d.workers, d.workers >= 0, "at least 0"),
         ("data.threads", d.threads, d.threads >= 0, "at least 0 (0: cores // workers)"),
+        ("data.step_threads", d.step_threads, d.step_threads >= 0, "at least 0 (0: torch's)"),
         (
             "data.clips_per_sample",
             d.clips_per_sample,

@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -82,6 +83,21 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     return task.model(), task.adapters
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` while the block runs, as before after it
+    (the trainer's `data.step_threads`). Why a step may want fewer than the cores: GNU
+    OpenMP's threads spin for a while after each parallel region before they sleep, so a step
+    on every core also holds them between its ops, where DataLoader workers would decode
+    (`benchmarks/bench_train.py` measures both ways)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check_run_dir(config: TrainConfig) -> None:
     """The run directory is not inside, around or one of the datasets it reads."""
     sources = [source for source in (*config.train_paths(), config.data.val) if source]
@@ -114,8 +130,13 @@ class Trainer:
             pin_memory=torch.cuda.is_available(),
             threads=config.data.threads or None,
         )
+        self.step_threads = config.data.step_threads or torch.get_num_threads()
         if self.rank == 0:
-            log.info("data: %s", self.train_loader.split())
+            log.info(
+                "data: %s; the step on %d torch thread(s)",
+                self.train_loader.split(),
+                self.step_threads,
+            )
         self.steps_per_epoch = math.ceil(len(self.train_loader) / config.optim.accumulate)
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         self._optimiser(trainable)
@@ -304,7 +325,12 @@ class Trainer:
 
     def _loop(self) -> dict[str, Any]:
         """Steps until the planned last (or a stop): each a step of the optimiser, its record,
-        at an epoch's end the evaluation and the epoch's line, every so often a checkpoint."""
+        at an epoch's end the evaluation and the epoch's line, every so often a checkpoint;
+        on `step_threads` torch threads."""
+        with torch_threads(self.step_threads):
+            return self._steps()
+
+    def _steps(self) -> dict[str, Any]:
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
