@@ -4,6 +4,8 @@ import torch
 from testmedia import frame_levels
 
 from polymodal.adapters import DecodeError, get
+from polymodal.codecs.containers import open_stream, stream_seconds
+from polymodal.codecs.video import _decoded, _Targets, frames_at
 from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
 
 STEP = 8  # frame k is grey level 8k: distinct after lossy coding, no wrap for 30 frames
@@ -124,3 +126,38 @@ def test_truncated_and_corrupt_video_raise(ext):
 def test_an_audio_file_under_a_video_extension_raises():
     with pytest.raises(DecodeError, match="no video stream"):
         _decode(encode_audio(tone(), 44100, "m4a"), "mp4")
+
+
+def _on_screen(data: bytes, targets: np.ndarray) -> list[tuple[int, bytes]]:
+    """The reference: decode every frame, then for each target the last frame at or before
+    it (the first for a target before any), as (pts, pixels)."""
+    container, stream = open_stream(data, "video")
+    with container:
+        tb, origin = float(stream.time_base), stream.start_time or 0
+        frames = container.decode(stream)
+        decoded = [(f.pts, f.to_ndarray(format="rgb24").tobytes()) for f in frames]
+    times = np.array([(pts - origin) * tb for pts, _ in decoded])
+    picks = np.searchsorted(times, targets + 1e-6, side="right") - 1
+    return [decoded[max(0, i)] for i in picks]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("fps", [3, 8, 12.5, 25])
+def test_frames_no_target_shows_are_skipped_and_the_shown_ones_are_exact(fps, threads):
+    """x264 (B-frames) at 25 fps: frames at `fps` from the start are the very frames the
+    reference picks from every decoded frame, and at under 25 fps fewer frames are decoded
+    than the stream holds (non-reference frames no target shows are skipped)."""
+    data = encode_media("mp4", counter_frames(50, 48, 64, step=4), fps=25)
+    targets = np.arange(int(2 * fps)) / fps  # 2 s: every frame is shown at 25 fps
+    container, stream = open_stream(data, "video")
+    with container:
+        stream.thread_type, stream.codec_context.thread_count = "AUTO", threads
+        shown = [
+            (f.pts, f.to_ndarray(format="rgb24").tobytes())
+            for f in frames_at(container, stream, targets, stream_seconds(container, stream))
+        ]
+    assert shown == _on_screen(data, targets)
+    container, stream = open_stream(data, "video")
+    with container:
+        decoded = len(list(_decoded(container, stream, _Targets(targets).any_in, [0.0])))
+    assert decoded < 50 if fps < 25 else decoded == 50
