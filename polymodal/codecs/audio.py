@@ -20,7 +20,7 @@ def channel_layout(stream: av.AudioStream, channels: int | None) -> str:
     A stream of as many channels in no stated order (a plain WAV's "1 channels") keeps its
     own: the samples are the same, and the resampler then passes the frames through where
     the rate and format agree too, instead of building a filter graph for each file and
-    sending every frame through it (a 1 s 16 kHz WAV: 0.46 of 1.4 ms)."""
+    sending every frame through it (a 1 s 16 kHz WAV: 1.38 -> 0.56 ms to decode)."""
     own = stream.codec_context.layout
     if channels is None:
         return own.name
