@@ -7,7 +7,9 @@ Images: 256² photo-like JPEGs (quality 90) decoded to 224² and 112² by our im
 bare `torchvision.io.decode_jpeg` loop (the baseline, full size, no resize), a bare Pillow loop,
 and webdataset's `decode("pil")` + torchvision `Resize(256) + CenterCrop(224)` (the same
 "resize 256, crop 224" our default `crop_fraction=0.875` does). Video: a 16-frame clip at 8 fps,
-112², from 10 s 320×240 h264 clips (keyframe every 2 s), vs decoding every frame with PyAV.
+112², from 10 s 320×240 h264 clips (keyframe every 2 s), vs decoding every frame with PyAV,
+and the same clip decoding the frames it skips (`video._SKIPS_NONREF` empty: what it cost
+before), on clips x264 codes without B-frames and with them.
 Audio: 16-bit PCM WAVs (noise) decoded whole to 16 kHz mono by our audio adapter, vs opening
 each with PyAV and decoding every frame to an array; and our adapter with FFmpeg's default probe
 of a WAV (`containers.WAV_PROBE` off: what opening a WAV cost before it). One thread for torch
@@ -33,6 +35,7 @@ from torchvision.io import decode_jpeg
 
 from polymodal import adapters
 from polymodal.codecs import containers
+from polymodal.codecs import video as video_codecs
 from polymodal.datasets.synthetic import encode_audio, encode_image, encode_media, photo
 
 
@@ -85,13 +88,21 @@ def image_table(n: int, repeats: int) -> list[tuple[str, float]]:
     return rates(cases, jpegs, repeats)
 
 
-def video_table(n: int, repeats: int) -> list[tuple[str, float]]:
+def video_table(n: int, repeats: int, moving: bool = False) -> list[tuple[str, float]]:
+    """`moving`: a square crossing a gradient, which x264 codes with B-frames (the grey
+    frames with a still band of noise it codes with none)."""
     rng = np.random.default_rng(0)
     clips = []
+    y, x = np.mgrid[0:240, 0:320]
     for _ in range(n):
         frames = np.empty((250, 240, 320, 3), np.uint8)
-        frames[:] = (np.arange(250) % 256).astype(np.uint8)[:, None, None, None]
-        frames[:, 100:140, :, :] = rng.integers(0, 256, (1, 40, 320, 3), dtype=np.uint8)
+        if moving:
+            for k in range(250):
+                frames[k] = ((x[..., None] + y[..., None] * [1, 2, 3] + k) % 256).astype(np.uint8)
+                frames[k, 80:120, (3 * k) % 280 : (3 * k) % 280 + 40] = 255
+        else:
+            frames[:] = (np.arange(250) % 256).astype(np.uint8)[:, None, None, None]
+            frames[:, 100:140, :, :] = rng.integers(0, 256, (1, 40, 320, 3), dtype=np.uint8)
         clips.append(encode_media("mp4", frames, fps=25, keyframe_interval=50))
     ours = adapters.get("video")(num_frames=16, fps=8, size=112, crop="random")
     seeds = iter(range(10**9))
@@ -110,10 +121,15 @@ def video_table(n: int, repeats: int) -> list[tuple[str, float]]:
                 count += 1
             return count
 
+    def clip_decoding_all(data: bytes) -> object:
+        with mock.patch.object(video_codecs, "_SKIPS_NONREF", ()):
+            return clip(data)
+
     cases = {
         "PyAV decode every frame → RGB (baseline)": lambda d: every_frame(d, True),
         "PyAV decode every frame, no conversion": lambda d: every_frame(d, False),
         "polymodal video: 16 frames @ 8 fps → 112², random": clip,
+        "  the same, decoding the frames it skips": clip_decoding_all,
     }
     return rates(cases, clips, repeats)
 
@@ -162,6 +178,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, PyAV {av.__version__}, 1 torch thread")
     print_table("Images (256² JPEG)", image_table(args.images, args.repeats), "images/s")
     print_table("Video (10 s 320×240 h264 clip)", video_table(args.clips, args.repeats), "clips/s")
+    print_table(
+        "Video with B-frames (10 s 320×240 h264 clip, a square moving over a gradient)",
+        video_table(args.clips, args.repeats, moving=True),
+        "clips/s",
+    )
     for seconds, rate, channels, what in ((1.0, 16000, 1, "mono"), (10.0, 44100, 2, "stereo")):
         print_table(
             f"Audio ({seconds:g} s {rate / 1000:g} kHz {what} 16-bit WAV)",
