@@ -44,7 +44,7 @@ from polymodal.pipelines.stream.fields import FieldSpec
 from polymodal.pipelines.train.config import TrainConfig
 from polymodal.pipelines.train.demo import demo_config, make_clips
 from polymodal.pipelines.train.tasks import dataset_stream, make_task
-from polymodal.pipelines.train.trainer import Trainer
+from polymodal.pipelines.train.trainer import Trainer, torch_threads
 
 K = 4  # clips per decode in the K form
 
@@ -118,24 +118,22 @@ def disk_bytes(data: Path) -> float:
 
 def data_path_rate(config: TrainConfig, data: Path, clips: int) -> float:
     """Clips/s of the stream alone, in this process on one thread (torch and FFmpeg)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     set_decode_threads(1)
     try:
-        task = make_task(config)
-        stream = dataset_stream(
-            config, "data", str(data), task.fields(), shuffle=True, clips_per_sample=clips
-        )
-        rates = []
-        for epoch in range(3):
-            stream.set_epoch(epoch)
-            started, items = time.perf_counter(), 0
-            for batch in stream:
-                items += batch.size
-            rates.append(items / (time.perf_counter() - started))
-        return statistics.median(rates)
+        with torch_threads(1):
+            task = make_task(config)
+            stream = dataset_stream(
+                config, "data", str(data), task.fields(), shuffle=True, clips_per_sample=clips
+            )
+            rates = []
+            for epoch in range(3):
+                stream.set_epoch(epoch)
+                started, items = time.perf_counter(), 0
+                for batch in stream:
+                    items += batch.size
+                rates.append(items / (time.perf_counter() - started))
+            return statistics.median(rates)
     finally:
-        torch.set_num_threads(threads)
         set_decode_threads(0)
 
 
