@@ -1,12 +1,16 @@
 import io
 import wave
 
+import av
 import numpy as np
 import pytest
 import torch
 from testmedia import empty_wav, peak_hz
 
+import polymodal.codecs.audio as audio_codec
 from polymodal.adapters import DecodeError, get
+from polymodal.codecs.audio import _FORMATS, channel_layout, decode_audio
+from polymodal.codecs.containers import open_stream
 from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
 
 AUDIO_FORMATS = ["flac", "wav", "mp3", "ogg", "opus", "m4a", "aac"]
@@ -118,6 +122,70 @@ def test_compressed_audio_stored_as_pcm_in_a_wav_is_still_found():
     samples = _decode(data, "wav", duration=None).values[:, 0].numpy().astype(np.float32)
     assert abs(peak_hz(samples / 32768, 16000) - 440) <= 2
     assert 0.3 < np.abs(samples / 32768).max() <= 0.6  # the tone, not the bytes as noise
+
+
+def _float_wav(samples: np.ndarray, rate: int) -> bytes:
+    """A 32-bit float WAV (FFmpeg's `pcm_f32le`) holding `samples` `[n, channels]` as they are."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="wav") as out:
+        stream = out.add_stream("pcm_f32le", rate=rate)
+        stream.layout = layout = "mono" if samples.shape[1] == 1 else "stereo"
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def _loud(rate: int, channels: int) -> np.ndarray:
+    """A square wave at full scale with noise: AAC decodes it past full scale (clipped)."""
+    t = np.arange(round(rate * 1.3)) / rate
+    wave_ = np.sign(np.sin(2 * np.pi * 97 * t)) * 0.999 + np.random.default_rng(0).normal(
+        0, 0.05, t.shape
+    )
+    return np.stack([wave_, -wave_][:channels], 1).astype(np.float32)
+
+
+def _through_resampler(data: bytes, dtype: str, channels: int) -> tuple[np.ndarray, float]:
+    """Every frame of `data` through PyAV's resampler (FFmpeg's swresample) to `dtype`."""
+    container, stream = open_stream(data, "audio")
+    with container:
+        layout = channel_layout(stream, channels)
+        resampler = av.AudioResampler(format=_FORMATS[dtype][0], layout=layout, rate=stream.rate)
+        frames = [out for f in [*container.decode(stream), None] for out in resampler.resample(f)]
+    return np.concatenate([f.to_ndarray().reshape(-1, channels) for f in frames]), frames[0].time
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_audio_differing_only_in_sample_type_is_converted_as_ffmpeg_does(channels, monkeypatch):
+    """AAC decodes to planar float; a float WAV holds float; a WAV or FLAC, int16. At the
+    adapter's rate and layout, numpy converts the samples in place of FFmpeg's filter graph:
+    the samples (clipped where AAC overshoots full scale, NaN as FFmpeg has it) and the time
+    of the first are those swresample gives."""
+    converted: list[str] = []
+    real = audio_codec._converted
+    monkeypatch.setattr(
+        audio_codec, "_converted", lambda f, *a: converted.append(f.format.name) or real(f, *a)
+    )
+    loud = _loud(16000, channels)
+    hostile = loud * 2.5
+    hostile[::997] = np.nan
+    sources = [
+        encode_audio(loud, 16000, "m4a"),
+        _float_wav(hostile, 16000),
+        encode_audio(loud * 0.5, 16000, "flac"),
+    ]
+    for data in sources:
+        for dtype in ("int16", "float32"):
+            container, stream = open_stream(data, "audio")
+            with container:
+                got, first = decode_audio(container, stream, channels=channels, dtype=dtype)
+            want, want_first = _through_resampler(data, dtype, channels)
+            assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
+            assert first == want_first
+    clipped = _through_resampler(sources[0], "int16", channels)[0]
+    assert (clipped == 32767).any() and (clipped == -32768).any()  # the clip is exercised
+    assert set(converted) == {"fltp", "flt", "s16"}  # FLAC to int16 passes through
 
 
 def test_zero_length_audio_raises():
