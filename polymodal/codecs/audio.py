@@ -61,7 +61,7 @@ def decode_audio(
     chunks: list[np.ndarray] = []
     bound = None if max_seconds is None else round(max_seconds * rate)
     have, skip, first, end = 0, None, None, start or 0.0
-    for frame, arr in _samples(container, stream, resampler, np_dtype, width):
+    for frame, arr in _samples(container, stream, resampler, width):
         if skip is None:
             t0 = frame.time if frame.time is not None else (start or 0.0)
             skip = max(0, round((start - t0) * rate)) if start is not None else 0
@@ -80,18 +80,17 @@ def decode_audio(
     else:
         check_complete(end, stream_seconds(container, stream))
     samples = np.concatenate(chunks) if chunks else np.zeros((0, width), np_dtype)
-    return (samples[:take] if take is not None else samples), first or 0.0
+    return _as_dtype(samples[:take] if take is not None else samples, np_dtype), first or 0.0
 
 
 def _samples(
     container: av.container.InputContainer,
     stream: av.AudioStream,
     resampler: av.AudioResampler,
-    np_dtype: type,
     width: int,
 ) -> Iterator[tuple[av.AudioFrame, np.ndarray]]:
-    """Each frame of `stream` in the resampler's rate, layout and sample type, with its
-    samples `[n, width]`, in order, then what the resampler still holds.
+    """Each frame of `stream` at the resampler's rate and layout, with its samples `[n, width]`,
+    in order, then what the resampler still holds; `_as_dtype` makes them its sample type.
 
     Where the frames already have the rate and layout and differ only in sample type (AAC,
     MP3, Vorbis, Opus decode to planar float; a clip made at the model's rate), numpy converts
@@ -105,11 +104,12 @@ def _samples(
         return
     assert isinstance(head, av.AudioFrame)  # an audio stream decodes to audio frames
     if _converts(head, resampler):
+        kind = (head.format.name, head.sample_rate, head.layout)
         for frame in itertools.chain((head,), frames):
             assert isinstance(frame, av.AudioFrame)
-            if not _converts(frame, resampler):
+            if frame is not head and (frame.format.name, frame.sample_rate, frame.layout) != kind:
                 raise ValueError("the audio changes its rate, layout or sample type")
-            yield frame, _converted(frame, np_dtype, width)
+            yield frame, _interleaved(frame, width)
         return
     for each in itertools.chain((head,), frames, (None,)):  # None: flush the resampler
         assert each is None or isinstance(each, av.AudioFrame)
@@ -117,18 +117,12 @@ def _samples(
             yield out, out.to_ndarray().reshape(-1, width)
 
 
-# Sample types numpy converts between as swresample does: int16 x / 32768 is exact in float32,
-# and float x to int16 is x * 32768 rounded half to even (lrintf, cvtps2dq) and clipped, the
-# same for every finite |x| < 65,536 (beyond, FFmpeg's answer depends on its SIMD path).
-_CONVERTIBLE = {"s16", "s16p", "flt", "fltp"}
-
-
 def _converts(frame: av.AudioFrame, resampler: av.AudioResampler) -> bool:
-    """Whether numpy converts `frame`'s stream: only its sample type or planar layout differs
-    from what the resampler makes, and its time base is one sample, as the resampler's
-    output's is."""
+    """Whether numpy converts `frame`'s stream: only its sample type (int16 or float, planar
+    or not) differs from what the resampler makes, and its time base is one sample, as the
+    resampler's output's is."""
     return (
-        frame.format.name in _CONVERTIBLE
+        frame.format.name in ("s16", "s16p", "flt", "fltp")
         and frame.format.name != resampler.format.name
         and frame.sample_rate == resampler.rate
         and frame.layout == resampler.layout
@@ -136,15 +130,23 @@ def _converts(frame: av.AudioFrame, resampler: av.AudioResampler) -> bool:
     )
 
 
-def _converted(frame: av.AudioFrame, np_dtype: type, width: int) -> np.ndarray:
-    """`frame`'s samples `[n, width]` as `np_dtype` (int16 or float32), read from its planes
-    (`to_ndarray` stacks them with `np.vstack`, half the time this takes)."""
+def _interleaved(frame: av.AudioFrame, width: int) -> np.ndarray:
+    """`frame`'s samples `[n, width]` in its own sample type, read from its planes
+    (`to_ndarray` stacks them with `np.vstack`, which takes longer than this)."""
     kind = np.int16 if frame.format.name.startswith("s16") else np.float32
     count = frame.samples * (1 if frame.format.is_planar else width)
     planes = [np.frombuffer(memoryview(plane), kind, count) for plane in frame.planes]
-    arr: np.ndarray = np.stack(planes, 1) if len(planes) > 1 else planes[0].reshape(-1, width)
-    if kind is np_dtype:  # planar to interleaved only
-        return arr
-    if np_dtype is np.int16:  # fmax / fmin: NaN is -32768, as FFmpeg's SIMD conversion has it
-        return np.fmin(np.fmax(np.rint(arr * np.float32(32768)), -32768), 32767).astype(np.int16)
-    return arr.astype(np.float32) * np.float32(1 / 32768)
+    return np.stack(planes, 1) if len(planes) > 1 else planes[0].reshape(-1, width)
+
+
+def _as_dtype(samples: np.ndarray, np_dtype: type) -> np.ndarray:
+    """`samples` (int16 or float32) as `np_dtype`, as swresample converts: int16 x / 32768 is
+    exact in float32, and float x to int16 is x * 32768 rounded half to even (lrintf,
+    cvtps2dq) and clipped, the same for every finite |x| < 65,536 (beyond it FFmpeg's answer
+    depends on its SIMD path); NaN is -32768, as FFmpeg's SIMD conversion has it (`fmax`)."""
+    if samples.dtype == np_dtype:
+        return samples
+    if np_dtype is np.int16:
+        scaled = np.rint(samples * np.float32(32768))
+        return np.fmin(np.fmax(scaled, -32768), 32767).astype(np.int16)
+    return samples.astype(np.float32) * np.float32(1 / 32768)

@@ -163,9 +163,9 @@ def test_audio_differing_only_in_sample_type_is_converted_as_ffmpeg_does(channel
     the samples (clipped where AAC overshoots full scale, NaN as FFmpeg has it) and the time
     of the first are those swresample gives."""
     converted: list[str] = []
-    real = audio_codec._converted
+    real = audio_codec._interleaved
     monkeypatch.setattr(
-        audio_codec, "_converted", lambda f, *a: converted.append(f.format.name) or real(f, *a)
+        audio_codec, "_interleaved", lambda f, *a: converted.append(f.format.name) or real(f, *a)
     )
     loud = _loud(16000, channels)
     hostile = loud * 2.5
