@@ -15,7 +15,9 @@ random in every form. For each task and form:
 - the trainer's samples/s and data-wait share with 0, 1 and 2 DataLoader workers (after a
   warm-up epoch), and the ratio to the in-memory ceiling measured just before it; medians of
   `--repeats` such pairs (a shared machine's speed drifts by a third from minute to minute);
-  and with 2 workers, the step on the cores they leave (`data.step_threads`, at least one);
+  and with 2 workers, at the step's own CPU priority (`data.worker_nice = 0`, not the default
+  +19: the baseline for it), and with the step on the cores they leave (`data.step_threads`,
+  at least one);
 - the CPU-budget limit: the most samples/s the machine's cores allow when every sample costs
   the step's CPU (measured on the ceiling) plus the data path's (one core at its clips/s),
   whatever the split between workers and step.
@@ -41,6 +43,7 @@ from polymodal.machine import cores as machine_cores
 from polymodal.perceiver import EncoderConfig
 from polymodal.pipelines import preprocess
 from polymodal.pipelines.stream.fields import FieldSpec
+from polymodal.pipelines.stream.loader import WORKER_NICE
 from polymodal.pipelines.train.config import TrainConfig
 from polymodal.pipelines.train.demo import demo_config, make_clips
 from polymodal.pipelines.train.tasks import dataset_stream, make_task
@@ -199,6 +202,7 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
     print(
         f"  {'form':>15s} {'bytes/sample':>12s} {'clips/s/core':>12s} {'× mp4':>6s}   "
         + "  ".join(f"{f'{w} workers: samples/s wait × ceiling':>34s}" for w in (0, 1, 2))
+        + f"  {'2 workers at the step priority':>34s}"
         + f"  {f'2 workers, step on {leave} thread(s)':>34s}"
     )
     ceilings, step_cpu, limits = [], [], []
@@ -206,17 +210,23 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
         rate = data_path_rate(base, data[form.data], form.clips)
         mp4_rate = mp4_rate or rate
         cells = []
-        for workers, threads in ((0, 0), (1, 0), (2, 0), (2, leave)):
+        for workers, threads, nice in (
+            (0, 0, WORKER_NICE),
+            (1, 0, WORKER_NICE),
+            (2, 0, WORKER_NICE),
+            (2, 0, 0),
+            (2, leave, WORKER_NICE),
+        ):
             runs = []
             for repeat in range(repeats):
-                name = f"{form.name}-{workers}-{threads}-{repeat}"
+                name = f"{form.name}-{workers}-{threads}-{nice}-{repeat}"
                 name = name.replace(" ", "").replace(",", "")
                 top, cpu = ceiling(
                     task_config(task, data["mp4"], root / f"ceiling-{name}", 0), steps
                 )
                 step_cpu.append(cpu)
                 config = task_config(task, data[form.data], root / name, workers)
-                config.data.step_threads = threads
+                config.data.step_threads, config.data.worker_nice = threads, nice
                 speed, wait = trainer_rate(config, steps, form.clips)
                 runs.append((speed, wait, speed / top))
                 ceilings.append(top)

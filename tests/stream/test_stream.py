@@ -12,6 +12,7 @@ from testdata import SHARD_SIZES, TESTS, batch_digest, numbered_pngs, png_fields
 
 from polymodal.adapters import get
 from polymodal.datasets.files import Remote
+from polymodal.pipelines.stream.loader import WORKER_NICE
 from polymodal.pipelines.stream.place import Place
 from polymodal.pipelines.stream.plan import StreamPlan
 from polymodal.pipelines.stream.stages.shuffle import BufferOrder
@@ -416,3 +417,32 @@ def test_workers_begin_the_next_epoch_while_the_last_batch_is_used(dataset, tmp_
     assert [[list(b.keys) for b in fresh] for _ in range(2)] == [first, second]
     loader.set_epoch(0)
     assert [list(b.keys) for b in loader] == first
+
+
+class _PriorityLog:
+    """A stream transform that notes the process and the CPU priority (nice) it ran at."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, sample: dict) -> dict:
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()} {os.nice(0)}\n")
+        return sample
+
+
+def test_workers_decode_below_the_consumers_cpu_priority(dataset, tmp_path):
+    """By default every worker runs at nice +19 from its parent, so that a training step has
+    the cores when it wants them; `nice=0` keeps the parent's priority. The consumer keeps its
+    own, and a nice outside 0-19 is refused."""
+    own = os.nice(0)
+    for nice, want in ((None, min(19, own + WORKER_NICE)), (0, own), (7, min(19, own + 7))):
+        log = tmp_path / f"nice-{nice}.txt"
+        stream = Stream(dataset, png_fields(), batch_size=4).map(_PriorityLog(log))
+        list(stream.loader(2) if nice is None else stream.loader(2, nice=nice))
+        seen = {tuple(map(int, line.split())) for line in log.read_text().splitlines()}
+        assert len({pid for pid, _ in seen}) == 2, seen  # both workers decoded
+        assert {priority for _, priority in seen} == {want}
+    assert WORKER_NICE == 19 and os.nice(0) == own
+    with pytest.raises(ValueError, match="nice must be 0 to 19, got 20"):
+        Stream(dataset, png_fields(), batch_size=4).loader(2, nice=20)

@@ -49,6 +49,7 @@ def test_invalid_configs_fail_naming_the_field(tmp_path, data):
         (["data.batch_size=0"], "data.batch_size: must be positive"),
         (["optim.lr=fast"], "optim.lr: expected float"),
         (["data.step_threads=-1"], "data.step_threads: must be at least 0"),
+        (["data.worker_nice=20"], "data.worker_nice: must be 0 to 19"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):

@@ -53,7 +53,12 @@ from polymodal.datasets.shard_cache import ShardCache
 from polymodal.datasets.shardlist import join_shard_lists, open_dataset
 from polymodal.pipelines.stream.elastic import Rest
 from polymodal.pipelines.stream.fields import FieldSpec, FieldSpecLike, build_adapter
-from polymodal.pipelines.stream.loader import BATCH_TIMEOUT, DIGEST_SCHEME, StreamLoader
+from polymodal.pipelines.stream.loader import (
+    BATCH_TIMEOUT,
+    DIGEST_SCHEME,
+    WORKER_NICE,
+    StreamLoader,
+)
 from polymodal.pipelines.stream.mixtures import (
     RULES,
     MixSource,
@@ -493,11 +498,15 @@ class Stream(IterableDataset):
         prefetch: int = 2,
         batch_timeout: float = BATCH_TIMEOUT,
         threads: int | None = None,
+        nice: int = WORKER_NICE,
     ) -> StreamLoader:
         """The DataLoader-backed iterable over epochs. With workers, a batch that has not
         arrived after `batch_timeout` seconds (a decoder that hangs) is a `StreamError`; each
-        worker runs on `threads` threads (None: its share of the cores)."""
-        return StreamLoader(self, num_workers, pin_memory, prefetch, batch_timeout, threads)
+        worker runs on `threads` threads (None: its share of the cores), `nice` below this
+        process's CPU priority (0: the same)."""
+        return StreamLoader(
+            self, num_workers, pin_memory, prefetch, batch_timeout, threads, nice=nice
+        )
 
 
 def _plan_counts(index: ShardIndex, excluded: Collection[int]) -> np.ndarray:

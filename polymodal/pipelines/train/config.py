@@ -25,6 +25,7 @@ from polymodal.errors import ConfigError
 from polymodal.literals import did_you_mean, parse_pairs, set_path
 from polymodal.perceiver.encoder import EncoderConfig
 from polymodal.pipelines.stream.fields import FieldSpec, build_adapter
+from polymodal.pipelines.stream.loader import MAX_NICE, WORKER_NICE
 from polymodal.pipelines.stream.stages.transform import parse_transform
 
 PAIRED_TASKS = ("contrastive", "correspondence")  # tasks that learn from a pair of fields
@@ -82,6 +83,9 @@ class DataConfig:
     # torch threads of the training step (0: torch's own count, one per core); see README's
     # "Decode once" section for when fewer pay (workers decoding media on a few cores)
     step_threads: int = 0
+    # how far below the trainer's CPU priority DataLoader workers run (Unix nice, 0-19; 0:
+    # the same); see `stream.loader.WORKER_NICE`
+    worker_nice: int = WORKER_NICE
     clips_per_sample: int = 1  # training items cut from one decode of a sample (divides batch_size)
     buffer_size: int = 500
     seed: int | None = None  # orders the data; None: the run's `seed`
@@ -389,6 +393,7 @@ def _data_ranges(d: DataConfig) -> list[tuple[str, Any, bool, str]]:
         ("data.workers", d.workers, d.workers >= 0, "at least 0"),
         ("data.threads", d.threads, d.threads >= 0, "at least 0 (0: cores // workers)"),
         ("data.step_threads", d.step_threads, d.step_threads >= 0, "at least 0 (0: torch's)"),
+        ("data.worker_nice", d.worker_nice, 0 <= d.worker_nice <= MAX_NICE, f"0 to {MAX_NICE}"),
         (
             "data.clips_per_sample",
             d.clips_per_sample,

@@ -129,6 +129,7 @@ class Trainer:
             config.data.workers,
             pin_memory=torch.cuda.is_available(),
             threads=config.data.threads or None,
+            nice=config.data.worker_nice,
         )
         self.step_threads = config.data.step_threads or torch.get_num_threads()
         if self.rank == 0:
