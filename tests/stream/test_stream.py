@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -381,16 +382,16 @@ def test_a_field_the_data_lacks_is_refused_when_the_stream_is_made(dataset):
     assert Stream(dataset, fields, optional=["audio"]).total == sum(SHARD_SIZES)
 
 
-class _DecodeLog:
-    """A stream transform that notes when each sample passed it (in a file: it runs in the
-    DataLoader workers)."""
+class _SampleLog:
+    """A stream transform that writes `line(sample)` to a file for each sample it passes (a
+    file: it runs in the DataLoader workers)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, line: Callable[[dict], str]) -> None:
+        self.path, self.line = path, line
 
     def __call__(self, sample: dict) -> dict:
         with open(self.path, "a") as f:
-            f.write(f"{time.monotonic()} {sample['__key__']}\n")
+            f.write(f"{self.line(sample)}\n")
         return sample
 
 
@@ -401,7 +402,8 @@ def test_workers_begin_the_next_epoch_while_the_last_batch_is_used(dataset, tmp_
     run, and `set_epoch` afterwards still gives the epoch it names."""
     log = tmp_path / "decoded.txt"
     fields = png_fields()
-    loader = Stream(dataset, fields, batch_size=4, buffer_size=8).map(_DecodeLog(log)).loader(1)
+    stream = Stream(dataset, fields, batch_size=4, buffer_size=8)
+    loader = stream.map(_SampleLog(log, lambda s: f"{time.monotonic()} {s['__key__']}")).loader(1)
     first = [list(b.keys) for b in loader]
     held_from = time.monotonic()  # the consumer steps on the epoch's last batch
     time.sleep(1.0)
@@ -419,18 +421,6 @@ def test_workers_begin_the_next_epoch_while_the_last_batch_is_used(dataset, tmp_
     assert [list(b.keys) for b in loader] == first
 
 
-class _PriorityLog:
-    """A stream transform that notes the process and the CPU priority (nice) it ran at."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __call__(self, sample: dict) -> dict:
-        with open(self.path, "a") as f:
-            f.write(f"{os.getpid()} {os.nice(0)}\n")
-        return sample
-
-
 def test_workers_decode_below_the_consumers_cpu_priority(dataset, tmp_path):
     """By default every worker runs at nice +19 from its parent, so that a training step has
     the cores when it wants them; `nice=0` keeps the parent's priority. The consumer keeps its
@@ -438,7 +428,8 @@ def test_workers_decode_below_the_consumers_cpu_priority(dataset, tmp_path):
     own = os.nice(0)
     for nice, want in ((None, min(19, own + WORKER_NICE)), (0, own), (7, min(19, own + 7))):
         log = tmp_path / f"nice-{nice}.txt"
-        stream = Stream(dataset, png_fields(), batch_size=4).map(_PriorityLog(log))
+        note = _SampleLog(log, lambda _: f"{os.getpid()} {os.nice(0)}")  # process, priority
+        stream = Stream(dataset, png_fields(), batch_size=4).map(note)
         list(stream.loader(2) if nice is None else stream.loader(2, nice=nice))
         seen = {tuple(map(int, line.split())) for line in log.read_text().splitlines()}
         assert len({pid for pid, _ in seen}) == 2, seen  # both workers decoded
