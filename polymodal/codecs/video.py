@@ -133,13 +133,12 @@ def frames_at(
     wanted = _Targets(targets)
     n = 0
     target = wanted.get(n)
-    origin = stream.start_time or 0
-    tb = float(stream.time_base or 0)
-    default_duration = 1.0 / float(frame_rate(stream))
+    clock = _clock(stream)
+    origin, tb, default_duration = clock
     prev: av.VideoFrame | None = None
     prev_end = 0.0
     skipped_end = [0.0]  # where the last frame left undecoded ends (for the truncation check)
-    frames = _decoded(container, stream, wanted.any_in, skipped_end)
+    frames = _decoded(container, stream, clock, wanted.any_in, skipped_end)
     for index, frame in enumerate(frames):
         now = (frame.pts - origin) * tb if frame.pts is not None else index * default_duration
         # Targets before this frame's time showed the previous frame; before the first decoded
@@ -159,9 +158,16 @@ def frames_at(
         target = wanted.get(n)
 
 
+def _clock(stream: av.VideoStream) -> tuple[int, float, float]:
+    """How `frames_at` reads a frame's time: the stream's start (pts), its time base
+    (seconds), and a frame's duration where a frame states none (seconds)."""
+    return stream.start_time or 0, float(stream.time_base or 0), 1.0 / float(frame_rate(stream))
+
+
 def _decoded(
     container: av.container.InputContainer,
     stream: av.VideoStream,
+    clock: tuple[int, float, float],
     shows: Callable[[float, float], bool],
     skipped_end: list[float],
 ) -> Iterator[av.VideoFrame]:
@@ -175,10 +181,10 @@ def _decoded(
     fps from 25 fps x264) decoded 51-61 frames, and 36-44 this way. Nothing is skipped
     before the decoder gives its first frame (after a seek that lands off a keyframe it
     gives none, which must still read as a stream that ended), in other codecs, or from a
-    packet without a time on. `skipped_end` gets where the latest skipped frame ends."""
+    packet without a time on. `clock` is `_clock(stream)`; `skipped_end` gets where the
+    latest skipped frame ends."""
     context = stream.codec_context
-    origin, tb = stream.start_time or 0, float(stream.time_base or 0)
-    default_duration = 1.0 / float(frame_rate(stream))
+    origin, tb, default_duration = clock
     ahead: deque[av.Packet] = deque()
     behind: deque[int] = deque(maxlen=_REORDER)  # times of the packets decoded or skipped
     earliest, started = math.inf, False

@@ -5,7 +5,7 @@ from testmedia import frame_levels
 
 from polymodal.adapters import DecodeError, get
 from polymodal.codecs.containers import open_stream, stream_seconds
-from polymodal.codecs.video import _decoded, _Targets, frames_at
+from polymodal.codecs.video import _clock, _decoded, _Targets, frames_at
 from polymodal.datasets.synthetic import counter_frames, encode_audio, encode_media, tone
 
 STEP = 8  # frame k is grey level 8k: distinct after lossy coding, no wrap for 30 frames
@@ -159,5 +159,6 @@ def test_frames_no_target_shows_are_skipped_and_the_shown_ones_are_exact(fps, th
     assert shown == _on_screen(data, targets)
     container, stream = open_stream(data, "video")
     with container:
-        decoded = len(list(_decoded(container, stream, _Targets(targets).any_in, [0.0])))
+        frames = _decoded(container, stream, _clock(stream), _Targets(targets).any_in, [0.0])
+        decoded = len(list(frames))
     assert decoded < 50 if fps < 25 else decoded == 50
