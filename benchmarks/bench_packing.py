@@ -8,7 +8,10 @@ same decoded batches, padded (each batch padded to its longest sample, `mask`: w
 does by default) and length buckets (padded, the samples of `--lookahead` batches regrouped by
 length: the stream's `buckets="auto"`), `budget` (the same, cut by the elements each batch
 ships: `max_tokens`) and packed (`collate(..., packed=...)`: no padding, offsets), at equal
-model and equal samples per step. Datasets made with real encoders:
+model and equal samples per step; and `packed-tokens`: packed at equal elements per step (its
+batches of as many samples as ship, on the mean, what a padded batch ships with its padding:
+what packing buys where a step's memory is what sets the batch). Datasets made with real
+encoders:
 
 - `speech`: sound clips of 1 to 10 s uniformly (tones under noise at 16 kHz, flac by PyAV),
   log-mel as `examples/audio_small.toml` has it, `duration="full"`;
@@ -24,8 +27,8 @@ forms taking turns), the ratio to padded from the same run, its bound (the ratio
 time proportional to the elements it ships: padded's shipped over this form's), `floor`: the
 bound once what a step costs whatever its inputs is counted (the latents' self-attention, the
 decoder, the optimizer: a pass over the same batches with every sample cut to a sliver,
-`FLOOR`, timed in the same turns; the rest of padded's time taken as proportional to the
-elements shipped), the peak memory of a
+`FLOOR`, timed in the same turns, and one in `packed-tokens`'s larger batches for it; the rest
+of padded's time taken as proportional to the elements shipped), the peak memory of a
 pass (CUDA only: the CPU has no per-pass counter), and the cross-attention's kernel (`varlen`:
 one variable-length flash kernel over the pack, on CUDA under bf16 autocast; `sdpa`: SDPA with
 a mask, or once per packed sample).
@@ -34,7 +37,8 @@ a mask, or once per packed sample).
 `polymodal.datasets.spoken`) at natural lengths: each digit at a random place in 1 to 4 s of
 noise, `examples/audio_small.toml` trained `--epochs` epochs padded, in length buckets and
 packed (the same seed, for each of `--seeds`), val accuracy and its median, samples/s, padding
-share.
+share; and each form's accuracy less padded's of the same seed (packed steps over the same
+samples as padded, so only rounding tells them apart; buckets regroup them).
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ FLOOR = {
     "bytes": lambda: get("text")(max_length=16),
     "images": lambda: get("image")(size=16),
 }
+TOKENS = "packed-tokens"  # packed at the padded form's elements per step
 BY_ELEMENTS = 2**62  # a budget no batch reaches: the cut by elements alone, with no warning
 
 
@@ -182,12 +187,20 @@ def steps_table(
     title: str = "steps",
 ) -> None:
     print(f"\n{title}: {samples} samples, {size} a batch, buckets over {lookahead}, on {device}")
-    head = f"{'data':<8} {'form':<7} {'padding':>8} {'largest':>8} {'samples/s':>10} {'ratio':>6}"
+    head = f"{'data':<8} {'form':<14} {'padding':>8} {'largest':>9} {'samples/s':>10} {'ratio':>6}"
     print(f"{head} {'bound':>6} {'floor':>6} {'peak MiB':>9} {'attention':>9}")
     for name in DATASETS:
         kinds = ["padded", "packed"] if name in FIXED else ["padded", "buckets", "budget", "packed"]
         forms = {form: batches(name, samples, size, form, lookahead) for form in kinds}
-        forms["floor"] = batches(name, samples, size, "floor", lookahead)
+        # Equal tokens per step: packed batches of as many samples as ship, on the mean, the
+        # elements a padded batch ships (padding included), as a user who packs to the memory
+        # padding took would set `batch_size`; its floor: slivers in batches of that size.
+        wide = round(size * elements(forms["padded"])[1] / elements(forms["packed"])[0])
+        forms[TOKENS] = batches(name, samples, wide, "packed", lookahead)
+        floors = {size: "floor"}
+        floors.setdefault(wide, f"floor of {wide}")
+        for count, form in floors.items():
+            forms[form] = batches(name, samples, count, "floor", lookahead)
         one_pass(name, forms["padded"][:1], device)  # warm-up: kernels, caches, allocator
         times: dict[str, list[float]] = {form: [] for form in forms}
         peaks: dict[str, float] = {}
@@ -197,19 +210,25 @@ def steps_table(
                 seconds, peaks[form], kernels[form] = one_pass(name, forms[form], device)
                 times[form].append(seconds)
         median = {form: statistics.median(t) for form, t in times.items()}
-        padded, floor = median["padded"], median.pop("floor")
+        floor = {form: median.pop(form) for form in set(floors.values())}
+        padded = median["padded"]
+        per_element = max(0.0, padded - floor["floor"])  # none where slivers took as long
         counts = {form: elements(forms[form]) for form in median}  # (real, shipped)
         for form, (real, shipped) in counts.items():
             share = shipped / counts["padded"][1]
+            under = floor[floors[wide if form == TOKENS else size]]
             print(
-                f"{name:<8} {form:<7} {1 - real / shipped:>8.1%} "
-                f"{largest(forms[form]):>8} {samples / median[form]:>10.1f} "
+                f"{name:<8} {form:<14} {1 - real / shipped:>8.1%} "
+                f"{largest(forms[form]):>9} {samples / median[form]:>10.1f} "
                 f"{padded / median[form]:>6.2f} {1 / share:>6.2f} "
-                f"{padded / (floor + (padded - floor) * share):>6.2f} "
+                f"{padded / (under + per_element * share):>6.2f} "
                 f"{peaks[form]:>9.0f} {kernels[form]:>9}",
                 flush=True,
             )
-        print(f"{name:<8} {'floor':<7} a pass over slivers: {floor / padded:.0%} of padded's time")
+        print(
+            f"{name:<8} {'floor':<14} a pass over slivers: {floor['floor'] / padded:.0%} of "
+            f"padded's time in batches of {size}, {floor[floors[wide]] / padded:.0%} in {wide}"
+        )
 
 
 def spoken_dataset(root: Path, count: int) -> Path:
@@ -260,7 +279,14 @@ def learning_table(root: Path, count: int, epochs: int, seeds: list[int]) -> Non
                 flush=True,
             )
     for form, values in accuracy.items():
-        print(f"median {form:<7} {statistics.median(values):>8.3f}")
+        line = f"median {form:<7} {statistics.median(values):>8.3f}"
+        if form != "padded":  # the same seed's padded run: the same samples in the same steps
+            diffs = [a - b for a, b in zip(values, accuracy["padded"], strict=True)]
+            line += (
+                f"   - padded, seed by seed: mean {statistics.mean(diffs):+.3f}, from "
+                f"{min(diffs):+.3f} to {max(diffs):+.3f}"
+            )
+        print(line)
 
 
 def main() -> None:

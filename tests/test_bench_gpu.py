@@ -52,15 +52,16 @@ def test_every_table_runs_and_measures_something():
     packing = [row for row in rows if row[1] != "floor"]
     assert [row[0] for row in floors] == ["speech", "bytes", "images"]
     assert all(float(row[6].rstrip("%")) > 0 for row in floors)
-    forms = [row[1] for row in packing[:4]]
-    assert all(row[0] == "speech" for row in packing[:4])
-    assert forms == ["padded", "buckets", "budget", "packed"]
-    assert len(packing) == 10 and all(float(row[4]) > 0 for row in packing)
+    forms = [row[1] for row in packing[:5]]
+    assert all(row[0] == "speech" for row in packing[:5])
+    assert forms == ["padded", "buckets", "budget", "packed", "packed-tokens"]
+    assert len(packing) == 13 and all(float(row[4]) > 0 for row in packing)
     assert all(float(row[7]) > 0 for row in packing)  # the bound the floor sets
-    padding = [float(row[2].rstrip("%")) for row in packing[:4]]  # padding shares
-    assert padding[0] > 10 and padding[1] < padding[0] and padding[3] == 0
-    largest = [int(row[3]) for row in packing[:4]]  # a batch's most elements
+    padding = [float(row[2].rstrip("%")) for row in packing[:5]]  # padding shares
+    assert padding[0] > 10 and padding[1] < padding[0] and padding[3] == padding[4] == 0
+    largest = [int(row[3]) for row in packing[:5]]  # a batch's most elements
     assert largest[2] <= largest[1] <= largest[0] and largest[3] < largest[0]
+    assert largest[4] > largest[3]  # at padded's elements per step: more samples a batch
 
 
 @pytest.mark.slow
