@@ -192,15 +192,15 @@ def steps_table(
     for name in DATASETS:
         kinds = ["padded", "packed"] if name in FIXED else ["padded", "buckets", "budget", "packed"]
         forms = {form: batches(name, samples, size, form, lookahead) for form in kinds}
+        counts = {form: elements(data) for form, data in forms.items()}  # (real, shipped)
         # Equal tokens per step: packed batches of as many samples as ship, on the mean, the
         # elements a padded batch ships (padding included), as a user who packs to the memory
         # padding took would set `batch_size`; its floor: slivers in batches of that size.
-        wide = round(size * elements(forms["padded"])[1] / elements(forms["packed"])[0])
+        wide = round(size * counts["padded"][1] / counts["packed"][0])
         forms[TOKENS] = batches(name, samples, wide, "packed", lookahead)
-        floors = {size: "floor"}
-        floors.setdefault(wide, f"floor of {wide}")
-        for count, form in floors.items():
-            forms[form] = batches(name, samples, count, "floor", lookahead)
+        counts[TOKENS] = elements(forms[TOKENS])
+        for count in {size, wide}:
+            forms[f"floor of {count}"] = batches(name, samples, count, "floor", lookahead)
         one_pass(name, forms["padded"][:1], device)  # warm-up: kernels, caches, allocator
         times: dict[str, list[float]] = {form: [] for form in forms}
         peaks: dict[str, float] = {}
@@ -210,13 +210,12 @@ def steps_table(
                 seconds, peaks[form], kernels[form] = one_pass(name, forms[form], device)
                 times[form].append(seconds)
         median = {form: statistics.median(t) for form, t in times.items()}
-        floor = {form: median.pop(form) for form in set(floors.values())}
+        floor = {count: median.pop(f"floor of {count}") for count in {size, wide}}
         padded = median["padded"]
-        per_element = max(0.0, padded - floor["floor"])  # none where slivers took as long
-        counts = {form: elements(forms[form]) for form in median}  # (real, shipped)
+        per_element = max(0.0, padded - floor[size])  # none where slivers took as long
         for form, (real, shipped) in counts.items():
             share = shipped / counts["padded"][1]
-            under = floor[floors[wide if form == TOKENS else size]]
+            under = floor[wide if form == TOKENS else size]
             print(
                 f"{name:<8} {form:<14} {1 - real / shipped:>8.1%} "
                 f"{largest(forms[form]):>9} {samples / median[form]:>10.1f} "
@@ -226,8 +225,8 @@ def steps_table(
                 flush=True,
             )
         print(
-            f"{name:<8} {'floor':<14} a pass over slivers: {floor['floor'] / padded:.0%} of "
-            f"padded's time in batches of {size}, {floor[floors[wide]] / padded:.0%} in {wide}"
+            f"{name:<8} {'floor':<14} a pass over slivers: {floor[size] / padded:.0%} of "
+            f"padded's time in batches of {size}, {floor[wide] / padded:.0%} in {wide}"
         )
 
 
