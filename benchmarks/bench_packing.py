@@ -300,7 +300,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lookahead", type=int, default=8, help="batches a bucket group spans")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tables", nargs="+", default=["steps", "learning"])
+    parser.add_argument(
+        "--tables", nargs="+", default=["steps", "learning"], choices=["steps", "learning"]
+    )
     args = parser.parse_args()
     if "steps" in args.tables:
         device = torch.device(args.device)

@@ -254,7 +254,9 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=["demo", "kinetics"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["demo", "kinetics"], choices=["demo", "kinetics"]
+    )
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
