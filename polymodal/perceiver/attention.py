@@ -63,6 +63,30 @@ class FactoredInputs:
         pos = self.positions.to(self.features.dtype).expand(self.features.shape[0], -1, -1)
         return torch.cat([self.features, pos], dim=-1)
 
+    def moments(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's mean μ and 1 / sqrt(var + eps) over its features and positions,
+        `[B, M, 1]` each, from sums over the two parts."""
+        x, p = self.features, self.positions.to(self.features.dtype)
+        channels = x.shape[-1] + p.shape[-1]
+        mean = (x.sum(-1, keepdim=True) + p.sum(-1, keepdim=True)) / channels
+        square = (x.square().sum(-1, keepdim=True) + p.square().sum(-1, keepdim=True)) / channels
+        return mean, torch.rsqrt(square - mean.square() + eps)
+
+    def normalized(self, eps: float) -> torch.Tensor:
+        """LayerNorm of the concatenation without gain or shift, `(z − μ) / σ`, written
+        part by part into one tensor: the concatenation itself (as large as the result) is
+        never made. Where the features need a gradient, through the concatenation instead
+        (`out=` writes are not differentiable)."""
+        x = self.features
+        if torch.is_grad_enabled() and x.requires_grad:
+            z = self.materialize()
+            return F.layer_norm(z, z.shape[-1:], eps=eps)
+        mean, scale = self.moments(eps)
+        out = x.new_empty(self.shape)
+        torch.sub(x, mean, out=out[..., : x.shape[-1]])
+        torch.sub(self.positions.to(x.dtype), mean, out=out[..., x.shape[-1] :])
+        return out.mul_(scale)
+
     def norm_project(self, norm: nn.LayerNorm, *projections: nn.Linear) -> list[torch.Tensor]:
         """`[p(norm(concat)) for p in projections]`, computed part by part.
 
@@ -72,10 +96,7 @@ class FactoredInputs:
         """
         x, p = self.features, self.positions.to(self.features.dtype)
         f = x.shape[-1]
-        channels = f + p.shape[-1]
-        mean = (x.sum(-1, keepdim=True) + p.sum(-1, keepdim=True)) / channels
-        square = (x.square().sum(-1, keepdim=True) + p.square().sum(-1, keepdim=True)) / channels
-        scale = torch.rsqrt(square - mean.square() + norm.eps)
+        mean, scale = self.moments(norm.eps)
         lhs = torch.cat([x * scale, -mean * scale], dim=-1).flatten(0, 1)  # [B·M, F + 1]
         outputs = []
         for linear in projections:
@@ -156,11 +177,13 @@ class Attention(nn.Module):
     def attend_inputs(
         self,
         q: torch.Tensor,
-        kv: torch.Tensor,
+        inputs: torch.Tensor | FactoredInputs,
+        norm: nn.LayerNorm,
         mask: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`attend(q, key(kv), value(kv), ...)` without projecting the keys and values.
+        """`attend(q, key(kv), value(kv), ...)` with `kv = norm(inputs)`, without projecting
+        the keys and values, and without `norm`'s gain and shift on the inputs.
 
         `q·(x·Wkᵀ + bk) = (q·Wk)·x + q·bk`, and `q·bk` is the same for every key of a query,
         which softmax ignores; `Σ p·(x·Wvᵀ + bv) = (Σ p·x)·Wvᵀ + bv`, since a query's
@@ -169,18 +192,25 @@ class Attention(nn.Module):
         once, as `heads·N` queries; the value projection follows per head. The `[B, M, qk]` and
         `[B, M, v]` keys and values (at 224² with one head 512 wide, two tensors of 0.8 GB and
         most of the cross-attention's work, at batch 8) are never made. Exact up to rounding.
+
+        The norm's gain γ and shift β go into the weights the same way: `key(x̂·γ + β)` is
+        `x̂·(W_k·γ)ᵀ` plus a per-query constant, `value(x̂·γ + β)` is `x̂·(W_v·γ)ᵀ + W_v·β + b_v`.
+        So the keys are the normalised inputs `x̂` alone, which depend on no parameter: where
+        the inputs need no gradient (pixels, samples, positions), nothing of the inputs' size
+        is kept for the backward beyond `x̂` itself, and no gradient of their size is made.
         """
         heads, (batch, queries, width) = self.num_heads, q.shape
         head = width // heads
-        keys = self.key.weight.view(heads, head, -1)  # [h, d, kv_dim]
+        keys = (self.key.weight * norm.weight).view(heads, head, -1)  # [h, d, kv_dim]
         q = torch.einsum("bnhd,hdc->bhnc", q.view(batch, queries, heads, head), keys)
-        kv = kv.to(q.dtype)  # under autocast, as a projection would give it (one kernel's dtype)
+        kv = normalized(inputs, norm.eps).to(q.dtype)  # under autocast, as a projection gives
         attended = self.attend(
             q.reshape(batch, heads * queries, -1), kv, kv, mask, offsets, heads=1, scale=head**-0.5
         )
-        values = self.value.weight.view(heads, -1, kv.shape[-1])  # [h, dv, kv_dim]
+        values = (self.value.weight * norm.weight).view(heads, -1, kv.shape[-1])  # [h, dv, c]
         out = attended.view(batch, heads, queries, -1)
-        out = torch.einsum("bhnc,hdc->bnhd", out, values).flatten(2) + self.value.bias
+        value_bias = self.value.weight @ norm.bias + self.value.bias
+        out = torch.einsum("bhnc,hdc->bnhd", out, values).flatten(2) + value_bias
         empty = None if offsets is None else offsets.diff() == 0
         if mask is not None:
             empty = ~mask.any(dim=-1)
@@ -221,9 +251,7 @@ class Attention(nn.Module):
         if mask is not None:
             empty = ~mask.any(dim=-1)  # queries with nothing to attend to
             attn_mask = (mask | empty[:, None])[:, None, None, :]  # keep softmax finite
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale
-        )
+        out = _sdpa(q, k, v, attn_mask, dropout, scale)
         out = out.transpose(1, 2).flatten(2)
         if empty is not None:
             out = out.masked_fill(empty[:, None, None], 0.0)
@@ -294,6 +322,44 @@ class Attention(nn.Module):
         if bool(empty.any()):
             out = out.masked_fill(empty.to(q.device)[:, None, None], 0.0)
         return out
+
+
+def normalized(inputs: torch.Tensor | FactoredInputs, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dimension without gain or shift: `x̂ = (x − μ) / σ`."""
+    if isinstance(inputs, FactoredInputs):
+        return inputs.normalized(eps)
+    return F.layer_norm(inputs, inputs.shape[-1:], eps=eps)
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout: float,
+    scale: float | None,
+) -> torch.Tensor:
+    """SDPA over `[B, heads, L, d]`; on a CPU, where the keys and values need no gradient
+    (`attend_inputs` over inputs without one), in chunks of as many samples as torch has
+    threads. SDPA's backward makes the gradients of its keys and values whether or not
+    anything needs them: at 224², two of 0.4 GB each that are dropped at once. In chunks
+    they are a chunk's, and the CPU kernel's backward, which shares its work out by sample
+    and head, still has one sample for each thread. Not under `torch.compile` (the thread
+    count is not traceable), nor on a GPU, whose kernels want the batch at once."""
+    chunked = q.requires_grad and not (k.requires_grad or v.requires_grad)
+    if not chunked or q.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale
+        )
+    size = torch.get_num_threads()
+    masks = attn_mask.split(size) if attn_mask is not None else [None] * len(q.split(size))
+    chunks = zip(q.split(size), k.split(size), v.split(size), masks, strict=True)
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout, scale=scale)
+            for q, k, v, m in chunks
+        ]
+    )
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -410,14 +476,15 @@ class CrossAttention(PreNormBlock):
             if not fold:
                 k, v = x_kv.norm_project(self.kv_norm, attention.key, attention.value)
                 return self.finish(x_q, attention.output(attention.attend(q, k, v, mask)))
-            x_kv = x_kv.materialize()
         else:
             fold = attention.folding_pays(q.shape[1], x_kv.shape[-1])
         offsets = x_kv.offsets if isinstance(x_kv, PackedTokens) else None
-        kv = self.kv_norm(x_kv.tokens if isinstance(x_kv, PackedTokens) else x_kv)
+        tokens = x_kv.tokens if isinstance(x_kv, PackedTokens) else x_kv
         if fold:
-            attended = attention.attend_inputs(q, kv, mask, offsets)
+            attended = attention.attend_inputs(q, tokens, self.kv_norm, mask, offsets)
         else:
+            assert not isinstance(tokens, FactoredInputs)  # projected above
+            kv = self.kv_norm(tokens)
             attended = attention.attend(q, attention.key(kv), attention.value(kv), mask, offsets)
         return self.finish(x_q, attention.output(attended))
 

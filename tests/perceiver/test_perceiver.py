@@ -1,4 +1,5 @@
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -251,8 +252,23 @@ def test_compiles_without_graph_breaks_in_the_attention_path():
     assert torch.allclose(compiled_cross(x, kv, mask), cross(x, kv, mask), atol=1e-5)
 
 
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """torch on two threads, as on the machine CI runs on, whatever this one has: SDPA's
+    chunks of samples are as many as the threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("heads", [1, 2])
-def test_attending_the_inputs_equals_projecting_the_keys_and_values(heads, monkeypatch):
+@pytest.mark.parametrize("inputs_need_grad", [True, False])
+def test_attending_the_inputs_equals_projecting_the_keys_and_values(
+    heads, inputs_need_grad, two_threads, monkeypatch
+):
+    """Also where the inputs need no gradient (pixels, samples): then SDPA runs in chunks
+    of samples (two threads, three samples) and factored inputs are normalised in place."""
     from polymodal.perceiver.attention import FactoredInputs, PackedTokens
 
     cross = CrossAttention(q_dim=8, kv_dim=6, num_heads=heads, qk_channels=8, v_channels=4)
@@ -260,7 +276,8 @@ def test_attending_the_inputs_equals_projecting_the_keys_and_values(heads, monke
     for parameter in cross.parameters():  # biases and norms away from their zero / one init
         torch.nn.init.normal_(parameter)
     x_q = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
-    kv = torch.randn(3, 7, 6, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(3, 7, 6, dtype=torch.float64, requires_grad=inputs_need_grad)
+    wrt = [x_q, kv] if inputs_need_grad else [x_q]
     mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4, [False] * 7])  # row 2: no keys
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
     positions = torch.randn(7, 4, dtype=torch.float64)
@@ -277,8 +294,9 @@ def test_attending_the_inputs_equals_projecting_the_keys_and_values(heads, monke
             monkeypatch.setattr(Attention, "folding_pays", lambda *_, fold=fold: fold)
             x_kv, m = make()
             out = cross(x_q, x_kv, m)
-            grads = torch.autograd.grad(out.square().sum(), [x_q, kv, *params.values()])
-            results.append((out, dict(zip(["x_q", "kv", *params], grads, strict=True))))
+            grads = torch.autograd.grad(out.square().sum(), [*wrt, *params.values()])
+            names = ["x_q", "kv"][: len(wrt)] + list(params)
+            results.append((out, dict(zip(names, grads, strict=True))))
         (folded, folded_grads), (projected, projected_grads) = results
         assert torch.allclose(folded, projected, rtol=1e-10, atol=1e-10)
         if m is not None:  # no keys: the output projection's bias, then the MLP
@@ -288,6 +306,53 @@ def test_attending_the_inputs_equals_projecting_the_keys_and_values(heads, monke
                 assert not grad.any() and projected_grads[name].abs().max() < 1e-9
             else:
                 assert torch.allclose(grad, projected_grads[name], rtol=1e-10, atol=1e-9), name
+
+
+@pytest.mark.parametrize("form", ["tensor", "factored"])
+def test_inputs_without_gradient_cost_the_backward_one_tensor_of_their_size(
+    form, two_threads, monkeypatch
+):
+    """Attending the inputs themselves keeps only their normalised copy for the backward
+    (not also the copy a LayerNorm would keep, nor the concatenation of factored inputs),
+    and the backward makes no tensor as large as the inputs (SDPA's unneeded key and value
+    gradients come a chunk of samples at a time). At 224², each is 0.4 GB."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from polymodal.perceiver.attention import FactoredInputs
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    monkeypatch.setattr(Attention, "folding_pays", lambda *_: True)
+    cross = CrossAttention(q_dim=8, kv_dim=6)
+    x_q = torch.randn(4, 5, 8, requires_grad=True)
+    features, positions = torch.randn(4, 500, 2), torch.randn(500, 4)
+    x_kv = {
+        "tensor": torch.cat([features, positions.expand(4, -1, -1)], dim=-1),
+        "factored": FactoredInputs(features, positions),
+    }[form]
+    size = 4 * 500 * 6
+    kept = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().nbytes() >= size * t.element_size():
+            kept.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = cross(x_q, x_kv)
+    with LargestOutput() as backward:
+        out.square().sum().backward()
+    assert len(kept) == 1
+    assert backward.largest < size, backward.largest
+    assert x_q.grad is not None and cross.kv_norm.weight.grad is not None
 
 
 @pytest.mark.parametrize("form", ["tensor", "masked", "packed"])
