@@ -22,6 +22,7 @@ latents. The choice is a function of the shapes alone (`Attention.folding_pays`)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -281,10 +282,7 @@ class Attention(nn.Module):
             if key.shape[1] == 0:
                 out.append(query.new_zeros(heads, query.shape[1], value.shape[-1]))
                 continue
-            attended = F.scaled_dot_product_attention(
-                query, key, value, dropout_p=dropout, scale=scale
-            )
-            out.append(attended)
+            out.append(_sdpa(query, key, value, None, dropout, scale))
         return torch.stack(out).transpose(1, 2).flatten(2)
 
     def _attend_varlen(
@@ -339,27 +337,66 @@ def _sdpa(
     dropout: float,
     scale: float | None,
 ) -> torch.Tensor:
-    """SDPA over `[B, heads, L, d]`; on a CPU, where the keys and values need no gradient
-    (`attend_inputs` over inputs without one), in chunks of as many samples as torch has
-    threads. SDPA's backward makes the gradients of its keys and values whether or not
-    anything needs them: at 224², two of 0.4 GB each that are dropped at once. In chunks
-    they are a chunk's, and the CPU kernel's backward, which shares its work out by sample
-    and head, still has one sample for each thread. Not under `torch.compile` (the thread
-    count is not traceable), nor on a GPU, whose kernels want the batch at once."""
-    chunked = q.requires_grad and not (k.requires_grad or v.requires_grad)
-    if not chunked or q.device.type != "cpu" or torch.compiler.is_compiling():
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale
-        )
-    size = torch.get_num_threads()
-    masks = attn_mask.split(size) if attn_mask is not None else [None] * len(q.split(size))
-    chunks = zip(q.split(size), k.split(size), v.split(size), masks, strict=True)
-    return torch.cat(
-        [
-            F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout, scale=scale)
-            for q, k, v, m in chunks
-        ]
+    """SDPA over `[B, heads, L, d]`; on a CPU in full precision, where the keys and values
+    need no gradient (`attend_inputs` over inputs without one), with a backward that makes
+    the queries' gradient alone (`_AttendFixedKeys`). Not under `torch.compile` nor on a
+    GPU, whose own kernels were not measured against it."""
+    if (
+        q.requires_grad
+        and not (k.requires_grad or v.requires_grad)
+        and dropout == 0.0
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+    ):
+        out = _AttendFixedKeys.apply(q, k, v, attn_mask, scale)
+        assert isinstance(out, torch.Tensor)
+        return out
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale
     )
+
+
+class _AttendFixedKeys(torch.autograd.Function):
+    """SDPA whose backward gives the queries' gradient only.
+
+    SDPA's own backward (the CPU's flash kernel) recomputes the scores and makes the keys'
+    and values' gradients whether or not anything needs them: five matmuls as large as the
+    scores, and at 224² two gradients of 0.4 GB each, dropped at once. Where the keys and
+    values are the normalised inputs, nothing needs them; the queries' gradient is
+    `dS·K` with `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`: three matmuls, one sample at a time so
+    that the scores `P` of a sample (at 224², 51 MB) are all it holds at once."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        scale: float | None,
+    ) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        ctx.save_for_backward(q, k, v, out, attn_mask)
+        ctx.scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, out, attn_mask = ctx.saved_tensors
+        scale: float = ctx.scale
+        grad_q = torch.empty_like(q)
+        rowsums = (grad * out).sum(-1, keepdim=True)  # [B, h, N, 1]
+        for i in range(len(q)):
+            scores = torch.matmul(q[i], k[i].transpose(-1, -2)).mul_(scale)  # [h, N, M]
+            if attn_mask is not None:
+                scores.masked_fill_(~attn_mask[i], float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            del scores
+            d_scores = torch.matmul(grad[i], v[i].transpose(-1, -2))
+            d_scores.sub_(rowsums[i]).mul_(probs).mul_(scale)
+            torch.matmul(d_scores, k[i], out=grad_q[i])
+        return grad_q, None, None, None, None
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

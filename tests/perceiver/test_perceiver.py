@@ -1,5 +1,4 @@
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -252,23 +251,13 @@ def test_compiles_without_graph_breaks_in_the_attention_path():
     assert torch.allclose(compiled_cross(x, kv, mask), cross(x, kv, mask), atol=1e-5)
 
 
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    """torch on two threads, as on the machine CI runs on, whatever this one has: SDPA's
-    chunks of samples are as many as the threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("inputs_need_grad", [True, False])
 def test_attending_the_inputs_equals_projecting_the_keys_and_values(
-    heads, inputs_need_grad, two_threads, monkeypatch
+    heads, inputs_need_grad, monkeypatch
 ):
-    """Also where the inputs need no gradient (pixels, samples): then SDPA runs in chunks
-    of samples (two threads, three samples) and factored inputs are normalised in place."""
+    """Also where the inputs need no gradient (pixels, samples): then the attention's
+    backward makes the queries' gradient alone, and factored inputs are normalised in place."""
     from polymodal.perceiver.attention import FactoredInputs, PackedTokens
 
     cross = CrossAttention(q_dim=8, kv_dim=6, num_heads=heads, qk_channels=8, v_channels=4)
@@ -309,13 +298,11 @@ def test_attending_the_inputs_equals_projecting_the_keys_and_values(
 
 
 @pytest.mark.parametrize("form", ["tensor", "factored"])
-def test_inputs_without_gradient_cost_the_backward_one_tensor_of_their_size(
-    form, two_threads, monkeypatch
-):
+def test_inputs_without_gradient_cost_the_backward_one_tensor_of_their_size(form, monkeypatch):
     """Attending the inputs themselves keeps only their normalised copy for the backward
     (not also the copy a LayerNorm would keep, nor the concatenation of factored inputs),
-    and the backward makes no tensor as large as the inputs (SDPA's unneeded key and value
-    gradients come a chunk of samples at a time). At 224², each is 0.4 GB."""
+    and the backward makes no tensor as large as the inputs (SDPA's would make the keys' and
+    values' gradients, which nothing needs). At 224², each is 0.4 GB."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from polymodal.perceiver.attention import FactoredInputs
