@@ -16,7 +16,10 @@ SDPA per sample.
 Where it costs less, a cross-attention attends its normed inputs themselves, the key and value
 projections moved onto the queries and the output (`Attention.attend_inputs`): the encoder's
 few latents reading many narrow input tokens never build keys and values as wide as the
-latents. The choice is a function of the shapes alone (`Attention.folding_pays`).
+latents. The choice is a function of the shapes alone (`Attention.folding_pays`). The keys
+are then the inputs normalised without the norm's gain and shift (folded into the weights
+too), so inputs that need no gradient cost the backward one copy of their size, and no
+gradient of it (`_AttendFixedKeys`).
 """
 
 from __future__ import annotations
