@@ -201,13 +201,15 @@ class Attention(nn.Module):
         `x̂·(W_k·γ)ᵀ` plus a per-query constant, `value(x̂·γ + β)` is `x̂·(W_v·γ)ᵀ + W_v·β + b_v`.
         So the keys are the normalised inputs `x̂` alone, which depend on no parameter: where
         the inputs need no gradient (pixels, samples, positions), nothing of the inputs' size
-        is kept for the backward beyond `x̂` itself, and no gradient of their size is made.
+        is kept for the backward beyond `x̂` itself, and on a CPU no gradient of their size is
+        made (`_AttendFixedKeys`).
         """
         heads, (batch, queries, width) = self.num_heads, q.shape
         head = width // heads
         keys = (self.key.weight * norm.weight).view(heads, head, -1)  # [h, d, kv_dim]
         q = torch.einsum("bnhd,hdc->bhnc", q.view(batch, queries, heads, head), keys)
-        kv = normalized(inputs, norm.eps).to(q.dtype)  # under autocast, as a projection gives
+        # in the queries' dtype, as a projection would give it under autocast
+        kv = normalized(inputs, norm.eps).to(q.dtype)
         attended = self.attend(
             q.reshape(batch, heads * queries, -1), kv, kv, mask, offsets, heads=1, scale=head**-0.5
         )
