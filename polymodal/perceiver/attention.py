@@ -104,9 +104,8 @@ class FactoredInputs:
         lhs = torch.cat([x * scale, -mean * scale], dim=-1).flatten(0, 1)  # [B·M, F + 1]
         outputs = []
         for linear in projections:
-            w = linear.weight * norm.weight  # [out, F + P]
+            w, bias = folded(linear, norm)  # [out, F + P], [out]
             rhs = torch.cat([w[:, :f].T, w.sum(-1)[None]], dim=0)  # [F + 1, out]
-            bias = linear.weight @ norm.bias + linear.bias
             per_token = torch.addmm(bias, lhs, rhs).view(*x.shape[:2], -1)
             outputs.append(torch.addcmul(per_token, scale, p @ w[:, f:].T))
         return outputs
@@ -206,16 +205,16 @@ class Attention(nn.Module):
         """
         heads, (batch, queries, width) = self.num_heads, q.shape
         head = width // heads
-        keys = (self.key.weight * norm.weight).view(heads, head, -1)  # [h, d, kv_dim]
+        keys = folded(self.key, norm)[0].view(heads, head, -1)  # [h, d, kv_dim]
         q = torch.einsum("bnhd,hdc->bhnc", q.view(batch, queries, heads, head), keys)
         # in the queries' dtype, as a projection would give it under autocast
         kv = normalized(inputs, norm.eps).to(q.dtype)
         attended = self.attend(
             q.reshape(batch, heads * queries, -1), kv, kv, mask, offsets, heads=1, scale=head**-0.5
         )
-        values = (self.value.weight * norm.weight).view(heads, -1, kv.shape[-1])  # [h, dv, c]
+        values, value_bias = folded(self.value, norm)
+        values = values.view(heads, -1, kv.shape[-1])  # [h, dv, kv_dim]
         out = attended.view(batch, heads, queries, -1)
-        value_bias = self.value.weight @ norm.bias + self.value.bias
         out = torch.einsum("bhnc,hdc->bnhd", out, values).flatten(2) + value_bias
         empty = None if offsets is None else offsets.diff() == 0
         if mask is not None:
@@ -325,6 +324,12 @@ class Attention(nn.Module):
         if bool(empty.any()):
             out = out.masked_fill(empty.to(q.device)[:, None, None], 0.0)
         return out
+
+
+def folded(linear: nn.Linear, norm: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias that give `linear(norm(x))` from the normalised `x̂` alone:
+    `(x̂·γ + β)·Wᵀ + b = x̂·(W·γ)ᵀ + (W·β + b)`."""
+    return linear.weight * norm.weight, linear.weight @ norm.bias + linear.bias
 
 
 def normalized(inputs: torch.Tensor | FactoredInputs, eps: float) -> torch.Tensor:
