@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
-from turns import in_turns, median_run  # a sibling script: standard library only
+from turns import in_turns, median_run, round_ratios, spread  # sibling script: stdlib only
 
 from polymodal.datasets.build import build
 
@@ -139,27 +139,28 @@ def main() -> None:
             before=lambda: shutil.rmtree(out, ignore_errors=True),
         )
         rows = {name: median_run(r) for name, r in runs.items()}
-    base = rows["tarfile copy (baseline)"].wall
+    baseline = runs["tarfile copy (baseline)"]
     print(
         f"{samples} samples ({args.images} JPEGs, {args.clips} clips), {total / 2**20:.1f} MB, "
-        f"4 MB shards; median of {args.repeats} in turns; cores: CPU seconds over wall seconds"
+        f"4 MB shards; median of {args.repeats} in turns; × baseline: the median of each "
+        "round's ratio (lowest–highest); cores: CPU seconds over wall seconds"
     )
     print(
-        f"  {'what':30s} {'seconds':>8s} {'samples/s':>10s} {'MB/s':>8s} {'× baseline':>11s} "
+        f"  {'what':30s} {'seconds':>8s} {'samples/s':>10s} {'MB/s':>8s} {'× baseline':>18s} "
         f"{'CPU s':>6s} {'cores':>6s}"
     )
     for name, row in rows.items():
         seconds, cpu = row.wall, row.cpu
         print(
             f"  {name:30s} {seconds:8.2f} {samples / seconds:10.0f} "
-            f"{total / 2**20 / seconds:8.1f} {base / seconds:10.2f}× "
+            f"{total / 2**20 / seconds:8.1f} {spread(round_ratios(runs[name], baseline)):>18s} "
             f"{cpu:6.2f} {cpu / seconds:6.2f}"
         )
     one, one_cpu = rows["polymodal build, 1 worker"].wall, rows["polymodal build, 1 worker"].cpu
-    two = rows["polymodal build, 2 workers"].wall
+    two = round_ratios(runs["polymodal build, 2 workers"], runs["polymodal build, 1 worker"])
     cores = os.cpu_count() or 1
     print(
-        f"  2 workers vs 1 worker: {one / two:.2f}× (at most {cores * one / one_cpu:.2f}× on "
+        f"  2 workers vs 1 worker: {spread(two)}× (at most {cores * one / one_cpu:.2f}× on "
         f"{cores} cores: 1 worker keeps {one_cpu / one:.2f} busy)"
     )
     print(

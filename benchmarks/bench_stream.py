@@ -13,7 +13,10 @@ reader's checks against the index cost (each sample's offset and key hash agains
 sidecar, one sidecar read a shard): a label-only epoch (no media decode, so the checks are
 all there is to see) with them, against the same epoch with them switched off.
 
-Contenders compared with each other run in turns, a median of `--repeats` each. The Stream
+Contenders compared with each other run in turns, a median of `--repeats` each; a ratio
+or an overhead is the median of each round's (the contenders of a round ran back to back),
+with the lowest and highest round's beside it, since this machine's speed drifts by more
+than the overhead being measured from minute to minute. The Stream
 hashes a local shard once a version of the file per process: its repeated epochs here, and
 the DataLoader workers forked after them, read verified shards without hashing them again,
 as a training process's later epochs do (the first epoch of a fresh process hashes all).
@@ -30,7 +33,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 from torchvision import transforms
-from turns import in_turns, median_rate  # a sibling script
+from turns import in_turns, median_rate, round_ratios, spread  # a sibling script
 
 from polymodal.adapters import get
 from polymodal.datasets.build import build
@@ -149,7 +152,10 @@ def main() -> None:
             f"{args.samples} samples, 256² JPEG → 224², batch {BATCH}; samples/s, median of "
             f"{args.repeats}"
         )
-        print(f"  {'workers':>7s} {'webdataset':>11s} {'polymodal':>10s} {'ratio':>7s}")
+        print(
+            f"  {'workers':>7s} {'webdataset':>11s} {'polymodal':>10s} "
+            f"{'ratio, median of rounds (lowest–highest)':>42s}"
+        )
         for workers in (0, 1, 2):
             pair = in_turns(
                 {
@@ -160,7 +166,8 @@ def main() -> None:
                 warm_up=True,
             )
             theirs, mine = median_rate(pair["theirs"]), median_rate(pair["ours"])
-            print(f"  {workers:7d} {theirs:11.0f} {mine:10.0f} {mine / theirs:6.2f}×")
+            ratios = spread(round_ratios(pair["ours"], pair["theirs"]))
+            print(f"  {workers:7d} {theirs:11.0f} {mine:10.0f} {ratios:>42s}")
         loops = in_turns(
             {
                 "bare": lambda: bare_loop(data),
@@ -171,11 +178,18 @@ def main() -> None:
             warm_up=True,
         )
         bare, stacked, stream = (median_rate(loops[n]) for n in ("bare", "stacked", "stream"))
+
+        def overhead(baseline: str) -> str:
+            """The Stream's loss against a loop, round by round, in per cent."""
+            lost = [100 * (1 - r) for r in round_ratios(loops["stream"], loops[baseline])]
+            return spread(lost, "{:.1f}%")
+
         print(
             f"\nbare read+decode loop {bare:.0f}/s, Stream in-process {stream:.0f}/s: stage "
-            f"overhead {100 * (1 - stream / bare):.1f}%\n"
+            f"overhead {overhead('bare')}\n"
             f"bare loop that also stacks batches {stacked:.0f}/s: overhead beyond batching "
-            f"{100 * (1 - stream / stacked):.1f}%"
+            f"{overhead('stacked')}\n"
+            "(overheads: median of the rounds, lowest–highest in brackets)"
         )
         k = (args.samples // BATCH) * 3 // 4
         extra, decode_k = resume_cost(data, k)
