@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from bench_learning import EXAMPLES
+from turns import in_turns  # a sibling script
 
 from polymodal.adapters import Batch, collate, get
 from polymodal.datasets.build import build
@@ -202,14 +203,14 @@ def steps_table(
         for count in {size, wide}:
             forms[f"floor of {count}"] = batches(name, samples, count, "floor", lookahead)
         one_pass(name, forms["padded"][:1], device)  # warm-up: kernels, caches, allocator
-        times: dict[str, list[float]] = {form: [] for form in forms}
-        peaks: dict[str, float] = {}
-        kernels: dict[str, str] = {}
-        for r in range(repeats):
-            for form in list(forms)[:: 1 if r % 2 == 0 else -1]:
-                seconds, peaks[form], kernels[form] = one_pass(name, forms[form], device)
-                times[form].append(seconds)
-        median = {form: statistics.median(t) for form, t in times.items()}
+        runs = in_turns(
+            {form: lambda d=data, n=name: one_pass(n, d, device) for form, data in forms.items()},
+            repeats,
+        )
+        # a pass's own seconds (its result), not the run's, which builds the model too
+        median = {form: statistics.median(r.result[0] for r in rs) for form, rs in runs.items()}
+        peaks = {form: rs[-1].result[1] for form, rs in runs.items()}
+        kernels = {form: rs[-1].result[2] for form, rs in runs.items()}
         floor = {count: median.pop(f"floor of {count}") for count in {size, wide}}
         padded = median["padded"]
         per_element = max(0.0, padded - floor[size])  # none where slivers took as long
