@@ -19,8 +19,10 @@ random in every form. For each task and form:
   +19: the baseline for it), and with the step on the cores they leave (`data.step_threads`,
   at least one);
 - the CPU-budget limit: the most samples/s the machine's cores allow when every sample costs
-  the step's CPU (measured on the ceiling) plus the data path's (one core at its clips/s),
-  whatever the split between workers and step.
+  the step's work plus the data path's (one core at its clips/s), whatever the split between
+  workers and step, and at most the ceiling. The step's work is its CPU on one thread: on
+  every core, GNU OpenMP's threads spin between ops and count that as CPU too (the ceiling's
+  CPU a sample is its wall time times the cores), which no worker needs left to it.
 """
 
 from __future__ import annotations
@@ -239,16 +241,22 @@ def bench(task: str, root: Path, samples: int, steps: int, repeats: int) -> None
         )
         limits.append((form.name, rate))
     top, cpu = statistics.median(ceilings), statistics.median(step_cpu)
+    with torch_threads(1):
+        work = statistics.median(
+            ceiling(task_config(task, data["mp4"], root / f"one-thread-{i}", 0), steps)[1]
+            for i in range(repeats)
+        )
     print(
         f"  in-memory ceiling: median {top:.1f} samples/s (from {min(ceilings):.1f} to "
-        f"{max(ceilings):.1f}), {1000 * cpu:.2f} ms of CPU a sample"
+        f"{max(ceilings):.1f}), {1000 * cpu:.2f} ms of CPU a sample; on one thread "
+        f"{1000 * work:.2f} ms (the step's work)"
     )
     cores = machine_cores()
     for name, rate in limits:
-        limit = cores / (cpu + 1 / rate)
+        limit = min(top, cores / (work + 1 / rate))
         print(
             f"  CPU-budget limit, {name}: {limit:.1f} samples/s ({limit / top:.2f}× the "
-            f"ceiling): {cores} cores shared by the step's CPU and the data path's"
+            f"ceiling): {cores} cores shared by the step's work and the data path's"
         )
 
 
