@@ -49,8 +49,8 @@ def in_turns(
         for fn in contenders.values():
             fn()
     runs: dict[str, list[Run[T]]] = {name: [] for name in contenders}
+    order = list(contenders.items())
     for round_ in range(repeats):
-        order = list(contenders.items())
         for name, fn in order if round_ % 2 == 0 else order[::-1]:
             if before is not None:
                 before()
